@@ -1,0 +1,61 @@
+"""Peak memory of generating a large synthetic dataset (issue: 2 GB written with peak RSS well under 1 GB).
+
+Runs ``chunked-fnet synth`` in a child process and reads the child's peak resident set size from
+``getrusage``; appends a row with the machine to BENCHMARKS.md.
+
+    python benchmarks/synth_memory.py --config configs/synth_timelapse_2gb.yaml --out /tmp/bench_synth.zarr
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import dask
+import numpy
+import zarr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "synth_timelapse_2gb.yaml"))
+    parser.add_argument("--out", default="/tmp/bench_synth.zarr")
+    args = parser.parse_args()
+    shutil.rmtree(args.out, ignore_errors=True)
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "chunked_fnet", "synth", args.out, "--config", args.config, "--no-progress"], check=True
+    )
+    seconds = time.perf_counter() - start
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    from chunked_fnet.io.reader import open_image
+
+    image = open_image(args.out)
+    nbytes = image.nbytes
+    disk = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
+    row = (
+        f"| {date.today()} | synth {Path(args.config).name} | shape {tuple(image.shape)} {image.dtype} | "
+        f"{nbytes / 1e9:.2f} GB ({disk / 1e9:.2f} GB on disk) | peak RSS {peak_mib:.0f} MiB | {seconds:.0f} s | "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {numpy.__version__}, "
+        f"dask {dask.__version__}, zarr {zarr.__version__} |"
+    )
+    print(row)
+    bench = ROOT / "BENCHMARKS.md"
+    if not bench.exists():
+        bench.write_text("# Benchmarks\n\n| date | what | data | size | memory | time | machine |\n|---|---|---|---|---|---|---|\n")
+    with bench.open("a") as f:
+        f.write(row + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from chunked_fnet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,600 @@
+"""Convert TIFF, OME-TIFF and ImageJ-hyperstack TIFF stacks into OME-Zarr images, block by block.
+
+The stack is never loaded whole: the first image series is opened through tifffile's zarr view
+(``TiffPageSeries.aszarr``), wrapped in dask with blocks that are whole multiples of the output
+chunks (and of the TIFF's own strips/tiles where that costs little memory), and each block is read,
+reordered to ``(t, c, z, y, x)`` and stored into the level-0 array by a local thread pool. Peak
+memory is a few blocks (each capped at :data:`BLOCK_BYTES`, or one output chunk row if larger),
+whatever the size of the stack.
+
+Physical sizes come from, in order of precedence: the caller's arguments, the OME-XML ``Pixels``
+element, ImageJ calibration (``spacing``/``unit``/``finterval`` plus the X/YResolution tags). A
+stack whose pixel size is nowhere to be found is refused rather than written with a made-up scale.
+The input file is opened read-only and never modified.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import struct
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import tifffile
+import zarr
+
+from dask.callbacks import Callback
+
+from chunked_fnet.errors import InputError
+from chunked_fnet.io.ngff import CANONICAL_AXES
+from chunked_fnet.io.store import is_url
+from chunked_fnet.io.writer import build_pyramid, create_image
+
+__all__ = ["BLOCK_BYTES", "convert_tiff", "default_chunks", "read_tiff_metadata"]
+
+#: Upper bound (bytes) of one block read from the TIFF, unless a single row of output chunks is larger.
+BLOCK_BYTES = 64 * 2**20
+#: Threads reading/writing blocks concurrently (each holds about one block).
+MAX_WORKERS = 8
+
+#: tifffile axis code -> NGFF dim. 'S' (samples, e.g. RGB) is a channel axis.
+_AXIS_MAP = {"T": "t", "C": "c", "S": "c", "Z": "z", "Y": "y", "X": "x"}
+#: tifffile codes for "unknown"/"image sequence": taken as z only when that is unambiguous.
+_SEQUENCE_AXES = ("Q", "I")
+
+#: Unit symbols are matched case-sensitively first ("Mm" megametre vs "mm"), then lower-cased.
+_UM_PER_UNIT = {
+    "Ym": 1e30, "Zm": 1e27, "Em": 1e24, "Pm": 1e21, "Tm": 1e18, "Gm": 1e15, "Mm": 1e12,
+    "ym": 1e-18, "zm": 1e-15, "am": 1e-12, "fm": 1e-9, "pm": 1e-6, "å": 1e-4, "angstrom": 1e-4,
+    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
+    "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
+    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3,
+    "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4,
+    "dm": 1e5, "m": 1e6, "meter": 1e6, "metre": 1e6,
+    "dam": 1e7, "hm": 1e8, "km": 1e9,
+    "in": 25400.0, "inch": 25400.0, "inches": 25400.0, "ft": 304800.0, "yd": 914400.0,
+    "thou": 25.4, "mil": 25.4, "li": 25400.0 / 12, "pt": 25400.0 / 72,
+}
+_SECONDS_PER_UNIT = {
+    "Ys": 1e24, "Zs": 1e21, "Es": 1e18, "Ps": 1e15, "Ts": 1e12, "Gs": 1e9, "Ms": 1e6, "ks": 1e3,
+    "ys": 1e-24, "zs": 1e-21, "as": 1e-18, "fs": 1e-15, "ps": 1e-12, "ns": 1e-9,
+    "µs": 1e-6, "μs": 1e-6, "us": 1e-6, "ms": 1e-3, "msec": 1e-3,
+    "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
+    "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0,
+    "d": 86400.0, "day": 86400.0, "days": 86400.0,
+}
+
+
+def _unit_factor(table: Mapping[str, float], unit: Any) -> float | None:
+    """The factor of ``unit`` in ``table`` (exact symbol first, then case-insensitive), None if unknown."""
+    text = str(unit).strip()
+    # ImageJ stores non-ASCII units escaped in its ASCII description, e.g. "\\u00B5m".
+    for escaped in ("\\u00B5", "\\u00b5", "\\u03BC", "\\u03bc"):
+        text = text.replace(escaped, "µ")
+    return table.get(text, table.get(text.lower()))
+
+
+def length_to_um(value: Any, unit: Any = "µm") -> float | None:
+    """A length in µm, or None when the value is missing/non-positive or the unit is not a length (e.g. 'pixel')."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    factor = _unit_factor(_UM_PER_UNIT, unit if unit is not None else "µm")
+    if factor is None or not math.isfinite(v) or v == 0:
+        return None
+    return abs(v) * factor
+
+
+def time_to_seconds(value: Any, unit: Any = "s") -> float | None:
+    """A duration in seconds, or None when missing, non-positive or in an unknown unit."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    factor = _unit_factor(_SECONDS_PER_UNIT, unit if unit is not None else "s")
+    if factor is None or not math.isfinite(v) or v <= 0:
+        return None
+    return v * factor
+
+
+@dataclass
+class TiffMetadata:
+    """What the file itself says: physical sizes (µm, seconds; None when unknown) and channel names."""
+
+    sizes: dict[str, float | None] = field(default_factory=lambda: {"z": None, "y": None, "x": None})
+    time_interval: float | None = None
+    channel_names: list[str | None] | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _children(elem: ET.Element, name: str) -> list[ET.Element]:
+    return [c for c in elem if _local(c.tag) == name]
+
+
+def parse_ome_xml(xml: str, series_name: str | None = None) -> TiffMetadata:
+    """Physical sizes, time increment and channel names of the first (or the named) OME Image."""
+    meta = TiffMetadata()
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return meta
+    images = [e for e in root.iter() if _local(e.tag) == "Image"]
+    if not images:
+        return meta
+    image = images[0]
+    if series_name:
+        named = [e for e in images if e.get("Name") == series_name]
+        if len(named) == 1:
+            image = named[0]
+    pixels = next(iter(_children(image, "Pixels")), None)
+    if pixels is None:
+        return meta
+    for dim in ("z", "y", "x"):
+        key = f"PhysicalSize{dim.upper()}"
+        size = length_to_um(pixels.get(key), pixels.get(f"{key}Unit", "µm"))
+        if size is not None:
+            meta.sizes[dim] = size
+            meta.sources[dim] = "OME-XML"
+    interval = time_to_seconds(pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s"))
+    if interval is None:
+        interval = _interval_from_planes(pixels)
+    if interval is not None:
+        meta.time_interval = interval
+        meta.sources["t"] = "OME-XML"
+    channels = _children(pixels, "Channel")
+    if channels:
+        names: list[str | None] = []
+        for ch in channels:
+            try:
+                spp = int(ch.get("SamplesPerPixel") or 1)
+            except ValueError:
+                spp = 1
+            name = ch.get("Name") or None
+            # An RGB channel (SamplesPerPixel=3) is three channels of the output.
+            names.extend([name] if spp <= 1 else [f"{name}-{i}" if name else None for i in range(spp)])
+        meta.channel_names = names if any(n is not None for n in names) else None
+    return meta
+
+
+def _interval_from_planes(pixels: ET.Element) -> float | None:
+    """Time step from the DeltaT of the first two time points (z=0, c=0) when TimeIncrement is absent."""
+    stamps: dict[int, float] = {}
+    for plane in _children(pixels, "Plane"):
+        if plane.get("TheZ", "0") != "0" or plane.get("TheC", "0") != "0" or plane.get("DeltaT") is None:
+            continue
+        try:
+            factor = _unit_factor(_SECONDS_PER_UNIT, plane.get("DeltaTUnit", "s"))
+            if factor is None:
+                return None
+            stamps[int(plane.get("TheT", "0"))] = float(plane.get("DeltaT", "")) * factor
+        except ValueError:
+            return None
+    if 0 in stamps and 1 in stamps and stamps[1] > stamps[0]:
+        return stamps[1] - stamps[0]
+    return None
+
+
+def _pixel_size_from_resolution(page: Any, tag: str, unit: Any) -> float | None:
+    """ImageJ pixel size: the inverse of X/YResolution (pixels per ``unit``)."""
+    res = page.tags.get(tag)
+    if res is None:
+        return None
+    value = res.value
+    try:
+        num, den = (value if isinstance(value, tuple) else (value, 1))[:2]
+        per_unit = float(num) / float(den)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not per_unit > 0:
+        return None
+    return length_to_um(1.0 / per_unit, unit)
+
+
+def parse_imagej(imagej: Mapping[str, Any], page: Any) -> TiffMetadata:
+    """Physical sizes, frame interval and channel labels from ImageJ metadata and resolution tags."""
+    meta = TiffMetadata()
+    unit = imagej.get("unit")
+    if unit is not None and _unit_factor(_UM_PER_UNIT, unit) is not None:
+        for dim, tag in (("x", "XResolution"), ("y", "YResolution")):
+            size = _pixel_size_from_resolution(page, tag, imagej.get(f"{dim}unit", unit) if dim == "y" else unit)
+            if size is not None:
+                meta.sizes[dim] = size
+                meta.sources[dim] = "ImageJ"
+        if imagej.get("spacing") is not None:
+            size = length_to_um(imagej.get("spacing"), imagej.get("zunit", unit))
+            if size is not None:
+                meta.sizes["z"] = size
+                meta.sources["z"] = "ImageJ"
+    interval = time_to_seconds(imagej.get("finterval"), imagej.get("tunit", "sec"))
+    if interval is None and imagej.get("fps"):
+        try:
+            interval = time_to_seconds(1.0 / float(imagej["fps"]), "s")
+        except (TypeError, ValueError, ZeroDivisionError):
+            interval = None
+    if interval is not None:
+        meta.time_interval = interval
+        meta.sources["t"] = "ImageJ"
+    labels = imagej.get("Labels")
+    if isinstance(labels, (list, tuple)) and any(labels):
+        # ImageJ labels are per plane; they name channels only when there is one per channel (checked later).
+        meta.channel_names = [str(v) if v else None for v in labels]
+    return meta
+
+
+def read_tiff_metadata(tif: tifffile.TiffFile) -> TiffMetadata:
+    """Merge OME-XML (preferred) and ImageJ metadata, field by field."""
+    ome = parse_ome_xml(tif.ome_metadata, tif.series[0].name) if tif.is_ome and tif.ome_metadata else TiffMetadata()
+    ij = parse_imagej(tif.imagej_metadata, tif.pages.first) if tif.is_imagej and tif.imagej_metadata else TiffMetadata()
+    merged = TiffMetadata()
+    for dim in ("z", "y", "x"):
+        for src in (ome, ij):
+            if src.sizes[dim] is not None:
+                merged.sizes[dim] = src.sizes[dim]
+                merged.sources[dim] = src.sources[dim]
+                break
+    for src in (ome, ij):
+        if src.time_interval is not None:
+            merged.time_interval = src.time_interval
+            merged.sources["t"] = src.sources["t"]
+            break
+    merged.channel_names = ome.channel_names or ij.channel_names
+    return merged
+
+
+def default_chunks(shape_tczyx: Sequence[int]) -> tuple[int, int, int, int, int]:
+    """One time point, one channel, up to 32 planes, 256 x 256 pixels (clipped to the image)."""
+    t, c, z, y, x = shape_tczyx
+    return (1, 1, min(z, 32), min(y, 256), min(x, 256))
+
+
+def _axes_hint(shape: Sequence[int]) -> str:
+    examples = {2: "YX", 3: "ZYX", 4: "CZYX", 5: "TCZYX", 6: "TCZYXS"}
+    example = f", e.g. axes={examples[len(shape)]!r}" if len(shape) in examples else ""
+    return (
+        f"pass axes= (--axes on the command line) with one letter per dimension of the stored shape "
+        f"{tuple(shape)}, from T (time), C (channel), Z, Y, X, S (samples){example}"
+    )
+
+
+def map_axes(source: str, axes: str, shape: Sequence[int], overridden: bool = False) -> list[str | None]:
+    """NGFF dim for each source axis (None: a size-1 axis to squeeze); raise InputError when ambiguous."""
+    axes = axes.upper()
+    where = f"{source}: axes {axes!r} {'(given)' if overridden else '(as read by tifffile)'} of shape {tuple(shape)}"
+    if len(axes) != len(shape):
+        raise InputError(f"{where}: {len(axes)} axis letters for {len(shape)} dimensions; {_axes_hint(shape)}")
+    if overridden:
+        bad = sorted({a for a in axes if a not in _AXIS_MAP})
+        if bad:
+            raise InputError(f"{where}: unknown axis letter(s) {bad}; use T, C, Z, Y, X or S (samples)")
+        dupes = sorted({a for a in axes if axes.count(a) > 1})
+        if dupes:
+            raise InputError(f"{where}: axis letter(s) {dupes} given more than once")
+    dims: list[str | None] = []
+    unknown_big = [i for i, (a, n) in enumerate(zip(axes, shape)) if a not in _AXIS_MAP and n > 1]
+    for i, (a, n) in enumerate(zip(axes, shape)):
+        if a in _AXIS_MAP:
+            dims.append(_AXIS_MAP[a])
+        elif n == 1:
+            dims.append(None)
+        else:
+            dims.append("?")
+    if unknown_big:
+        has_z_or_t = any(d in ("z", "t") and n > 1 for d, n in zip(dims, shape))
+        if len(unknown_big) == 1 and axes[unknown_big[0]] in _SEQUENCE_AXES and not has_z_or_t:
+            dims[unknown_big[0]] = "z_from_sequence"
+        else:
+            letters = [f"{axes[i]}={shape[i]}" for i in unknown_big]
+            raise InputError(
+                f"{where}: cannot tell what the dimension(s) {letters} are (time, channels or z); "
+                f"{_axes_hint(shape)}"
+            )
+    # A dim named by several axes (e.g. C and S, or Z and an unknown): keep the one that is > 1.
+    for dim in set(d for d in dims if d is not None):
+        idx = [i for i, d in enumerate(dims) if d == dim or (dim == "z" and d == "z_from_sequence")]
+        if len(idx) <= 1:
+            continue
+        big = [i for i in idx if shape[i] > 1]
+        if len(big) > 1:
+            letters = [f"{axes[i]}={shape[i]}" for i in big]
+            raise InputError(
+                f"{where}: dimensions {letters} would all become the {dim!r} axis; "
+                f"{_axes_hint(shape)}"
+            )
+        keep = big[0] if big else idx[0]
+        for i in idx:
+            if i != keep:
+                dims[i] = None
+    dims = ["z" if d == "z_from_sequence" else d for d in dims]
+    if "y" not in dims or "x" not in dims:
+        raise InputError(f"{where}: no Y and X axes; {_axes_hint(shape)}")
+    return dims
+
+
+def _check_voxel_size(voxel_size: Sequence[float]) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in voxel_size)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"voxel_size must be three numbers (z, y, x) in µm, got {voxel_size!r}") from exc
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"voxel_size must be three positive numbers (z, y, x) in µm, got {tuple(voxel_size)!r}")
+    return values  # type: ignore[return-value]
+
+
+def _block_shape(
+    shape: Sequence[int], out_chunks: Sequence[int], native: Sequence[int], itemsize: int, budget: int
+) -> list[int]:
+    """Dask block per dim (t, c, z, y, x): whole multiples of the output chunk, grown to the TIFF's own
+    chunk (strip/tile/page) where that fits in ``budget`` bytes, so no native chunk is decoded twice."""
+
+    def up(n: int, c: int, s: int) -> int:
+        return min(s, max(c, math.ceil(n / c) * c))
+
+    block = [up(max(n, c), c, s) for n, c, s in zip(native, out_chunks, shape)]
+    for axis in (3, 4, 1):  # shrink y, then x, then c back towards the output chunk while over budget
+        while math.prod(block) * itemsize > budget and block[axis] > out_chunks[axis]:
+            n_chunks = math.ceil(block[axis] / out_chunks[axis])
+            block[axis] = max(out_chunks[axis], (n_chunks // 2) * out_chunks[axis])
+    return block
+
+
+def _unique_names(names: Sequence[str | None]) -> list[str]:
+    out: list[str] = []
+    for i, name in enumerate(names):
+        label = str(name).strip() if name is not None and str(name).strip() else f"c{i}"
+        base, k = label, 2
+        while label in out:
+            label, k = f"{base}-{k}", k + 1
+        out.append(label)
+    return out
+
+
+def _image_name(source: Path) -> str:
+    name = source.name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".btf", ".tf8", ".tf2"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or name
+    return source.stem or name
+
+
+def _open_tiff(source: Path) -> tifffile.TiffFile:
+    if not source.exists():
+        raise InputError(f"{source}: no such file (expected a TIFF / OME-TIFF stack)")
+    if not source.is_file():
+        raise InputError(f"{source} is a directory, not a TIFF file")
+    try:
+        tif = tifffile.TiffFile(source, mode="rb")
+    except (tifffile.TiffFileError, ValueError, OSError, struct.error) as exc:
+        raise InputError(f"{source} is not a readable TIFF file ({type(exc).__name__}: {exc})") from exc
+    if not tif.series:
+        tif.close()
+        raise InputError(f"{source}: the TIFF file holds no image series")
+    return tif
+
+
+class _Progress(Callback):
+    """A tqdm bar over the tasks of the local conversion graph."""
+
+    def __init__(self, desc: str) -> None:
+        super().__init__()
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm
+        self._desc = desc
+        self._bar: Any = None
+
+    def _start_state(self, dsk: Any, state: Any) -> None:
+        total = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
+        self._bar = self._tqdm(total=total, desc=self._desc, unit="task", leave=False)
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def _finish(self, dsk: Any, state: Any, errored: bool) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _windows(dtype: np.dtype, lo: np.ndarray, hi: np.ndarray) -> list[dict[str, float]]:
+    """omero display windows: the dtype range (or data range for floats), with start/end at the data range."""
+    out = []
+    for a, b in zip(np.atleast_1d(lo).tolist(), np.atleast_1d(hi).tolist()):
+        a, b = float(a), float(b)
+        if not (math.isfinite(a) and math.isfinite(b)):
+            a, b = 0.0, 1.0
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            out.append({"min": float(info.min), "max": float(info.max), "start": a, "end": b})
+        else:
+            out.append({"min": a, "max": b, "start": a, "end": b})
+    return out
+
+
+def _set_windows(group: zarr.Group, windows: list[dict[str, float]]) -> None:
+    attrs = group.attrs.asdict()
+    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else None
+    holder = ome if ome is not None else attrs
+    omero = holder.get("omero")
+    if not isinstance(omero, dict) or len(omero.get("channels", [])) != len(windows):
+        return
+    for ch, window in zip(omero["channels"], windows):
+        ch["window"] = window
+    group.attrs.update({"ome": ome} if ome is not None else {"omero": omero})
+
+
+def convert_tiff(
+    source: str | Path,
+    out: str | Path,
+    *,
+    voxel_size: Sequence[float] | None = None,
+    time_interval: float | None = None,
+    channel_names: Sequence[str] | None = None,
+    axes: str | None = None,
+    chunks: Sequence[int] | None = None,
+    version: str = "0.5",
+    levels: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Convert the first image series of a TIFF / OME-TIFF / ImageJ hyperstack into an OME-Zarr image.
+
+    The output always has dims ``(t, c, z, y, x)`` (absent axes become size 1). ``voxel_size`` is
+    ``(z, y, x)`` in µm and ``time_interval`` seconds per frame; both, like ``channel_names``, override
+    what the file records. ``axes`` relabels the series' dimensions (one tifffile letter each: T, C,
+    Z, Y, X, S) when tifffile's guess is wrong or ambiguous. ``chunks`` is the ``(t, c, z, y, x)``
+    chunk shape of the output (default :func:`default_chunks`). ``levels > 1`` adds a block-mean
+    pyramid. Raises :class:`InputError` for an unusable input or argument and the writer's
+    :class:`~chunked_fnet.errors.OutputExistsError` when ``out`` exists and ``overwrite`` is False.
+    Returns the output path.
+    """
+    source = Path(source)
+    if time_interval is not None:
+        try:
+            ok = math.isfinite(float(time_interval)) and float(time_interval) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InputError(f"time_interval must be a positive number of seconds, got {time_interval!r}")
+    user_voxel = _check_voxel_size(voxel_size) if voxel_size is not None else None
+
+    with _open_tiff(source) as tif:
+        series = tif.series[0]
+        if len(tif.series) > 1:
+            warnings.warn(
+                f"{source} holds {len(tif.series)} image series; converting only the first "
+                f"(axes {series.axes}, shape {tuple(series.shape)})",
+                stacklevel=2,
+            )
+        try:
+            src = zarr.open_array(series.aszarr(level=0, read_only=True), mode="r", zarr_format=2)
+        except Exception as exc:  # tifffile cannot map some exotic layouts onto zarr
+            raise InputError(f"{source}: cannot read series 0 ({series.axes} {tuple(series.shape)}) as chunks: {exc}") from exc
+        src_shape = tuple(src.shape)
+        src_axes = (axes if axes is not None else series.axes).upper()
+        dims = map_axes(str(source), src_axes, src_shape, overridden=axes is not None)
+
+        # Output geometry (t, c, z, y, x).
+        out_shape = [1] * 5
+        native = [1] * 5
+        for d, n, ch in zip(dims, src_shape, src.chunks):
+            if d is not None:
+                out_shape[CANONICAL_AXES.index(d)] = n
+                native[CANONICAL_AXES.index(d)] = ch
+        T, C, Z, Y, X = out_shape
+
+        meta = read_tiff_metadata(tif)
+        sizes = dict(meta.sizes)
+        if user_voxel is not None:
+            sizes = dict(zip(("z", "y", "x"), user_voxel))
+        missing = [d for d in ("z", "y", "x") if sizes[d] is None and (d != "z" or Z > 1)]
+        if missing:
+            known = {d: v for d, v in sizes.items() if v is not None}
+            raise InputError(
+                f"{source}: the file does not record the {'/'.join(missing)} pixel size "
+                f"(no OME-XML PhysicalSize or ImageJ calibration{'; found ' + str(known) + ' µm' if known else ''}); "
+                f"pass voxel_size=(z, y, x) in µm (--voxel-size Z Y X on the command line)"
+            )
+        scale = {"t": float(time_interval) if time_interval is not None else (meta.time_interval or 1.0)}
+        scale.update({d: float(sizes[d]) if sizes[d] is not None else 1.0 for d in ("z", "y", "x")})
+
+        if channel_names is not None:
+            names = [str(n) for n in channel_names]
+            if len(names) != C:
+                raise InputError(
+                    f"{source}: {len(names)} channel names {names} given for {C} channel(s) "
+                    f"(axes {src_axes}, shape {src_shape})"
+                )
+            if len(set(names)) != len(names) or any(not n.strip() for n in names):
+                raise InputError(f"{source}: channel names must be unique and non-empty, got {names}")
+        elif meta.channel_names is not None and len(meta.channel_names) == C:
+            names = _unique_names(meta.channel_names)
+        else:
+            names = [f"c{i}" for i in range(C)]
+
+        if chunks is None:
+            out_chunks = list(default_chunks(out_shape))
+        else:
+            try:
+                out_chunks = [int(c) for c in chunks]
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"chunks must be five integers (t, c, z, y, x), got {chunks!r}") from exc
+            if len(out_chunks) != 5 or any(c < 1 for c in out_chunks):
+                raise InputError(f"chunks must be five positive integers (t, c, z, y, x), got {tuple(chunks)}")
+        out_chunks = [min(c, n) for c, n in zip(out_chunks, out_shape)]
+
+        dtype = np.dtype(series.dtype)
+        out_dtype = dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") else dtype
+        block = _block_shape(out_shape, out_chunks, native, dtype.itemsize, BLOCK_BYTES)
+
+        # Lazy source in tifffile's axis order, read in blocks aligned to the output chunks.
+        src_block = [block[CANONICAL_AXES.index(d)] if d is not None else 1 for d in dims]
+        stat = source.stat()
+        token = dask.base.tokenize(str(source.resolve()), stat.st_size, stat.st_mtime_ns, src_axes, src_block)
+        lazy = da.from_array(src, chunks=tuple(src_block), name=f"tiff-{token}", lock=False, asarray=True)
+        lazy = lazy[tuple(0 if d is None else slice(None) for d in dims)]
+        kept = [d for d in dims if d is not None]
+        lazy = lazy.transpose([kept.index(d) for d in CANONICAL_AXES if d in kept])
+        lazy = lazy[tuple(slice(None) if d in kept else None for d in CANONICAL_AXES)]
+        if lazy.dtype != out_dtype:
+            lazy = lazy.astype(out_dtype)
+        lazy = lazy.rechunk(tuple(block))  # a no-op regrouping: blocks already are these
+
+        group = create_image(
+            out,
+            shape=out_shape,
+            chunks=out_chunks,
+            dtype=out_dtype,
+            scale=scale,
+            channel_names=names,
+            levels=levels,
+            version=version,
+            name=_image_name(source),
+            overwrite=overwrite,
+        )
+        try:
+            target = group["0"]
+            stored = da.store(lazy, target, lock=False, compute=False)
+            want_range = np.issubdtype(out_dtype, np.integer) or np.issubdtype(out_dtype, np.floating)
+            reductions = (
+                (da.nanmin(lazy, axis=(0, 2, 3, 4)), da.nanmax(lazy, axis=(0, 2, 3, 4))) if want_range else ()
+            )
+            workers = max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+                if progress:
+                    with _Progress(f"converting {source.name}"):
+                        results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
+                else:
+                    results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
+            if want_range:
+                _set_windows(group, _windows(out_dtype, results[1], results[2]))
+            if levels > 1:
+                build_pyramid(group, progress=progress)
+        except BaseException:
+            _remove_partial(out)
+            raise
+    return Path(out)
+
+
+def _remove_partial(out: str | Path) -> None:
+    """Delete a half-written output this call created (only a local zarr directory)."""
+    if isinstance(out, str) and is_url(out):
+        return
+    path = Path(str(out).removeprefix("file://"))
+    if path.is_dir() and any((path / m).exists() for m in ("zarr.json", ".zgroup", ".zattrs")):
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,260 @@
+"""Create OME-Zarr images of any size and fill them chunk by chunk, never holding the image in memory.
+
+The writer is split into three steps so that many processes can write one image: :func:`create_image`
+lays out the metadata and empty arrays, :func:`write_region` writes one chunk-aligned block (two
+writers never share a zarr chunk, so no locks are needed), and :func:`build_pyramid` derives the
+lower-resolution levels from the written full resolution, block by block through dask.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from chunked_fnet.errors import OmeZarrError, OutputExistsError
+from chunked_fnet.io.ngff import (
+    DEFAULT_UNITS,
+    DEFAULT_VERSION,
+    build_image_attrs,
+    canonical_order,
+    check_dims,
+    parse_image_attrs,
+)
+from chunked_fnet.io.store import describe, is_url, open_store
+from chunked_fnet.progress import compute_with_progress
+
+SPATIAL = ("z", "y", "x")
+
+
+def pyramid_factors(
+    dims: Sequence[str], shape: Sequence[int], scale: Mapping[str, float], levels: int
+) -> list[dict[str, int]]:
+    """Cumulative down-sampling factor per level and dim.
+
+    y and x halve at every level; z halves only once it is finer than y would become, so that an
+    anisotropic stack (0.29 µm z, 0.108 µm y/x) moves towards isotropic voxels. t and c never change.
+    """
+    factors = [{d: 1 for d in dims}]
+    for _ in range(1, levels):
+        prev = factors[-1]
+        nxt = dict(prev)
+        for d in ("y", "x"):
+            nxt[d] = prev[d] * 2
+        if "z" in dims and scale.get("z", 1.0) * prev["z"] < scale.get("y", 1.0) * nxt["y"]:
+            if math.ceil(shape[dims.index("z")] / prev["z"]) > 1:
+                nxt["z"] = prev["z"] * 2
+        factors.append(nxt)
+    return factors
+
+
+def create_image(
+    store: str | Path,
+    *,
+    shape: Sequence[int],
+    dims: Sequence[str] = ("t", "c", "z", "y", "x"),
+    chunks: Sequence[int] | None = None,
+    dtype: Any = "float32",
+    scale: Mapping[str, float] | None = None,
+    translation: Mapping[str, float] | None = None,
+    units: Mapping[str, str | None] | None = None,
+    channel_names: Sequence[str] | None = None,
+    channel_colors: Sequence[str] | None = None,
+    channel_windows: Sequence[Mapping[str, float]] | None = None,
+    levels: int = 1,
+    version: str = DEFAULT_VERSION,
+    name: str | None = None,
+    overwrite: bool = False,
+    fill_value: float = 0,
+    storage_options: Mapping[str, Any] | None = None,
+) -> zarr.Group:
+    """Create an empty OME-Zarr image (metadata plus one empty array per pyramid level).
+
+    ``dims`` must be in NGFF order (a subset of t, c, z, y, x containing y and x); ``scale`` and
+    ``translation`` are physical (µm for space, ``units['t']`` for time) for the full resolution.
+    An existing ``store`` is refused unless ``overwrite=True``.
+    """
+    where = describe(store)
+    dims = check_dims(dims, where)
+    if dims != canonical_order(dims):
+        raise OmeZarrError(f"{where}: axes {list(dims)} must be in NGFF order {list(canonical_order(dims))}")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != len(dims) or any(s < 1 for s in shape):
+        raise OmeZarrError(f"{where}: shape {shape} does not give a positive size for each of the axes {list(dims)}")
+    chunks = tuple(int(c) for c in (chunks or shape))
+    if len(chunks) != len(dims) or any(c < 1 for c in chunks):
+        raise OmeZarrError(f"{where}: chunks {chunks} do not give a positive size for each of the axes {list(dims)}")
+    chunks = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
+    if levels < 1:
+        raise OmeZarrError(f"{where}: levels must be >= 1, got {levels}")
+    if "c" in dims and channel_names is not None and len(channel_names) != shape[dims.index("c")]:
+        raise OmeZarrError(
+            f"{where}: {len(channel_names)} channel names {list(channel_names)} for a channel axis of size "
+            f"{shape[dims.index('c')]}"
+        )
+    scale = {d: float((scale or {}).get(d, 1.0)) for d in dims if d != "c"}
+    bad = {d: s for d, s in scale.items() if not s > 0 or not math.isfinite(s)}
+    if bad:
+        raise OmeZarrError(f"{where}: physical scale must be finite and > 0, got {bad}")
+    translation = {d: float((translation or {}).get(d, 0.0)) for d in dims if d != "c"}
+    unit_map = {d: (units or {}).get(d, DEFAULT_UNITS.get(d)) for d in dims if d != "c"}
+
+    factors = pyramid_factors(dims, shape, scale, levels)
+    level_scales = [{d: scale[d] * f[d] for d in scale} for f in factors]
+    level_trans = [{d: translation[d] + (f[d] - 1) / 2 * scale[d] for d in translation} for f in factors]
+    attrs = build_image_attrs(
+        version=version,
+        dims=dims,
+        scales=level_scales,
+        translations=level_trans,
+        units=unit_map,
+        # NGFF recommends a name (strict schemas require it); default to what the reader would call it.
+        name=name or (Path(str(store).rstrip("/")).name if isinstance(store, (str, Path)) else None) or "image",
+        channel_names=channel_names if "c" in dims else None,
+        channel_colors=channel_colors,
+        channel_windows=channel_windows if channel_windows is not None else _default_windows(dtype, channel_names),
+    )
+    zarr_format = 3 if version == "0.5" else 2
+    _clear_existing(store, overwrite, where, storage_options)
+    group = zarr.create_group(
+        open_store(store, read_only=False, storage_options=storage_options),
+        zarr_format=zarr_format,
+        overwrite=overwrite,
+        attributes=attrs,
+    )
+    for level, f in enumerate(factors):
+        lshape = tuple(math.ceil(s / f[d]) for s, d in zip(shape, dims, strict=True))
+        kwargs: dict[str, Any] = {}
+        if zarr_format == 3:
+            kwargs["dimension_names"] = dims
+        group.create_array(
+            str(level),
+            shape=lshape,
+            chunks=tuple(min(c, s) for c, s in zip(chunks, lshape, strict=True)),
+            dtype=dtype,
+            fill_value=fill_value,
+            **kwargs,
+        )
+    return group
+
+
+def _default_windows(dtype: Any, channel_names: Sequence[str] | None) -> list[dict[str, float]] | None:
+    """Display windows spanning an integer type's range (floats: 0..1), so viewers do not saturate."""
+    if channel_names is None:
+        return None
+    dt = np.dtype(dtype)
+    hi = float(np.iinfo(dt).max) if np.issubdtype(dt, np.integer) else 1.0
+    lo = float(np.iinfo(dt).min) if np.issubdtype(dt, np.integer) else 0.0
+    return [{"min": lo, "max": hi, "start": lo, "end": hi} for _ in channel_names]
+
+
+def _clear_existing(store: Any, overwrite: bool, where: str, storage_options: Mapping[str, Any] | None) -> None:
+    """Refuse to replace an existing output unless asked; when asked, remove only what is a zarr store."""
+    if isinstance(store, zarr.abc.store.Store) or is_url(store):
+        existing = _exists_remote(store, storage_options)
+        if existing and not overwrite:
+            raise OutputExistsError(f"{where} already exists; pass overwrite=True (--overwrite) to replace it")
+        return
+    # A file:// URL is a local path (open_store strips the prefix too); without this the checks below
+    # looked at a relative "file:/..." path that never exists, so an existing output was replaced and
+    # overwrite=True wiped a non-zarr directory.
+    path = Path(str(store).removeprefix("file://"))
+    if not path.exists():
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{where} already exists; pass overwrite=True (--overwrite) to replace it")
+    if path.is_file() or not any((path / m).exists() for m in ("zarr.json", ".zgroup", ".zattrs", ".zarray")):
+        raise OutputExistsError(f"{where} exists and is not a zarr store; refusing to delete it even with overwrite")
+    shutil.rmtree(path)
+
+
+def _exists_remote(store: Any, storage_options: Mapping[str, Any] | None) -> bool:
+    try:
+        zarr.open_group(open_store(store, read_only=True, storage_options=storage_options), mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+        return False
+    return True
+
+
+def open_for_writing(store: str | Path, storage_options: Mapping[str, Any] | None = None) -> zarr.Group:
+    """Open an image created by :func:`create_image` to write its chunks."""
+    return zarr.open_group(open_store(store, read_only=False, storage_options=storage_options), mode="r+")
+
+
+def _level_array(group: zarr.Group, level: int) -> zarr.Array:
+    try:
+        arr = group[str(level)]
+    except KeyError as exc:
+        raise OmeZarrError(f"{describe(group.store)}: no pyramid level {level}") from exc
+    assert isinstance(arr, zarr.Array)
+    return arr
+
+
+def check_chunk_aligned(region: Sequence[slice], shape: Sequence[int], chunks: Sequence[int], where: str) -> None:
+    """Raise unless every slice starts on a chunk boundary and ends on one (or at the array's end)."""
+    for axis, (sl, n, c) in enumerate(zip(region, shape, chunks, strict=True)):
+        start, stop, step = sl.indices(n)
+        if step != 1 or start % c or (stop % c and stop != n) or stop <= start:
+            raise OmeZarrError(
+                f"{where}: region {sl} on axis {axis} is not aligned to the zarr chunks of size {c} "
+                f"(array size {n}); parallel writers must each write whole chunks"
+            )
+
+
+def write_region(group: zarr.Group, region: Sequence[slice], data: np.ndarray, level: int = 0) -> None:
+    """Write ``data`` into a chunk-aligned ``region`` (a slice per axis) of one pyramid level."""
+    arr = _level_array(group, level)
+    region = tuple(region)
+    check_chunk_aligned(region, arr.shape, arr.chunks, describe(group.store))
+    expected = tuple(sl.indices(n)[1] - sl.indices(n)[0] for sl, n in zip(region, arr.shape, strict=True))
+    if tuple(data.shape) != expected:
+        raise OmeZarrError(f"{describe(group.store)}: data of shape {data.shape} for a region of shape {expected}")
+    arr[region] = np.asarray(data, dtype=arr.dtype)
+
+
+def downsample_mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """Block-mean by integer ``factors``; a partial block at the end averages what is there."""
+    pad = [(0, (-n) % f) for n, f in zip(block.shape, factors, strict=True)]
+    valid = np.pad(np.ones(block.shape, dtype=np.float32), pad) if any(p[1] for p in pad) else None
+    data = np.pad(block.astype(np.float64), pad)
+    shape = []
+    for n, f in zip(data.shape, factors, strict=True):
+        shape += [n // f, f]
+    axes = tuple(range(1, 2 * block.ndim, 2))
+    total = data.reshape(shape).sum(axis=axes)
+    count = valid.reshape(shape).sum(axis=axes) if valid is not None else float(np.prod(factors))
+    out = total / count
+    if np.issubdtype(block.dtype, np.integer):
+        info = np.iinfo(block.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(block.dtype)
+
+
+def build_pyramid(
+    store: str | Path | zarr.Group, progress: bool = True, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Fill levels 1.. from level 0 by block means, one target chunk per dask task (bounded memory)."""
+    group = store if isinstance(store, zarr.Group) else open_for_writing(store, storage_options)
+    where = describe(group.store)
+    meta = parse_image_attrs(group.attrs.asdict(), where)
+    for level in range(1, meta.n_levels):
+        src = _level_array(group, level - 1)
+        dst = _level_array(group, level)
+        factors = tuple(
+            int(round(meta.scales[level].get(d, 1.0) / meta.scales[level - 1].get(d, 1.0))) for d in meta.dims
+        )
+        source = da.from_zarr(src, chunks=tuple(c * f for c, f in zip(dst.chunks, factors, strict=True)))
+        target = source.map_blocks(downsample_mean, factors, dtype=dst.dtype, chunks=_target_chunks(source.chunks, factors))
+        compute_with_progress(
+            da.store(target, dst, lock=False, compute=False), desc=f"pyramid level {level}", enabled=progress
+        )
+
+
+def _target_chunks(chunks: tuple[tuple[int, ...], ...], factors: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(math.ceil(c / f) for c in axis) for axis, f in zip(chunks, factors, strict=True))
