@@ -91,6 +91,32 @@ def describe_image(image: Any) -> str:
     return "\n".join(lines)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from chunked_fnet.config import load_yaml_config
+    from chunked_fnet.train.trainer import TrainConfig, train
+
+    overrides = {"iterations": args.iterations, "output": args.output, "workers": args.workers, "device": args.device}
+    config = load_yaml_config(TrainConfig, args.config, overrides)
+    checkpoint = train(config, resume=args.resume, progress=not args.no_progress)
+    print(f"model: {checkpoint}\nlosses: {Path(config.output) / 'losses.csv'} ({Path(config.output) / 'losses.png'})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from chunked_fnet.evaluate.report import evaluate_run, summarize, write_report
+
+    rows = [row for run in args.runs for row in evaluate_run(run, overlap=args.overlap, progress=not args.no_progress)]
+    table, figure = write_report(rows, args.out)
+    print(f"{'structure':<18}{'split':<7}{'n':>3}  {'norm. error':>12}  {'Pearson r':>10}")
+    for (structure, split), m in sorted(summarize(rows).items()):
+        print(
+            f"{structure:<18}{split:<7}{int(m['n']):>3}  {m['normalized_error']:>6.3f} ± {m['normalized_error_std']:<5.3f}"
+            f"{m['pearson_r']:>6.3f} ± {m['pearson_r_std']:.3f}"
+        )
+    print(f"per image: {table}\nfigure: {figure}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from chunked_fnet.io.reader import open_image
 
@@ -149,6 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ngff-version", dest="version", choices=("0.4", "0.5"))
     common(p)
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("train", help="train one U-Net for one structure (see configs/train_*.yaml)")
+    p.add_argument("--config", required=True, help="YAML TrainConfig")
+    p.add_argument("--resume", action="store_true", help="continue the run in the config's output directory exactly")
+    p.add_argument("--iterations", type=int, help="override the config's iterations")
+    p.add_argument("--output", help="override the config's run directory")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="normalised error and Pearson r of trained runs on their train/test splits")
+    p.add_argument("runs", nargs="+", help="training run directories")
+    p.add_argument("--out", required=True, help="folder for metrics.csv and metrics.png")
+    p.add_argument("--overlap", type=float, default=0.25, help="patch overlap of the tiled predictor")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("info", help="describe an OME-Zarr image")
     p.add_argument("path")

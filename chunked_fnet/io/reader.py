@@ -68,18 +68,17 @@ def read_metadata(path: Any, *, series: str | int | None = None, storage_options
     return parse_image_attrs(group.attrs.asdict(), where)
 
 
-def open_image(
+def open_level_array(
     path: Any,
     *,
     level: int = 0,
     series: str | int | None = None,
     storage_options: Mapping[str, Any] | None = None,
-) -> xr.DataArray:
-    """Open one pyramid level of an OME-Zarr image as a dask-backed :class:`xarray.DataArray`.
+) -> tuple[zarr.Array, ImageMetadata, str]:
+    """The read-only zarr array of one pyramid level, its image's metadata, and a printable name.
 
-    Dims follow the image's ``axes``; space/time coordinates are physical (scale and translation of
-    that level); the channel coordinate holds ``omero`` channel names when present. ``attrs`` keep
-    the NGFF version, units, channel colours and the source, so writers can carry them forward.
+    For code that reads many small windows (training patches, chunk tasks), where going through
+    dask for each read would cost more than the read.
     """
     group, where = _resolve_series(_open_group(path, storage_options), series, describe(path))
     meta = parse_image_attrs(group.attrs.asdict(), where)
@@ -97,6 +96,23 @@ def open_image(
         raise OmeZarrError(
             f"{where}: dataset {meta.paths[level]!r} has {arr.ndim} dimensions but the axes are {list(meta.dims)}"
         )
+    return arr, meta, where
+
+
+def open_image(
+    path: Any,
+    *,
+    level: int = 0,
+    series: str | int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> xr.DataArray:
+    """Open one pyramid level of an OME-Zarr image as a dask-backed :class:`xarray.DataArray`.
+
+    Dims follow the image's ``axes``; space/time coordinates are physical (scale and translation of
+    that level); the channel coordinate holds ``omero`` channel names when present. ``attrs`` keep
+    the NGFF version, units, channel colours and the source, so writers can carry them forward.
+    """
+    arr, meta, where = open_level_array(path, level=level, series=series, storage_options=storage_options)
     data = da.from_zarr(arr)
     coords: dict[str, Any] = {}
     for axis, dim in enumerate(meta.dims):

@@ -39,6 +39,7 @@ CHANNEL_COLORS = {
     "er": "FF9F00",
 }
 NOISE_BLOCK = 64  # y/x size of the global noise tiles: noise does not depend on the output chunking
+NOISE_BLOCK_Z = 8
 
 
 class Photons(BaseModel):
@@ -169,12 +170,16 @@ def _camera(expected: np.ndarray, config: SynthConfig, key: Sequence[int], z0: i
     """Counts from expected photo-electrons: shot noise (Gaussian approximation of Poisson, variance
     equal to the mean) plus read noise and offset. The noise is drawn per global block so it does
     not depend on how the image is chunked."""
-    block = (config.size_z, NOISE_BLOCK, NOISE_BLOCK)
+    block = (NOISE_BLOCK_Z, NOISE_BLOCK, NOISE_BLOCK)
     start = (z0, y0, x0)
-    shot = tiled_normal(config.seed, [*key, 0], start, expected.shape, block)
-    read = tiled_normal(config.seed, [*key, 1], start, expected.shape, block)
-    counts = expected + np.sqrt(np.maximum(expected, 0)) * shot + config.photons.read_noise * read + config.photons.offset
-    return np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
+    counts = tiled_normal(config.seed, [*key, 0], start, expected.shape, block)  # shot noise, scaled below
+    counts *= np.sqrt(np.maximum(expected, 0))
+    counts += expected
+    counts += config.photons.read_noise * tiled_normal(config.seed, [*key, 1], start, expected.shape, block)
+    counts += config.photons.offset
+    np.rint(counts, out=counts)
+    np.clip(counts, 0, 65535, out=counts)
+    return counts.astype(np.uint16)
 
 
 def _write_brightfield(group: zarr.Group, config: SynthConfig, state: CellState, fov: int, t: int) -> None:
@@ -195,12 +200,15 @@ def _write_brightfield(group: zarr.Group, config: SynthConfig, state: CellState,
     top = state.coverslip_z + float(state.height.max()) + 0.5
     fields, exit_z = sim.exit_fields(render_slab, (0.0, 0.0), (state.coverslip_z - 0.5, top), dz_bpm)
     cz = config.chunks[0]
-    focus = np.arange(config.size_z) * dz
-    planes = sim.focal_planes(fields, exit_z, focus)
+    planes = sim.focal_planes(fields, exit_z, np.arange(config.size_z) * dz)
     for z0 in range(0, config.size_z, cz):
         n = min(cz, config.size_z - z0)
-        stack = np.stack([next(planes) for _ in range(n)]) * config.photons.brightfield
-        counts = _camera(stack, config, (fov, t, 0), z0, 0, 0)
+        counts = np.empty((n, config.size_y, config.size_x), dtype=np.uint16)
+        for g0 in range(0, n, 4):  # a few planes at a time: float temporaries stay small
+            g = min(4, n - g0)
+            expected = np.stack([next(planes) for _ in range(g)])
+            expected *= config.photons.brightfield
+            counts[g0 : g0 + g] = _camera(expected, config, (fov, t, 0), z0 + g0, 0, 0)
         write_region(group, (slice(t, t + 1), slice(0, 1), slice(z0, z0 + n), slice(None), slice(None)), counts[None, None])
 
 
@@ -216,7 +224,7 @@ def _write_fluorescence(group: zarr.Group, config: SynthConfig, state: CellState
     def column(yx: tuple[int, int]) -> None:
         y0, x0 = yx
         ny, nx = min(cy, config.size_y - y0), min(cx, config.size_x - x0)
-        expected = np.empty((len(STRUCTURES), config.size_z, ny, nx), dtype=np.float32)
+        counts = np.empty((len(STRUCTURES), config.size_z, ny, nx), dtype=np.uint16)
         sub = 128  # render sub-tiles: temporaries stay small whatever the chunk size
         for sy in range(0, ny, sub):
             for sx in range(0, nx, sub):
@@ -226,11 +234,12 @@ def _write_fluorescence(group: zarr.Group, config: SynthConfig, state: CellState
                 dens = render_region(state, origin, box, config.voxel_size)
                 inner = (slice(halo[0], -halo[0]), slice(halo[1], halo[1] + my), slice(halo[2], halo[2] + mx))
                 for c, name in enumerate(STRUCTURES):
-                    blurred = gaussian_filter(dens[name], sigma, mode="constant", truncate=4.0)
-                    expected[c, :, sy : sy + my, sx : sx + mx] = config.photons.background + peaks[c] * blurred[inner]
+                    expected = config.photons.background + peaks[c] * gaussian_filter(dens.pop(name), sigma, mode="constant", truncate=4.0)[inner]
+                    counts[c, :, sy : sy + my, sx : sx + mx] = _camera(expected, config, (fov, t, c + 1), 0, y0 + sy, x0 + sx)
+                del dens
         for c in range(len(STRUCTURES)):
-            counts = _camera(expected[c], config, (fov, t, c + 1), 0, y0, x0)
-            write_region(group, (slice(t, t + 1), slice(c + 1, c + 2), slice(None), slice(y0, y0 + ny), slice(x0, x0 + nx)), counts[None, None])
+            region = (slice(t, t + 1), slice(c + 1, c + 2), slice(None), slice(y0, y0 + ny), slice(x0, x0 + nx))
+            write_region(group, region, counts[c][None, None])
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         list(pool.map(column, columns))

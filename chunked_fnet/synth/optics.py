@@ -62,7 +62,7 @@ class BrightfieldSimulator:
         k2 = ky[:, None] ** 2 + kx[None, :] ** 2
         self.kz = np.sqrt((kmed**2 - k2).astype(np.complex128)).astype(np.complex64)  # imaginary where evanescent: decays
         self.pupil = k2 <= (self.k0 * self.optics.objective_na) ** 2
-        self.taper = np.outer(_taper(self.grid[0], self.pad[0]), _taper(self.grid[1], self.pad[1]))
+        self.taper = np.outer(_taper(self.grid[0], self.pad[0]), _taper(self.grid[1], self.pad[1])).astype(np.float32)
         self.illumination = self._angles(ky, kx)
 
     def _angles(self, ky: np.ndarray, kx: np.ndarray) -> list[tuple[float, float]]:
@@ -82,7 +82,7 @@ class BrightfieldSimulator:
         origin_yx: tuple[float, float],
         z_range: tuple[float, float],
         dz: float,
-        slab: int = 8,
+        slab: int = 4,
     ) -> tuple[np.ndarray, float]:
         """Fields (angles, Y, X) leaving the top of the sample, and the z (µm) where they leave it."""
         dy, dx = self.voxel_yx
@@ -90,14 +90,17 @@ class BrightfieldSimulator:
         x0 = origin_yx[1] - self.pad[1] * dx
         yy = np.arange(self.grid[0])[:, None] * dy
         xx = np.arange(self.grid[1])[None, :] * dx
-        fields = np.stack([np.exp(1j * (sy * yy + sx * xx)) for sy, sx in self.illumination]).astype(np.complex64)
+        fields = np.empty((len(self.illumination), *self.grid), dtype=np.complex64)
+        for a, (sy, sx) in enumerate(self.illumination):
+            fields[a] = np.exp(1j * (sy * yy + sx * xx))
         step = np.exp(1j * self.kz * dz).astype(np.complex64)
         zs = np.arange(z_range[0], z_range[1], dz)
         for start in range(0, len(zs), slab):
             zslab = zs[start : start + slab]
             delta, absorption = render_slab(zslab, y0, x0, *self.grid)
             for plane in range(len(zslab)):
-                phase = (np.exp((1j * delta[plane] - absorption[plane]) * self.k0 * dz) * self.taper).astype(np.complex64)
+                phase = np.exp((1j * self.k0 * dz) * delta[plane] - (self.k0 * dz) * absorption[plane]).astype(np.complex64)
+                phase *= self.taper
                 for a in range(len(fields)):  # one angle at a time keeps temporaries to one plane
                     spectrum = scipy.fft.fft2(fields[a] * phase, workers=-1)
                     spectrum *= step
@@ -105,19 +108,22 @@ class BrightfieldSimulator:
         return fields, float(zs[-1] + dz) if len(zs) else float(z_range[0])
 
     def focal_planes(self, fields: np.ndarray, exit_z: float, focus_z: Sequence[float]) -> Iterator[np.ndarray]:
-        """Bright-field intensity (Y, X), 1.0 = empty field, for each focal plane, cropped to the image."""
-        spectra = np.empty_like(fields)
+        """Bright-field intensity (Y, X), 1.0 = empty field, for each focal plane, cropped to the image.
+
+        ``fields`` is consumed: it is overwritten in place by its pupil-filtered spectrum (saves a copy
+        of the largest array here).
+        """
         for a in range(len(fields)):
-            spectra[a] = scipy.fft.fft2(fields[a], workers=-1) * self.pupil
+            fields[a] = scipy.fft.fft2(fields[a], workers=-1) * self.pupil
         crop = (slice(self.pad[0], self.pad[0] + self.shape_yx[0]), slice(self.pad[1], self.pad[1] + self.shape_yx[1]))
         for z in focus_z:
             # Only propagating waves pass the pupil; masking avoids exp() overflow of evanescent terms.
             defocus = (np.exp(1j * self.kz.real * (z - exit_z)) * self.pupil).astype(np.complex64)
             intensity = np.zeros(self.shape_yx, dtype=np.float32)
-            for a in range(len(spectra)):
-                image = scipy.fft.ifft2(spectra[a] * defocus, workers=-1)[crop]
+            for a in range(len(fields)):
+                image = scipy.fft.ifft2(fields[a] * defocus, workers=-1)[crop]
                 intensity += image.real**2 + image.imag**2
-            yield intensity / len(spectra)
+            yield intensity / len(fields)
 
 
 def _taper(n: int, pad: int) -> np.ndarray:

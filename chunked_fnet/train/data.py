@@ -1,0 +1,262 @@
+"""Training pairs read straight from chunked stores: per-image statistics, model-grid resampling,
+and reproducible random patches for torch DataLoader workers.
+
+Sample ``i`` of a run is a pure function of ``(seed, i)`` (which pair, where), so resuming at
+iteration ``n`` replays exactly the patches an uninterrupted run would have drawn, whatever the
+number of loader workers. Each worker keeps an LRU cache of preprocessed pairs bounded in bytes;
+a pair too large for the cache is read window by window from the store instead, so training data
+may be far larger than memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chunked_fnet.errors import InputError
+from chunked_fnet.io.reader import open_image, open_level_array
+from chunked_fnet.preprocess.normalize import FrameStats, frame_stats
+from chunked_fnet.preprocess.resample import ModelGrid, resample_window
+from chunked_fnet.train.manifest import ManifestEntry, Pair
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """Everything a worker needs to read one pair, small and picklable (no open files)."""
+
+    name: str
+    path: str
+    series: str | None
+    t: int | None
+    input_index: int
+    target_index: int
+    input_stats: FrameStats
+    target_stats: FrameStats
+    source_shape: tuple[int, int, int]
+    source_scale: tuple[float, float, float]
+
+    def grid(self, model_scale: Sequence[float]) -> ModelGrid:
+        return ModelGrid(self.source_shape, self.source_scale, tuple(model_scale))  # type: ignore[arg-type]
+
+
+def _channel_index(image, channel: str | int, what: str) -> int:  # noqa: ANN001 - xarray DataArray
+    names = [str(c) for c in image["c"].values] if "c" in image.dims else []
+    if "c" not in image.dims:
+        if channel in (0, "0"):
+            return 0
+        raise InputError(f"{image.attrs['source']}: has no channel axis, cannot select {what} channel {channel!r}")
+    if isinstance(channel, int) or str(channel).lstrip("-").isdigit():
+        i = int(channel)
+        if not -len(names) <= i < len(names):
+            raise InputError(f"{image.attrs['source']}: {what} channel index {i} out of range; channels are {names}")
+        return i % len(names)
+    if str(channel) not in names:
+        raise InputError(f"{image.attrs['source']}: no {what} channel named {channel!r}; channels are {names}")
+    return names.index(str(channel))
+
+
+def _frame(image, t: int | None, c: int):  # noqa: ANN001, ANN202
+    sel = {}
+    if "t" in image.dims:
+        sel["t"] = t or 0
+    if "c" in image.dims:
+        sel["c"] = c
+    frame = image.isel(sel)
+    if "z" not in frame.dims:
+        raise InputError(f"{image.attrs['source']}: a 3D model needs a z axis; the image has dims {list(image.dims)}")
+    return frame.transpose("z", "y", "x")
+
+
+def convert_if_tiff(entry: ManifestEntry, workdir: Path) -> ManifestEntry:
+    """TIFF entries are converted once to OME-Zarr in ``workdir`` so patches come from a chunked store."""
+    if not entry.path.lower().endswith(TIFF_SUFFIXES):
+        return entry
+    from chunked_fnet.io.convert import convert_tiff
+
+    out = workdir / "converted" / (Path(entry.path).stem + ".zarr")
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        convert_tiff(entry.path, out, voxel_size=entry.voxel_size, progress=False)
+    return entry.model_copy(update={"path": str(out)})
+
+
+def expand_pairs(entries: Sequence[ManifestEntry]) -> list[Pair]:
+    """One pair per (image, time point)."""
+    pairs = []
+    for e in entries:
+        image = open_image(e.path, series=e.series)
+        times = e.time_points if e.time_points is not None else (range(image.sizes["t"]) if "t" in image.dims else [None])
+        for t in times:
+            if t is not None and "t" in image.dims and not 0 <= t < image.sizes["t"]:
+                raise InputError(f"{image.attrs['source']}: time point {t} out of range 0..{image.sizes['t'] - 1}")
+            pairs.append(
+                Pair(path=e.path, series=e.series, t=t, input_channel=e.input_channel, target_channel=e.target_channel, split=e.split)
+            )
+    return pairs
+
+
+def describe_pair(pair: Pair, stats_cache: dict[str, dict] | None = None) -> PairSpec:
+    """Open a pair lazily and compute (or reuse) whole-frame statistics of both channels."""
+    image = open_image(pair.path, series=pair.series)
+    ci = _channel_index(image, pair.input_channel, "input")
+    ct = _channel_index(image, pair.target_channel, "target")
+    cached = (stats_cache or {}).get(pair.name)
+    if cached is not None:
+        si, st = FrameStats(**cached["input"]), FrameStats(**cached["target"])
+    else:
+        si = frame_stats(_frame(image, pair.t, ci), f"{pair.name} input channel {pair.input_channel!r}")
+        st = frame_stats(_frame(image, pair.t, ct), f"{pair.name} target channel {pair.target_channel!r}")
+    scale = image.attrs["scale"]
+    frame = _frame(image, pair.t, ci)
+    return PairSpec(
+        name=pair.name,
+        path=pair.path,
+        series=pair.series,
+        t=pair.t,
+        input_index=ci,
+        target_index=ct,
+        input_stats=si,
+        target_stats=st,
+        source_shape=tuple(frame.shape),
+        source_scale=(scale["z"], scale["y"], scale["x"]),
+    )
+
+
+def save_stats(specs: Sequence[PairSpec], path: Path) -> None:
+    path.write_text(json.dumps({s.name: {"input": asdict(s.input_stats), "target": asdict(s.target_stats)} for s in specs}, indent=1))
+
+
+def load_stats(path: Path) -> dict[str, dict]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+class PairReader:
+    """Reads z-scored, model-grid windows of a pair's input and target straight from its store."""
+
+    def __init__(self, spec: PairSpec, model_scale: Sequence[float]) -> None:
+        self.spec = spec
+        self.grid = spec.grid(model_scale)
+        self.array, meta, _ = open_level_array(spec.path, series=spec.series)
+        self.dims = meta.dims
+
+    def _reader(self, channel: int):  # noqa: ANN202
+        def read(window: tuple[slice, ...]) -> np.ndarray:
+            index = []
+            for d in self.dims:
+                if d == "t":
+                    index.append(self.spec.t or 0)
+                elif d == "c":
+                    index.append(channel)
+                else:
+                    index.append(window[("z", "y", "x").index(d)])
+            return np.asarray(self.array[tuple(index)], dtype=np.float32)
+
+        return read
+
+    def window(self, region: Sequence[slice]) -> tuple[np.ndarray, np.ndarray]:
+        x = resample_window(self._reader(self.spec.input_index), self.grid, region)
+        y = resample_window(self._reader(self.spec.target_index), self.grid, region)
+        return self.spec.input_stats.apply(x), self.spec.target_stats.apply(y)
+
+    def whole(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.window(tuple(slice(0, n) for n in self.grid.shape))
+
+
+class PairCache:
+    """LRU cache of whole preprocessed pairs, bounded in bytes (per process)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self.peak_bytes = 0
+        self._items: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def get(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def fits(self, nbytes: int) -> bool:
+        return nbytes <= self.max_bytes
+
+    def put(self, key: str, value: tuple[np.ndarray, np.ndarray]) -> None:
+        size = value[0].nbytes + value[1].nbytes
+        while self._items and self.nbytes + size > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.nbytes -= old[0].nbytes + old[1].nbytes
+        if size <= self.max_bytes:
+            self._items[key] = value
+            self.nbytes += size
+            self.peak_bytes = max(self.peak_bytes, self.nbytes)
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Sample ``i``: a random patch of a random training pair, both drawn from ``(seed, i)``."""
+
+    def __init__(
+        self,
+        specs: Sequence[PairSpec],
+        model_scale: Sequence[float],
+        patch_shape: Sequence[int],
+        seed: int,
+        length: int,
+        cache_bytes: int = 2 * 2**30,
+    ) -> None:
+        self.specs = list(specs)
+        self.model_scale = tuple(model_scale)
+        self.patch_shape = tuple(int(p) for p in patch_shape)
+        self.seed = int(seed)
+        self.length = int(length)
+        self.cache_bytes = int(cache_bytes)
+        for spec in self.specs:
+            shape = spec.grid(self.model_scale).shape
+            if any(n < p for n, p in zip(shape, self.patch_shape, strict=True)):
+                raise InputError(
+                    f"{spec.name}: on the model grid (voxel {self.model_scale} µm) the image is {shape} voxels (z, y, x), "
+                    f"smaller than the training patch {self.patch_shape}; use a smaller patch_shape"
+                )
+        self._readers: dict[str, PairReader] = {}
+        self.cache = PairCache(cache_bytes)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def draw(self, index: int) -> tuple[int, tuple[int, int, int]]:
+        """Which pair and which patch corner sample ``index`` uses."""
+        rng = np.random.default_rng([self.seed, int(index)])
+        k = int(rng.integers(len(self.specs)))
+        shape = self.specs[k].grid(self.model_scale).shape
+        corner = tuple(int(rng.integers(0, n - p + 1)) for n, p in zip(shape, self.patch_shape, strict=True))
+        return k, corner  # type: ignore[return-value]
+
+    def _reader(self, spec: PairSpec) -> PairReader:
+        reader = self._readers.get(spec.name)
+        if reader is None:
+            reader = self._readers[spec.name] = PairReader(spec, self.model_scale)
+        return reader
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k, corner = self.draw(index)
+        spec = self.specs[k]
+        region = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_shape, strict=True))
+        reader = self._reader(spec)
+        whole_bytes = 2 * 4 * math.prod(reader.grid.shape)
+        cached = self.cache.get(spec.name)
+        if cached is None and self.cache.fits(whole_bytes):
+            cached = reader.whole()
+            self.cache.put(spec.name, cached)
+        if cached is not None:
+            x, y = (np.ascontiguousarray(a[region]) for a in cached)
+        else:
+            x, y = reader.window(region)
+        return torch.from_numpy(x[None]), torch.from_numpy(y[None])

@@ -1,0 +1,442 @@
+"""The global patch grid, blending, and the whole-volume / per-chunk predictors.
+
+The central property: predicting a volume in one go equals stitching independent per-region
+predictions, for any partition of the volume (chunking must not change the result)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from chunked_fnet.inference import (
+    PatchGrid,
+    blend_region,
+    blend_weights,
+    chunk_regions,
+    fit_patch,
+    make_grid,
+    padded_reader,
+    patch_starts,
+    predict_chunk,
+    predict_volume,
+    unbatched,
+)
+
+KINDS = ["gaussian", "cosine", "linear", "constant"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The models here are tiny: intra-op threads only add contention (and seconds) on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------ tiny models
+def _conv_stack(c_in: int = 1, c_out: int = 1, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv3d(c_in, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv3d(4, c_out, 3, padding=1),
+    )
+
+
+class _TinyUNet(torch.nn.Module):
+    """Depth-1 U-Net: conv, 2x down, conv, 2x up, skip concat, conv (needs patches divisible by 2)."""
+
+    def __init__(self, c_in: int = 1, c_out: int = 2, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.enc = torch.nn.Conv3d(c_in, 4, 3, padding=1)
+        self.down = torch.nn.Conv3d(4, 8, 2, stride=2)
+        self.mid = torch.nn.Conv3d(8, 8, 3, padding=1)
+        self.up = torch.nn.ConvTranspose3d(8, 4, 2, stride=2)
+        self.dec = torch.nn.Conv3d(8, c_out, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = torch.relu(self.enc(x))
+        m = torch.relu(self.mid(self.down(e)))
+        return self.dec(torch.cat([e, self.up(m)], dim=1))
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _volume(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _stitch(model, volume, chunks, **opts) -> tuple[np.ndarray, int]:
+    read = padded_reader(volume, opts.get("pad_mode", "reflect"))
+    regions = chunk_regions(volume.shape[1:], chunks)
+    parts = [(r, predict_chunk(model, read, volume.shape, r, **opts)) for r in regions]
+    c_out = parts[0][1].shape[0]
+    out = np.full((c_out,) + volume.shape[1:], np.nan, dtype=np.float32)
+    for r, p in parts:
+        out[(slice(None), *r)] = p
+    return out, len(regions)
+
+
+# ----------------------------------------------------------------------------------------- grid
+@pytest.mark.parametrize(
+    "size,patch,step",
+    [(100, 32, 24), (32, 32, 24), (33, 32, 24), (7, 16, 12), (1, 16, 12), (50, 32, 1), (64, 16, 16), (65, 16, 16)],
+)
+def test_patch_starts_cover_and_end_at_edge(size: int, patch: int, step: int) -> None:
+    starts = patch_starts(size, patch, step)
+    padded = max(size, patch)
+    assert starts[0] == 0
+    assert starts[-1] + patch == padded
+    assert np.all(np.diff(starts) > 0) and np.all(np.diff(starts) <= step)
+    cover = np.zeros(padded, dtype=int)
+    for s in starts:
+        cover[s : s + patch] += 1
+    assert cover.min() >= 1
+    # regular steps except for the last window, which is shifted back (never a duplicate)
+    assert np.all(starts[:-1] == np.arange(len(starts) - 1) * step)
+    np.testing.assert_array_equal(starts, patch_starts(size, patch, step))
+
+
+def test_grid_covers_every_voxel_and_is_deterministic() -> None:
+    for shape, patch, overlap in [
+        ((40, 70, 90), (16, 32, 32), 0.25),
+        ((7, 45, 50), (16, 32, 32), 0.5),
+        ((17, 33, 100), (16, 32, 32), (0.0, 0.3, 0.75)),
+    ]:
+        grid = PatchGrid(shape, patch, overlap)
+        assert grid.padded_shape == tuple(max(n, p) for n, p in zip(shape, patch))
+        cover = np.zeros(grid.padded_shape, dtype=np.int32)
+        corners = list(grid.corners())
+        assert len(corners) == grid.n_patches == len(set(corners))
+        for c in corners:
+            cover[tuple(slice(s, s + p) for s, p in zip(c, grid.patch))] += 1
+        assert cover.min() >= 1
+        for a in range(3):
+            assert grid.starts[a][-1] + grid.patch[a] == grid.padded_shape[a]
+        assert grid.recompute_factor == pytest.approx(cover.sum() / np.prod(shape))
+        again = PatchGrid(shape, patch, overlap)
+        assert again == grid
+        for a in range(3):
+            np.testing.assert_array_equal(again.starts[a], grid.starts[a])
+
+
+def test_grid_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        PatchGrid((10, 10, 10), (8, 8, 8), 1.0)
+    with pytest.raises(ValueError, match="overlap"):
+        PatchGrid((10, 10, 10), (8, 8, 8), (0.1, 0.2))
+    with pytest.raises(ValueError):
+        PatchGrid((0, 10, 10), (8, 8, 8), 0.25)
+    grid = PatchGrid((10, 10, 10), (8, 8, 8), 0.25)
+    with pytest.raises(ValueError, match="outside the volume"):
+        grid.patches_touching((slice(0, 11), slice(0, 5), slice(0, 5)))
+    with pytest.raises(ValueError, match="empty"):
+        grid.halo_for((slice(3, 3), slice(0, 5), slice(0, 5)))
+
+
+def test_patches_touching_and_halo_match_brute_force() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        shape = tuple(int(n) for n in rng.integers(1, 60, size=3))
+        patch = tuple(int(p) for p in rng.choice([4, 8, 16], size=3))
+        overlap = tuple(float(o) for o in rng.choice([0.0, 0.25, 0.5, 0.8], size=3))
+        grid = PatchGrid(shape, patch, overlap)
+        all_corners = list(grid.corners())
+        for _ in range(5):
+            lo = [int(rng.integers(0, n)) for n in shape]
+            hi = [int(rng.integers(a + 1, n + 1)) for a, n in zip(lo, shape)]
+            region = tuple(slice(a, b) for a, b in zip(lo, hi))
+            expected = [
+                c for c in all_corners
+                if all(c[a] < hi[a] and c[a] + patch[a] > lo[a] for a in range(3))
+            ]
+            got = grid.patches_touching(region)
+            assert got == expected  # same set, same canonical order
+            halo = grid.halo_for(region)
+            for a in range(3):
+                assert halo[a].start == min(c[a] for c in expected)
+                assert halo[a].stop == max(c[a] for c in expected) + patch[a]
+                assert halo[a].start <= lo[a] and halo[a].stop >= hi[a]
+                assert 0 <= halo[a].start and halo[a].stop <= grid.padded_shape[a]
+
+
+def test_halo_accepts_open_slices() -> None:
+    grid = PatchGrid((30, 40, 50), (8, 16, 16), 0.25)
+    assert grid.halo_for((slice(None), slice(None), slice(None))) == tuple(slice(0, n) for n in grid.padded_shape)
+    assert grid.patches_touching((slice(-1, None), slice(0, 1), slice(0, 1))) == [(22, 0, 0)]
+
+
+def test_chunk_regions_partition() -> None:
+    shape = (10, 13, 7)
+    for chunks in [(4, 5, 7), (10, 13, 7), (1, 1, 1), ((3, 7), (13,), (2, 2, 3))]:
+        count = np.zeros(shape, dtype=int)
+        for r in chunk_regions(shape, chunks):
+            count[r] += 1
+        assert np.all(count == 1)
+    with pytest.raises(ValueError):
+        chunk_regions(shape, ((3, 6), (13,), (7,)))
+
+
+# -------------------------------------------------------------------------------------- weights
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("patch", [(16, 32, 32), (7, 12, 5), (1, 2, 3)])
+def test_blend_weights_positive_symmetric_max_one(kind: str, patch: tuple[int, int, int]) -> None:
+    w = blend_weights(patch, kind)
+    assert w.shape == patch and w.dtype == np.float32
+    assert w.max() == 1.0
+    assert w.min() > 0 and w.min() >= 1e-3 - 1e-9
+    for axis in range(3):
+        np.testing.assert_array_equal(w, np.flip(w, axis))
+    if kind != "constant" and min(patch) > 4:
+        centre = tuple(p // 2 for p in patch)
+        assert w[centre] > w[0, 0, 0]  # a bump, not flat
+
+
+def test_blend_weights_rejects_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="blend"):
+        blend_weights((8, 8, 8), "hamming")  # type: ignore[arg-type]
+
+
+# -------------------------------------------------------------------------------------- blending
+@pytest.mark.parametrize("kind", KINDS)
+def test_identity_model_returns_input(kind: str) -> None:
+    shape = (1, 21, 45, 50)
+    # a power-of-two constant is reproduced bit for bit (normalisation by the summed weights is exact)
+    for value in (1.0, 0.25, -8.0):
+        vol = np.full(shape, value, dtype=np.float32)
+        out = predict_volume(_identity, vol, patch=(16, 32, 32), overlap=0.4, blend=kind, batch_size=3)
+        np.testing.assert_array_equal(out, vol)
+    vol = np.full(shape, 3.7, dtype=np.float32)
+    out = predict_volume(_identity, vol, patch=(16, 32, 32), overlap=0.4, blend=kind)
+    np.testing.assert_allclose(out, vol, rtol=1e-6)
+    vol = _volume(shape)
+    out = predict_volume(_identity, vol, patch=(16, 32, 32), overlap=0.25, blend=kind)
+    np.testing.assert_allclose(out, vol, rtol=1e-5, atol=1e-6)
+
+
+def test_blend_region_batches_and_reads_only_touching_patches() -> None:
+    grid = PatchGrid((20, 30, 40), (8, 16, 16), 0.5)
+    weights = blend_weights(grid.patch, "gaussian")
+    region = (slice(5, 13), slice(0, 7), slice(20, 40))
+    calls: list[int] = []
+    seen: list[tuple[int, int, int]] = []
+
+    def predict_batch(corners):
+        calls.append(len(corners))
+        seen.extend(corners)
+        # output = z coordinate of each voxel, so the blend of consistent patches is exact-ish
+        out = np.empty((len(corners), 1) + grid.patch, dtype=np.float32)
+        for i, c in enumerate(corners):
+            out[i, 0] = (np.arange(grid.patch[0]) + c[0])[:, None, None]
+        return out
+
+    out = blend_region(region, grid, weights, predict_batch, batch_size=5)
+    assert seen == grid.patches_touching(region)
+    assert max(calls) <= 5 and sum(calls) == len(seen)
+    assert out.shape == (1, 8, 7, 20)
+    np.testing.assert_allclose(out[0], np.broadcast_to(np.arange(5, 13)[:, None, None], (8, 7, 20)), rtol=1e-6)
+    # the one-patch adapter gives the same result
+    single = unbatched(lambda c: predict_batch([c])[0])
+    np.testing.assert_array_equal(blend_region(region, grid, weights, single, batch_size=1), out)
+
+
+def test_blend_region_checks_model_output_shape() -> None:
+    grid = PatchGrid((20, 30, 40), (8, 16, 16), 0.25)
+    with pytest.raises(ValueError, match="predict_batch returned shape"):
+        blend_region(
+            (slice(0, 4), slice(0, 4), slice(0, 4)), grid, blend_weights(grid.patch),
+            lambda corners: np.zeros((len(corners), 1, 8, 16, 15)),
+        )
+
+
+# -------------------------------------------------------------------------------------- padding
+@pytest.mark.parametrize("mode", ["reflect", "symmetric", "edge", "constant"])
+@pytest.mark.parametrize("n", [1, 2, 3, 6])
+def test_padded_reader_matches_numpy_pad(mode: str, n: int) -> None:
+    vol = _volume((2, n, 5, 4), seed=n)
+    before, after = (9, 2, 0), (11, 3, 5)
+    ref = np.pad(vol, [(0, 0)] + list(zip(before, after)), mode=mode)
+    read = padded_reader(vol, mode)  # type: ignore[arg-type]
+    full = tuple(slice(-b, s + a) for b, s, a in zip(before, vol.shape[1:], after))
+    np.testing.assert_array_equal(read(full), ref)
+    sub = (slice(n - 1, n + 10), slice(-1, 3), slice(2, 9))
+    ref_sub = ref[(slice(None), *(slice(s.start + b, s.stop + b) for s, b in zip(sub, before)))]
+    np.testing.assert_array_equal(read(sub), ref_sub)
+    # in-range reads are views, no copy
+    assert np.shares_memory(read((slice(0, n), slice(1, 4), slice(0, 4))), vol)
+
+
+# ----------------------------------------------------------------------------- chunk invariance
+@pytest.mark.parametrize(
+    "model_name,shape,patch,multiple",
+    [
+        ("conv", (1, 20, 37, 41), (8, 16, 16), 8),
+        ("unet", (1, 19, 35, 42), (8, 16, 16), 2),
+        ("unet", (1, 6, 30, 33), (8, 16, 16), 8),  # z shorter than a patch: padded
+    ],
+)
+def test_chunked_equals_whole_volume(model_name: str, shape, patch, multiple) -> None:
+    model = _conv_stack() if model_name == "conv" else _TinyUNet()
+    vol = _volume(shape, seed=3)
+    opts = dict(patch=patch, overlap=0.25, blend="gaussian", batch_size=3, multiple=multiple)
+    whole = predict_volume(model, vol, **opts)
+    assert whole.shape[1:] == shape[1:] and np.isfinite(whole).all()
+    z, y, x = shape[1:]
+    partitions = [
+        (z, y, x),  # one chunk = the volume
+        (7, 16, 16),  # regular, ragged edges
+        ((1, z - 4, 3), (y - 10, 10), (5, 11, x - 16)),  # uneven, one-voxel slab
+        (z, 9, 41),  # slabs along y
+    ]
+    for chunks in partitions:
+        stitched, n_regions = _stitch(model, vol, chunks, **opts)
+        assert not np.isnan(stitched).any()
+        np.testing.assert_allclose(stitched, whole, atol=1e-5, rtol=0, err_msg=f"chunks={chunks}")
+    assert n_regions > 1
+
+
+def test_dask_threads_on_shared_model_match_whole_volume() -> None:
+    """The intended chunked pattern: one dask task per output chunk, threads sharing one model (here
+    with dropout, left in train mode by its owner: every task must still run it in eval mode)."""
+    import dask.array as da
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(_conv_stack(), torch.nn.Dropout(0.5))
+    model.train()
+    vol = _volume((1, 20, 37, 41), seed=4)
+    opts = dict(patch=(8, 16, 16), overlap=0.25, multiple=8, batch_size=2)
+    whole = predict_volume(model, vol, **opts)
+    read = padded_reader(vol)
+
+    def task(block_info=None):
+        region = tuple(slice(a, b) for a, b in block_info[None]["array-location"][1:])
+        return predict_chunk(model, read, vol.shape, region, **opts)
+
+    lazy = da.map_blocks(task, dtype=np.float32, chunks=((1,), (6, 6, 8), (10, 27), (16, 16, 9)))
+    stitched = lazy.compute(scheduler="threads", num_workers=4)
+    np.testing.assert_allclose(stitched, whole, atol=1e-5, rtol=0)
+    assert model.training
+
+
+def test_predict_chunk_reads_only_its_halo_once() -> None:
+    vol = _volume((1, 20, 37, 41))
+    opts = dict(patch=(8, 16, 16), overlap=0.25, multiple=8)
+    reads = []
+    inner = padded_reader(vol)
+
+    def read(region):
+        reads.append(region)
+        return inner(region)
+
+    region = (slice(8, 12), slice(16, 30), slice(0, 5))
+    out = predict_chunk(_conv_stack(), read, vol.shape, region, **opts)
+    assert out.shape == (1, 4, 14, 5)
+    grid = make_grid(vol.shape, **opts)
+    assert reads == [grid.halo_for(region)]
+    # an array may be passed instead of a reader
+    np.testing.assert_array_equal(predict_chunk(_conv_stack(), vol, vol.shape[1:], region, **opts), out)
+
+
+# ------------------------------------------------------------------------------------ odd sizes
+@pytest.mark.parametrize("pad_mode", ["reflect", "symmetric", "edge", "constant"])
+def test_odd_sizes_keep_shape_without_nan(pad_mode: str) -> None:
+    vol = _volume((2, 7, 45, 50))
+    model = _TinyUNet(c_in=2, c_out=3)
+    out = predict_volume(model, vol, patch=(16, 32, 32), pad_mode=pad_mode, multiple=16)
+    assert out.shape == (3, 7, 45, 50) and out.dtype == np.float32
+    assert np.isfinite(out).all()
+
+
+def test_tiny_volumes() -> None:
+    for shape in [(1, 1, 1, 1), (1, 1, 5, 3), (1, 2, 17, 1)]:
+        vol = _volume(shape)
+        out = predict_volume(_identity, vol, patch=(16, 32, 32))
+        np.testing.assert_allclose(out, vol, rtol=1e-6)
+        assert np.isfinite(predict_volume(_conv_stack(), vol, patch=(16, 32, 32))).all()
+
+
+def test_patch_must_be_divisible_and_fit_patch_shrinks() -> None:
+    vol = _volume((1, 8, 8, 8))
+    with pytest.raises(ValueError, match="divisible by 16"):
+        predict_volume(_identity, vol, patch=(16, 24, 32))
+    assert fit_patch((32, 64, 64), (7, 45, 200), 16) == (16, 48, 64)
+    assert fit_patch((32, 64, 64), (33, 64, 65), 16) == (32, 64, 64)
+    assert fit_patch((32, 64, 64), (1, 1, 1), 16) == (16, 16, 16)
+    assert make_grid((1, 7, 45, 200), (32, 64, 64), 0.25, 16).patch == (16, 48, 64)
+    assert make_grid((7, 45, 200), (32, 64, 64), 0.25, 16, shrink_patch=False).patch == (32, 64, 64)
+    with pytest.raises(ValueError, match="divisible"):
+        fit_patch((30, 64, 64), (7, 45, 200), 16)
+    with pytest.raises(ValueError, match=r"\(C, Z, Y, X\)"):
+        predict_volume(_identity, vol[0], patch=(16, 16, 16))
+
+
+# ----------------------------------------------------------------------------- model handling
+def test_tta_with_flip_equivariant_model_equals_plain() -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(1, 1, 3, padding=1, bias=True)
+    with torch.no_grad():
+        k = conv.weight
+        for axis in (2, 3, 4):
+            k.copy_((k + torch.flip(k, (axis,))) / 2)  # symmetric kernel => flip-equivariant
+    model = torch.nn.Sequential(conv, torch.nn.Tanh())
+    vol = _volume((1, 12, 30, 27))
+    opts = dict(patch=(8, 16, 16), overlap=0.25, multiple=8)
+    plain = predict_volume(model, vol, **opts)
+    for tta in (True, "all", [(0, 2), (1,)]):
+        np.testing.assert_allclose(predict_volume(model, vol, tta_flips=tta, **opts), plain, atol=1e-5)
+    # and TTA does change the result of a model that is not flip-equivariant
+    other = _conv_stack(seed=5)
+    with_tta = predict_volume(other, vol, tta_flips=True, **opts)
+    assert not np.allclose(with_tta, predict_volume(other, vol, **opts), atol=1e-4)
+
+
+def test_eval_mode_restored_and_ensemble_averages() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv3d(1, 1, 1), torch.nn.Dropout(0.5))
+    model.train()
+    vol = _volume((1, 8, 16, 16))
+    opts = dict(patch=(8, 16, 16), multiple=8)
+    a = predict_volume(model, vol, **opts)
+    b = predict_volume(model, vol, **opts)
+    np.testing.assert_array_equal(a, b)  # dropout off: eval mode during inference
+    assert model.training  # ... and the caller's mode is restored
+    m1, m2 = _conv_stack(seed=1), _conv_stack(seed=2)
+    ens = predict_volume([m1, m2], vol, **opts)
+    mean = (predict_volume(m1, vol, **opts) + predict_volume(m2, vol, **opts)) / 2
+    np.testing.assert_allclose(ens, mean, atol=1e-6)
+
+
+def test_model_with_wrong_output_shape_is_reported() -> None:
+    vol = _volume((1, 8, 16, 16))
+    with pytest.raises(ValueError, match="must return"):
+        predict_volume(lambda x: x[..., :-1], vol, patch=(8, 16, 16), multiple=8)
+
+
+def test_patch_evaluations_count_chunking_cost() -> None:
+    grid = make_grid((64, 256, 256), (32, 64, 64), 0.25, 16)
+    whole = grid.patch_evaluations([tuple(slice(0, n) for n in grid.shape)])
+    assert whole == grid.n_patches
+    chunked = grid.patch_evaluations(chunk_regions(grid.shape, (64, 128, 128)))
+    assert chunked > whole
+    brute = sum(len(grid.patches_touching(r)) for r in chunk_regions(grid.shape, (64, 128, 128)))
+    assert chunked == brute
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+def test_cuda_autocast_close_to_cpu() -> None:
+    model = _TinyUNet()
+    vol = _volume((1, 20, 40, 40))
+    opts = dict(patch=(16, 32, 32), multiple=16)
+    cpu = predict_volume(model, vol, **opts)
+    gpu = predict_volume(model, vol, device="cuda", **opts)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-4)
+    half = predict_volume(model, vol, device="cuda", amp_dtype=torch.float16, **opts)
+    np.testing.assert_allclose(half, cpu, atol=2e-2)
+    model.to("cpu")
+
