@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from chunked_fnet._memory import bound_heap_growth
 from chunked_fnet.errors import ChunkedFnetError, InputError
 from chunked_fnet.io.store import redact
 
@@ -51,6 +52,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from chunked_fnet.synth.dataset import generate, summary
 
     config = _synth_config(args)
+    bound_heap_growth()  # this process only: large arrays back to the system when freed
     start = time.perf_counter()
     paths = generate(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     print(summary(paths, config, time.perf_counter() - start))
@@ -114,6 +116,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{m['pearson_r']:>6.3f} ± {m['pearson_r_std']:.3f}"
         )
     print(f"per image: {table}\nfigure: {figure}")
+    return 0
+
+
+def cmd_import_fnet(args: argparse.Namespace) -> int:
+    """Import a pytorch_fnet checkpoint; ask for the metadata the file does not hold when run interactively."""
+    from chunked_fnet.model import MissingMetadataError, import_pytorch_fnet, save_checkpoint
+
+    given: dict[str, Any] = {"structure": args.structure, "voxel_size": tuple(args.voxel_size) if args.voxel_size else None}
+    while True:
+        try:
+            model, card = import_pytorch_fnet(args.source, input_channel=args.input_channel, color=args.color, **given)
+            break
+        except MissingMetadataError as exc:
+            if not sys.stdin.isatty():
+                raise
+            print(exc, file=sys.stderr)
+            for name in exc.missing:
+                if name == "structure":
+                    given["structure"] = input("target structure name (e.g. dna): ").strip()
+                else:
+                    values = input("voxel size the model was trained at, z y x in µm (e.g. 0.29 0.29 0.29): ").split()
+                    given["voxel_size"] = tuple(float(v) for v in values)
+    out = save_checkpoint(args.out, model, card, overwrite=args.overwrite)
+    print(f"{out}: {card.structure}, {card.architecture.dims}D U-Net depth {card.architecture.depth} width {card.architecture.width}, voxel {card.voxel_size} µm")
     return 0
 
 
@@ -192,6 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, default=0.25, help="patch overlap of the tiled predictor")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("import-fnet", help="import a pytorch_fnet checkpoint (loaded with weights_only) as a safetensors checkpoint")
+    p.add_argument("source", help="pytorch_fnet model.p file or model directory")
+    p.add_argument("out", help="output checkpoint folder, e.g. dna.ckpt")
+    p.add_argument("--structure", help="target structure name (asked for when missing and interactive)")
+    p.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"), help="µm the model was trained at")
+    p.add_argument("--input-channel", default="brightfield", help="transmitted-light channel name or index")
+    p.add_argument("--color", default="FFFFFF", help="hex colour for viewers")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_import_fnet)
 
     p = sub.add_parser("info", help="describe an OME-Zarr image")
     p.add_argument("path")

@@ -9,7 +9,7 @@ from dask.callbacks import Callback
 from tqdm.auto import tqdm
 
 
-class _TqdmCallback(Callback):
+class TqdmCallback(Callback):
     """Advance a tqdm bar as tasks of a local (threaded/sync) dask graph finish."""
 
     def __init__(self, desc: str) -> None:
@@ -53,5 +53,5 @@ def compute_with_progress(obj: Any, desc: str = "computing", enabled: bool = Tru
         return future.result()
     if not enabled:
         return dask.compute(obj)[0]
-    with _TqdmCallback(desc):
+    with TqdmCallback(desc):
         return dask.compute(obj)[0]

@@ -34,14 +34,6 @@ from chunked_fnet.model.pytorch_fnet import fnet_key_to_pytorch_fnet, pytorch_fn
 CFG = UNetConfig(depth=2, width=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These nets are tiny: one intra-op thread is faster, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def randomize_bn_(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm non-trivial affine parameters and running statistics (so eval-mode
@@ -687,3 +679,17 @@ def test_import_bad_user_metadata(tmp_path):
     torch.save(release_1_file(make_ref(depth=1, mult_chan=2)), tmp_path / "model.p")
     with pytest.raises(CheckpointError, match=r"field 'voxel_size'"):
         import_pytorch_fnet(tmp_path / "model.p", structure="dna", voxel_size=(0.29, -0.1, 0.1))
+
+
+def test_cli_import_fnet_names_missing_metadata_then_imports(tmp_path, capsys):
+    from chunked_fnet.cli import main as cli
+
+    ref = make_ref(depth=1, mult_chan=2)
+    torch.save(release_1_file(ref), tmp_path / "model.p")
+    assert cli(["import-fnet", str(tmp_path / "model.p"), str(tmp_path / "dna.ckpt")]) == 2
+    assert "voxel_size" in capsys.readouterr().err and not (tmp_path / "dna.ckpt").exists()
+    args = ["import-fnet", str(tmp_path / "model.p"), str(tmp_path / "dna.ckpt"), "--structure", "dna", "--voxel-size", "0.29", "0.29", "0.29"]
+    assert cli(args) == 0
+    loaded, card = load_checkpoint(tmp_path / "dna.ckpt")
+    assert card.structure == "dna" and card.voxel_size == (0.29, 0.29, 0.29)
+    assert_same_outputs(ref, loaded)

@@ -13,14 +13,6 @@ from chunked_fnet.model import FnetUNet, UNetConfig, count_flops_per_voxel, coun
 TINY = UNetConfig(depth=2, width=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These nets are tiny: one intra-op thread is faster, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny(**kw) -> FnetUNet:
     torch.manual_seed(0)

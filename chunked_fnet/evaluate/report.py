@@ -79,7 +79,7 @@ def write_report(rows: Sequence[dict[str, object]], out: str | Path) -> tuple[Pa
     out.mkdir(parents=True, exist_ok=True)
     table = out / "metrics.csv"
     with table.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

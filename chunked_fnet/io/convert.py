@@ -32,12 +32,12 @@ import numpy as np
 import tifffile
 import zarr
 
-from dask.callbacks import Callback
 
 from chunked_fnet.errors import InputError
 from chunked_fnet.io.ngff import CANONICAL_AXES
 from chunked_fnet.io.store import is_url
 from chunked_fnet.io.writer import build_pyramid, create_image
+from chunked_fnet.progress import TqdmCallback
 
 __all__ = ["BLOCK_BYTES", "convert_tiff", "default_chunks", "read_tiff_metadata"]
 
@@ -386,30 +386,6 @@ def _open_tiff(source: Path) -> tifffile.TiffFile:
     return tif
 
 
-class _Progress(Callback):
-    """A tqdm bar over the tasks of the local conversion graph."""
-
-    def __init__(self, desc: str) -> None:
-        super().__init__()
-        from tqdm.auto import tqdm
-
-        self._tqdm = tqdm
-        self._desc = desc
-        self._bar: Any = None
-
-    def _start_state(self, dsk: Any, state: Any) -> None:
-        total = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
-        self._bar = self._tqdm(total=total, desc=self._desc, unit="task", leave=False)
-
-    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        if self._bar is not None:
-            self._bar.update(1)
-
-    def _finish(self, dsk: Any, state: Any, errored: bool) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
 def _windows(dtype: np.dtype, lo: np.ndarray, hi: np.ndarray) -> list[dict[str, float]]:
     """omero display windows: the dtype range (or data range for floats), with start/end at the data range."""
     out = []
@@ -577,7 +553,7 @@ def convert_tiff(
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
                 if progress:
-                    with _Progress(f"converting {source.name}"):
+                    with TqdmCallback(f"converting {source.name}"):
                         results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
                 else:
                     results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)

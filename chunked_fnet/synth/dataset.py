@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
+from chunked_fnet._memory import release_memory
 from chunked_fnet.io.store import describe
 from chunked_fnet.io.writer import build_pyramid, create_image, write_region
 from chunked_fnet.synth.noise import tiled_normal
@@ -136,7 +137,9 @@ def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False, p
             for t in range(config.size_t):
                 state = state_at(scene, minutes=t * config.time_interval / 60.0)
                 _write_brightfield(group, config, state, fov, t)
+                release_memory()
                 _write_fluorescence(group, config, state, fov, t, threads)
+                release_memory()
                 bar.update(1)
             if config.levels > 1:
                 build_pyramid(group, progress=False)

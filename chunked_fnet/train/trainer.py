@@ -253,11 +253,11 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     losses_path = run / "losses.csv"
     rows = _read_losses(losses_path, start)  # a crash after the last checkpoint left rows to drop
     with losses_path.open("w", newline="") as f:
-        csv.writer(f).writerows([["iteration", "train_loss", "val_loss"], *rows])
+        csv.writer(f, lineterminator="\n").writerows([["iteration", "train_loss", "val_loss"], *rows])
     model.train()
     bar = tqdm(total=config.iterations, initial=start, desc=f"train {config.structure}", unit="it", disable=not progress)
     with losses_path.open("a", newline="") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, lineterminator="\n")
         for iteration, (x, y) in enumerate(loader, start=start + 1):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)

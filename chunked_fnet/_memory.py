@@ -1,0 +1,41 @@
+"""Keep long array-heavy loops from holding freed memory (glibc only; a no-op elsewhere).
+
+glibc raises its mmap threshold after large blocks are freed, after which big numpy arrays come from
+the heap and freed pages stay with the process; worker threads also get their own arenas. Fixing the
+threshold keeps large arrays in mmap (returned to the system on free), and ``malloc_trim`` hands
+back what the heap still holds. Hand-written because no library exposes ``mallopt``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "mallopt") else None
+
+
+def bound_heap_growth(mmap_threshold: int = 1 << 20, arenas: int = 2) -> bool:
+    """Ask glibc to mmap blocks above ``mmap_threshold`` bytes and to use at most ``arenas`` arenas."""
+    libc = _libc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(_M_ARENA_MAX, arenas))
+
+
+def release_memory() -> None:
+    """Collect garbage and return free heap pages to the system."""
+    gc.collect()
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
