@@ -143,6 +143,46 @@ def cmd_import_fnet(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from chunked_fnet.cluster import ClusterSpec, load_cluster_spec, local_client
+    from chunked_fnet.config import build, load_yaml_config
+    from chunked_fnet.predict import PredictOptions, predict
+
+    overrides = {
+        "input_channel": args.channel,
+        "time": tuple(args.time) if args.time else None,
+        "chunks": tuple(args.chunks) if args.chunks else None,
+        "patch_shape": tuple(args.patch) if args.patch else None,
+        "overlap": args.overlap,
+        "blend": args.blend,
+        "batch_size": args.batch_size,
+        "tta_flips": True if args.tta else None,
+        "levels": args.levels,
+        "version": args.version,
+        "dtype": args.dtype,
+        "device": args.device,
+    }
+    if args.config:
+        options = load_yaml_config(PredictOptions, args.config, overrides)
+    else:
+        options = build(PredictOptions, {k: v for k, v in overrides.items() if v is not None}, "predict options")
+    if args.scheduler:
+        spec = ClusterSpec(kind="scheduler", address=args.scheduler)
+    elif args.cluster:
+        spec = load_cluster_spec(args.cluster)
+    else:
+        spec = ClusterSpec(**({"n_workers": args.workers} if args.workers else {}))
+    with local_client(spec) as client:
+        output, summary = predict(
+            args.input, args.models, args.out, options=options, client=client, series=args.series,
+            overwrite=args.overwrite, progress=not args.no_progress,
+        )
+    print(summary)
+    print(describe_image(output))
+    print(f"view it: napari {args.out}  (napari-ome-zarr), or serve it and open it in neuroglancer")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from chunked_fnet.io.reader import open_image
 
@@ -151,16 +191,54 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The embedded default job: a small synthetic paired dataset, described."""
-    from chunked_fnet.synth.dataset import SynthConfig, generate, summary
+    """The embedded default job, end to end on this machine: synthetic time-lapse -> train small
+    models -> chunked ensemble prediction on a local dask cluster of worker processes."""
+    import yaml
+
+    from chunked_fnet.cluster import ClusterSpec, local_client
+    from chunked_fnet.predict import PredictOptions, predict
+    from chunked_fnet.synth.dataset import CHANNEL_COLORS, SynthConfig, generate, summary
+    from chunked_fnet.train.trainer import TrainConfig, train
 
     out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise InputError(f"{out} already exists and is not empty; pass --overwrite or choose another --out")
+    if out.exists() and args.overwrite:
+        import shutil
+
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    config = SynthConfig(**_load_yaml(args.config)) if args.config else SynthConfig(size_t=3, size_z=32, size_y=256, size_x=256, fovs=2)
+    bound_heap_growth()
+    progress = not args.no_progress
+    config = SynthConfig(size_t=3, size_z=32, size_y=160, size_x=160, fovs=4, voxel_size=(0.29, 0.29, 0.29), chunks=(32, 160, 160))
     start = time.perf_counter()
-    paths = generate(config, out / "synthetic.zarr", overwrite=args.overwrite, progress=not args.no_progress)
+    paths = generate(config, out / "synthetic.zarr", progress=progress)
     print(summary(paths, config, time.perf_counter() - start))
-    print(f"\nopen it in Python:  chunked_fnet.open_image('{paths[0]}')")
+    models = []
+    for structure in args.structures:
+        images = [{"path": f"synthetic.zarr/{i}", "input_channel": "brightfield", "target_channel": structure, "time_points": [0]} for i in range(3)]
+        (out / f"manifest_{structure}.yaml").write_text(yaml.safe_dump({"images": images}))
+        settings = TrainConfig(
+            manifest=str(out / f"manifest_{structure}.yaml"), output=str(out / f"run_{structure}"), structure=structure,
+            color=CHANNEL_COLORS[structure], model={"depth": 2, "width": 8}, patch_shape=(16, 32, 32), batch_size=4,
+            iterations=args.iterations, n_train=3, checkpoint_every=args.iterations, validate_every=args.iterations,
+            validation_patches=0, workers=0,
+        )
+        start = time.perf_counter()
+        models.append(train(settings, progress=progress))
+        print(f"trained {structure} ({args.iterations} iterations, {time.perf_counter() - start:.0f} s): {models[-1]}")
+    with local_client(ClusterSpec(n_workers=2)) as client:
+        output, run = predict(
+            paths[-1], models, out / "prediction.zarr", options=PredictOptions(patch_shape=(16, 64, 64), chunks=(32, 96, 96)),
+            client=client, progress=progress,
+        )
+    print(run)
+    print(describe_image(output))
+    print(
+        f"\nthe held-out field of view {paths[-1]} (3 time points) was predicted into {out / 'prediction.zarr'}\n"
+        f"open it in Python:  chunked_fnet.open_image('{out / 'prediction.zarr'}')\n"
+        f"view it:  napari {out / 'prediction.zarr'}   (with napari-ome-zarr)"
+    )
     return 0
 
 
@@ -219,6 +297,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("predict", help="chunked ensemble prediction of an OME-Zarr image on a dask cluster")
+    p.add_argument("input", help="input OME-Zarr image (path or URL)")
+    p.add_argument("--models", nargs="+", required=True, help="one checkpoint per structure (e.g. dna.ckpt er.ckpt)")
+    p.add_argument("--out", required=True, help="output OME-Zarr (never overwritten without --overwrite)")
+    p.add_argument("--config", help="YAML PredictOptions (flags override it)")
+    p.add_argument("--series", help="image of a bioformats2raw collection")
+    p.add_argument("--channel", help="transmitted-light channel name or index (default brightfield)")
+    p.add_argument("--time", nargs=2, type=int, metavar=("START", "STOP"), help="time points [START, STOP)")
+    p.add_argument("--chunks", nargs=3, type=int, metavar=("Z", "Y", "X"), help="output chunk shape on the model grid")
+    p.add_argument("--patch", nargs=3, type=int, metavar=("Z", "Y", "X"), help="model patch shape")
+    p.add_argument("--overlap", type=float, help="patch overlap fraction")
+    p.add_argument("--blend", choices=("gaussian", "cosine", "linear", "constant"))
+    p.add_argument("--batch-size", type=int, help="patches per forward pass")
+    p.add_argument("--tta", action="store_true", help="test-time flip augmentation")
+    p.add_argument("--levels", type=int, help="pyramid levels")
+    p.add_argument("--ngff-version", dest="version", choices=("0.4", "0.5"))
+    p.add_argument("--dtype", choices=("float32", "float16"))
+    p.add_argument("--device", help="cpu, cuda, ... (default auto)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://127.0.0.1:8786")
+    where.add_argument("--cluster", help="cluster spec YAML (cluster/*.yaml)")
+    where.add_argument("--workers", type=int, help="local worker processes (default: up to 2)")
+    common(p)
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("import-fnet", help="import a pytorch_fnet checkpoint (loaded with weights_only) as a safetensors checkpoint")
     p.add_argument("source", help="pytorch_fnet model.p file or model directory")
     p.add_argument("out", help="output checkpoint folder, e.g. dna.ckpt")
@@ -235,9 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", help="image of a bioformats2raw collection")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("demo", help="the embedded default job: generate the example dataset and summarise it")
+    p = sub.add_parser("demo", help="the embedded default job: synthetic time-lapse, train small models, chunked prediction on a local cluster")
     p.add_argument("--out", default=str(DEMO_DIR), help=f"working directory (default {DEMO_DIR})")
-    p.add_argument("--config", help="YAML SynthConfig for the example data")
+    p.add_argument("--structures", nargs="+", default=["dna", "nuclear_envelope"], help="structures to train and predict")
+    p.add_argument("--iterations", type=int, default=150, help="training iterations per structure")
     common(p)
     p.set_defaults(func=cmd_demo)
     return parser

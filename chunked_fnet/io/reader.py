@@ -6,7 +6,7 @@ never modify the input.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +164,51 @@ def select_channels(image: xr.DataArray, channels: str | int | Sequence[str | in
             )
     out = image.isel(c=index[0] if single else index)
     return out
+
+
+def channel_index(image: xr.DataArray, channel: str | int, what: str) -> int:
+    """Index of a channel given by name or index; errors name the image and its channels."""
+    names = [str(c) for c in image["c"].values] if "c" in image.dims else []
+    if "c" not in image.dims:
+        if channel in (0, "0"):
+            return 0
+        raise OmeZarrError(f"{image.attrs['source']}: has no channel axis, cannot select {what} channel {channel!r}")
+    if isinstance(channel, int) or str(channel).lstrip("-").isdigit():
+        i = int(channel)
+        if not -len(names) <= i < len(names):
+            raise OmeZarrError(f"{image.attrs['source']}: {what} channel index {i} out of range; channels are {names}")
+        return i % len(names)
+    if str(channel) not in names:
+        raise OmeZarrError(f"{image.attrs['source']}: no {what} channel named {channel!r}; channels are {names}")
+    return names.index(str(channel))
+
+
+def spatial_frame(image: xr.DataArray, t: int | None, c: int) -> xr.DataArray:
+    """One time point of one channel as a (z, y, x) array; 3D models need the z axis."""
+    sel = {}
+    if "t" in image.dims:
+        sel["t"] = t or 0
+    if "c" in image.dims:
+        sel["c"] = c
+    frame = image.isel(sel)
+    if "z" not in frame.dims:
+        raise OmeZarrError(f"{image.attrs['source']}: a 3D model needs a z axis; the image has dims {list(image.dims)}")
+    return frame.transpose("z", "y", "x")
+
+
+def window_reader(array: zarr.Array, dims: Sequence[str], t: int | None, channel: int) -> Callable[[tuple[slice, ...]], np.ndarray]:
+    """Read (z, y, x) windows of one time point and channel straight from a level's zarr array."""
+    dims = tuple(dims)
+
+    def read(window: tuple[slice, ...]) -> np.ndarray:
+        index: list[Any] = []
+        for d in dims:
+            if d == "t":
+                index.append(t or 0)
+            elif d == "c":
+                index.append(channel)
+            else:
+                index.append(window[("z", "y", "x").index(d)])
+        return np.asarray(array[tuple(index)], dtype=np.float32)
+
+    return read

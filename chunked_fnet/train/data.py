@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from chunked_fnet.errors import InputError
-from chunked_fnet.io.reader import open_image, open_level_array
+from chunked_fnet.io.reader import channel_index, open_image, open_level_array, spatial_frame, window_reader
 from chunked_fnet.preprocess.normalize import FrameStats, frame_stats
 from chunked_fnet.preprocess.resample import ModelGrid, resample_window
 from chunked_fnet.train.manifest import ManifestEntry, Pair
@@ -46,34 +46,6 @@ class PairSpec:
 
     def grid(self, model_scale: Sequence[float]) -> ModelGrid:
         return ModelGrid(self.source_shape, self.source_scale, tuple(model_scale))  # type: ignore[arg-type]
-
-
-def _channel_index(image, channel: str | int, what: str) -> int:  # noqa: ANN001 - xarray DataArray
-    names = [str(c) for c in image["c"].values] if "c" in image.dims else []
-    if "c" not in image.dims:
-        if channel in (0, "0"):
-            return 0
-        raise InputError(f"{image.attrs['source']}: has no channel axis, cannot select {what} channel {channel!r}")
-    if isinstance(channel, int) or str(channel).lstrip("-").isdigit():
-        i = int(channel)
-        if not -len(names) <= i < len(names):
-            raise InputError(f"{image.attrs['source']}: {what} channel index {i} out of range; channels are {names}")
-        return i % len(names)
-    if str(channel) not in names:
-        raise InputError(f"{image.attrs['source']}: no {what} channel named {channel!r}; channels are {names}")
-    return names.index(str(channel))
-
-
-def _frame(image, t: int | None, c: int):  # noqa: ANN001, ANN202
-    sel = {}
-    if "t" in image.dims:
-        sel["t"] = t or 0
-    if "c" in image.dims:
-        sel["c"] = c
-    frame = image.isel(sel)
-    if "z" not in frame.dims:
-        raise InputError(f"{image.attrs['source']}: a 3D model needs a z axis; the image has dims {list(image.dims)}")
-    return frame.transpose("z", "y", "x")
 
 
 def convert_if_tiff(entry: ManifestEntry, workdir: Path) -> ManifestEntry:
@@ -107,16 +79,16 @@ def expand_pairs(entries: Sequence[ManifestEntry]) -> list[Pair]:
 def describe_pair(pair: Pair, stats_cache: dict[str, dict] | None = None) -> PairSpec:
     """Open a pair lazily and compute (or reuse) whole-frame statistics of both channels."""
     image = open_image(pair.path, series=pair.series)
-    ci = _channel_index(image, pair.input_channel, "input")
-    ct = _channel_index(image, pair.target_channel, "target")
+    ci = channel_index(image, pair.input_channel, "input")
+    ct = channel_index(image, pair.target_channel, "target")
     cached = (stats_cache or {}).get(pair.name)
     if cached is not None:
         si, st = FrameStats(**cached["input"]), FrameStats(**cached["target"])
     else:
-        si = frame_stats(_frame(image, pair.t, ci), f"{pair.name} input channel {pair.input_channel!r}")
-        st = frame_stats(_frame(image, pair.t, ct), f"{pair.name} target channel {pair.target_channel!r}")
+        si = frame_stats(spatial_frame(image, pair.t, ci), f"{pair.name} input channel {pair.input_channel!r}")
+        st = frame_stats(spatial_frame(image, pair.t, ct), f"{pair.name} target channel {pair.target_channel!r}")
     scale = image.attrs["scale"]
-    frame = _frame(image, pair.t, ci)
+    frame = spatial_frame(image, pair.t, ci)
     return PairSpec(
         name=pair.name,
         path=pair.path,
@@ -148,19 +120,8 @@ class PairReader:
         self.array, meta, _ = open_level_array(spec.path, series=spec.series)
         self.dims = meta.dims
 
-    def _reader(self, channel: int):  # noqa: ANN202
-        def read(window: tuple[slice, ...]) -> np.ndarray:
-            index = []
-            for d in self.dims:
-                if d == "t":
-                    index.append(self.spec.t or 0)
-                elif d == "c":
-                    index.append(channel)
-                else:
-                    index.append(window[("z", "y", "x").index(d)])
-            return np.asarray(self.array[tuple(index)], dtype=np.float32)
-
-        return read
+    def _reader(self, channel: int) -> Callable[[tuple[slice, ...]], np.ndarray]:
+        return window_reader(self.array, self.dims, self.spec.t, channel)
 
     def window(self, region: Sequence[slice]) -> tuple[np.ndarray, np.ndarray]:
         x = resample_window(self._reader(self.spec.input_index), self.grid, region)

@@ -1,0 +1,85 @@
+"""Start or join a dask.distributed cluster from a small spec (see ``cluster/*.yaml``).
+
+Never a home-made scheduler: a ``LocalCluster`` of worker processes (the default), an existing
+scheduler address, dask-cuda's ``LocalCUDACluster`` (one worker per GPU), or a SLURM allocation via
+dask-jobqueue. Local clusters listen on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from distributed import Client, LocalCluster
+from pydantic import BaseModel, ConfigDict, Field
+
+from chunked_fnet.config import load_yaml_config
+from chunked_fnet.errors import InputError
+
+
+class ClusterSpec(BaseModel):
+    """Where chunk tasks run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["local", "scheduler", "cuda", "slurm"] = "local"
+    n_workers: int = Field(default_factory=lambda: max(1, min(2, os.cpu_count() or 1)), ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    memory_limit: str | None = Field(None, description="per worker, e.g. '4GiB' (local/cuda)")
+    address: str | None = Field(None, description="tcp://host:port of a running scheduler (kind: scheduler)")
+    timeout: float = Field(10.0, gt=0, description="seconds to wait for a scheduler")
+    jobqueue: dict[str, Any] = Field(default_factory=dict, description="dask_jobqueue.SLURMCluster keyword arguments")
+    jobs: int = Field(1, ge=1, description="SLURM jobs to request")
+
+
+def load_cluster_spec(path: str | Path) -> ClusterSpec:
+    return load_yaml_config(ClusterSpec, path)
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def local_client(spec: ClusterSpec) -> Iterator[Client]:
+    """A client for ``spec``; clusters started here are closed on exit, a remote one is left running."""
+    if spec.kind == "scheduler":
+        if not spec.address:
+            raise InputError("cluster kind 'scheduler' needs an address, e.g. tcp://127.0.0.1:8786")
+        try:
+            client = Client(spec.address, timeout=spec.timeout)
+        except (OSError, TimeoutError) as exc:
+            raise InputError(f"no dask scheduler answered at {spec.address} within {spec.timeout:g} s ({exc})") from None
+        with client:
+            yield client
+        return
+    if spec.kind == "cuda":
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError as exc:
+            raise InputError("cluster kind 'cuda' needs dask-cuda: pip install 'chunked_fnet[cuda]'") from exc
+        cluster: Any = LocalCUDACluster(ip="127.0.0.1", dashboard_address=None, memory_limit=spec.memory_limit or "auto")
+    elif spec.kind == "slurm":
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError as exc:
+            raise InputError("cluster kind 'slurm' needs dask-jobqueue: pip install 'chunked_fnet[cluster]'") from exc
+        cluster = SLURMCluster(**spec.jobqueue)
+        cluster.scale(jobs=spec.jobs)
+    else:
+        cluster = LocalCluster(
+            n_workers=spec.n_workers,
+            threads_per_worker=spec.threads_per_worker,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            memory_limit=spec.memory_limit or "auto",
+        )
+    with cluster, Client(cluster) as client:
+        if spec.kind == "local":
+            client.run(_set_torch_threads, spec.threads_per_worker)
+        yield client

@@ -1,0 +1,146 @@
+"""A prediction job: what every chunk task needs (small, picklable), and the task itself.
+
+Only this spec and chunk coordinates travel through the scheduler. Each task opens the input store
+itself, reads its output chunk plus the halo of every global patch touching it (z-scored with the
+whole frame's statistics, resampled onto the model grid), runs the ensemble, blends, and writes its
+own chunk of every channel: no two tasks write the same zarr chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from chunked_fnet.inference.sliding_window import padded_reader, predict_chunk
+from chunked_fnet.io.reader import open_level_array, window_reader
+from chunked_fnet.io.writer import open_for_writing, write_region
+from chunked_fnet.predict.ensemble import StackedEnsemble, cached_model
+from chunked_fnet.preprocess.normalize import FrameStats
+from chunked_fnet.preprocess.resample import ModelGrid, resample_window
+
+
+class PredictOptions(BaseModel):
+    """How to tile, blend and store; the defaults suit a CPU laptop and a GPU alike."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    input_channel: str | int = "brightfield"
+    time: tuple[int, int] | None = Field(None, description="[start, stop) time points; default all")
+    patch_shape: tuple[int, int, int] = (32, 64, 64)
+    overlap: float = Field(0.25, ge=0, lt=1)
+    blend: Literal["gaussian", "cosine", "linear", "constant"] = "gaussian"
+    batch_size: int = Field(4, ge=1)
+    tta_flips: bool = False
+    chunks: tuple[int, int, int] = (32, 256, 256)  # output z, y, x on the model grid
+    dtype: Literal["float32", "float16"] = "float32"
+    version: Literal["0.4", "0.5"] = "0.5"
+    levels: int = Field(1, ge=1)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    pad_mode: Literal["reflect", "symmetric", "edge"] = "reflect"
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """The picklable description of one run, shared by all its tasks."""
+
+    input_path: str
+    series: str | None
+    input_dims: tuple[str, ...]
+    channel_index: int
+    times: tuple[int | None, ...]
+    stats: tuple[FrameStats, ...]  # per entry of ``times``
+    grid: ModelGrid
+    models: tuple[str, ...]
+    hashes: tuple[str, ...]
+    output_path: str
+    options: PredictOptions
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return (len(self.times), len(self.models), *self.grid.shape)
+
+    def regions(self) -> list[tuple[int, tuple[slice, slice, slice]]]:
+        """One task per (time point, output chunk), in storage order."""
+        chunks = [min(c, n) for c, n in zip(self.options.chunks, self.grid.shape, strict=True)]
+        axes = [range(0, n, c) for n, c in zip(self.grid.shape, chunks, strict=True)]
+        out = []
+        for ti in range(len(self.times)):
+            for z in axes[0]:
+                for y in axes[1]:
+                    for x in axes[2]:
+                        starts = (z, y, x)
+                        out.append(
+                            (ti, tuple(slice(s, min(s + c, n)) for s, c, n in zip(starts, chunks, self.grid.shape, strict=True)))
+                        )
+        return out  # type: ignore[return-value]
+
+
+class ModelGridFrame:
+    """One time point's transmitted-light channel, z-scored and resampled, read lazily by window.
+
+    Array-like ``(1, Z, Y, X)`` on the model grid for :func:`padded_reader`.
+    """
+
+    def __init__(self, array: Any, dims: Sequence[str], t: int | None, channel: int, stats: FrameStats, grid: ModelGrid) -> None:
+        self.array, self.dims, self.t, self.channel, self.stats, self.grid = array, tuple(dims), t, channel, stats, grid
+        self.shape = (1, *grid.shape)
+        self._read = window_reader(array, dims, t, channel)
+
+    def _read_source(self, window: tuple[slice, ...]) -> np.ndarray:
+        values = self._read(window)
+        if not np.isfinite(values).all():
+            bad = tuple((s.start, s.stop) for s in window)
+            raise ValueError(f"input has NaN/Inf voxels in the (z, y, x) window {bad} at t={self.t}")
+        return values
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        region = key[1:]
+        return self.stats.apply(resample_window(self._read_source, self.grid, region))[None]
+
+
+def _device(options: PredictOptions) -> str:
+    if options.device != "auto":
+        return options.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _amp(options: PredictOptions, device: str) -> torch.dtype | None:
+    if not device.startswith("cuda") or options.precision == "fp32":
+        return None
+    return torch.float16 if options.precision == "fp16" else torch.bfloat16
+
+
+def run_block(job: PredictJob, time_index: int, region: tuple[slice, slice, slice]) -> dict[str, float]:
+    """Predict and write one output chunk (all structures) of one time point; returns timings."""
+    start = time.perf_counter()
+    device = _device(job.options)
+    ensemble = StackedEnsemble([cached_model(p, h, device) for p, h in zip(job.models, job.hashes, strict=True)])
+    array, _, _ = open_level_array(job.input_path, series=job.series)
+    frame = ModelGridFrame(array, job.input_dims, job.times[time_index], job.channel_index, job.stats[time_index], job.grid)
+    multiple = max(m.multiple for m in ensemble.members)
+    blended = predict_chunk(
+        ensemble,
+        padded_reader(frame, job.options.pad_mode),
+        job.grid.shape,
+        region,
+        patch=job.options.patch_shape,
+        overlap=job.options.overlap,
+        blend=job.options.blend,
+        batch_size=job.options.batch_size,
+        device=device,
+        multiple=multiple,
+        pad_mode=job.options.pad_mode,
+        tta_flips=job.options.tta_flips,
+        amp_dtype=_amp(job.options, device),
+    )
+    out = open_for_writing(job.output_path)
+    write_region(out, (slice(time_index, time_index + 1), slice(None), *region), blended[None])
+    voxels = math.prod(s.stop - s.start for s in region)
+    return {"seconds": time.perf_counter() - start, "voxels": float(voxels)}

@@ -1,0 +1,149 @@
+"""Chunked ensemble prediction: invariant to chunking and worker count, equal to the in-memory global
+sliding window, time-lapse x ensemble layout, physical metadata, and clear refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from chunked_fnet import open_image
+from chunked_fnet.cluster import ClusterSpec, local_client
+from chunked_fnet.errors import ChunkedFnetError
+from chunked_fnet.inference.sliding_window import predict_volume
+from chunked_fnet.model import FnetUNet, ModelCard, UNetConfig, load_checkpoint, save_checkpoint
+from chunked_fnet.predict import PredictOptions, plan, predict
+from chunked_fnet.predict.ensemble import StackedEnsemble
+from chunked_fnet.predict.job import ModelGridFrame
+from chunked_fnet.io.reader import open_level_array
+from chunked_fnet.synth.dataset import SynthConfig, generate
+
+STRUCTURES = ("dna", "er", "membrane")
+
+
+def _checkpoint(path: Path, structure: str, seed: int, voxel=(0.4, 0.4, 0.4)) -> Path:
+    torch.manual_seed(seed)
+    model = FnetUNet(UNetConfig(depth=2, width=4))
+    card = ModelCard(
+        structure=structure,
+        architecture=model.config,
+        voxel_size=voxel,
+        input={"modality": "brightfield", "channel": "brightfield"},
+        color="00FF00",
+        training={"dataset": "random init", "iterations": 0, "seed": seed, "batch_size": 1, "patch_shape": [8, 16, 16], "learning_rate": 0.001},
+    )
+    return save_checkpoint(path, model, card)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    root = tmp_path_factory.mktemp("predict")
+    # 0.2 µm lateral input, models at 0.4 µm: the job resamples (y/x by 1/2) onto the model grid
+    config = SynthConfig(size_t=3, size_z=13, size_y=70, size_x=62, voxel_size=(0.4, 0.2, 0.2), chunks=(13, 32, 32))
+    generate(config, root / "in.zarr", progress=False)
+    models = [_checkpoint(root / f"{s}.ckpt", s, i) for i, s in enumerate(STRUCTURES)]
+    return root / "in.zarr", models
+
+
+OPTIONS = dict(patch_shape=(16, 16, 16), overlap=0.25, batch_size=3)
+
+
+def _reference(image: Path, models: list[Path], options: PredictOptions) -> np.ndarray:
+    """The in-memory global sliding window over each whole (preprocessed) frame."""
+    job = plan(str(image), models, "unused", options)
+    array, _, _ = open_level_array(str(image))
+    ensemble = StackedEnsemble([load_checkpoint(p)[0] for p in models])
+    frames = []
+    for ti, t in enumerate(job.times):
+        frame = ModelGridFrame(array, job.input_dims, t, job.channel_index, job.stats[ti], job.grid)
+        whole = frame[(slice(None), *(slice(0, n) for n in job.grid.shape))]
+        frames.append(predict_volume(ensemble, whole, patch=options.patch_shape, overlap=options.overlap, batch_size=1, multiple=4))
+    return np.stack(frames)
+
+
+def test_chunk_and_worker_invariance_equals_global_sliding_window(setup, tmp_path: Path) -> None:
+    image, models = setup
+    outputs = []
+    for k, (chunks, workers) in enumerate([((16, 16, 16), 1), ((5, 35, 9), 2), ((13, 35, 31), 2)]):
+        options = PredictOptions(**OPTIONS, chunks=chunks)
+        with local_client(ClusterSpec(n_workers=workers)) as client:
+            assert len(client.scheduler_info()["workers"]) == workers
+            out, summary = predict(image, models, tmp_path / f"out{k}.zarr", options=options, client=client, progress=False)
+        assert out.data.chunksize == (1, 1, *(min(c, n) for c, n in zip(chunks, out.shape[2:])))
+        assert summary.workers == workers and summary.chunks == 3 * np.prod([-(-n // c) for n, c in zip(out.shape[2:], chunks)])
+        outputs.append(out.values)
+    reference = _reference(image, models, PredictOptions(**OPTIONS))
+    assert outputs[0].shape == reference.shape == (3, 3, 13, 35, 31)
+    for values in outputs:
+        np.testing.assert_allclose(values, reference, atol=1e-5, rtol=0)
+    assert np.isfinite(reference).all() and reference.std() > 0
+
+
+def test_timelapse_ensemble_layout_and_physical_metadata(setup, tmp_path: Path) -> None:
+    image, models = setup
+    out, _ = predict(image, models, tmp_path / "out.zarr", options=PredictOptions(**OPTIONS, time=(1, 3), levels=2), progress=False)
+    assert out.dims == ("t", "c", "z", "y", "x")
+    assert out.shape == (2, 3, 13, 35, 31)
+    assert list(out["c"].values) == list(STRUCTURES)
+    assert out.dtype == np.float32
+    assert out.attrs["scale"] == {"t": 300.0, "z": 0.4, "y": 0.4, "x": 0.4}
+    assert out["t"].values.tolist() == [300.0, 600.0]  # time points 1 and 2 of the input
+    source = open_image(image)
+    # the model grid starts on the input's first voxel centre and ends inside its extent
+    assert out["x"].values[0] == source["x"].values[0] and out["x"].values[-1] <= source["x"].values[-1]
+    assert open_image(tmp_path / "out.zarr", level=1).shape == (2, 3, 7, 18, 16)  # y/x halve; z (0.4 < 0.8 µm) too
+    assert out.attrs["channel_colors"] == ["00FF00"] * 3
+
+
+def test_refusals_name_the_problem_and_touch_nothing(setup, tmp_path: Path) -> None:
+    image, models = setup
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in image.rglob("*") if p.is_file()}
+    dup = _checkpoint(tmp_path / "dna2.ckpt", "dna", 9)
+    with pytest.raises(ChunkedFnetError, match=r"same structure \['dna'\]"):
+        predict(image, [models[0], dup], tmp_path / "a.zarr", progress=False)
+    with pytest.raises(ChunkedFnetError, match="no input .*channel named 'phase'"):
+        predict(image, models, tmp_path / "b.zarr", options=PredictOptions(input_channel="phase"), progress=False)
+    with pytest.raises(ChunkedFnetError, match="time range"):
+        predict(image, models, tmp_path / "c.zarr", options=PredictOptions(time=(2, 9)), progress=False)
+    other = _checkpoint(tmp_path / "er2.ckpt", "er2", 3, voxel=(0.3, 0.3, 0.3))
+    with pytest.raises(ChunkedFnetError, match="different voxel sizes"):
+        predict(image, [models[0], other], tmp_path / "d.zarr", progress=False)
+    (tmp_path / "e.zarr").mkdir()
+    (tmp_path / "e.zarr" / "zarr.json").write_text("{}")
+    with pytest.raises(ChunkedFnetError, match="already exists"):
+        predict(image, models, tmp_path / "e.zarr", options=PredictOptions(**OPTIONS), progress=False)
+    assert (tmp_path / "e.zarr" / "zarr.json").read_text() == "{}"
+    for name in "abcd":
+        assert not (tmp_path / f"{name}.zarr").exists()
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in image.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_cli_predict_on_local_worker_processes(setup, tmp_path: Path) -> None:
+    image, models = setup
+    out = tmp_path / "cli.zarr"
+    result = subprocess.run(
+        [sys.executable, "-m", "chunked_fnet", "predict", str(image), "--models", *map(str, models), "--out", str(out),
+         "--patch", "16", "16", "16", "--chunks", "13", "32", "32", "--time", "0", "1", "--workers", "2", "--no-progress"],
+        capture_output=True, text=True, check=False, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "chunk tasks on 2 worker(s)" in result.stdout and "channels: dna, er, membrane" in result.stdout
+    assert open_image(out).shape == (1, 3, 13, 35, 31)
+
+
+def test_cli_unreachable_scheduler_times_out_with_message(setup, tmp_path: Path) -> None:
+    image, models = setup
+    result = subprocess.run(
+        [sys.executable, "-m", "chunked_fnet", "predict", str(image), "--models", str(models[0]), "--out", str(tmp_path / "x.zarr"),
+         "--scheduler", "tcp://127.0.0.1:9"],
+        capture_output=True, text=True, check=False, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "no dask scheduler answered at tcp://127.0.0.1:9" in result.stderr
+    assert not (tmp_path / "x.zarr").exists()
