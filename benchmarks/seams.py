@@ -1,0 +1,58 @@
+"""Seam metric of chunked prediction with a trained model, against one whole-volume forward pass.
+
+    python benchmarks/seams.py RUN_DIR [--chunks 16 32 32] [--patch 16 64 64]
+
+Takes the first test image of a training run (examples/train_cpu.py), predicts it (a) as chunk tasks
+on the global blended grid (what `chunked-fnet predict` does) and (b) naively, each chunk as its own
+image, and reports chunked_fnet.evaluate.seams.seam_metrics for both against a single forward pass
+of the whole volume (which fits in memory here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chunked_fnet.evaluate.seams import seam_metrics
+from chunked_fnet.inference.sliding_window import predict_chunk, predict_volume
+from chunked_fnet.inference.tiling import chunk_regions
+from chunked_fnet.model import load_checkpoint
+from chunked_fnet.train.data import PairReader, describe_pair, load_stats
+from chunked_fnet.train.manifest import Pair
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run")
+    parser.add_argument("--chunks", nargs=3, type=int, default=(16, 32, 32))
+    parser.add_argument("--patch", nargs=3, type=int, default=(16, 64, 64))
+    parser.add_argument("--overlap", type=float, default=0.25)
+    args = parser.parse_args()
+    run = Path(args.run)
+    structure = next(run.glob("*.ckpt")).stem
+    model, card = load_checkpoint(run / f"{structure}.ckpt")
+    pair = Pair(**json.loads((run / "split.json").read_text())["test"][0])
+    x, _ = PairReader(describe_pair(pair, load_stats(run / "stats.json")), card.voxel_size).whole()
+    m = model.multiple
+    crop = tuple(slice(0, n - n % m) for n in x.shape)  # the single pass needs sizes divisible by 2**depth
+    volume = np.ascontiguousarray(x[crop])[None]
+    with torch.inference_mode():
+        whole = model(torch.from_numpy(volume[None]))[0].numpy()
+    options = dict(patch=tuple(args.patch), overlap=args.overlap, multiple=m, batch_size=4)
+    blended = np.zeros_like(whole)
+    naive = np.zeros_like(whole)
+    for region in chunk_regions(volume.shape[1:], args.chunks):
+        blended[(slice(None), *region)] = predict_chunk(model, volume, volume.shape, region, **options)
+        naive[(slice(None), *region)] = predict_volume(model, np.ascontiguousarray(volume[(slice(None), *region)]), **options)
+    print(f"{structure} model on {pair.name}, volume {volume.shape[1:]}, chunks {tuple(args.chunks)}, patch {tuple(args.patch)}, overlap {args.overlap}")
+    for name, pred in (("chunked, global blended grid", blended), ("naive, chunks as separate images", naive)):
+        metrics = seam_metrics(pred, args.chunks, reference=whole, period=m)
+        print(f"  {name:<34} " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+
+
+if __name__ == "__main__":
+    main()
