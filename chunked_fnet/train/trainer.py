@@ -166,14 +166,16 @@ def prepare_run(config: TrainConfig, resume: bool) -> tuple[Path, list[PairSpec]
     return run, train_specs, test_specs
 
 
-def model_card(config: TrainConfig, iterations: int, metrics: dict[str, float] | None = None) -> ModelCard:
+def model_card(
+    config: TrainConfig, iterations: int, input_channel: str | int, metrics: dict[str, float] | None = None
+) -> ModelCard:
     from chunked_fnet import __version__
 
     return ModelCard(
         structure=config.structure,
         architecture=config.model,
         voxel_size=config.voxel_size,
-        input={"modality": config.input_modality, "channel": _first_input_channel(config)},
+        input={"modality": config.input_modality, "channel": input_channel},
         target_channel=config.structure,
         normalization={"method": "zscore", "per": "image"},
         color=config.color,
@@ -189,10 +191,6 @@ def model_card(config: TrainConfig, iterations: int, metrics: dict[str, float] |
         },
         metrics=metrics or {},
     )
-
-
-def _first_input_channel(config: TrainConfig) -> str | int:
-    return read_manifest(config.manifest)[0].input_channel
 
 
 def _validation_loss(model: FnetUNet, batch: Sequence[tuple[torch.Tensor, torch.Tensor]], device: torch.device, autocast: torch.dtype | None) -> float:
@@ -218,6 +216,7 @@ def _read_losses(path: Path, upto: int) -> list[list[str]]:
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Train a model; returns the path of the final checkpoint (``<run>/<structure>.ckpt``)."""
     run, train_specs, test_specs = prepare_run(config, resume)
+    input_channel = read_manifest(config.manifest)[0].input_channel
     device = _device(config)
     autocast = _autocast_dtype(config, device)
     if config.threads:
@@ -275,10 +274,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}", **({"val": val} if val else {}))
             if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
-                save_training_state(run, model, optimizer, iteration, model_card(config, iteration))
+                save_training_state(run, model, optimizer, iteration, model_card(config, iteration, input_channel))
     bar.close()
     final = run / f"{config.structure}.ckpt"
-    save_checkpoint(final, model.cpu(), model_card(config, max(start, config.iterations)), overwrite=True)
+    save_checkpoint(final, model.cpu(), model_card(config, max(start, config.iterations), input_channel), overwrite=True)
     plot_losses(losses_path, run / "losses.png", title=f"{config.structure}: training loss")
     return final
 
