@@ -161,6 +161,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         "version": args.version,
         "dtype": args.dtype,
         "device": args.device,
+        "output_grid": args.output_grid,
     }
     if args.config:
         options = load_yaml_config(PredictOptions, args.config, overrides)
@@ -314,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=int, help="pyramid levels")
     p.add_argument("--ngff-version", dest="version", choices=("0.4", "0.5"))
     p.add_argument("--dtype", choices=("float32", "float16"))
+    p.add_argument("--output-grid", choices=("model", "input"), help="write on the models' voxel grid (default) or the input's")
     p.add_argument("--device", help="cpu, cuda, ... (default auto)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://127.0.0.1:8786")

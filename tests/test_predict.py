@@ -147,3 +147,26 @@ def test_cli_unreachable_scheduler_times_out_with_message(setup, tmp_path: Path)
     assert result.returncode == 2
     assert "no dask scheduler answered at tcp://127.0.0.1:9" in result.stderr
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_output_on_the_input_grid_is_chunk_invariant_and_interpolates_the_model_grid(setup, tmp_path: Path) -> None:
+    image, models = setup
+    from chunked_fnet.preprocess.resample import interpolate_axis
+
+    model_grid, _ = predict(image, models[:1], tmp_path / "m.zarr", options=PredictOptions(**OPTIONS, time=(0, 1)), progress=False)
+    outputs = []
+    for k, chunks in enumerate([(13, 70, 62), (5, 32, 20)]):
+        options = PredictOptions(**OPTIONS, time=(0, 1), output_grid="input", chunks=chunks)
+        out, _ = predict(image, models[:1], tmp_path / f"i{k}.zarr", options=options, progress=False)
+        outputs.append(out.values)
+    source = open_image(image)
+    assert outputs[0].shape == (1, 1, 13, 70, 62)
+    assert out.attrs["scale"] == {"t": 300.0, "z": 0.4, "y": 0.2, "x": 0.2}
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out["x"].values, source["x"].values)
+    # the input-grid output is the model-grid output, linearly interpolated (input voxel k at model k/2)
+    expected = model_grid.values
+    for axis, n in zip((2, 3, 4), (13, 70, 62)):
+        factor = source.attrs["scale"]["zyx"[axis - 2]] / 0.4
+        expected = interpolate_axis(expected, axis, np.arange(n) * factor)
+    np.testing.assert_allclose(outputs[0], expected, atol=1e-5, rtol=0)

@@ -23,7 +23,7 @@ from chunked_fnet.io.reader import open_level_array, window_reader
 from chunked_fnet.io.writer import open_for_writing, write_region
 from chunked_fnet.predict.ensemble import StackedEnsemble, cached_model
 from chunked_fnet.preprocess.normalize import FrameStats
-from chunked_fnet.preprocess.resample import ModelGrid, resample_window
+from chunked_fnet.preprocess.resample import ModelGrid, interpolate_axis, resample_window
 
 
 class PredictOptions(BaseModel):
@@ -44,6 +44,9 @@ class PredictOptions(BaseModel):
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     pad_mode: Literal["reflect", "symmetric", "edge"] = "reflect"
+    output_grid: Literal["model", "input"] = Field(
+        "model", description="write on the models' voxel grid, or interpolated back onto the input's grid"
+    )
 
 
 @dataclass(frozen=True)
@@ -63,13 +66,22 @@ class PredictJob:
     options: PredictOptions
 
     @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        """Output z, y, x: the model grid, or the input's own grid."""
+        return self.grid.source_shape if self.options.output_grid == "input" else self.grid.shape  # type: ignore[return-value]
+
+    @property
+    def output_scale(self) -> tuple[float, float, float]:
+        return self.grid.source_scale if self.options.output_grid == "input" else self.grid.model_scale
+
+    @property
     def output_shape(self) -> tuple[int, ...]:
-        return (len(self.times), len(self.models), *self.grid.shape)
+        return (len(self.times), len(self.models), *self.spatial_shape)
 
     def regions(self) -> list[tuple[int, tuple[slice, slice, slice]]]:
         """One task per (time point, output chunk), in storage order."""
-        chunks = [min(c, n) for c, n in zip(self.options.chunks, self.grid.shape, strict=True)]
-        axes = [range(0, n, c) for n, c in zip(self.grid.shape, chunks, strict=True)]
+        chunks = [min(c, n) for c, n in zip(self.options.chunks, self.spatial_shape, strict=True)]
+        axes = [range(0, n, c) for n, c in zip(self.spatial_shape, chunks, strict=True)]
         out = []
         for ti in range(len(self.times)):
             for z in axes[0]:
@@ -77,7 +89,7 @@ class PredictJob:
                     for x in axes[2]:
                         starts = (z, y, x)
                         out.append(
-                            (ti, tuple(slice(s, min(s + c, n)) for s, c, n in zip(starts, chunks, self.grid.shape, strict=True)))
+                            (ti, tuple(slice(s, min(s + c, n)) for s, c, n in zip(starts, chunks, self.spatial_shape, strict=True)))
                         )
         return out  # type: ignore[return-value]
 
@@ -117,6 +129,23 @@ def _amp(options: PredictOptions, device: str) -> torch.dtype | None:
     return torch.float16 if options.precision == "fp16" else torch.bfloat16
 
 
+def _back_to_input_grid(predict_model_region: Any, grid: ModelGrid, region: tuple[slice, ...]) -> np.ndarray:
+    """Linear interpolation of the model-grid prediction at the input voxels of ``region``.
+
+    The model-grid values come from the global blended grid, so any window of them is exact and the
+    result does not depend on how the input grid is chunked. Input voxels past the last model voxel
+    (at most one model voxel's width) take the nearest model value.
+    """
+    coords = [np.arange(sl.start, sl.stop) * f for sl, f in zip(region, grid.factor, strict=True)]  # model units
+    window = tuple(
+        slice(min(int(np.floor(c[0])), n - 1), min(int(np.floor(c[-1])) + 2, n)) for c, n in zip(coords, grid.shape, strict=True)
+    )
+    values = predict_model_region(window)
+    for axis, (c, w) in enumerate(zip(coords, window, strict=True)):
+        values = interpolate_axis(values, axis + 1, c - w.start)
+    return values.astype(np.float32, copy=False)
+
+
 def run_block(job: PredictJob, time_index: int, region: tuple[slice, slice, slice]) -> dict[str, float]:
     """Predict and write one output chunk (all structures) of one time point; returns timings."""
     start = time.perf_counter()
@@ -125,21 +154,28 @@ def run_block(job: PredictJob, time_index: int, region: tuple[slice, slice, slic
     array, _, _ = open_level_array(job.input_path, series=job.series)
     frame = ModelGridFrame(array, job.input_dims, job.times[time_index], job.channel_index, job.stats[time_index], job.grid)
     multiple = max(m.multiple for m in ensemble.members)
-    blended = predict_chunk(
-        ensemble,
-        padded_reader(frame, job.options.pad_mode),
-        job.grid.shape,
-        region,
-        patch=job.options.patch_shape,
-        overlap=job.options.overlap,
-        blend=job.options.blend,
-        batch_size=job.options.batch_size,
-        device=device,
-        multiple=multiple,
-        pad_mode=job.options.pad_mode,
-        tta_flips=job.options.tta_flips,
-        amp_dtype=_amp(job.options, device),
-    )
+
+    def model_grid_region(model_region: tuple[slice, ...]) -> np.ndarray:
+        return predict_chunk(
+            ensemble,
+            padded_reader(frame, job.options.pad_mode),
+            job.grid.shape,
+            model_region,
+            patch=job.options.patch_shape,
+            overlap=job.options.overlap,
+            blend=job.options.blend,
+            batch_size=job.options.batch_size,
+            device=device,
+            multiple=multiple,
+            pad_mode=job.options.pad_mode,
+            tta_flips=job.options.tta_flips,
+            amp_dtype=_amp(job.options, device),
+        )
+
+    if job.options.output_grid == "model":
+        blended = model_grid_region(region)
+    else:
+        blended = _back_to_input_grid(model_grid_region, job.grid, region)
     out = open_for_writing(job.output_path)
     write_region(out, (slice(time_index, time_index + 1), slice(None), *region), blended[None])
     voxels = math.prod(s.stop - s.start for s in region)

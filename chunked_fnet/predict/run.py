@@ -99,7 +99,7 @@ def create_output(job: PredictJob, image_path: str, series: str | None, overwrit
         dims=("t", "c", "z", "y", "x"),
         chunks=(1, 1, *job.options.chunks),
         dtype=job.options.dtype,
-        scale={"t": tscale, **dict(zip(("z", "y", "x"), job.grid.model_scale, strict=True))},
+        scale={"t": tscale, **dict(zip(("z", "y", "x"), job.output_scale, strict=True))},
         translation={"t": t0, **{d: meta.translations[0].get(d, 0.0) for d in ("z", "y", "x")}},
         units={"t": meta.units.get("t") or "second"},
         channel_names=[c.structure for c in cards],

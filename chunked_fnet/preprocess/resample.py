@@ -58,7 +58,7 @@ class ModelGrid:
         return tuple(out)
 
 
-def _interpolate_axis(values: np.ndarray, axis: int, coords: np.ndarray) -> np.ndarray:
+def interpolate_axis(values: np.ndarray, axis: int, coords: np.ndarray) -> np.ndarray:
     """Linear interpolation of ``values`` along ``axis`` at fractional ``coords`` ('nearest' outside)."""
     n = values.shape[axis]
     coords = np.clip(coords, 0, n - 1)
@@ -90,5 +90,5 @@ def resample_window(
         values = gaussian_filter(values, sigma=(0,) * lead + sigma, mode="nearest", truncate=_TRUNCATE)
     for axis, (sl, win, f) in enumerate(zip(region, window, grid.factor, strict=True)):
         coords = np.arange(sl.start, sl.stop) / f - win.start
-        values = _interpolate_axis(values, lead + axis, coords)
+        values = interpolate_axis(values, lead + axis, coords)
     return values.astype(np.float32, copy=False)
