@@ -64,6 +64,11 @@ class PredictJob:
     hashes: tuple[str, ...]
     output_path: str
     options: PredictOptions
+    structures: tuple[str, ...] = ()  # output channel names, from the model cards
+    colors: tuple[str, ...] = ()
+    origin: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # t, z, y, x of the first output voxel
+    time_scale: float = 1.0
+    time_unit: str = "second"
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from chunked_fnet.cluster import ClusterSpec, local_client
 from chunked_fnet.errors import InputError
-from chunked_fnet.io.reader import channel_index, open_image, read_metadata, spatial_frame
+from chunked_fnet.io.reader import channel_index, open_image, spatial_frame
 from chunked_fnet.io.writer import build_pyramid, create_image
 from chunked_fnet.predict.ensemble import check_ensemble
 from chunked_fnet.predict.job import PredictJob, PredictOptions, run_block
@@ -71,6 +71,8 @@ def plan(
     stats = tuple(frame_stats(spatial_frame(image, t, channel), f"{image.attrs['source']} t={t} channel {options.input_channel!r}") for t in times)
     zyx = tuple(image.sizes[d] for d in ("z", "y", "x"))
     grid = ModelGrid(zyx, (scale["z"], scale["y"], scale["x"]), tuple(cards[0].voxel_size))  # type: ignore[arg-type]
+    translation = image.attrs["translation"]
+    tscale = scale.get("t", 1.0)
     return PredictJob(
         input_path=str(image_path),
         series=series,
@@ -83,31 +85,31 @@ def plan(
         hashes=tuple(hashes),
         output_path=str(out),
         options=options,
+        structures=tuple(c.structure for c in cards),
+        colors=tuple(c.color for c in cards),
+        origin=(translation.get("t", 0.0) + (times[0] or 0) * tscale, *(translation[d] for d in ("z", "y", "x"))),  # type: ignore[arg-type]
+        time_scale=tscale,
+        time_unit=image.attrs["units"].get("t") or "second",
     )
 
 
-def create_output(job: PredictJob, image_path: str, series: str | None, overwrite: bool) -> None:
-    meta = read_metadata(image_path, series=series)
-    from chunked_fnet.model import load_card
-
-    cards = [load_card(p) for p in job.models]
-    tscale = meta.scales[0].get("t", 1.0)
-    t0 = meta.translations[0].get("t", 0.0) + (job.times[0] or 0) * tscale
+def create_output(job: PredictJob, overwrite: bool) -> None:
+    """The empty output image: a named, coloured channel per structure, overlaying the input."""
     create_image(
         job.output_path,
         shape=job.output_shape,
         dims=("t", "c", "z", "y", "x"),
         chunks=(1, 1, *job.options.chunks),
         dtype=job.options.dtype,
-        scale={"t": tscale, **dict(zip(("z", "y", "x"), job.output_scale, strict=True))},
-        translation={"t": t0, **{d: meta.translations[0].get(d, 0.0) for d in ("z", "y", "x")}},
-        units={"t": meta.units.get("t") or "second"},
-        channel_names=[c.structure for c in cards],
-        channel_colors=[c.color for c in cards],
-        channel_windows=[{"min": -10.0, "max": 10.0, "start": -1.0, "end": 4.0} for _ in cards],
+        scale={"t": job.time_scale, **dict(zip(("z", "y", "x"), job.output_scale, strict=True))},
+        translation=dict(zip(("t", "z", "y", "x"), job.origin, strict=True)),
+        units={"t": job.time_unit},
+        channel_names=list(job.structures),
+        channel_colors=list(job.colors),
+        channel_windows=[{"min": -10.0, "max": 10.0, "start": -1.0, "end": 4.0} for _ in job.structures],
         levels=job.options.levels,
         version=job.options.version,
-        name=f"chunked_fnet prediction of {Path(str(image_path)).name}",
+        name=f"chunked_fnet prediction of {Path(job.input_path).name}",
         overwrite=overwrite,
     )
 
@@ -128,7 +130,7 @@ def predict(
     options = options or PredictOptions()
     image_path = image.attrs["source"] if isinstance(image, xr.DataArray) else str(image)
     job = plan(image_path, models, out, options, series=series)
-    create_output(job, image_path, series, overwrite)
+    create_output(job, overwrite)
     start = time.perf_counter()
     tasks = job.regions()
     context = local_client(ClusterSpec()) if client is None else nullcontext(client)

@@ -9,7 +9,6 @@ is bounded by the plane size and the chunk size, never by the dataset size.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -266,9 +265,3 @@ def summary(paths: Sequence[str], config: SynthConfig, seconds: float | None = N
     if seconds is not None:
         lines.append(f"  written in {seconds:.1f} s")
     return "\n".join(lines)
-
-
-def timed_generate(config: SynthConfig, out: str | Path, **kwargs: object) -> tuple[list[str], float]:
-    start = time.perf_counter()
-    paths = generate(config, out, **kwargs)  # type: ignore[arg-type]
-    return paths, time.perf_counter() - start
