@@ -144,7 +144,7 @@ def cmd_import_fnet(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from chunked_fnet.cluster import ClusterSpec, load_cluster_spec, local_client
+    from chunked_fnet.cluster import ClusterSpec, load_cluster_spec
     from chunked_fnet.config import build, load_yaml_config
     from chunked_fnet.predict import PredictOptions, predict
 
@@ -162,6 +162,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
         "device": args.device,
         "output_grid": args.output_grid,
+        "nonfinite": args.nonfinite,
+        "retries": args.retries,
     }
     if args.config:
         options = load_yaml_config(PredictOptions, args.config, overrides)
@@ -173,11 +175,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         spec = load_cluster_spec(args.cluster)
     else:
         spec = ClusterSpec(**({"n_workers": args.workers} if args.workers else {}))
-    with local_client(spec) as client:
-        output, summary = predict(
-            args.input, args.models, args.out, options=options, client=client, series=args.series,
-            overwrite=args.overwrite, progress=not args.no_progress,
-        )
+    output, summary = predict(
+        args.input, args.models, args.out, options=options, client=spec, series=args.series,
+        overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+    )
     print(summary)
     print(describe_image(output))
     print(f"view it: napari {args.out}  (napari-ome-zarr), or serve it and open it in neuroglancer")
@@ -317,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float16"))
     p.add_argument("--output-grid", choices=("model", "input"), help="write on the models' voxel grid (default) or the input's")
     p.add_argument("--device", help="cpu, cuda, ... (default auto)")
+    p.add_argument("--nonfinite", choices=("fail", "fill"), help="NaN/Inf input voxels: refuse (default) or predict them as the frame mean")
+    p.add_argument("--retries", type=int, help="extra tries of a failing chunk before the run reports it (default 2)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted run into --out: compute only the chunks not yet recorded as done")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://127.0.0.1:8786")
     where.add_argument("--cluster", help="cluster spec YAML (cluster/*.yaml)")
@@ -356,6 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChunkedFnetError as exc:
         print(f"chunked-fnet {args.command}: error: {redact(str(exc))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = " (chunks finished so far are kept: rerun with --resume to compute only the rest)" if args.command == "predict" else ""
+        print(f"chunked-fnet {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
         print(f"chunked-fnet {args.command}: error: invalid settings: {problems}", file=sys.stderr)

@@ -38,12 +38,6 @@ def load_cluster_spec(path: str | Path) -> ClusterSpec:
     return load_yaml_config(ClusterSpec, path)
 
 
-def _set_torch_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 @contextlib.contextmanager
 def local_client(spec: ClusterSpec) -> Iterator[Client]:
     """A client for ``spec``; clusters started here are closed on exit, a remote one is left running."""
@@ -80,6 +74,4 @@ def local_client(spec: ClusterSpec) -> Iterator[Client]:
             memory_limit=spec.memory_limit or "auto",
         )
     with cluster, Client(cluster) as client:
-        if spec.kind == "local":
-            client.run(_set_torch_threads, spec.threads_per_worker)
         yield client

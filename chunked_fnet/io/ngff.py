@@ -8,6 +8,8 @@ document built here against the official JSON schemas (bundled with ngff-zarr) a
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,7 +205,13 @@ def parse_image_attrs(attrs: Mapping[str, Any], where: str, multiscale_index: in
     if not datasets:
         raise OmeZarrError(f"{where}: multiscales[{multiscale_index}] lists no datasets")
     for ds in datasets:
-        scale, trans = _read_transforms(ds.get("coordinateTransformations", []), dims, where, f"dataset {ds.get('path')!r}")
+        transforms = ds.get("coordinateTransformations") or []
+        if not any(isinstance(tr, Mapping) and tr.get("type") == "scale" for tr in transforms):
+            raise OmeZarrError(
+                f"{where}: dataset {ds.get('path')!r} has no 'scale' coordinate transformation, so its voxel size is "
+                "unknown; NGFF requires one (re-convert with chunked-fnet convert --voxel-size Z Y X, or add it to the metadata)"
+            )
+        scale, trans = _read_transforms(transforms, dims, where, f"dataset {ds.get('path')!r}")
         # NGFF applies the dataset transform first, then the multiscale-wide one.
         paths.append(str(ds["path"]))
         scales.append({d: scale[d] * global_scale[d] for d in dims})
@@ -250,5 +258,9 @@ def _read_transforms(
             raise OmeZarrError(f"{where}: {what} {kind} has {len(values)} values for {len(dims)} axes {list(dims)}")
         target = scale if kind == "scale" else trans
         for d, v in zip(dims, values, strict=True):
-            target[d] = float(v)
+            v = float(v)
+            if not math.isfinite(v) or (kind == "scale" and d != "c" and not v > 0):
+                expected = "a finite voxel size > 0" if kind == "scale" else "a finite offset"
+                raise OmeZarrError(f"{where}: {what} {kind} for axis {d!r} is {v:g}; expected {expected}")
+            target[d] = v
     return scale, trans

@@ -17,7 +17,7 @@ import zarr
 
 from chunked_fnet.errors import OmeZarrError
 from chunked_fnet.io.ngff import ImageMetadata, parse_image_attrs
-from chunked_fnet.io.store import describe, is_url, open_store
+from chunked_fnet.io.store import describe, is_url, open_store, redact
 
 BF2RAW = "bioformats2raw.layout"
 
@@ -37,6 +37,8 @@ def _open_group(path: Any, storage_options: Mapping[str, Any] | None) -> zarr.Gr
             f"{where} is not a zarr store: no zarr.json (zarr v3) or .zgroup/.zattrs (zarr v2) found; "
             "expected an OME-Zarr image"
         ) from exc
+    except (OSError, TimeoutError) as exc:  # network stores: refused, unreachable, denied (aiohttp errors are OSErrors)
+        raise OmeZarrError(f"{where}: cannot be read ({type(exc).__name__}: {redact(str(exc))}); expected a reachable OME-Zarr image") from None
     if not isinstance(node, zarr.Group):
         raise OmeZarrError(f"{where} is a bare zarr array, not an OME-Zarr image (a group with 'multiscales')")
     return node

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from chunked_fnet.errors import InputError
-from chunked_fnet.model import FnetUNet, ModelCard, checkpoint_hash, load_card, load_checkpoint
+from chunked_fnet.model import FnetUNet, ModelCard, checkpoint_hash, load_checkpoint
 
 _CACHE: dict[tuple[str, str], FnetUNet] = {}
 _LOCK = threading.Lock()
@@ -38,10 +38,14 @@ def cached_model(path: str, digest: str, device: str) -> FnetUNet:
 
 
 def check_ensemble(paths: Sequence[str]) -> tuple[list[ModelCard], list[str]]:
-    """Cards and content hashes of the ensemble's checkpoints, refusing combinations that cannot run together."""
+    """Cards and content hashes of the ensemble's checkpoints, refusing combinations that cannot run together.
+
+    Each checkpoint is loaded once here (on CPU), so a truncated file or weights that do not fit the
+    card's architecture stop the run before any worker starts, with the file named.
+    """
     if not paths:
         raise InputError("no models given; pass one checkpoint per structure (--models dna.ckpt ...)")
-    cards = [load_card(p) for p in paths]
+    cards = [load_checkpoint(p)[1] for p in paths]
     names = [c.structure for c in cards]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -22,6 +22,7 @@ from chunked_fnet.inference.sliding_window import padded_reader, predict_chunk
 from chunked_fnet.io.reader import open_level_array, window_reader
 from chunked_fnet.io.writer import open_for_writing, write_region
 from chunked_fnet.predict.ensemble import StackedEnsemble, cached_model
+from chunked_fnet.predict.ledger import Ledger, chunk_key
 from chunked_fnet.preprocess.normalize import FrameStats
 from chunked_fnet.preprocess.resample import ModelGrid, interpolate_axis, resample_window
 
@@ -47,6 +48,14 @@ class PredictOptions(BaseModel):
     output_grid: Literal["model", "input"] = Field(
         "model", description="write on the models' voxel grid, or interpolated back onto the input's grid"
     )
+    nonfinite: Literal["fail", "fill"] = Field(
+        "fail", description="NaN/Inf input voxels: refuse the frame, or predict them as the frame's mean"
+    )
+    retries: int = Field(2, ge=0, description="extra tries of a failing chunk task before the run reports it")
+
+
+# Options that change how a run is carried out but not a single output value: a resumed run may differ in them.
+RUNTIME_OPTIONS = frozenset({"retries"})
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,19 @@ class PredictJob:
     origin: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # t, z, y, x of the first output voxel
     time_scale: float = 1.0
     time_unit: str = "second"
+    input_info: dict[str, Any] = field(default_factory=dict, hash=False)  # shape, dtype, scale, ... for the run record
+
+    def record(self) -> dict[str, Any]:
+        """Everything that determines the output's values and layout (JSON), kept in the output for ``--resume``."""
+        return {
+            "input": {"path": self.input_path, "series": self.series, "dims": list(self.input_dims),
+                      "channel": self.channel_index, **self.input_info},
+            "time_points": [t for t in self.times],
+            "frame_stats": [{"mean": s.mean, "std": s.std} for s in self.stats],
+            "models": {"checkpoints": list(self.models), "sha256": list(self.hashes), "structures": list(self.structures)},
+            "options": {k: v for k, v in self.options.model_dump(mode="json").items() if k not in RUNTIME_OPTIONS},
+            "output": {"shape": list(self.output_shape), "scale": list(self.output_scale), "origin": list(self.origin)},
+        }
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
@@ -105,16 +127,23 @@ class ModelGridFrame:
     Array-like ``(1, Z, Y, X)`` on the model grid for :func:`padded_reader`.
     """
 
-    def __init__(self, array: Any, dims: Sequence[str], t: int | None, channel: int, stats: FrameStats, grid: ModelGrid) -> None:
+    def __init__(
+        self, array: Any, dims: Sequence[str], t: int | None, channel: int, stats: FrameStats, grid: ModelGrid,
+        nonfinite: str = "fail",
+    ) -> None:
         self.array, self.dims, self.t, self.channel, self.stats, self.grid = array, tuple(dims), t, channel, stats, grid
+        self.nonfinite = nonfinite
         self.shape = (1, *grid.shape)
         self._read = window_reader(array, dims, t, channel)
 
     def _read_source(self, window: tuple[slice, ...]) -> np.ndarray:
         values = self._read(window)
-        if not np.isfinite(values).all():
-            bad = tuple((s.start, s.stop) for s in window)
-            raise ValueError(f"input has NaN/Inf voxels in the (z, y, x) window {bad} at t={self.t}")
+        finite = np.isfinite(values)
+        if not finite.all():
+            if self.nonfinite != "fill":
+                bad = tuple((s.start, s.stop) for s in window)
+                raise ValueError(f"input has NaN/Inf voxels in the (z, y, x) window {bad} at t={self.t}")
+            values = np.where(finite, values, self.stats.mean)  # z-scores to 0: the frame's mean
         return values
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
@@ -151,13 +180,32 @@ def _back_to_input_grid(predict_model_region: Any, grid: ModelGrid, region: tupl
     return values.astype(np.float32, copy=False)
 
 
+def _match_torch_threads() -> None:
+    """One torch intra-op thread per dask worker thread, however the worker was started.
+
+    torch otherwise starts a thread per core in every worker process; N workers on N cores would
+    then run N*N threads and thrash.
+    """
+    try:
+        from distributed import get_worker
+
+        threads = get_worker().state.nthreads
+    except ValueError:  # not inside a dask worker: leave the caller's setting alone
+        return
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def run_block(job: PredictJob, time_index: int, region: tuple[slice, slice, slice]) -> dict[str, float]:
     """Predict and write one output chunk (all structures) of one time point; returns timings."""
     start = time.perf_counter()
+    _match_torch_threads()
     device = _device(job.options)
     ensemble = StackedEnsemble([cached_model(p, h, device) for p, h in zip(job.models, job.hashes, strict=True)])
     array, _, _ = open_level_array(job.input_path, series=job.series)
-    frame = ModelGridFrame(array, job.input_dims, job.times[time_index], job.channel_index, job.stats[time_index], job.grid)
+    frame = ModelGridFrame(
+        array, job.input_dims, job.times[time_index], job.channel_index, job.stats[time_index], job.grid, job.options.nonfinite
+    )
     multiple = max(m.multiple for m in ensemble.members)
 
     def model_grid_region(model_region: tuple[slice, ...]) -> np.ndarray:
@@ -184,4 +232,6 @@ def run_block(job: PredictJob, time_index: int, region: tuple[slice, slice, slic
     out = open_for_writing(job.output_path)
     write_region(out, (slice(time_index, time_index + 1), slice(None), *region), blended[None])
     voxels = math.prod(s.stop - s.start for s in region)
-    return {"seconds": time.perf_counter() - start, "voxels": float(voxels)}
+    timings = {"seconds": time.perf_counter() - start, "voxels": float(voxels)}
+    Ledger(job.output_path).mark_done(chunk_key(time_index, region), timings)  # only now is the chunk done
+    return timings

@@ -9,7 +9,7 @@ the pyramid, and returns the written output as a lazy DataArray.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,27 +19,36 @@ from distributed import Client, as_completed
 from tqdm.auto import tqdm
 
 from chunked_fnet.cluster import ClusterSpec, local_client
-from chunked_fnet.errors import InputError
+from chunked_fnet.errors import ChunkedFnetError, InputError, OutputExistsError
 from chunked_fnet.io.reader import channel_index, open_image, spatial_frame
+from chunked_fnet.io.store import is_url, redact
 from chunked_fnet.io.writer import build_pyramid, create_image
 from chunked_fnet.predict.ensemble import check_ensemble
 from chunked_fnet.predict.job import PredictJob, PredictOptions, run_block
+from chunked_fnet.predict.ledger import Ledger, chunk_key, describe_chunk, differences
 from chunked_fnet.preprocess.normalize import frame_stats
 from chunked_fnet.preprocess.resample import ModelGrid
+
+
+class ChunksFailedError(ChunkedFnetError, RuntimeError):
+    """Some chunk tasks failed after their retries; every other chunk was written and recorded."""
 
 
 @dataclass(frozen=True)
 class RunSummary:
     output: str
-    chunks: int
+    chunks: int  # computed by this run
     workers: int
     seconds: float
     voxels: int
+    total_chunks: int = 0  # of the whole output; more than ``chunks`` when a resumed run skipped finished ones
 
     def __str__(self) -> str:
         rate = self.voxels / self.seconds if self.seconds else float("nan")
+        skipped = self.total_chunks - self.chunks
+        resumed = f" ({skipped} of {self.total_chunks} were already done)" if skipped > 0 else ""
         return (
-            f"wrote {self.output}: {self.chunks} chunk tasks on {self.workers} worker(s) in {self.seconds:.1f} s, "
+            f"wrote {self.output}: {self.chunks} chunk tasks on {self.workers} worker(s) in {self.seconds:.1f} s{resumed}, "
             f"{self.voxels / 1e6:.2f} M output voxels x structures, {rate / 1e6:.3f} M voxels/s"
         )
 
@@ -54,6 +63,7 @@ def plan(
 ) -> PredictJob:
     """Check inputs and models, compute per-frame statistics, and describe the job."""
     image = open_image(image_path, series=series)
+    _refuse_output_inside_input(str(image_path), str(out))
     scale = image.attrs["scale"]
     if "z" not in image.dims:
         raise InputError(f"{image.attrs['source']}: the models are 3D; the image has no z axis (dims {list(image.dims)})")
@@ -68,7 +78,10 @@ def plan(
         if not 0 <= lo < hi <= n_t:
             raise InputError(f"{image.attrs['source']}: time range [{lo}, {hi}) is outside the image's 0..{n_t} time points")
         times = list(range(lo, hi))
-    stats = tuple(frame_stats(spatial_frame(image, t, channel), f"{image.attrs['source']} t={t} channel {options.input_channel!r}") for t in times)
+    stats = tuple(
+        frame_stats(spatial_frame(image, t, channel), f"{image.attrs['source']} t={t} channel {options.input_channel!r}", options.nonfinite)
+        for t in times
+    )
     zyx = tuple(image.sizes[d] for d in ("z", "y", "x"))
     grid = ModelGrid(zyx, (scale["z"], scale["y"], scale["x"]), tuple(cards[0].voxel_size))  # type: ignore[arg-type]
     translation = image.attrs["translation"]
@@ -90,11 +103,31 @@ def plan(
         origin=(translation.get("t", 0.0) + (times[0] or 0) * tscale, *(translation[d] for d in ("z", "y", "x"))),  # type: ignore[arg-type]
         time_scale=tscale,
         time_unit=image.attrs["units"].get("t") or "second",
+        input_info={
+            "shape": list(image.shape), "dtype": str(image.dtype), "scale": dict(scale), "translation": dict(translation),
+        },
     )
 
 
+def _refuse_output_inside_input(image_path: str, out: str) -> None:
+    """Writing the prediction into the input store (or over it) would modify the input."""
+    if is_url(out) or is_url(image_path):
+        root = image_path.split("?")[0].rstrip("/")
+        inside = out.split("?")[0].rstrip("/") == root or out.startswith(root + "/")
+    else:
+        top = Path(image_path.removeprefix("file://")).resolve()
+        # an image inside a collection (bioformats2raw, plate): the whole collection is the input store
+        while any((top.parent / m).exists() for m in ("zarr.json", ".zgroup", ".zattrs")):
+            top = top.parent
+        target = Path(out.removeprefix("file://")).resolve()
+        inside = target == top or top in target.parents
+        root = str(top)
+    if inside:
+        raise InputError(f"output {redact(out)} is inside the input store {redact(root)}; write the prediction somewhere else")
+
+
 def create_output(job: PredictJob, overwrite: bool) -> None:
-    """The empty output image: a named, coloured channel per structure, overlaying the input."""
+    """The empty output image: a named, coloured channel per structure, overlaying the input, and its run record."""
     create_image(
         job.output_path,
         shape=job.output_shape,
@@ -112,6 +145,37 @@ def create_output(job: PredictJob, overwrite: bool) -> None:
         name=f"chunked_fnet prediction of {Path(job.input_path).name}",
         overwrite=overwrite,
     )
+    Ledger(job.output_path).write_record(job.record())
+
+
+def _refuse_existing(output: str) -> None:
+    if Ledger(output).output_exists():
+        raise OutputExistsError(f"{redact(output)} already exists; pass --overwrite to replace it, or --resume to finish an interrupted run")
+
+
+def _resume_state(job: PredictJob) -> set[str] | None:
+    """Chunks already done by an interrupted run into ``job.output_path``; None when there is no output yet.
+
+    Refuses when the output is not a chunked_fnet prediction or was started with other input, models
+    or parameters: finishing it with different settings would give an output no single run produces.
+    """
+    ledger = Ledger(job.output_path)
+    recorded = ledger.read_record()
+    if recorded is None:
+        if not ledger.output_exists():
+            return None  # nothing was started: a resume is a first run
+        raise InputError(
+            f"cannot resume {redact(job.output_path)}: it holds no run record (.chunked_fnet/run.json), so it was not "
+            "started by chunked-fnet predict; choose another --out"
+        )
+    diff = differences(recorded, job.record())
+    if diff:
+        raise InputError(
+            f"cannot resume {redact(job.output_path)}: it was started with other settings; "
+            + "; ".join(diff)
+            + " (run again with the same input, models and parameters, or pass --overwrite to start over)"
+        )
+    return ledger.done()
 
 
 def predict(
@@ -120,35 +184,68 @@ def predict(
     out: str | Path,
     *,
     options: PredictOptions | None = None,
-    client: Client | None = None,
+    client: Client | ClusterSpec | None = None,
     series: str | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = True,
 ) -> tuple[xr.DataArray, RunSummary]:
     """Predict every structure of ``models`` for ``image`` (an OME-Zarr path, or a DataArray opened
-    with :func:`chunked_fnet.open_image`) into the OME-Zarr ``out``; returns the output, lazily."""
+    with :func:`chunked_fnet.open_image`) into the OME-Zarr ``out``; returns the output, lazily.
+
+    ``client`` is a connected dask client, or a :class:`ClusterSpec` (default: local worker
+    processes) to start once the inputs have been checked, so bad input fails before any worker starts.
+    ``resume=True`` continues an interrupted run into ``out``: only chunks without a completion
+    record are computed, after checking that input, models and parameters are the interrupted run's.
+    """
     options = options or PredictOptions()
+    if resume and overwrite:
+        raise InputError("resume and overwrite exclude each other: resume keeps the finished chunks, overwrite deletes them")
     image_path = image.attrs["source"] if isinstance(image, xr.DataArray) else str(image)
     job = plan(image_path, models, out, options, series=series)
-    create_output(job, overwrite)
-    start = time.perf_counter()
-    tasks = job.regions()
-    context = local_client(ClusterSpec()) if client is None else nullcontext(client)
-    with context as c:
-        futures = [c.submit(run_block, job, ti, region, pure=False, key=f"chunk-{ti}-{_corner(region)}") for ti, region in tasks]
-        voxels = 0
-        with tqdm(total=len(futures), desc="predict", unit="chunk", disable=not progress) as bar:
-            for future in as_completed(futures):
-                result = future.result()
-                voxels += int(result["voxels"]) * len(job.models)
-                bar.update(1)
-        workers = len(c.scheduler_info().get("workers", {}))
-        if options.levels > 1:
-            build_pyramid(job.output_path, progress=progress)
-    summary = RunSummary(str(out), len(tasks), workers, time.perf_counter() - start, voxels)
+    done = _resume_state(job) if resume else None
+    if done is None and not overwrite:
+        _refuse_existing(job.output_path)
+    context = nullcontext(client) if isinstance(client, Client) else local_client(client or ClusterSpec())
+    with context as c:  # connected before the output is created: an unreachable scheduler leaves nothing behind
+        if done is None:
+            create_output(job, overwrite)
+        summary = execute(job, c, skip=done or set(), progress=progress)
     return open_image(out), summary
 
 
-def _corner(region: tuple[slice, ...]) -> str:
-    return "-".join(str(s.start) for s in region)
+def execute(job: PredictJob, client: Client, *, skip: Collection[str] = (), progress: bool = True) -> RunSummary:
+    """Run the chunk tasks of a planned job whose output exists (see :func:`create_output`).
 
+    Chunks named in ``skip`` (their ledger keys) are not computed. A chunk that still fails after
+    ``options.retries`` retries does not stop the others: once every task has ended, the failures are
+    raised together, naming each chunk, while everything else stays written and recorded.
+    """
+    start = time.perf_counter()
+    everything = job.regions()
+    tasks = [(ti, region) for ti, region in everything if chunk_key(ti, region) not in skip]
+    futures = {
+        client.submit(run_block, job, ti, region, pure=False, retries=job.options.retries, key=f"chunk-{chunk_key(ti, region)}"): (ti, region)
+        for ti, region in tasks
+    }
+    voxels = 0
+    failures: list[str] = []
+    with tqdm(total=len(futures), desc="predict", unit="chunk", disable=not progress) as bar:
+        for future in as_completed(futures):
+            if future.status == "error":
+                ti, region = futures[future]
+                exc = future.exception()
+                failures.append(f"{describe_chunk(ti, region, job.times[ti])}: {type(exc).__name__}: {redact(str(exc))}")
+            else:
+                voxels += int(future.result()["voxels"]) * len(job.models)
+            bar.update(1)
+    workers = len(client.scheduler_info().get("workers", {}))
+    if failures:
+        raise ChunksFailedError(
+            f"{len(failures)} of {len(tasks)} chunks of {redact(job.output_path)} failed after {job.options.retries + 1} tries "
+            f"(the other {len(tasks) - len(failures)} are written; --resume computes only what is missing once the cause is fixed): "
+            + "; ".join(failures[:5]) + (f"; ... {len(failures) - 5} more" if len(failures) > 5 else "")
+        )
+    if job.options.levels > 1:
+        build_pyramid(job.output_path, progress=progress)
+    return RunSummary(job.output_path, len(tasks), workers, time.perf_counter() - start, voxels, total_chunks=len(everything))
