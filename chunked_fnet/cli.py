@@ -244,6 +244,66 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    """Serve the stores on 127.0.0.1 and show them in neuroglancer until interrupted (Ctrl-C)."""
+    import webbrowser
+
+    from chunked_fnet.viz.neuroglancer import layer_summary, open_view
+
+    with open_view(
+        args.prediction, args.input, input_channel=args.channel, input_series=args.series, layout=args.layout,
+        windows=args.windows, port=args.port,
+    ) as session:
+        for layer in layer_summary(session.state):
+            print(f"layer {layer['name']!r}: {layer['source']}" + (f" channel {layer['channel'][0]:g}" if layer["channel"] else ""))
+        if session.server is not None:
+            print(f"serving the stores at {session.server.url} (127.0.0.1 only, CORS, range requests)")
+        print(f"neuroglancer viewer: {session.viewer_url}")
+        print(f"neuroglancer state URL (any neuroglancer client, while this runs): {session.state_url(args.client)}")
+        print("press Ctrl-C to stop", flush=True)
+        if not args.no_browser:
+            webbrowser.open(session.viewer_url)
+        try:
+            if args.seconds is not None:
+                time.sleep(args.seconds)
+            else:
+                while True:
+                    time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_figure(args: argparse.Namespace) -> int:
+    """Draw one of the paper's figures from a prediction (or an evaluation's metrics) into a PNG."""
+    from chunked_fnet.io.reader import open_image
+    from chunked_fnet.viz import figures
+
+    if args.kind == "metrics":
+        colors = figures.channel_colors(open_image(args.colors_from)) if args.colors_from else None
+        fig = figures.metrics_figure(figures.read_metrics(args.source), colors)
+        print(f"figure: {figures.save_figure(fig, args.out, overwrite=args.overwrite)}")
+        return 0
+    prediction = open_image(args.source)
+    image = open_image(args.input) if args.input else None
+    common = {"structures": args.structures, "input_channel": args.channel}
+    if args.kind == "slices":
+        if image is None:
+            raise InputError("figure slices needs --input: the image that was predicted (its transmitted light and targets)")
+        fig = figures.slices_figure(image, prediction, t=args.time, z=args.z, **common)
+    elif args.kind == "overlay":
+        fig = figures.overlay_figure(prediction, image, t=args.time, z=args.z, y=args.y, **common)
+    else:
+        if args.gif:  # checked before the PNG is written, so a refusal leaves nothing half done
+            figures.check_output(args.gif, (".gif",), args.overwrite)
+        fig = figures.timelapse_figure(prediction, image, z=args.z, times=args.times, max_frames=args.frames, **common)
+    print(f"figure: {figures.save_figure(fig, args.out, overwrite=args.overwrite)}")
+    if args.kind == "timelapse" and args.gif:
+        gif = figures.timelapse_gif(prediction, args.gif, structures=args.structures, z=args.z, overwrite=args.overwrite)
+        print(f"video: {gif}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chunked-fnet",
@@ -350,6 +410,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=150, help="training iterations per structure")
     common(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("view", help="show a prediction (and its input) in neuroglancer, served from this machine on 127.0.0.1")
+    p.add_argument("prediction", help="predicted OME-Zarr (NGFF 0.4 or 0.5), local path or http(s)/gs/s3 URL")
+    p.add_argument("--input", help="the transmitted-light OME-Zarr it was predicted from (shown as a grey layer)")
+    p.add_argument("--series", help="image of a bioformats2raw collection given as --input")
+    p.add_argument("--channel", default="brightfield", help="transmitted-light channel of --input, name or index")
+    p.add_argument("--layout", default="4panel", choices=("4panel", "xy", "xz", "yz", "3d", "xy-3d"), help="neuroglancer layout")
+    p.add_argument("--windows", choices=("data", "file"), default="data",
+                   help="display ranges from the data (default) or the files' omero windows")
+    p.add_argument("--port", type=int, default=0, help="port of the store server (default: any free one)")
+    p.add_argument("--client", help="neuroglancer client for the printed state URL (default: the public demo client)")
+    p.add_argument("--no-browser", action="store_true", help="print the URLs only; do not open a browser")
+    p.add_argument("--seconds", type=float, help="stop after this many seconds instead of waiting for Ctrl-C")
+    p.set_defaults(func=cmd_view)
+
+    p = sub.add_parser("figure", help="draw the paper's figures (PNG) from a prediction or an evaluation")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    for kind, text in (
+        ("slices", "z-slices of input / target / prediction side by side (Figure 3)"),
+        ("overlay", "merged multi-structure colour overlay of an ensemble prediction, xy and xz (Figure 5)"),
+        ("timelapse", "montage of merged predictions over time, optionally an animated GIF (Figure 6)"),
+    ):
+        k = kinds.add_parser(kind, help=text)
+        k.add_argument("source", metavar="PRED.zarr", help="predicted OME-Zarr")
+        k.add_argument("--input", required=kind == "slices", help="the OME-Zarr that was predicted (transmitted light, targets)")
+        k.add_argument("--out", required=True, help="PNG file to write (never overwritten without --overwrite)")
+        k.add_argument("--structures", nargs="+", help="predicted channels to show (default: all)")
+        k.add_argument("--channel", default="brightfield", help="transmitted-light channel of --input, name or index")
+        k.add_argument("--z", type=float, help="z of the xy plane in µm (default: the prediction's middle plane)")
+        if kind == "timelapse":
+            k.add_argument("--times", nargs="+", type=int, help="time indices of the prediction to show (default: evenly spaced)")
+            k.add_argument("--frames", type=int, default=6, help="at most this many time points (default 6)")
+            k.add_argument("--gif", help="also write an animated GIF of every time point")
+        else:
+            k.add_argument("--time", type=int, default=0, help="time index of the prediction (default 0)")
+        if kind == "overlay":
+            k.add_argument("--y", type=float, help="y of the xz plane in µm (default: the middle)")
+        k.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+        k.set_defaults(func=cmd_figure)
+    k = kinds.add_parser("metrics", help="per-structure normalised error and Pearson r, train and test (Figure 4b)")
+    k.add_argument("source", metavar="METRICS.csv", help="metrics.csv from chunked-fnet evaluate (or its folder)")
+    k.add_argument("--out", required=True, help="PNG file to write (never overwritten without --overwrite)")
+    k.add_argument("--colors-from", help="an OME-Zarr prediction whose channel colours (model cards) to use")
+    k.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    k.set_defaults(func=cmd_figure)
     return parser
 
 

@@ -478,3 +478,26 @@ def test_redact_hides_credentials(text, secrets, kept):
 @pytest.mark.parametrize("text", ["/data/img.zarr", "s3://bucket/a@b/img.zarr", "https://example.org/img.zarr?page=2"])
 def test_redact_leaves_plain_locations_alone(text):
     assert store_mod.redact(text) == text
+
+
+def test_image_header_is_written_after_its_arrays(tmp_path):
+    """A reader never sees 'multiscales' naming arrays that do not exist yet."""
+    from zarr.storage import LocalStore
+
+    from chunked_fnet.io.writer import create_image
+
+    writes: list[tuple[str, bool]] = []
+
+    class Recording(LocalStore):
+        async def set(self, key, value, *args, **kwargs):
+            writes.append((key, b"multiscales" in value.to_bytes()))
+            return await super().set(key, value, *args, **kwargs)
+
+    for version, header in (("0.5", "zarr.json"), ("0.4", ".zattrs")):
+        writes.clear()
+        create_image(Recording(tmp_path / f"v{version}.zarr"), shape=(1, 2, 4, 8, 8), chunks=(1, 1, 4, 8, 8), levels=2,
+                     channel_names=["a", "b"], version=version)
+        header_writes = [i for i, (key, has) in enumerate(writes) if key == header and has]
+        array_writes = [i for i, (key, _) in enumerate(writes) if key in ("0/zarr.json", "1/zarr.json", "0/.zarray", "1/.zarray")]
+        assert header_writes and len(array_writes) == 2, writes
+        assert min(header_writes) > max(array_writes), writes

@@ -122,11 +122,12 @@ def create_image(
     )
     zarr_format = 3 if version == "0.5" else 2
     _clear_existing(store, overwrite, where, storage_options)
+    # The image header (multiscales) is written last, in one atomic put, once every array it names
+    # exists: a reader polling the path sees no image, or a whole one, never a header without arrays.
     group = zarr.create_group(
         open_store(store, read_only=False, storage_options=storage_options),
         zarr_format=zarr_format,
         overwrite=overwrite,
-        attributes=attrs,
     )
     for level, f in enumerate(factors):
         lshape = tuple(math.ceil(s / f[d]) for s, d in zip(shape, dims, strict=True))
@@ -141,6 +142,7 @@ def create_image(
             fill_value=fill_value,
             **kwargs,
         )
+    group.update_attributes(attrs)
     return group
 
 

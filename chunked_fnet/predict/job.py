@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from chunked_fnet._memory import bound_heap_growth, release_memory
 from chunked_fnet.inference.sliding_window import padded_reader, predict_chunk
 from chunked_fnet.io.reader import open_level_array, window_reader
 from chunked_fnet.io.writer import open_for_writing, write_region
@@ -180,26 +181,34 @@ def _back_to_input_grid(predict_model_region: Any, grid: ModelGrid, region: tupl
     return values.astype(np.float32, copy=False)
 
 
-def _match_torch_threads() -> None:
-    """One torch intra-op thread per dask worker thread, however the worker was started.
+_WORKER_READY = False
 
-    torch otherwise starts a thread per core in every worker process; N workers on N cores would
-    then run N*N threads and thrash.
+
+def _prepare_worker_process() -> None:
+    """Per worker process, once: one torch intra-op thread per dask worker thread, and a heap that
+    returns large freed arrays to the system, however the worker was started.
+
+    torch otherwise starts a thread per core in every worker process (N workers on N cores would run
+    N*N threads), and glibc would keep each task's freed window buffers, raising every later peak.
     """
+    global _WORKER_READY
     try:
         from distributed import get_worker
 
         threads = get_worker().state.nthreads
-    except ValueError:  # not inside a dask worker: leave the caller's setting alone
+    except ValueError:  # not inside a dask worker: leave the caller's process alone
         return
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+    if not _WORKER_READY:
+        bound_heap_growth()
+        _WORKER_READY = True
 
 
 def run_block(job: PredictJob, time_index: int, region: tuple[slice, slice, slice]) -> dict[str, float]:
     """Predict and write one output chunk (all structures) of one time point; returns timings."""
     start = time.perf_counter()
-    _match_torch_threads()
+    _prepare_worker_process()
     device = _device(job.options)
     ensemble = StackedEnsemble([cached_model(p, h, device) for p, h in zip(job.models, job.hashes, strict=True)])
     array, _, _ = open_level_array(job.input_path, series=job.series)
@@ -234,4 +243,6 @@ def run_block(job: PredictJob, time_index: int, region: tuple[slice, slice, slic
     voxels = math.prod(s.stop - s.start for s in region)
     timings = {"seconds": time.perf_counter() - start, "voxels": float(voxels)}
     Ledger(job.output_path).mark_done(chunk_key(time_index, region), timings)  # only now is the chunk done
+    del frame, blended
+    release_memory()  # the next task starts from the worker's baseline, not from this task's high-water mark
     return timings

@@ -229,22 +229,23 @@ def execute(job: PredictJob, client: Client, *, skip: Collection[str] = (), prog
         for ti, region in tasks
     }
     voxels = 0
-    failures: list[str] = []
+    failures: list[tuple[tuple[int, ...], str]] = []
     with tqdm(total=len(futures), desc="predict", unit="chunk", disable=not progress) as bar:
         for future in as_completed(futures):
             if future.status == "error":
                 ti, region = futures[future]
                 exc = future.exception()
-                failures.append(f"{describe_chunk(ti, region, job.times[ti])}: {type(exc).__name__}: {redact(str(exc))}")
+                failures.append(((ti, *(sl.start for sl in region)), f"{describe_chunk(ti, region, job.times[ti])}: {type(exc).__name__}: {redact(str(exc))}"))
             else:
                 voxels += int(future.result()["voxels"]) * len(job.models)
             bar.update(1)
     workers = len(client.scheduler_info().get("workers", {}))
     if failures:
+        failures.sort()  # in storage order, whatever order they failed in
         raise ChunksFailedError(
             f"{len(failures)} of {len(tasks)} chunks of {redact(job.output_path)} failed after {job.options.retries + 1} tries "
             f"(the other {len(tasks) - len(failures)} are written; --resume computes only what is missing once the cause is fixed): "
-            + "; ".join(failures[:5]) + (f"; ... {len(failures) - 5} more" if len(failures) > 5 else "")
+            + "; ".join(text for _, text in failures[:5]) + (f"; ... {len(failures) - 5} more" if len(failures) > 5 else "")
         )
     if job.options.levels > 1:
         build_pyramid(job.output_path, progress=progress)

@@ -1,0 +1,205 @@
+"""Serve OME-Zarr folders read-only to a browser on 127.0.0.1, with CORS headers and HTTP Range requests.
+
+Why the standard library and not a package: neuroglancer (the bundled client or any hosted one) reads
+zarr keys over HTTP from another origin, so it needs CORS headers (and Chrome's private-network
+preflight answer), and it may ask for byte ranges. ``http.server.SimpleHTTPRequestHandler`` has
+neither CORS nor Range; the packages that add them are thin, little-maintained wrappers around that
+same module, and a full web framework would be a large dependency for about a hundred lines. This
+handler binds to loopback only, serves only the folders it is given (never their parents, never a
+directory listing) and never writes.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+import threading
+import urllib.parse
+from collections import deque
+from collections.abc import Mapping
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+
+from chunked_fnet.errors import InputError
+
+HOST = "127.0.0.1"  # never another address: the stores are the user's files
+BLOCK = 1 << 20
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_JSON_NAMES = {".zattrs", ".zarray", ".zgroup", ".zmetadata"}
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
+    """The inclusive byte range ``(start, end)`` asked for, ``None`` for the whole file, or
+    ``"unsatisfiable"``. Several ranges in one header are answered with the whole file (RFC 9110 allows
+    a server to ignore Range)."""
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # suffix range: the last N bytes
+        n = int(last)
+        if n == 0:
+            return "unsatisfiable"
+        return (max(0, size - n), size - 1) if size else "unsatisfiable"
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        return "unsatisfiable"
+    return start, end
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.server.requests.append((self.command, self.path, int(code) if str(code).isdigit() else 0))
+        super().log_request(code, size)
+
+    def _cors(self) -> None:
+        self.send_header("Access-Control-Allow-Origin", "*")
+        self.send_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+        self.send_header("Access-Control-Allow-Headers", "Range, Content-Type")
+        self.send_header("Access-Control-Expose-Headers", "Content-Range, Content-Length, Accept-Ranges, ETag")
+        self.send_header("Access-Control-Max-Age", "600")
+
+    def _empty(self, status: HTTPStatus, extra: Mapping[str, str] | None = None) -> None:
+        self.send_response(status)
+        self._cors()
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _resolve(self) -> Path | None:
+        """The file a request path names, or None: first component picks a store, the rest lies inside it."""
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+        parts = [p for p in path.split("/") if p]
+        if len(parts) < 2 or parts[0] not in self.server.roots:
+            return None
+        rest = parts[1:]
+        if any(p in (".", "..") or "\\" in p or "\0" in p for p in rest):
+            return None
+        target = self.server.roots[parts[0]].joinpath(*rest)
+        return target if target.is_file() else None
+
+    def do_OPTIONS(self) -> None:  # noqa: N802 - http.server's naming
+        extra = {"Content-Type": "text/plain"}
+        if self.headers.get("Access-Control-Request-Private-Network"):
+            extra["Access-Control-Allow-Private-Network"] = "true"
+        self._empty(HTTPStatus.NO_CONTENT, extra)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._serve(body=False)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._serve(body=True)
+
+    def _serve(self, body: bool) -> None:
+        target = self._resolve()
+        if target is None:
+            self._empty(HTTPStatus.NOT_FOUND)
+            return
+        size = target.stat().st_size
+        wanted = parse_range(self.headers.get("Range"), size)
+        if wanted == "unsatisfiable":
+            self._empty(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, {"Content-Range": f"bytes */{size}"})
+            return
+        start, end = wanted if isinstance(wanted, tuple) else (0, size - 1)
+        length = end - start + 1 if size else 0
+        self.send_response(HTTPStatus.PARTIAL_CONTENT if isinstance(wanted, tuple) else HTTPStatus.OK)
+        self._cors()
+        if target.name in _JSON_NAMES or target.suffix == ".json":
+            content_type = "application/json"
+        else:
+            content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        self.send_header("Content-Type", content_type)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Cache-Control", "no-cache")  # a store may be rewritten while it is viewed
+        self.send_header("Content-Length", str(length))
+        if isinstance(wanted, tuple):
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        if not body or not length:
+            return
+        try:
+            with target.open("rb") as f:
+                f.seek(start)
+                left = length
+                while left > 0:
+                    data = f.read(min(BLOCK, left))
+                    if not data:
+                        break
+                    self.wfile.write(data)
+                    left -= len(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the browser gave up on this request (e.g. the view moved on)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, roots: Mapping[str, Path], port: int, verbose: bool) -> None:
+        self.roots = dict(roots)
+        self.verbose = verbose
+        self.requests: deque[tuple[str, str, int]] = deque(maxlen=100_000)
+        super().__init__((HOST, port), _Handler)
+
+
+class StoreServer:
+    """Serve each ``stores[name]`` folder at ``http://127.0.0.1:PORT/name/`` from a background thread.
+
+    Use as a context manager, or call :meth:`close`. ``port=0`` picks a free port.
+    """
+
+    def __init__(self, stores: Mapping[str, str | Path], port: int = 0, verbose: bool = False) -> None:
+        roots: dict[str, Path] = {}
+        for name, folder in stores.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (".", ".."):
+                raise InputError(f"store name {name!r}: use letters, digits, '_', '-' or '.' only (it becomes a URL path)")
+            path = Path(folder).expanduser().resolve()
+            if not path.is_dir():
+                raise InputError(f"{folder}: not a folder; expected a local OME-Zarr store to serve")
+            roots[name] = path
+        self._server = _Server(roots, port, verbose)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """The base URL, ``http://127.0.0.1:PORT``."""
+        return f"http://{HOST}:{self._server.server_address[1]}"
+
+    @property
+    def requests(self) -> list[tuple[str, str, int]]:
+        """(method, path, status) of the latest requests answered: what a browser asked for."""
+        return list(self._server.requests)
+
+    def url_for(self, name: str) -> str:
+        """The URL of one served store (with a trailing slash, as zarr sources expect)."""
+        if name not in self._server.roots:
+            raise KeyError(f"no store named {name!r}; serving {sorted(self._server.roots)}")
+        return f"{self.url}/{name}/"
+
+    def close(self) -> None:
+        """Stop serving and free the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> StoreServer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
