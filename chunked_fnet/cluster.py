@@ -56,7 +56,7 @@ def local_client(spec: ClusterSpec) -> Iterator[Client]:
             from dask_cuda import LocalCUDACluster
         except ImportError as exc:
             raise InputError("cluster kind 'cuda' needs dask-cuda: pip install 'chunked_fnet[cuda]'") from exc
-        cluster: Any = LocalCUDACluster(ip="127.0.0.1", dashboard_address=None, memory_limit=spec.memory_limit or "auto")
+        cluster: Any = LocalCUDACluster(ip="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=spec.memory_limit or "auto")
     elif spec.kind == "slurm":
         try:
             from dask_jobqueue import SLURMCluster
@@ -70,7 +70,8 @@ def local_client(spec: ClusterSpec) -> Iterator[Client]:
             threads_per_worker=spec.threads_per_worker,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            # the scheduler's HTTP endpoint (health, metrics) starts even without a dashboard: loopback, any free port
+            dashboard_address="127.0.0.1:0",
             memory_limit=spec.memory_limit or "auto",
         )
     with cluster, Client(cluster) as client:

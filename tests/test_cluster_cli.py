@@ -168,6 +168,7 @@ def test_a_chunk_that_keeps_failing_is_named_after_the_others_are_written(data, 
         with pytest.raises(ChunksFailedError) as info:
             execute(job, client, progress=False)
     message = str(info.value)
+    print(message[:200])
     total = 3 * 2 * 3 * 3
     failed = int(re.match(r"(\d+) of 54 chunks", message).group(1))
     assert 0 < failed <= total // 3 and "failed after 2 tries" in message  # only chunks of t=2 read the broken chunk
@@ -179,3 +180,16 @@ def test_a_chunk_that_keeps_failing_is_named_after_the_others_are_written(data, 
     resumed, summary = predict(copy, models, out, options=options, resume=True, progress=False)
     assert (summary.chunks, summary.total_chunks) == (failed, total)
     np.testing.assert_allclose(resumed.values, reference, atol=1e-5, rtol=0)
+
+
+def test_local_cluster_listens_on_loopback_only() -> None:
+    """The default cluster: scheduler (in this process), nanny and worker processes, and the
+    scheduler's HTTP endpoint, all on 127.0.0.1, and never on dask's fixed dashboard port."""
+    from chunked_fnet.cluster import ClusterSpec, local_client
+
+    me = psutil.Process()
+    with local_client(ClusterSpec(n_workers=1)) as client:
+        assert len(client.run(os.getpid)) == 1
+        listening = [c.laddr for p in (me, *me.children(recursive=True)) for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    assert len(listening) >= 4, listening  # scheduler, its HTTP endpoint, nanny, worker
+    assert all(addr.ip == "127.0.0.1" for addr in listening) and all(addr.port != 8787 for addr in listening), listening

@@ -168,7 +168,12 @@ def test_cli_view_serves_prints_urls_and_stops_on_ctrl_c(data: VizData) -> None:
         listening = [c for c in psutil.Process(proc.pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
         assert len(listening) >= 2 and {c.laddr.ip for c in listening} == {"127.0.0.1"}
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        try:
+            code = proc.wait(timeout=120)  # generous: one CI run on a loaded 2-core machine needed over 30 s here
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"view did not stop within 120 s of Ctrl-C; stderr: {proc.communicate()[1][-2000:]}")
+        assert code == 0
     finally:
         if proc.poll() is None:
             proc.kill()
