@@ -1,11 +1,13 @@
 """Chunked prediction of an input larger than the workers' memory, with worker memory limits set.
 
-Runs ``predict`` on a LocalCluster of worker processes with ``memory_limit`` per worker, then
-reads each worker's peak resident set size (``getrusage`` inside the worker) and appends a row to
-BENCHMARKS.md. Input and models are given on the command line, e.g.
+Starts a LocalCluster of worker processes with ``memory_limit`` each, runs ``predict``, then reads
+every worker's peak resident set size (``getrusage`` inside the worker: the peak over the worker
+process's whole life, which began with this cluster) and the workers' logs (any pause, spill,
+restart or memory warning is reported), and appends a row to BENCHMARKS.md. E.g.
 
-    python benchmarks/synth_memory.py                       # writes /tmp/bench_synth.zarr (2.1 GB)
-    python benchmarks/predict_memory.py /tmp/bench_synth.zarr --models a.ckpt b.ckpt --memory-limit 1GiB
+    chunked-fnet synth /tmp/big8.zarr --size 8 48 1024 1024 --config configs/synth_timelapse_2gb.yaml
+    python benchmarks/predict_memory.py /tmp/big8.zarr --models dna.ckpt ne.ckpt nucleoli.ckpt \\
+        --memory-limit 768MiB --output-grid input
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import resource
 import shutil
 from datetime import date
 from pathlib import Path
 
 import dask
+import numpy as np
 import torch
 
 from chunked_fnet.cluster import ClusterSpec, local_client
@@ -26,10 +30,18 @@ from chunked_fnet.io.reader import open_image
 from chunked_fnet.predict import PredictOptions, predict
 
 ROOT = Path(__file__).resolve().parents[1]
+PAUSED = re.compile(r"(?i)pausing worker|paused")
+SPILLED = re.compile(r"(?i)spill")
+LOST = re.compile(r"(?i)restart|terminat|exceeded|nanny.*kill")
+HIGH = re.compile(r"(?i)memory use is high")
 
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
 
 
 def main() -> None:
@@ -39,26 +51,45 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/bench_predict.zarr")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-limit", default="1GiB", help="per worker; a worker with torch loaded idles at ~320 MiB")
-    parser.add_argument("--chunks", nargs=3, type=int, default=(48, 128, 128))
+    parser.add_argument("--chunks", nargs=3, type=int, default=(48, 128, 128), help="output chunk z y x")
     parser.add_argument("--patch", nargs=3, type=int, default=(16, 64, 64))
+    parser.add_argument("--output-grid", choices=("model", "input"), default="model")
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     image = open_image(args.input)
-    spec = ClusterSpec(n_workers=args.workers, memory_limit=args.memory_limit)
-    options = PredictOptions(chunks=tuple(args.chunks), patch_shape=tuple(args.patch), batch_size=2)
+    channel_bytes = image.nbytes // image.sizes.get("c", 1)
+    spec = ClusterSpec(n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit)
+    options = PredictOptions(chunks=tuple(args.chunks), patch_shape=tuple(args.patch), batch_size=2, output_grid=args.output_grid)
     with local_client(spec) as client:
-        limits = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
-        _, summary = predict(args.input, args.models, args.out, options=options, client=client, progress=False)
+        info = client.scheduler_info()["workers"]
+        before = set(info)
+        limits = [w["memory_limit"] for w in info.values()]
+        output, summary = predict(args.input, args.models, args.out, options=options, client=client, progress=True)
         peaks = client.run(_peak_rss_mib)
+        after = set(client.scheduler_info()["workers"])
+        logs = client.get_worker_logs()
+    lines = [line for entries in logs.values() for _, line in entries]
+    counts = {name: sum(bool(rx.search(line)) for line in lines) for name, rx in
+              (("pause", PAUSED), ("spill", SPILLED), ("restart/terminate", LOST), ("'memory use is high' warning", HIGH))}
+    events = ", ".join(f"{n} {name}" for name, n in counts.items())
     total_limit = sum(limits)
-    row = (
-        f"| {date.today()} | predict {Path(args.input).name} ({len(args.models)} models) | input {tuple(image.shape)} "
-        f"{image.dtype}, {image.nbytes / 1e9:.2f} GB = {image.nbytes / total_limit:.1f}x the workers' total memory limit "
-        f"({args.workers} x {args.memory_limit}) | peak worker RSS {', '.join(f'{p:.0f}' for p in peaks.values())} MiB | "
-        f"{summary.seconds:.0f} s, {summary.chunks} chunks | {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
-        f"dask {dask.__version__} |"
-    )
+    out_bytes = int(np.prod(output.shape)) * output.dtype.itemsize
     print(summary)
+    print(f"input store {_gib(image.nbytes)} ({tuple(image.shape)} {image.dtype}); transmitted-light channel read: {_gib(channel_bytes)}")
+    print(f"output {_gib(out_bytes)} ({tuple(output.shape)} {output.dtype}, {args.output_grid} grid)")
+    print(f"workers {args.workers} x {args.memory_limit} = {_gib(total_limit)}; input store / limit = {image.nbytes / total_limit:.1f}x, "
+          f"(channel read + output written) / limit = {(channel_bytes + out_bytes) / total_limit:.1f}x")
+    print(f"peak worker RSS: {', '.join(f'{p:.0f} MiB' for p in peaks.values())}  (limit {args.memory_limit} each)")
+    print(f"workers replaced during the run: {len(before ^ after)}; worker log events: {events}")
+    row = (
+        f"| {date.today()} | predict {Path(args.input).name}, {len(args.models)} models, output on the {args.output_grid} grid, "
+        f"{args.workers} workers x {args.memory_limit} | input {tuple(image.shape)} {image.dtype}; output {tuple(output.shape)} {output.dtype} | "
+        f"input store {_gib(image.nbytes)} = {image.nbytes / total_limit:.1f}x the workers' total limit {_gib(total_limit)}; "
+        f"{_gib(channel_bytes)} read + {_gib(out_bytes)} written = {(channel_bytes + out_bytes) / total_limit:.1f}x | "
+        f"peak worker RSS {', '.join(f'{p:.0f}' for p in peaks.values())} MiB; worker logs: {events}; "
+        f"{len(before ^ after)} workers lost | {summary.seconds:.0f} s, {summary.chunks} chunks | "
+        f"{platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, dask {dask.__version__} |"
+    )
     print(row)
     with (ROOT / "BENCHMARKS.md").open("a") as f:
         f.write(row + "\n")

@@ -38,6 +38,7 @@ __all__ = [
     "blend_weights",
     "chunk_regions",
     "normalize_region",
+    "patch_overlap",
     "patch_starts",
     "unbatched",
 ]
@@ -259,6 +260,20 @@ def unbatched(predict_patch: Callable[[Corner], np.ndarray]) -> Callable[[list[C
     return predict_batch
 
 
+def patch_overlap(
+    corner: Sequence[int], patch: Sequence[int], r0: Sequence[int], rshape: Sequence[int]
+) -> tuple[Region, Region]:
+    """Where a patch starting at ``corner`` meets the region starting at ``r0`` of shape ``rshape``:
+    ``(dst, src)``, the intersection in region-local and in patch-local coordinates."""
+    dst, src = [], []
+    for a in range(3):
+        lo = max(corner[a], r0[a])
+        hi = min(corner[a] + patch[a], r0[a] + rshape[a])
+        dst.append(slice(lo - r0[a], hi - r0[a]))
+        src.append(slice(lo - corner[a], hi - corner[a]))
+    return tuple(dst), tuple(src)  # type: ignore[return-value]
+
+
 def blend_region(
     region: Sequence[slice],
     grid: PatchGrid,
@@ -302,14 +317,7 @@ def blend_region(
         elif pred.shape[1] != acc.shape[0]:
             raise ValueError(f"predict_batch changed its channel count from {acc.shape[0]} to {pred.shape[1]}")
         for corner, out in zip(batch, pred):
-            # intersection of patch and region, in region-local and patch-local coordinates
-            dst, src = [], []
-            for a in range(3):
-                lo = max(corner[a], r0[a])
-                hi = min(corner[a] + grid.patch[a], r0[a] + rshape[a])
-                dst.append(slice(lo - r0[a], hi - r0[a]))
-                src.append(slice(lo - corner[a], hi - corner[a]))
-            dst_t, src_t = tuple(dst), tuple(src)
+            dst_t, src_t = patch_overlap(corner, grid.patch, r0, rshape)
             w = weights[src_t]
             acc[(slice(None),) + dst_t] += w * out[(slice(None),) + src_t].astype(np.float32, copy=False)
             wsum[dst_t] += w

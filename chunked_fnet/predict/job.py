@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from chunked_fnet._memory import bound_heap_growth, release_memory
+from chunked_fnet._memory import bound_heap_growth, trim_heap
 from chunked_fnet.inference.sliding_window import padded_reader, predict_chunk
 from chunked_fnet.io.reader import open_level_array, window_reader
 from chunked_fnet.io.writer import open_for_writing, write_region
@@ -244,5 +244,5 @@ def run_block(job: PredictJob, time_index: int, region: tuple[slice, slice, slic
     timings = {"seconds": time.perf_counter() - start, "voxels": float(voxels)}
     Ledger(job.output_path).mark_done(chunk_key(time_index, region), timings)  # only now is the chunk done
     del frame, blended
-    release_memory()  # the next task starts from the worker's baseline, not from this task's high-water mark
+    trim_heap()  # the next task starts from the worker's baseline, not from this task's high-water mark
     return timings

@@ -1,0 +1,97 @@
+"""Peak memory of every worker for datasets of 1x, 4x and 16x a base size: it should stay flat.
+
+    python benchmarks/memory_vs_size.py                           # paper U-Net, base 1 x 32x128x128, 2 workers
+    python benchmarks/memory_vs_size.py --arch small --factors 1 4 16 64
+    python benchmarks/memory_vs_size.py --base 32 256 256 --chunks 32 256 256 --memory-limit 3GiB
+
+Generates synthetic time-lapses (chunked_fnet.synth) of ``factor`` time points of ``--base`` voxels
+each (time is the size axis: every frame has the same z/y/x, so the only thing that grows is the
+amount of data), then, for each size, starts a fresh LocalCluster of ``--workers`` worker processes
+with ``--memory-limit`` each (``ru_maxrss`` is a lifetime peak, so every size gets new processes),
+runs ``predict`` and reads each worker's peak resident set size inside the worker. The client
+process's own peak is shown too (it plans, computes frame statistics through the workers and
+collects results). Appends a row to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import _common as C
+
+SECTION = "Peak worker memory vs dataset size (issue 6.3)"
+COLUMNS = ["date", "model, patch, batch, chunks", "base size, workers x memory limit", "peak RSS per worker (MiB) by size",
+           "max worker peak, change from 1x", "time per size", "command", "machine"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=sorted(C.ARCHS), default="default", help="default: the paper's U-Net (depth 4, width 32)")
+    parser.add_argument("--models", type=int, default=1)
+    parser.add_argument("--base", nargs=3, type=int, default=(32, 128, 128), help="z y x of one time point")
+    parser.add_argument("--factors", nargs="+", type=int, default=(1, 4, 16), help="time points per dataset")
+    parser.add_argument("--chunks", nargs=3, type=int, default=(32, 128, 128))
+    parser.add_argument("--patch", nargs=3, type=int, default=(32, 64, 64))
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--memory-limit", default="2GiB", help="per worker")
+    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "chunked_fnet_bench"))
+    parser.add_argument("--no-append", action="store_true", help="print only; do not add a row to BENCHMARKS.md")
+    args = parser.parse_args()
+
+    from chunked_fnet.cluster import ClusterSpec, local_client
+    from chunked_fnet.io.reader import open_image
+    from chunked_fnet.predict import PredictOptions, predict
+
+    data = Path(args.data)
+    data.mkdir(parents=True, exist_ok=True)
+    base = tuple(args.base)
+    models = C.make_checkpoints(data / "models", args.arch, args.models)
+    images = {f: C.synth_input(data / f"input_{f}x{'x'.join(map(str, base))}.zarr", f, base) for f in args.factors}
+    options = PredictOptions(patch_shape=tuple(args.patch), batch_size=args.batch, chunks=tuple(args.chunks), precision="fp32")
+    out = data / "memory_out.zarr"
+    results = {}
+    for f in args.factors:
+        shutil.rmtree(out, ignore_errors=True)
+        spec = ClusterSpec(n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit)
+        with local_client(spec) as client:
+            start = time.perf_counter()
+            _, summary = predict(images[f], models, out, options=options, client=client, progress=False)
+            seconds = time.perf_counter() - start
+            peaks = sorted(client.run(C.peak_rss_mib).values())
+        nbytes = open_image(images[f]).nbytes
+        results[f] = (peaks, seconds, summary.chunks, nbytes)
+        print(f"{f:>3}x: input {nbytes / 2**20:.0f} MiB, {summary.chunks} chunk tasks, {seconds:.0f} s; worker peak RSS "
+              f"{', '.join(f'{p:.0f}' for p in peaks)} MiB; client {C.peak_rss_mib():.0f} MiB so far; {C.load_note()}", flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+
+    first = max(results[args.factors[0]][0])
+    print()
+    print(f"{args.arch} U-Net x{args.models}, patch {tuple(args.patch)}, batch {args.batch}, chunks {tuple(args.chunks)}, "
+          f"{args.workers} workers x {args.memory_limit}, base {base} per time point")
+    print(f"{'size':>6}{'input MiB':>11}{'tasks':>7}{'max worker peak MiB':>21}{'vs 1x':>9}{'all workers':>24}")
+    for f, (peaks, seconds, chunks, nbytes) in results.items():
+        print(f"{f:>5}x{nbytes / 2**20:>11.0f}{chunks:>7}{max(peaks):>21.0f}{100 * (max(peaks) / first - 1):>+8.1f}%"
+              f"{', '.join(f'{p:.0f}' for p in peaks):>24}")
+    change = max(abs(max(p) / first - 1) for p, *_ in results.values())
+    print(f"largest change of the max worker peak from {args.factors[0]}x: {100 * change:.1f} % (target: within ±10 %)")
+    if not args.no_append:
+        row = C.append_row(SECTION, COLUMNS, [
+            C.today(),
+            f"{args.arch} U-Net x{args.models}, {tuple(args.patch)}, {args.batch}, {tuple(args.chunks)}",
+            f"{base} per time point, {args.workers} x {args.memory_limit}",
+            "; ".join(f"{f}x ({res[3] / 2**20:.0f} MiB in): {', '.join(f'{p:.0f}' for p in res[0])}" for f, res in results.items()),
+            f"{', '.join(f'{max(res[0]):.0f}' for res in results.values())} MiB; largest change {100 * change:.1f} %",
+            ", ".join(f"{res[1]:.0f} s" for res in results.values()) + f" ({C.load_note()})",
+            C.command_line(),
+            C.machine(),
+        ])
+        print(row)
+
+
+if __name__ == "__main__":
+    main()

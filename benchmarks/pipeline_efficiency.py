@@ -1,0 +1,264 @@
+"""Pipeline efficiency: chunked prediction end to end against the bare model on the same patches, side by side.
+
+    python benchmarks/pipeline_efficiency.py                      # paper U-Net, 32x128x256, 2 CPU workers
+    python benchmarks/pipeline_efficiency.py --arch small --reps 5 --shape 32 256 256
+    python benchmarks/pipeline_efficiency.py --device cuda --cluster cuda --precision bf16 --batch 16 --shape 64 512 512
+
+One warmed dask cluster runs, interleaved ``--reps`` times (bare, pipeline, bare, pipeline, ...):
+
+* **bare**: ``model(x)`` only, on exactly the batches the pipeline evaluates (as many, of the same
+  sizes: every chunk task's patches in batches of ``--batch``, the last one partial), the chunk tasks
+  shared out among the workers as evenly as dask does, all workers at once; inputs are real patches
+  of the volume (z-scored), same precision, device, torch threads and memory format (predict_chunk's
+  default: channels_last_3d on the CPU, NCDHW elsewhere). Time = the slowest worker.
+* **pipeline**: the wall time of ``chunked_fnet.predict.predict(...)`` with that client: frame
+  statistics (dask), checkpoint checks, output creation, every chunk task (read, z-score, cut
+  patches, forward, blend, write, completion marker). Not counted: cluster start-up and loading the
+  models into the workers (done once before, as a long-running service would).
+
+Throughputs are output voxels x structures per second. The bare model's counts each voxel it
+evaluates once (patch voxels / time). Recompute factors (patch voxels evaluated per output voxel),
+counted from the patch grid: ``overlap`` for the global sliding window (what any sliding window
+with these settings evaluates, MONAI's too) and ``chunked`` for the chunk tasks (each also evaluates
+the patches straddling its borders). Efficiencies: ``raw`` = pipeline / bare; ``overlap-corrected``
+= raw x overlap factor (chunk halo and every non-model cost count as overhead); ``halo-corrected``
+= raw x chunked factor = bare time / pipeline time on the same batches (only non-model costs count:
+reading, normalising, blending, writing, scheduling). The same ratios in CPU seconds (workers and
+this process, which runs the LocalCluster's scheduler) are shown too: on a busy machine they are
+less noisy than wall time. Appends a row to BENCHMARKS.md (section "Pipeline efficiency").
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import _common as C
+
+SECTION = "Pipeline efficiency (issue 6.1)"
+COLUMNS = [
+    "date", "model, patch, batch, overlap, precision", "volume, chunks (tasks), workers x threads", "bare model M vox/s",
+    "pipeline M vox/s (wall / tasks only)", "recompute overlap / chunked",
+    "efficiency raw / overlap-corr. / halo-corr. (wall; CPU time)", "noise", "command", "machine",
+]
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far (all its threads)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def bare_forward(paths: list[str], hashes: list[str], device: str, patches: np.ndarray, sizes: list[int], amp: str | None) -> tuple[float, float]:
+    """Wall and CPU seconds (this process) of forward passes of the stacked ensemble on batches of
+    ``sizes`` patches (the first ones of ``patches``), after one untimed full batch."""
+    import torch
+
+    from chunked_fnet.predict.ensemble import StackedEnsemble, cached_model
+    C.prepare_like_a_task()
+    model = StackedEnsemble([cached_model(p, h, device) for p, h in zip(paths, hashes)]).eval()
+    x = torch.from_numpy(patches).to(device)
+    channels_last = torch.device(device).type == "cpu"  # what predict_chunk does by default on this device
+    if channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
+
+    def forward(n: int) -> None:
+        if dtype is None:
+            model(x[:n])
+        else:
+            with torch.autocast(device_type=torch.device(device).type, dtype=dtype):
+                model(x[:n])
+
+    with torch.inference_mode():
+        forward(len(x))
+        sync()
+        start, cpu0 = time.perf_counter(), cpu_seconds()
+        for n in sizes:
+            forward(n)
+        sync()
+        result = time.perf_counter() - start, cpu_seconds() - cpu0
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)  # as the pipeline leaves the cached models
+    return result
+
+
+def first_patches(image: str, models: list[str], options, n: int, multiple: int) -> np.ndarray:  # noqa: ANN001
+    """The first ``n`` patches the pipeline evaluates (z-scored on the model grid), ``(n, 1, pz, py, px)``."""
+    from chunked_fnet.inference.sliding_window import make_grid, padded_reader
+    from chunked_fnet.io.reader import open_level_array
+    from chunked_fnet.predict import plan
+    from chunked_fnet.predict.job import ModelGridFrame
+
+    job = plan(image, models, "unused", options)
+    array, _, _ = open_level_array(image)
+    frame = ModelGridFrame(array, job.input_dims, job.times[0], job.channel_index, job.stats[0], job.grid)
+    grid = make_grid(job.grid.shape, options.patch_shape, options.overlap, multiple)
+    read = padded_reader(frame, options.pad_mode)
+    corners = list(grid.corners())
+    corners = (corners * n)[:n]  # a volume with fewer patches than a batch: repeat
+    return np.stack([read(tuple(slice(c, c + p) for c, p in zip(corner, grid.patch))) for corner in corners]).astype(np.float32)
+
+
+def task_batches(shape, chunks, patch, overlap: float, multiple: int, batch: int, time_points: int) -> list[list[int]]:  # noqa: ANN001
+    """The batch sizes of every chunk task, in task order (what ``run_block`` evaluates)."""
+    from chunked_fnet.inference.sliding_window import make_grid
+    from chunked_fnet.inference.tiling import chunk_regions
+
+    grid = make_grid(shape, patch, overlap, multiple)
+    chunks = tuple(min(c, n) for c, n in zip(chunks, shape))
+    out = []
+    for _ in range(time_points):
+        for region in chunk_regions(shape, chunks):
+            n = len(grid.patches_touching(region))
+            out.append([batch] * (n // batch) + ([n % batch] if n % batch else []))
+    return out
+
+
+def recompute_factors(shape, chunks, patch, overlap: float, multiple: int) -> tuple[float, float]:  # noqa: ANN001
+    from chunked_fnet.inference.sliding_window import make_grid
+    from chunked_fnet.inference.tiling import chunk_regions
+
+    grid = make_grid(shape, patch, overlap, multiple)
+    chunks = tuple(min(c, n) for c, n in zip(chunks, shape))
+    chunked = grid.patch_evaluations(chunk_regions(shape, chunks)) * C.prod(grid.patch) / C.prod(shape)
+    return grid.recompute_factor, chunked
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=sorted(C.ARCHS), default="default", help="default: the paper's U-Net (depth 4, width 32)")
+    parser.add_argument("--models", type=int, default=1, help="ensemble size (structures)")
+    parser.add_argument("--shape", nargs=3, type=int, default=(32, 128, 256), help="z y x of one time point (input grid = model grid)")
+    parser.add_argument("--time-points", type=int, default=1)
+    parser.add_argument("--chunks", nargs=3, type=int, default=(32, 128, 128))
+    parser.add_argument("--patch", nargs=3, type=int, default=(32, 64, 64))
+    parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="threads per worker (= torch threads)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cluster", choices=["local", "cuda"], default="local", help="cuda: dask-cuda, one worker per GPU")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "chunked_fnet_bench"))
+    parser.add_argument("--no-append", action="store_true", help="print only; do not add a row to BENCHMARKS.md")
+    args = parser.parse_args()
+
+    from chunked_fnet.cluster import ClusterSpec, local_client
+    from chunked_fnet.model import UNetConfig, checkpoint_hash, count_flops_per_voxel
+    from chunked_fnet.predict import PredictOptions, predict
+
+    data = Path(args.data)
+    data.mkdir(parents=True, exist_ok=True)
+    shape = tuple(args.shape)
+    image = C.synth_input(data / f"input_{args.time_points}x{'x'.join(map(str, shape))}.zarr", args.time_points, shape)
+    models = C.make_checkpoints(data / "models", args.arch, args.models)
+    hashes = [checkpoint_hash(p) for p in models]
+    cfg = UNetConfig(**C.ARCHS[args.arch])
+    options = PredictOptions(
+        patch_shape=tuple(args.patch), overlap=args.overlap, blend="gaussian", batch_size=args.batch, chunks=tuple(args.chunks),
+        device=args.device, precision=args.precision,
+    )
+    amp = None if args.precision == "fp32" or not args.device.startswith("cuda") else args.precision
+    patches = first_patches(image, models, options, args.batch, cfg.multiple)
+    r_overlap, r_chunked = recompute_factors(shape, tuple(args.chunks), tuple(args.patch), args.overlap, cfg.multiple)
+    tasks = task_batches(shape, tuple(args.chunks), tuple(args.patch), args.overlap, cfg.multiple, args.batch, args.time_points)
+    out = data / "pipeline_out.zarr"
+    output_voxels = args.time_points * C.prod(shape) * len(models)
+    evaluated = sum(sum(t) for t in tasks) * C.prod(patches.shape[1:]) * len(models)
+    assert abs(evaluated / output_voxels - r_chunked) < 1e-9 * r_chunked
+
+    spec = ClusterSpec(kind=args.cluster, n_workers=args.workers, threads_per_worker=args.threads)
+    walls: dict[str, list[float]] = {"bare": [], "pipeline": [], "tasks": []}
+    cpus: dict[str, list[float]] = {"bare": [], "pipeline": []}
+    with local_client(spec) as client:
+        info = client.scheduler_info()["workers"]
+        workers = list(info)
+        threads = sum(w["nthreads"] for w in info.values())
+        slots = [w for w in workers for _ in range(info[w]["nthreads"])]
+        shares: list[list[int]] = [[] for _ in slots]
+        for i, sizes in enumerate(tasks):  # tasks shared out as dask does with equal tasks: round robin over the thread slots
+            shares[i % len(slots)] += sizes
+
+        def bare(shares: list[list[int]] = shares) -> tuple[float, float]:
+            futures = [
+                client.submit(bare_forward, models, hashes, args.device, patches, share, amp, workers=[w], allow_other_workers=False, pure=False)
+                for w, share in zip(slots, shares) if share
+            ]
+            results = [f.result() for f in futures]
+            return max(r[0] for r in results), sum(r[1] for r in results)
+
+        def cluster_cpu() -> float:  # workers + this process (which also runs the LocalCluster's scheduler)
+            return sum(client.run(cpu_seconds).values()) + cpu_seconds()
+
+        bare([sorted(set(share)) for share in shares])  # warm-up: load the models (once per process), run each batch shape once
+        for rep in range(args.reps):
+            wall, cpu = bare()
+            walls["bare"].append(wall)
+            cpus["bare"].append(cpu)
+            shutil.rmtree(out, ignore_errors=True)
+            cpu0 = cluster_cpu()
+            start = time.perf_counter()
+            _, summary = predict(image, models, out, options=options, client=client, progress=False)
+            walls["pipeline"].append(time.perf_counter() - start)
+            cpus["pipeline"].append(cluster_cpu() - cpu0)
+            walls["tasks"].append(summary.seconds)
+            assert summary.voxels == output_voxels, (summary.voxels, output_voxels)
+            print(f"rep {rep + 1}/{args.reps}: bare {wall:.1f} s ({cpu:.1f} CPU s), pipeline {walls['pipeline'][-1]:.1f} s "
+                  f"({cpus['pipeline'][-1]:.1f} CPU s; tasks {summary.seconds:.1f} s, {summary.chunks} chunks); {C.load_note()}", flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+
+    # per-rep ratios (bare and pipeline ran back to back, so saw similar load), then medians
+    halo = [b / p for b, p in zip(walls["bare"], walls["pipeline"])]
+    halo_cpu = [b / p for b, p in zip(cpus["bare"], cpus["pipeline"])]
+    eff = C.median(halo)
+    eff_cpu = C.median(halo_cpu)
+    effs = [eff / r_chunked, eff / r_chunked * r_overlap, eff]
+    cpu_effs = [eff_cpu / r_chunked, eff_cpu / r_chunked * r_overlap, eff_cpu]
+    bare_rate = evaluated / C.median(walls["bare"])
+    pipe_rate = output_voxels / C.median(walls["pipeline"])
+    task_rate = output_voxels / C.median(walls["tasks"])
+    gflops = bare_rate / len(models) * count_flops_per_voxel(cfg) / 1e9
+    arch = f"{args.arch} U-Net (depth {cfg.depth}, width {cfg.width}) x{len(models)}"
+    print()
+    print(f"{arch}, patch {tuple(args.patch)}, batch {args.batch}, overlap {args.overlap}, gaussian, {args.precision}, {args.device}")
+    print(f"volume {args.time_points} x {shape}, chunks {tuple(args.chunks)} ({len(tasks)} tasks), {len(workers)} workers, "
+          f"{threads} threads in all; medians of {args.reps}")
+    print(f"{'':<34}{'M vox/s':>10}{'spread':>10}")
+    print(f"{'bare model forward':<34}{bare_rate / 1e6:>10.4f}{C.fmt_spread(walls['bare']):>10}   ({gflops:.1f} GFLOP/s)")
+    print(f"{'pipeline, predict() wall':<34}{pipe_rate / 1e6:>10.4f}{C.fmt_spread(walls['pipeline']):>10}")
+    print(f"{'pipeline, chunk tasks only':<34}{task_rate / 1e6:>10.4f}{C.fmt_spread(walls['tasks']):>10}")
+    print(f"recompute factor: overlap {r_overlap:.3f}, chunked (overlap + chunk halo) {r_chunked:.3f}")
+    print(f"efficiency (wall):     raw {effs[0]:.3f}, overlap-corrected {effs[1]:.3f}, halo-corrected {effs[2]:.3f}"
+          f"   (per rep: {', '.join(f'{h:.3f}' for h in halo)})")
+    print(f"efficiency (CPU time): raw {cpu_effs[0]:.3f}, overlap-corrected {cpu_effs[1]:.3f}, halo-corrected {cpu_effs[2]:.3f}"
+          f"   (per rep: {', '.join(f'{h:.3f}' for h in halo_cpu)})")
+    if not args.no_append:
+        row = C.append_row(SECTION, COLUMNS, [
+            C.today(),
+            f"{arch}, {tuple(args.patch)}, {args.batch}, {args.overlap} gaussian, {args.precision} {args.device}",
+            f"{args.time_points} x {shape}, {tuple(args.chunks)} ({len(tasks)}), {len(workers)} x {args.threads}",
+            f"{bare_rate / 1e6:.4f} ({gflops:.0f} GFLOP/s)",
+            f"{pipe_rate / 1e6:.4f} / {task_rate / 1e6:.4f}",
+            f"{r_overlap:.2f} / {r_chunked:.2f}",
+            " / ".join(f"{e:.2f}" for e in effs) + "; " + " / ".join(f"{e:.2f}" for e in cpu_effs),
+            f"median of {args.reps} interleaved; halo-corr. per rep {', '.join(f'{h:.2f}' for h in halo)} (CPU "
+            f"{', '.join(f'{h:.2f}' for h in halo_cpu)}); {C.load_note()}",
+            C.command_line(),
+            C.machine(),
+        ])
+        print(row)
+
+
+if __name__ == "__main__":
+    main()

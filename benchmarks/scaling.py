@@ -1,0 +1,133 @@
+"""Scaling: end-to-end throughput with 1 and 2 CPU worker processes (or 1 GPU worker via dask-cuda).
+
+    python benchmarks/scaling.py                                   # 1x1 vs 2x1 vs 1x2 (workers x threads)
+    python benchmarks/scaling.py --configs 1x1 2x1 --reps 5 --arch small
+    python benchmarks/scaling.py --configs cuda --device cuda --precision bf16 --batch 16 --shape 64 512 512
+
+Every configuration's cluster is started and warmed first (each worker loads the models and runs one
+forward pass of the real batch shape), then rounds run ``predict`` once per configuration, in turn,
+on the same input (interleaved: A B C A B C ...). Throughput = output voxels x structures / wall time
+of ``predict()`` (planning, frame statistics, every chunk task; not cluster start-up or model loading).
+Speed-ups are the median of per-round ratios to the first configuration (runs of one round saw
+similar load). ``WxT`` = W worker processes with T threads each (torch uses T threads per worker);
+``cuda`` = dask-cuda's LocalCUDACluster, one worker per GPU. Appends a row to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import _common as C
+
+SECTION = "Scaling (issue 6.4)"
+COLUMNS = ["date", "model, patch, batch, precision", "volume, chunks (tasks)", "M vox/s by workers x threads", "speed-up vs first",
+           "noise", "command", "machine"]
+
+
+def warm(paths: list[str], hashes: list[str], device: str, shape: tuple[int, ...]) -> int:
+    """Load the models into this worker and run one forward pass of ``shape`` (torch threads as a task would)."""
+    import torch
+
+    from chunked_fnet.predict.ensemble import StackedEnsemble, cached_model
+    C.prepare_like_a_task()
+    model = StackedEnsemble([cached_model(p, h, device) for p, h in zip(paths, hashes)]).eval()
+    with torch.inference_mode():
+        model(torch.zeros(shape, device=device))
+    return torch.get_num_threads()
+
+
+def spec_for(config: str):  # noqa: ANN201
+    from chunked_fnet.cluster import ClusterSpec
+
+    if config == "cuda":
+        return ClusterSpec(kind="cuda")
+    workers, threads = (int(v) for v in config.split("x"))
+    return ClusterSpec(n_workers=workers, threads_per_worker=threads)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=["1x1", "2x1", "1x2"], help="WxT (workers x threads) or cuda")
+    parser.add_argument("--arch", choices=sorted(C.ARCHS), default="default", help="default: the paper's U-Net (depth 4, width 32)")
+    parser.add_argument("--models", type=int, default=1)
+    parser.add_argument("--shape", nargs=3, type=int, default=(32, 128, 256), help="z y x of one time point")
+    parser.add_argument("--time-points", type=int, default=1)
+    parser.add_argument("--chunks", nargs=3, type=int, default=(32, 128, 128))
+    parser.add_argument("--patch", nargs=3, type=int, default=(32, 64, 64))
+    parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "chunked_fnet_bench"))
+    parser.add_argument("--no-append", action="store_true", help="print only; do not add a row to BENCHMARKS.md")
+    args = parser.parse_args()
+
+    from chunked_fnet.cluster import local_client
+    from chunked_fnet.model import UNetConfig, checkpoint_hash
+    from chunked_fnet.predict import PredictOptions, predict
+
+    data = Path(args.data)
+    data.mkdir(parents=True, exist_ok=True)
+    shape = tuple(args.shape)
+    image = C.synth_input(data / f"input_{args.time_points}x{'x'.join(map(str, shape))}.zarr", args.time_points, shape)
+    models = C.make_checkpoints(data / "models", args.arch, args.models)
+    hashes = [checkpoint_hash(p) for p in models]
+    options = PredictOptions(patch_shape=tuple(args.patch), overlap=args.overlap, batch_size=args.batch, chunks=tuple(args.chunks),
+                             device=args.device, precision=args.precision)
+    voxels = args.time_points * C.prod(shape) * len(models)
+    batch_shape = (args.batch, 1, *args.patch)
+    rates: dict[str, list[float]] = {c: [] for c in args.configs}
+    tasks = 0
+    with contextlib.ExitStack() as stack:
+        clients = {}
+        for config in args.configs:
+            client = stack.enter_context(local_client(spec_for(config)))
+            workers = list(client.scheduler_info()["workers"])
+            threads = [client.submit(warm, models, hashes, args.device, batch_shape, workers=[w], allow_other_workers=False,
+                                     pure=False) for w in workers]
+            print(f"{config}: {len(workers)} workers ready, torch threads {[t.result() for t in threads]}", flush=True)
+            clients[config] = client
+        for rep in range(args.reps):
+            for config, client in clients.items():
+                out = data / f"scaling_{config}.zarr"
+                shutil.rmtree(out, ignore_errors=True)
+                start = time.perf_counter()
+                _, summary = predict(image, models, out, options=options, client=client, progress=False)
+                seconds = time.perf_counter() - start
+                shutil.rmtree(out, ignore_errors=True)
+                tasks = summary.chunks
+                rates[config].append(voxels / seconds)
+                print(f"round {rep + 1}/{args.reps} {config:>5}: {seconds:6.1f} s, {voxels / seconds / 1e6:.4f} M vox/s; {C.load_note()}", flush=True)
+
+    first = args.configs[0]
+    speedups = {c: C.median([r / r0 for r, r0 in zip(rates[c], rates[first])]) for c in args.configs}
+    cfg = UNetConfig(**C.ARCHS[args.arch])
+    print()
+    print(f"{args.arch} U-Net (depth {cfg.depth}, width {cfg.width}) x{len(models)}, patch {tuple(args.patch)}, batch {args.batch}, "
+          f"{args.precision}, volume {args.time_points} x {shape}, chunks {tuple(args.chunks)} ({tasks} tasks); medians of {args.reps}")
+    print(f"{'workers x threads':<20}{'M vox/s':>10}{'spread':>9}{'speed-up':>10}")
+    for c in args.configs:
+        print(f"{c:<20}{C.median(rates[c]) / 1e6:>10.4f}{C.fmt_spread(rates[c]):>9}{speedups[c]:>10.2f}")
+    if not args.no_append:
+        row = C.append_row(SECTION, COLUMNS, [
+            C.today(),
+            f"{args.arch} U-Net (depth {cfg.depth}, width {cfg.width}) x{len(models)}, {tuple(args.patch)}, {args.batch}, {args.precision} {args.device}",
+            f"{args.time_points} x {shape}, {tuple(args.chunks)} ({tasks})",
+            ", ".join(f"{c}: {C.median(rates[c]) / 1e6:.4f}" for c in args.configs),
+            ", ".join(f"{c}: {speedups[c]:.2f}" for c in args.configs),
+            f"median of {args.reps} interleaved rounds; spread " + ", ".join(f"{c} {C.fmt_spread(rates[c])}" for c in args.configs)
+            + f"; {C.load_note()}",
+            C.command_line(),
+            C.machine(),
+        ])
+        print(row)
+
+
+if __name__ == "__main__":
+    main()

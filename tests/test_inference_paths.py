@@ -1,0 +1,83 @@
+"""The inference fast paths (device-side blending, channels_last_3d) give the reference results and
+leave the caller's model as it was. No timings here: speed is measured by benchmarks/."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from chunked_fnet.inference.sliding_window import _PatchModel, make_grid, padded_reader, predict_chunk, predict_volume
+from chunked_fnet.inference.tiling import blend_region, blend_weights
+from chunked_fnet.model import FnetUNet, UNetConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(seed: int = 0) -> FnetUNet:
+    torch.manual_seed(seed)
+    return FnetUNet(UNetConfig(depth=2, width=4, out_channels=2))
+
+
+def _volume(shape=(1, 20, 37, 41), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_device_blend_equals_numpy_blend_region() -> None:
+    model, vol = _model(), _volume()
+    opts = dict(patch=(8, 16, 16), overlap=0.25, multiple=4, batch_size=3, channels_last=False)
+    region = (slice(4, 17), slice(5, 30), slice(0, 41))
+    fast = predict_chunk(model, vol, vol.shape, region, **opts)
+    # the reference: numpy blending of the same patches through tiling.blend_region
+    grid = make_grid(vol.shape, opts["patch"], opts["overlap"], opts["multiple"])
+    predictor = _PatchModel(model, "cpu", False, None, channels_last=False)
+    read = padded_reader(vol)
+
+    def predict_batch(corners):
+        return predictor(np.stack([read(tuple(slice(c, c + p) for c, p in zip(corner, grid.patch))) for corner in corners]))
+
+    with predictor.session():
+        reference = blend_region(region, grid, blend_weights(grid.patch), predict_batch, batch_size=3)
+    assert fast.shape == (2, 13, 25, 41)
+    np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-6)
+
+
+def test_channels_last_matches_and_restores_the_module() -> None:
+    model, vol = _model(), _volume()
+    model.train()
+    opts = dict(patch=(8, 16, 16), overlap=0.25, multiple=4)
+    plain = predict_volume(model, vol, channels_last=False, **opts)
+    fast = predict_volume(model, vol, channels_last=True, **opts)
+    default = predict_volume(model, vol, **opts)  # on the CPU: channels_last_3d
+    np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(default, fast)
+    assert model.training
+    assert all(p.is_contiguous() for p in model.parameters())
+    # a module the caller keeps in channels_last_3d stays so
+    model.to(memory_format=torch.channels_last_3d)
+    predict_volume(model, vol, **opts)
+    weight = model.encoders[0].conv2.weight  # (conv1 has one input channel: both formats at once)
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
+
+
+def test_input_dtypes_and_read_only_arrays() -> None:
+    model = _model()
+    vol = _volume()
+    opts = dict(patch=(8, 16, 16), overlap=0.25, multiple=4)
+    reference = predict_volume(model, vol, **opts)
+    frozen = vol.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(predict_volume(model, frozen, **opts), reference)
+    np.testing.assert_allclose(predict_volume(model, vol.astype(np.float64), **opts), reference, rtol=0, atol=1e-6)
+    flipped = np.ascontiguousarray(vol[:, ::-1])[:, ::-1]  # a negative-stride view of the same values
+    np.testing.assert_array_equal(predict_volume(model, flipped, **opts), reference)
