@@ -246,9 +246,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_view(args: argparse.Namespace) -> int:
     """Serve the stores on 127.0.0.1 and show them in neuroglancer until interrupted (Ctrl-C)."""
+    import signal
     import webbrowser
 
     from chunked_fnet.viz.neuroglancer import layer_summary, open_view
+
+    # This command runs until stopped, so it must stop on Ctrl-C and on SIGTERM even when started in
+    # the background by a shell or a test runner, which start their children with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     with open_view(
         args.prediction, args.input, input_channel=args.channel, input_series=args.series, layout=args.layout,
