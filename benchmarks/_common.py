@@ -5,6 +5,7 @@ Not part of the package; imported by the scripts in this folder (``python benchm
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -12,6 +13,7 @@ import platform
 import resource
 import statistics
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -174,6 +176,19 @@ def synth_input(path: str | Path, size_t: int, shape: Sequence[int], voxel: floa
     generate(config, path, overwrite=True, progress=False)
     marker.write_text(wanted)
     return str(path)
+
+
+def bench_input(data: str | Path, size_t: int, shape: Sequence[int]) -> str:
+    """:func:`synth_input` under the scripts' shared data folder, named by its size so runs reuse it."""
+    data = Path(data)
+    data.mkdir(parents=True, exist_ok=True)
+    return synth_input(data / f"input_{size_t}x{'x'.join(map(str, shape))}.zarr", size_t, shape)
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """``--data`` (where inputs and models are cached between runs) and ``--no-append``."""
+    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "chunked_fnet_bench"))
+    parser.add_argument("--no-append", action="store_true", help="print only; do not add a row to BENCHMARKS.md")
 
 
 def make_checkpoints(folder: str | Path, arch: str, n: int, voxel: float = 0.29) -> list[str]:

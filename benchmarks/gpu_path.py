@@ -73,9 +73,8 @@ def host_side(args: argparse.Namespace, device) -> tuple[float, float, str]:  # 
             return torch.zeros_like(x)
 
     data = Path(tempfile.gettempdir()) / "chunked_fnet_bench"
-    data.mkdir(parents=True, exist_ok=True)
     shape = tuple(args.host_shape)
-    image = C.synth_input(data / f"input_1x{'x'.join(map(str, shape))}.zarr", 1, shape)
+    image = C.bench_input(data, 1, shape)
     checkpoint = C.make_checkpoints(data / "models", "tiny", 1)[0]  # for planning only: the task gets the free model
     out = data / "host_side.zarr"
     shutil.rmtree(out, ignore_errors=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,8 +38,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-limit", default="2GiB", help="per worker")
-    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "chunked_fnet_bench"))
-    parser.add_argument("--no-append", action="store_true", help="print only; do not add a row to BENCHMARKS.md")
+    C.add_data_args(parser)
     args = parser.parse_args()
 
     from chunked_fnet.cluster import ClusterSpec, local_client
@@ -48,10 +46,9 @@ def main() -> None:
     from chunked_fnet.predict import PredictOptions, predict
 
     data = Path(args.data)
-    data.mkdir(parents=True, exist_ok=True)
     base = tuple(args.base)
     models = C.make_checkpoints(data / "models", args.arch, args.models)
-    images = {f: C.synth_input(data / f"input_{f}x{'x'.join(map(str, base))}.zarr", f, base) for f in args.factors}
+    images = {f: C.bench_input(data, f, base) for f in args.factors}
     options = PredictOptions(patch_shape=tuple(args.patch), batch_size=args.batch, chunks=tuple(args.chunks), precision="fp32")
     out = data / "memory_out.zarr"
     results = {}

@@ -186,8 +186,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="rounds; each round runs every method once")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "chunked_fnet_bench"))
-    parser.add_argument("--no-append", action="store_true", help="print only; do not add a row to BENCHMARKS.md")
+    C.add_data_args(parser)
     parser.add_argument("--method", help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--image", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -199,9 +198,8 @@ def main() -> None:
     import monai  # noqa: F401  (fail early, and put its version in the machine line)
 
     data = Path(args.data)
-    data.mkdir(parents=True, exist_ok=True)
     shape = tuple(args.shape)
-    image = C.synth_input(data / f"input_1x{'x'.join(map(str, shape))}.zarr", 1, shape)
+    image = C.bench_input(data, 1, shape)
     checkpoint = C.make_checkpoints(data / "models", args.arch, 1)[0]  # the weights every method's model gets (seed 0)
     common = [sys.executable, __file__, "--arch", args.arch, "--patch", *map(str, args.patch), "--overlap", str(args.overlap),
               "--batch", str(args.batch), "--threads", str(args.threads), "--device", args.device, "--image", image,

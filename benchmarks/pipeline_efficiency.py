@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -150,8 +149,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cluster", choices=["local", "cuda"], default="local", help="cuda: dask-cuda, one worker per GPU")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "chunked_fnet_bench"))
-    parser.add_argument("--no-append", action="store_true", help="print only; do not add a row to BENCHMARKS.md")
+    C.add_data_args(parser)
     args = parser.parse_args()
 
     from chunked_fnet.cluster import ClusterSpec, local_client
@@ -159,9 +157,8 @@ def main() -> None:
     from chunked_fnet.predict import PredictOptions, predict
 
     data = Path(args.data)
-    data.mkdir(parents=True, exist_ok=True)
     shape = tuple(args.shape)
-    image = C.synth_input(data / f"input_{args.time_points}x{'x'.join(map(str, shape))}.zarr", args.time_points, shape)
+    image = C.bench_input(data, args.time_points, shape)
     models = C.make_checkpoints(data / "models", args.arch, args.models)
     hashes = [checkpoint_hash(p) for p in models]
     cfg = UNetConfig(**C.ARCHS[args.arch])

@@ -16,7 +16,6 @@ import argparse
 import os
 import platform
 import re
-import resource
 import shutil
 from datetime import date
 from pathlib import Path
@@ -25,6 +24,7 @@ import dask
 import numpy as np
 import torch
 
+import _common as C
 from chunked_fnet.cluster import ClusterSpec, local_client
 from chunked_fnet.io.reader import open_image
 from chunked_fnet.predict import PredictOptions, predict
@@ -34,10 +34,6 @@ PAUSED = re.compile(r"(?i)pausing worker|paused")
 SPILLED = re.compile(r"(?i)spill")
 LOST = re.compile(r"(?i)restart|terminat|exceeded|nanny.*kill")
 HIGH = re.compile(r"(?i)memory use is high")
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _gib(n: float) -> str:
@@ -65,7 +61,7 @@ def main() -> None:
         before = set(info)
         limits = [w["memory_limit"] for w in info.values()]
         output, summary = predict(args.input, args.models, args.out, options=options, client=client, progress=True)
-        peaks = client.run(_peak_rss_mib)
+        peaks = client.run(C.peak_rss_mib)
         after = set(client.scheduler_info()["workers"])
         logs = client.get_worker_logs()
     lines = [line for entries in logs.values() for _, line in entries]

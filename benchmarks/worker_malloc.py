@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -69,8 +68,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "chunked_fnet_bench"))
-    parser.add_argument("--no-append", action="store_true", help="print only; do not add a row to BENCHMARKS.md")
+    C.add_data_args(parser)
     args = parser.parse_args()
 
     import dask
@@ -81,9 +79,8 @@ def main() -> None:
     from scaling import warm
 
     data = Path(args.data)
-    data.mkdir(parents=True, exist_ok=True)
     shape = tuple(args.shape)
-    image = C.synth_input(data / f"input_1x{'x'.join(map(str, shape))}.zarr", 1, shape)
+    image = C.bench_input(data, 1, shape)
     models = C.make_checkpoints(data / "models", args.arch, 1)
     hashes = [checkpoint_hash(p) for p in models]
     options = PredictOptions(patch_shape=tuple(args.patch), batch_size=args.batch, chunks=tuple(args.chunks), precision="fp32")

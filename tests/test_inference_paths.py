@@ -14,14 +14,6 @@ from chunked_fnet.inference.tiling import blend_region, blend_weights
 from chunked_fnet.model import FnetUNet, UNetConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model(seed: int = 0) -> FnetUNet:
     torch.manual_seed(seed)
     return FnetUNet(UNetConfig(depth=2, width=4, out_channels=2))
