@@ -15,8 +15,9 @@
    variant (patches cut, blended and summed on the device; one copy in and one out), against the bare
    model at that variant: efficiency raw and corrected for the overlap recompute factor.
 
-4. **Host side of a chunk task**: ``run_block`` (the pipeline's task: read the OME-Zarr chunk and halo,
-   z-score, copy to the device, cut patches, blend, copy back, write the output chunk) with a model
+4. **Host side of the tasks**: ``run_in_process`` (the pipeline's tasks: read the OME-Zarr around a
+   block's patches, z-score, copy to the device, cut patches, weighted sums, copy back; add the pieces
+   of each chunk, normalise, write the output chunk) with a model
    that returns zeros at once, one thread: the output voxels/s one task thread can feed the device,
    and the model FLOP/s that corresponds to. On the dask pipeline, storage reads overlap device
    compute when a GPU worker runs several threads (one task reads and normalises its block while
@@ -53,7 +54,7 @@ def timed(fn, sync, reps: int, warm: int = 1) -> float:  # noqa: ANN001
 
 
 def host_side(args: argparse.Namespace, device) -> tuple[float, float, str]:  # noqa: ANN001
-    """Output voxels/s of ``run_block`` (one thread, in this process) on a synthetic OME-Zarr with a
+    """Output voxels/s of the pipeline's tasks (``run_in_process``, one thread, in this process) on a synthetic OME-Zarr with a
     model that returns zeros at once: what one task thread can feed the device, whatever the model."""
     import shutil
     import tempfile
@@ -86,22 +87,17 @@ def host_side(args: argparse.Namespace, device) -> tuple[float, float, str]:  # 
     real = job_module.cached_model
     job_module.cached_model = lambda path, digest, dev: Free().to(dev)
     try:
-        job_module.run_block(job, *job.regions()[0])  # warm-up
+        job_module.run_in_process(job)  # warm-up
         seconds = []
         for _ in range(max(1, args.reps - 1)):
             start = time.perf_counter()
-            for ti, region in job.regions():
-                job_module.run_block(job, ti, region)
+            job_module.run_in_process(job)
             seconds.append(time.perf_counter() - start)
     finally:
         job_module.cached_model = real
         shutil.rmtree(out, ignore_errors=True)
-    from chunked_fnet.inference.sliding_window import make_grid
-    from chunked_fnet.inference.tiling import chunk_regions
-
-    grid = make_grid(shape, options.patch_shape, options.overlap, 16)
     chunks = tuple(min(c, n) for c, n in zip(options.chunks, shape))
-    recompute = grid.patch_evaluations(chunk_regions(shape, chunks)) * C.prod(grid.patch) / C.prod(shape)
+    recompute = job.schedule().patch_evaluations * C.prod(job.patch_grid.patch) / C.prod(shape)
     return C.prod(shape) / min(seconds), recompute, f"{shape}, chunks {chunks}, batch {batch}"
 
 

@@ -14,10 +14,11 @@ z-scored) with the same model (seeded random init), patch, overlap and Gaussian 
 * ``monai``: ``monai.inferers.sliding_window_inference(..., overlap, mode="gaussian", sw_batch_size=--batch)``;
 * ``monai_cl``: the same with the model converted to ``torch.channels_last_3d`` first (what
   chunked_fnet does by default on the CPU), so the memory-format gain is not credited to the tiling;
-* ``chunked_fnet_tasks``: the pipeline's chunk tasks (``run_block``, output chunks ``--chunks``) in
-  the same process without dask: each reads its chunk and halo from the OME-Zarr, z-scores it with the
-  frame statistics, predicts, blends and writes its chunk of an output OME-Zarr; the volume is never
-  held in memory (throughput includes the reading and writing; the chunk halo is recomputed);
+* ``chunked_fnet_tasks``: the pipeline's tasks (``run_in_process``: block tasks, then chunk tasks,
+  output chunks ``--chunks``) in the same process without dask: each block reads its patches from the
+  OME-Zarr, z-scores them with the frame statistics and predicts them; each chunk adds its pieces,
+  normalises and writes its chunk of an output OME-Zarr; the input volume is never held in memory
+  (throughput includes the reading and writing; every patch runs once, as in the global window);
 * ``pytorch_fnet``: what pytorch_fnet's piecewise prediction does: one patch per forward pass (no
   batching) under ``torch.no_grad``, weighted sums into whole-volume float32 buffers (here on the same
   patch grid and with the same Gaussian window, so only batching and bookkeeping differ).
@@ -85,7 +86,7 @@ def pytorch_fnet_way(model, volume: np.ndarray, patch, overlap: float, multiple:
 
 
 def chunk_tasks(args: argparse.Namespace, device: str) -> tuple[object, int]:
-    """The pipeline's chunk tasks (``run_block``: read from the OME-Zarr, z-score, predict, blend,
+    """The pipeline's tasks (``run_in_process``: read from the OME-Zarr, z-score, predict, blend,
     write each chunk of the output OME-Zarr) in this process, one after the other, without dask.
     Returns (a callable running them all and returning the output volume's path, output voxels)."""
     import shutil
@@ -95,7 +96,7 @@ def chunk_tasks(args: argparse.Namespace, device: str) -> tuple[object, int]:
     from chunked_fnet.model import checkpoint_hash
     from chunked_fnet.predict import PredictOptions, plan
     from chunked_fnet.predict.ensemble import cached_model
-    from chunked_fnet.predict.job import run_block
+    from chunked_fnet.predict.job import run_in_process
     from chunked_fnet.predict.run import create_output
 
     out = tempfile.mkdtemp(suffix=".zarr")
@@ -108,8 +109,7 @@ def chunk_tasks(args: argparse.Namespace, device: str) -> tuple[object, int]:
     cached_model(args.checkpoint, checkpoint_hash(args.checkpoint), device)  # loaded before the clock starts
 
     def run() -> str:
-        for ti, region in job.regions():
-            run_block(job, ti, region)
+        run_in_process(job)
         return out
 
     return run, len(job.times) * C.prod(job.spatial_shape)

@@ -7,25 +7,27 @@
 One warmed dask cluster runs, interleaved ``--reps`` times (bare, pipeline, bare, pipeline, ...):
 
 * **bare**: ``model(x)`` only, on exactly the batches the pipeline evaluates (as many, of the same
-  sizes: every chunk task's patches in batches of ``--batch``, the last one partial), the chunk tasks
+  sizes: every block task's patches in batches of ``--batch``, the last one partial), the block tasks
   shared out among the workers as evenly as dask does, all workers at once; inputs are real patches
   of the volume (z-scored), same precision, device, torch threads and memory format (predict_chunk's
   default: channels_last_3d on the CPU, NCDHW elsewhere). Time = the slowest worker.
 * **pipeline**: the wall time of ``chunked_fnet.predict.predict(...)`` with that client: frame
-  statistics (dask), checkpoint checks, output creation, every chunk task (read, z-score, cut
-  patches, forward, blend, write, completion marker). Not counted: cluster start-up and loading the
-  models into the workers (done once before, as a long-running service would).
+  statistics (dask), checkpoint checks, output creation, every block task (read, z-score, cut
+  patches, forward, weighted sums) and chunk task (add the pieces, normalise, write, completion
+  marker), with the pieces moved between workers by dask. Not counted: cluster start-up and loading
+  the models into the workers (done once before, as a long-running service would).
 
 Throughputs are output voxels x structures per second. The bare model's counts each voxel it
 evaluates once (patch voxels / time). Recompute factors (patch voxels evaluated per output voxel),
 counted from the patch grid: ``overlap`` for the global sliding window (what any sliding window
-with these settings evaluates, MONAI's too) and ``chunked`` for the chunk tasks (each also evaluates
-the patches straddling its borders). Efficiencies: ``raw`` = pipeline / bare; ``overlap-corrected``
-= raw x overlap factor (chunk halo and every non-model cost count as overhead); ``halo-corrected``
+with these settings evaluates, MONAI's too) and ``chunked`` for the pipeline's tasks (equal to
+``overlap``: each patch is evaluated by one block only; the printout also gives what one task per
+chunk evaluating its halo would cost). Efficiencies: ``raw`` = pipeline / bare; ``overlap-corrected``
+= raw x overlap factor (any halo recompute and every non-model cost count as overhead); ``halo-corrected``
 = raw x chunked factor = bare time / pipeline time on the same batches (only non-model costs count:
-reading, normalising, blending, writing, scheduling). The same ratios in CPU seconds (workers and
-this process, which runs the LocalCluster's scheduler) are shown too: on a busy machine they are
-less noisy than wall time. Appends a row to BENCHMARKS.md (section "Pipeline efficiency").
+reading, normalising, blending, moving pieces, writing, scheduling). The same ratios in CPU seconds
+(workers and this process, which runs the LocalCluster's scheduler) are shown too: on a busy machine
+they are less noisy than wall time. Appends a row to BENCHMARKS.md (section "Pipeline efficiency").
 """
 
 from __future__ import annotations
@@ -108,29 +110,27 @@ def first_patches(image: str, models: list[str], options, n: int, multiple: int)
     return np.stack([read(tuple(slice(c, c + p) for c, p in zip(corner, grid.patch))) for corner in corners]).astype(np.float32)
 
 
-def task_batches(shape, chunks, patch, overlap: float, multiple: int, batch: int, time_points: int) -> list[list[int]]:  # noqa: ANN001
-    """The batch sizes of every chunk task, in task order (what ``run_block`` evaluates)."""
-    from chunked_fnet.inference.sliding_window import make_grid
-    from chunked_fnet.inference.tiling import chunk_regions
-
-    grid = make_grid(shape, patch, overlap, multiple)
-    chunks = tuple(min(c, n) for c, n in zip(chunks, shape))
+def task_batches(job, batch: int) -> list[list[int]]:  # noqa: ANN001
+    """The batch sizes of every block task, in task order (what ``predict_block`` evaluates)."""
+    plan = job.schedule()
     out = []
-    for _ in range(time_points):
-        for region in chunk_regions(shape, chunks):
-            n = len(grid.patches_touching(region))
-            out.append([batch] * (n // batch) + ([n % batch] if n % batch else []))
+    for block in plan.blocks:
+        n = len(plan.patch_grid.patches_owned(block.block))
+        out.append([batch] * (n // batch) + ([n % batch] if n % batch else []))
     return out
 
 
-def recompute_factors(shape, chunks, patch, overlap: float, multiple: int) -> tuple[float, float]:  # noqa: ANN001
-    from chunked_fnet.inference.sliding_window import make_grid
+def recompute_factors(job) -> tuple[float, float, float]:  # noqa: ANN001
+    """Patch voxels evaluated per output voxel: the global sliding window, the pipeline's tasks, and
+    what one task per chunk evaluating every patch touching it (its halo) would cost."""
     from chunked_fnet.inference.tiling import chunk_regions
 
-    grid = make_grid(shape, patch, overlap, multiple)
-    chunks = tuple(min(c, n) for c, n in zip(chunks, shape))
-    chunked = grid.patch_evaluations(chunk_regions(shape, chunks)) * C.prod(grid.patch) / C.prod(shape)
-    return grid.recompute_factor, chunked
+    grid = job.patch_grid
+    shape = job.grid.shape
+    per_voxel = C.prod(grid.patch) / C.prod(shape) / len(job.times)
+    chunks = tuple(min(c, n) for c, n in zip(job.options.chunks, shape))
+    halo = grid.patch_evaluations(chunk_regions(shape, chunks)) * len(job.times)
+    return grid.n_patches * len(job.times) * per_voxel, job.schedule().patch_evaluations * per_voxel, halo * per_voxel
 
 
 def main() -> None:
@@ -168,8 +168,11 @@ def main() -> None:
     )
     amp = None if args.precision == "fp32" or not args.device.startswith("cuda") else args.precision
     patches = first_patches(image, models, options, args.batch, cfg.multiple)
-    r_overlap, r_chunked = recompute_factors(shape, tuple(args.chunks), tuple(args.patch), args.overlap, cfg.multiple)
-    tasks = task_batches(shape, tuple(args.chunks), tuple(args.patch), args.overlap, cfg.multiple, args.batch, args.time_points)
+    from chunked_fnet.predict import plan
+
+    job = plan(image, models, "unused", options)
+    r_overlap, r_chunked, r_halo = recompute_factors(job)
+    tasks = task_batches(job, args.batch)
     out = data / "pipeline_out.zarr"
     output_voxels = args.time_points * C.prod(shape) * len(models)
     evaluated = sum(sum(t) for t in tasks) * C.prod(patches.shape[1:]) * len(models)
@@ -184,7 +187,7 @@ def main() -> None:
         threads = sum(w["nthreads"] for w in info.values())
         slots = [w for w in workers for _ in range(info[w]["nthreads"])]
         shares: list[list[int]] = [[] for _ in slots]
-        for i, sizes in enumerate(tasks):  # tasks shared out as dask does with equal tasks: round robin over the thread slots
+        for i, sizes in enumerate(tasks):  # block tasks shared out as dask does with equal tasks: round robin over the thread slots
             shares[i % len(slots)] += sizes
 
         def bare(shares: list[list[int]] = shares) -> tuple[float, float]:
@@ -235,7 +238,8 @@ def main() -> None:
     print(f"{'bare model forward':<34}{bare_rate / 1e6:>10.4f}{C.fmt_spread(walls['bare']):>10}   ({gflops:.1f} GFLOP/s)")
     print(f"{'pipeline, predict() wall':<34}{pipe_rate / 1e6:>10.4f}{C.fmt_spread(walls['pipeline']):>10}")
     print(f"{'pipeline, chunk tasks only':<34}{task_rate / 1e6:>10.4f}{C.fmt_spread(walls['tasks']):>10}")
-    print(f"recompute factor: overlap {r_overlap:.3f}, chunked (overlap + chunk halo) {r_chunked:.3f}")
+    print(f"recompute factor: overlap {r_overlap:.3f}, pipeline tasks {r_chunked:.3f} "
+          f"(one task per chunk evaluating its halo would be {r_halo:.3f})")
     print(f"efficiency (wall):     raw {effs[0]:.3f}, overlap-corrected {effs[1]:.3f}, halo-corrected {effs[2]:.3f}"
           f"   (per rep: {', '.join(f'{h:.3f}' for h in halo)})")
     print(f"efficiency (CPU time): raw {cpu_effs[0]:.3f}, overlap-corrected {cpu_effs[1]:.3f}, halo-corrected {cpu_effs[2]:.3f}"

@@ -76,6 +76,8 @@ def test_chunk_and_worker_invariance_equals_global_sliding_window(setup, tmp_pat
             out, summary = predict(image, models, tmp_path / f"out{k}.zarr", options=options, client=client, progress=False)
         assert out.data.chunksize == (1, 1, *(min(c, n) for c, n in zip(chunks, out.shape[2:])))
         assert summary.workers == workers and summary.chunks == 3 * np.prod([-(-n // c) for n, c in zip(out.shape[2:], chunks)])
+        # every patch of the global sliding window ran once per frame, whatever the chunks: no halo recompute
+        assert summary.patch_evaluations == 3 * plan(str(image), models, "unused", options).patch_grid.n_patches
         outputs.append(out.values)
     reference = _reference(image, models, PredictOptions(**OPTIONS))
     assert outputs[0].shape == reference.shape == (3, 3, 13, 35, 31)

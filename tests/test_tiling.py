@@ -18,7 +18,9 @@ from chunked_fnet.inference import (
     make_grid,
     padded_reader,
     patch_starts,
+    finish_region,
     predict_chunk,
+    predict_owned,
     predict_volume,
     unbatched,
 )
@@ -425,6 +427,75 @@ def test_patch_evaluations_count_chunking_cost() -> None:
     assert chunked > whole
     brute = sum(len(grid.patches_touching(r)) for r in chunk_regions(grid.shape, (64, 128, 128)))
     assert chunked == brute
+
+
+@pytest.mark.parametrize("chunks", [(7, 16, 16), ((1, 13, 6), (9, 31), (40, 5)), (20, 37, 45), (2, 3, 50)])
+def test_every_patch_has_exactly_one_owner(chunks) -> None:
+    grid = make_grid((20, 40, 45), (8, 16, 16), 0.25, 8)
+    owners: dict[tuple[int, int, int], int] = {}
+    for r in chunk_regions(grid.shape, chunks):
+        for corner in grid.patches_owned(r):
+            owners[corner] = owners.get(corner, 0) + 1
+        extent = grid.owned_extent(r)
+        owned = grid.patches_owned(r)
+        assert (extent is None) == (not owned)
+        if owned:  # the extent is the real part of the owned patches' bounding box
+            for a in range(3):
+                assert extent[a].start == min(c[a] for c in owned)
+                assert extent[a].stop == min(max(c[a] for c in owned) + grid.patch[a], grid.shape[a])
+    assert sorted(owners) == sorted(grid.corners()) and set(owners.values()) == {1}
+
+
+def _owned_then_finished(model, vol, blocks, regions, **opts) -> tuple[np.ndarray, int]:
+    """The two-stage chunked path: owned sums per block, then each region finished from its pieces;
+    returns the stitched result and how many patches the model evaluated."""
+    calls = []
+
+    def counted(x):
+        calls.append(x.shape[0])
+        return model(x)
+
+    read = padded_reader(vol)
+    grid = make_grid(vol.shape, opts["patch"], opts["overlap"], opts["multiple"])
+    weights = blend_weights(grid.patch, opts.get("blend", "gaussian"))
+    sums = [s for s in (predict_owned(counted, read, vol.shape, b, **opts) for b in chunk_regions(vol.shape[1:], blocks)) if s]
+    out = np.full((sums[0][1].shape[0],) + vol.shape[1:], np.nan, dtype=np.float32)
+    for r in chunk_regions(vol.shape[1:], regions):
+        parts = []
+        for extent, values in sums:
+            inter = tuple(slice(max(e.start, s.start), min(e.stop, s.stop)) for e, s in zip(extent, r))
+            if all(i.start < i.stop for i in inter):
+                local = tuple(slice(i.start - e.start, i.stop - e.start) for i, e in zip(inter, extent))
+                parts.append((inter, values[(slice(None), *local)]))
+        out[(slice(None), *r)] = finish_region(r, grid, weights, parts)
+    return out, sum(calls)
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "cosine"])
+def test_owned_blocks_evaluate_each_patch_once_and_equal_the_whole_volume(blend: str) -> None:
+    model = _TinyUNet()
+    vol = _volume((1, 20, 37, 45), seed=5)
+    opts = dict(patch=(8, 16, 16), overlap=0.25, blend=blend, batch_size=3, multiple=8)
+    whole = predict_volume(model, vol, **opts)
+    grid = make_grid(vol.shape, opts["patch"], 0.25, 8)
+    # blocks and output regions need not coincide: any two partitions
+    for blocks, regions in [((7, 16, 16), (7, 16, 16)), ((20, 9, 45), (5, 37, 8)), (((1, 19), (30, 7), (2, 43)), (20, 37, 45))]:
+        stitched, evaluated = _owned_then_finished(model, vol, blocks, regions, **opts)
+        assert evaluated == grid.n_patches, blocks  # no halo recompute, whatever the blocks
+        assert not np.isnan(stitched).any()
+        np.testing.assert_allclose(stitched, whole, atol=1e-5, rtol=0, err_msg=f"blocks={blocks} regions={regions}")
+    # the halo path evaluates the border patches once per region that they touch
+    assert grid.patch_evaluations(chunk_regions(grid.shape, (7, 16, 16))) > grid.n_patches
+
+
+def test_finish_region_refuses_parts_outside_it() -> None:
+    grid = make_grid((8, 16, 16), (8, 16, 16), 0.25, 8)
+    w = blend_weights(grid.patch)
+    region = (slice(0, 4), slice(0, 16), slice(0, 16))
+    with pytest.raises(ValueError, match="not inside region"):
+        finish_region(region, grid, w, [((slice(0, 5), slice(0, 16), slice(0, 16)), np.zeros((1, 5, 16, 16), np.float32))])
+    with pytest.raises(ValueError, match="no parts"):
+        finish_region(region, grid, w, [])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -6,6 +6,7 @@ from chunked_fnet.inference.sliding_window import (
     make_grid,
     padded_reader,
     predict_chunk,
+    predict_owned,
     predict_volume,
     tta_flip_sets,
 )
@@ -14,9 +15,11 @@ from chunked_fnet.inference.tiling import (
     blend_region,
     blend_weights,
     chunk_regions,
+    finish_region,
     normalize_region,
     patch_starts,
     unbatched,
+    weight_sum,
 )
 
 __all__ = [
@@ -24,13 +27,16 @@ __all__ = [
     "blend_region",
     "blend_weights",
     "chunk_regions",
+    "finish_region",
     "fit_patch",
     "make_grid",
     "normalize_region",
     "padded_reader",
     "patch_starts",
     "predict_chunk",
+    "predict_owned",
     "predict_volume",
     "tta_flip_sets",
     "unbatched",
+    "weight_sum",
 ]

@@ -42,6 +42,7 @@ __all__ = [
     "make_grid",
     "padded_reader",
     "predict_chunk",
+    "predict_owned",
     "predict_volume",
     "tta_flip_sets",
 ]
@@ -312,40 +313,43 @@ def _as_tensor(data: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------- inference
-def _blend_with_model(
+def _weighted_sums(
     predictor: _PatchModel,
     read_region: Callable[[Sequence[slice]], np.ndarray],
     grid: PatchGrid,
-    region: Region,
+    corners: list[tuple[int, int, int]],
+    target: Region,
     weights: np.ndarray,
     batch_size: int,
+    *,
+    normalize: bool,
 ) -> np.ndarray:
-    """:func:`~chunked_fnet.inference.tiling.blend_region` done on the model's device.
+    """The weighted sum of the model outputs of ``corners`` over ``target`` (divided by the weight sum of
+    the same patches when ``normalize``), computed on the model's device.
 
-    The halo is read once and moved to the device once; patches are cut there, and the weighted sums
-    stay there until the region is complete, so a GPU never waits for per-batch copies to the host or
-    for blending on the CPU (one copy in, one copy out per region), and the host can queue the next
-    batches while the device works. Same patches, same order, same float32 arithmetic as
-    ``blend_region``.
+    The box holding the patches is read once and moved to the device once; patches are cut there,
+    and the sums stay there until the region is complete, so a GPU never waits for per-batch copies
+    to the host or for blending on the CPU (one copy in, one copy out), and the host can queue the
+    next batches while the device works. Same patches, same order, same float32 arithmetic as
+    :func:`~chunked_fnet.inference.tiling.blend_region`.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    halo = grid.halo_for(region)
-    data = np.asarray(read_region(halo))
-    expected = tuple(s.stop - s.start for s in halo)
+    box = tuple(slice(min(c[a] for c in corners), max(c[a] for c in corners) + grid.patch[a]) for a in range(3))
+    data = np.asarray(read_region(box))
+    expected = tuple(s.stop - s.start for s in box)
     if data.ndim != 4 or data.shape[1:] != expected:
         raise ValueError(
-            f"read_region{halo} returned shape {data.shape}; expected (C, {', '.join(map(str, expected))})"
+            f"read_region{box} returned shape {data.shape}; expected (C, {', '.join(map(str, expected))})"
         )
-    origin = tuple(s.start for s in halo)
-    corners = grid.patches_touching(region)
-    r0 = tuple(s.start for s in region)
-    rshape = tuple(s.stop - s.start for s in region)
+    origin = tuple(s.start for s in box)
+    r0 = tuple(s.start for s in target)
+    rshape = tuple(s.stop - s.start for s in target)
     device = predictor.device
     with predictor.session():
         x = _as_tensor(data, device)
         w = torch.from_numpy(np.asarray(weights, dtype=np.float32)).to(device)
-        wsum = torch.zeros(rshape, dtype=torch.float32, device=device)
+        wsum = torch.zeros(rshape, dtype=torch.float32, device=device) if normalize else None
         acc: torch.Tensor | None = None
         for i in range(0, len(corners), batch_size):
             batch = corners[i : i + batch_size]
@@ -361,10 +365,26 @@ def _blend_with_model(
                 dst, src = patch_overlap(corner, grid.patch, r0, rshape)
                 ws = w[src]
                 acc[(slice(None),) + dst] += ws * out[(slice(None),) + src]
-                wsum[dst] += ws
-        assert acc is not None  # a region always touches at least one patch
-        acc /= wsum
+                if wsum is not None:
+                    wsum[dst] += ws
+        assert acc is not None  # callers pass at least one corner
+        if wsum is not None:
+            acc /= wsum
         return acc.cpu().numpy()
+
+
+def _blend_with_model(
+    predictor: _PatchModel,
+    read_region: Callable[[Sequence[slice]], np.ndarray],
+    grid: PatchGrid,
+    region: Region,
+    weights: np.ndarray,
+    batch_size: int,
+) -> np.ndarray:
+    """:func:`~chunked_fnet.inference.tiling.blend_region` done on the model's device: every patch touching
+    ``region``, read from ``grid.halo_for(region)``."""
+    corners = grid.patches_touching(region)
+    return _weighted_sums(predictor, read_region, grid, corners, region, weights, batch_size, normalize=True)
 
 
 def predict_chunk(
@@ -404,6 +424,50 @@ def predict_chunk(
     weights = blend_weights(grid.patch, blend, sigma_scale)
     predictor = _PatchModel(model, device, tta_flips, amp_dtype, channels_last)
     return _blend_with_model(predictor, read_region, grid, region, weights, batch_size)
+
+
+def predict_owned(
+    model: ModelLike | Sequence[ModelLike],
+    read_region: Callable[[Sequence[slice]], np.ndarray] | Any,
+    volume_shape: Sequence[int],
+    block: Sequence[slice],
+    *,
+    patch: Sequence[int] = (32, 64, 64),
+    overlap: float | Sequence[float] = 0.25,
+    blend: BlendKind = "gaussian",
+    sigma_scale: float = 0.125,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    multiple: int | None = 16,
+    pad_mode: PadMode = "reflect",
+    tta_flips: FlipSpec = False,
+    amp_dtype: torch.dtype | None = None,
+    shrink_patch: bool = True,
+    channels_last: bool | None = None,
+) -> tuple[Region, np.ndarray] | None:
+    """The weighted model outputs of the patches ``block`` owns (:meth:`PatchGrid.patches_owned`):
+    ``(extent, sums)``, ``sums`` ``(C_out, ...)`` over ``extent`` (:meth:`PatchGrid.owned_extent`), or
+    None when the block owns no patch.
+
+    The first half of halo-free chunked inference: run it for every block of a partition of the
+    volume, hand each region the pieces of ``sums`` that fall in it, and
+    :func:`~chunked_fnet.inference.tiling.finish_region` gives the same voxels as
+    :func:`predict_volume`, with every global patch evaluated exactly once (:func:`predict_chunk`
+    evaluates the patches straddling a region's border once per region). Options as
+    :func:`predict_chunk`.
+    """
+    if not callable(read_region):
+        read_region = padded_reader(read_region, pad_mode)
+    grid = make_grid(volume_shape, patch, overlap, multiple, shrink_patch)
+    block = normalize_region(block, grid.shape)
+    corners = grid.patches_owned(block)
+    if not corners:
+        return None
+    extent = grid.owned_extent(block)
+    assert extent is not None
+    weights = blend_weights(grid.patch, blend, sigma_scale)
+    predictor = _PatchModel(model, device, tta_flips, amp_dtype, channels_last)
+    return extent, _weighted_sums(predictor, read_region, grid, corners, extent, weights, batch_size, normalize=False)
 
 
 def predict_volume(

@@ -37,10 +37,12 @@ __all__ = [
     "blend_region",
     "blend_weights",
     "chunk_regions",
+    "finish_region",
     "normalize_region",
     "patch_overlap",
     "patch_starts",
     "unbatched",
+    "weight_sum",
 ]
 
 Region = tuple[slice, slice, slice]
@@ -178,6 +180,35 @@ class PatchGrid:
             out.append(slice(int(t[0]), int(t[-1]) + self.patch[a]))
         return tuple(out)  # type: ignore[return-value]
 
+    def _owned_axis(self, axis: int, sl: slice) -> np.ndarray:
+        s = self.starts[axis]
+        centre = np.minimum(s + self.patch[axis] // 2, self.shape[axis] - 1)
+        return s[(centre >= sl.start) & (centre < sl.stop)]
+
+    def patches_owned(self, region: Sequence[slice]) -> list[Corner]:
+        """Start corners of the patches whose centre voxel lies in ``region``, in canonical order.
+
+        Over any partition of the volume, every patch is owned by exactly one region (a patch whose
+        centre falls in the padding counts at the last real voxel), so regions that each evaluate
+        only their own patches evaluate the global grid exactly once: no halo recompute. May be empty
+        (a region thinner than the step).
+        """
+        region = normalize_region(region, self.shape)
+        per_axis = [self._owned_axis(a, region[a]) for a in range(3)]
+        return [tuple(int(v) for v in c) for c in itertools.product(*per_axis)]  # type: ignore[misc]
+
+    def owned_extent(self, region: Sequence[slice]) -> Region | None:
+        """The real voxels covered by the patches owned by ``region`` (None if it owns none): where
+        their weighted outputs land, and so what its neighbours must receive of them."""
+        region = normalize_region(region, self.shape)
+        out = []
+        for a in range(3):
+            t = self._owned_axis(a, region[a])
+            if t.size == 0:
+                return None
+            out.append(slice(int(t[0]), min(int(t[-1]) + self.patch[a], self.shape[a])))
+        return tuple(out)  # type: ignore[return-value]
+
     def patch_evaluations(self, regions: Iterable[Sequence[slice]]) -> int:
         """How many patch evaluations computing each of ``regions`` separately costs (vs :attr:`n_patches`
         for the whole volume at once): the price of chunking."""
@@ -258,6 +289,54 @@ def unbatched(predict_patch: Callable[[Corner], np.ndarray]) -> Callable[[list[C
         return np.stack([np.asarray(predict_patch(c)) for c in corners])
 
     return predict_batch
+
+
+def weight_sum(region: Sequence[slice], grid: PatchGrid, weights: np.ndarray) -> np.ndarray:
+    """``sum_p w[v - s_p]`` over every global patch, for the voxels of ``region``: the denominator of the
+    blend, a property of the grid alone (no model output needed). ``float32``, added in canonical
+    patch order, so it is bitwise the same whichever task computes it."""
+    region = normalize_region(region, grid.shape)
+    weights = np.asarray(weights, dtype=np.float32)
+    r0 = tuple(s.start for s in region)
+    rshape = tuple(s.stop - s.start for s in region)
+    wsum = np.zeros(rshape, dtype=np.float32)
+    for corner in grid.patches_touching(region):
+        dst, src = patch_overlap(corner, grid.patch, r0, rshape)
+        wsum[dst] += weights[src]
+    return wsum
+
+
+def finish_region(
+    region: Sequence[slice], grid: PatchGrid, weights: np.ndarray, parts: Iterable[tuple[Sequence[slice], np.ndarray]]
+) -> np.ndarray:
+    """Complete the blend of ``region`` from partial weighted sums.
+
+    ``parts`` are ``(part_region, values)`` pairs, ``values`` ``(C, ...)`` the weighted sum of model
+    outputs of one set of patches over ``part_region`` (volume coordinates, inside ``region``), e.g.
+    the pieces that the owners of neighbouring regions computed (:meth:`PatchGrid.patches_owned`).
+    When the parts' patch sets partition the patches touching ``region``, the result equals
+    :func:`blend_region` of ``region`` up to float32 summation order. Returns ``(C, rz, ry, rx)``.
+    """
+    region = normalize_region(region, grid.shape)
+    r0 = tuple(s.start for s in region)
+    rshape = tuple(s.stop - s.start for s in region)
+    acc: np.ndarray | None = None
+    for part_region, values in parts:
+        values = np.asarray(values, dtype=np.float32)
+        if acc is None:
+            acc = np.zeros((values.shape[0],) + rshape, dtype=np.float32)
+        dst = []
+        for a, s in enumerate(part_region):
+            if not (r0[a] <= s.start < s.stop <= r0[a] + rshape[a]):
+                raise ValueError(f"part {tuple(part_region)} is not inside region {region}")
+            dst.append(slice(s.start - r0[a], s.stop - r0[a]))
+        if values.shape[1:] != tuple(s.stop - s.start for s in dst):
+            raise ValueError(f"part {tuple(part_region)} has values of shape {values.shape}")
+        acc[(slice(None), *dst)] += values
+    if acc is None:
+        raise ValueError(f"no parts given for region {region}")
+    acc /= weight_sum(region, grid, weights)
+    return acc
 
 
 def patch_overlap(

@@ -1,9 +1,12 @@
-"""A prediction job: what every chunk task needs (small, picklable), and the task itself.
+"""A prediction job: what every task needs (small, picklable), and the two tasks themselves.
 
-Only this spec and chunk coordinates travel through the scheduler. Each task opens the input store
-itself, reads its output chunk plus the halo of every global patch touching it (z-scored with the
-whole frame's statistics, resampled onto the model grid), runs the ensemble, blends, and writes its
-own chunk of every channel: no two tasks write the same zarr chunk.
+Only this spec, coordinates and the blocks' weighted sums travel through the scheduler. A block
+task (:func:`predict_block`) opens the input store itself, reads the patches its model-grid block
+owns (z-scored with the whole frame's statistics, resampled onto the model grid), runs the ensemble
+on them and returns the weighted sums, cut into the pieces each output chunk needs. A chunk task
+(:func:`write_chunk`) adds its pieces, divides by the grid's weight sum, interpolates onto the
+input grid if asked, and writes its own chunk of every channel: no two tasks write the same zarr
+chunk. See :mod:`chunked_fnet.predict.schedule` for why the work is split this way.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from chunked_fnet._memory import bound_heap_growth, trim_heap
-from chunked_fnet.inference.sliding_window import padded_reader, predict_chunk
+from chunked_fnet.inference.sliding_window import make_grid, padded_reader, predict_owned
+from chunked_fnet.inference.tiling import PatchGrid, Region, blend_weights, finish_region
 from chunked_fnet.io.reader import open_level_array, window_reader
 from chunked_fnet.io.writer import open_for_writing, write_region
 from chunked_fnet.predict.ensemble import StackedEnsemble, cached_model
 from chunked_fnet.predict.ledger import Ledger, chunk_key
+from chunked_fnet.predict.schedule import BlockTask, ChunkTask, Schedule, schedule
 from chunked_fnet.preprocess.normalize import FrameStats
 from chunked_fnet.preprocess.resample import ModelGrid, interpolate_axis, resample_window
 
@@ -39,7 +44,7 @@ class PredictOptions(BaseModel):
     blend: Literal["gaussian", "cosine", "linear", "constant"] = "gaussian"
     batch_size: int = Field(4, ge=1)
     tta_flips: bool = False
-    chunks: tuple[int, int, int] = (32, 256, 256)  # output z, y, x on the model grid
+    chunks: tuple[int, int, int] = (32, 256, 256)  # output z, y, x (on the output grid)
     dtype: Literal["float32", "float16"] = "float32"
     version: Literal["0.4", "0.5"] = "0.5"
     levels: int = Field(1, ge=1)
@@ -80,6 +85,7 @@ class PredictJob:
     time_scale: float = 1.0
     time_unit: str = "second"
     input_info: dict[str, Any] = field(default_factory=dict, hash=False)  # shape, dtype, scale, ... for the run record
+    multiple: int = 16  # the ensemble's largest down-sampling factor: patches are fitted to it
 
     def record(self) -> dict[str, Any]:
         """Everything that determines the output's values and layout (JSON), kept in the output for ``--resume``."""
@@ -106,20 +112,37 @@ class PredictJob:
     def output_shape(self) -> tuple[int, ...]:
         return (len(self.times), len(self.models), *self.spatial_shape)
 
-    def regions(self) -> list[tuple[int, tuple[slice, slice, slice]]]:
-        """One task per (time point, output chunk), in storage order."""
-        chunks = [min(c, n) for c, n in zip(self.options.chunks, self.spatial_shape, strict=True)]
-        axes = [range(0, n, c) for n, c in zip(self.spatial_shape, chunks, strict=True)]
-        out = []
-        for ti in range(len(self.times)):
-            for z in axes[0]:
-                for y in axes[1]:
-                    for x in axes[2]:
-                        starts = (z, y, x)
-                        out.append(
-                            (ti, tuple(slice(s, min(s + c, n)) for s, c, n in zip(starts, chunks, self.spatial_shape, strict=True)))
-                        )
-        return out  # type: ignore[return-value]
+    @property
+    def n_chunks(self) -> int:
+        """Output chunks (one chunk task each), over all time points."""
+        return len(self.times) * math.prod(math.ceil(n / min(c, n)) for n, c in zip(self.spatial_shape, self.options.chunks, strict=True))
+
+    @property
+    def patch_grid(self) -> PatchGrid:
+        """The global sliding-window grid on the model grid (one per frame; every task rebuilds the same one)."""
+        return make_grid(self.grid.shape, self.options.patch_shape, self.options.overlap, self.multiple)
+
+    @property
+    def block_shape(self) -> tuple[int, int, int]:
+        """Model-grid blocks, one block task each: an output chunk's extent on the model grid."""
+        if self.options.output_grid == "model":
+            return self.options.chunks
+        return tuple(max(1, math.ceil(c * f)) for c, f in zip(self.options.chunks, self.grid.factor, strict=True))  # type: ignore[return-value]
+
+    def schedule(self, skip: Sequence[str] | set[str] = ()) -> Schedule:
+        """The block and chunk tasks of this job (chunks whose ledger key is in ``skip`` left out)."""
+        return schedule(
+            model_shape=self.grid.shape,
+            output_shape=self.spatial_shape,
+            output_chunks=self.options.chunks,
+            block_shape=self.block_shape,
+            patch=self.options.patch_shape,
+            overlap=self.options.overlap,
+            multiple=self.multiple,
+            time_points=len(self.times),
+            factor=self.grid.factor if self.options.output_grid == "input" else None,
+            skip=skip,
+        )
 
 
 class ModelGridFrame:
@@ -164,18 +187,16 @@ def _amp(options: PredictOptions, device: str) -> torch.dtype | None:
     return torch.float16 if options.precision == "fp16" else torch.bfloat16
 
 
-def _back_to_input_grid(predict_model_region: Any, grid: ModelGrid, region: tuple[slice, ...]) -> np.ndarray:
-    """Linear interpolation of the model-grid prediction at the input voxels of ``region``.
+def _back_to_input_grid(model_values: np.ndarray, window: Region, grid: ModelGrid, region: Region) -> np.ndarray:
+    """Linear interpolation of the model-grid prediction ``model_values`` (over ``window``, as given by
+    :func:`~chunked_fnet.predict.schedule.interpolation_window`) at the input voxels of ``region``.
 
     The model-grid values come from the global blended grid, so any window of them is exact and the
     result does not depend on how the input grid is chunked. Input voxels past the last model voxel
     (at most one model voxel's width) take the nearest model value.
     """
     coords = [np.arange(sl.start, sl.stop) * f for sl, f in zip(region, grid.factor, strict=True)]  # model units
-    window = tuple(
-        slice(min(int(np.floor(c[0])), n - 1), min(int(np.floor(c[-1])) + 2, n)) for c, n in zip(coords, grid.shape, strict=True)
-    )
-    values = predict_model_region(window)
+    values = model_values
     for axis, (c, w) in enumerate(zip(coords, window, strict=True)):
         values = interpolate_axis(values, axis + 1, c - w.start)
     return values.astype(np.float32, copy=False)
@@ -205,44 +226,79 @@ def _prepare_worker_process() -> None:
         _WORKER_READY = True
 
 
-def run_block(job: PredictJob, time_index: int, region: tuple[slice, slice, slice]) -> dict[str, float]:
-    """Predict and write one output chunk (all structures) of one time point; returns timings."""
-    start = time.perf_counter()
-    _prepare_worker_process()
+def _ensemble(job: PredictJob) -> tuple[StackedEnsemble, str]:
     device = _device(job.options)
-    ensemble = StackedEnsemble([cached_model(p, h, device) for p, h in zip(job.models, job.hashes, strict=True)])
+    return StackedEnsemble([cached_model(p, h, device) for p, h in zip(job.models, job.hashes, strict=True)]), device
+
+
+def predict_block(job: PredictJob, task: BlockTask) -> tuple[np.ndarray, ...]:
+    """Evaluate the patches ``task.block`` owns, once each; return the weighted sums over ``task.pieces``.
+
+    Each piece is its own array (copied out), so the block's full sums are freed when the task ends
+    and every consumer receives only its own voxels.
+    """
+    _prepare_worker_process()
+    ensemble, device = _ensemble(job)
     array, _, _ = open_level_array(job.input_path, series=job.series)
     frame = ModelGridFrame(
-        array, job.input_dims, job.times[time_index], job.channel_index, job.stats[time_index], job.grid, job.options.nonfinite
+        array, job.input_dims, job.times[task.time_index], job.channel_index, job.stats[task.time_index], job.grid,
+        job.options.nonfinite,
     )
-    multiple = max(m.multiple for m in ensemble.members)
+    owned = predict_owned(
+        ensemble,
+        padded_reader(frame, job.options.pad_mode),
+        job.grid.shape,
+        task.block,
+        patch=job.options.patch_shape,
+        overlap=job.options.overlap,
+        blend=job.options.blend,
+        batch_size=job.options.batch_size,
+        device=device,
+        multiple=job.multiple,
+        pad_mode=job.options.pad_mode,
+        tta_flips=job.options.tta_flips,
+        amp_dtype=_amp(job.options, device),
+    )
+    if owned is None:  # the schedule only plans blocks that own patches
+        raise RuntimeError(f"block {task.block} of the model grid owns no patch")
+    extent, sums = owned
+    out = []
+    for piece in task.pieces:
+        local = tuple(slice(p.start - e.start, p.stop - e.start) for p, e in zip(piece, extent, strict=True))
+        if any(sl.start < 0 or sl.stop > e.stop - e.start for sl, e in zip(local, extent, strict=True)):
+            raise RuntimeError(f"piece {piece} is outside the block's extent {extent}")
+        out.append(sums[(slice(None), *local)].copy())
+    del sums, frame
+    trim_heap()
+    return tuple(out)
 
-    def model_grid_region(model_region: tuple[slice, ...]) -> np.ndarray:
-        return predict_chunk(
-            ensemble,
-            padded_reader(frame, job.options.pad_mode),
-            job.grid.shape,
-            model_region,
-            patch=job.options.patch_shape,
-            overlap=job.options.overlap,
-            blend=job.options.blend,
-            batch_size=job.options.batch_size,
-            device=device,
-            multiple=multiple,
-            pad_mode=job.options.pad_mode,
-            tta_flips=job.options.tta_flips,
-            amp_dtype=_amp(job.options, device),
-        )
 
-    if job.options.output_grid == "model":
-        blended = model_grid_region(region)
-    else:
-        blended = _back_to_input_grid(model_grid_region, job.grid, region)
+def write_chunk(job: PredictJob, task: ChunkTask, *pieces: np.ndarray) -> dict[str, float]:
+    """Finish one output chunk (all structures) of one time point from its pieces, write it, record it."""
+    start = time.perf_counter()
+    _prepare_worker_process()
+    if len(pieces) != len(task.sources):
+        raise RuntimeError(f"chunk {task.region} expected {len(task.sources)} pieces, got {len(pieces)}")
+    patch_grid = job.patch_grid
+    weights = blend_weights(patch_grid.patch, job.options.blend)
+    blended = finish_region(task.window, patch_grid, weights, zip(task.parts, pieces, strict=True))
+    if job.options.output_grid == "input":
+        blended = _back_to_input_grid(blended, task.window, job.grid, task.region)
     out = open_for_writing(job.output_path)
-    write_region(out, (slice(time_index, time_index + 1), slice(None), *region), blended[None])
-    voxels = math.prod(s.stop - s.start for s in region)
+    write_region(out, (slice(task.time_index, task.time_index + 1), slice(None), *task.region), blended[None])
+    voxels = math.prod(s.stop - s.start for s in task.region)
     timings = {"seconds": time.perf_counter() - start, "voxels": float(voxels)}
-    Ledger(job.output_path).mark_done(chunk_key(time_index, region), timings)  # only now is the chunk done
-    del frame, blended
+    Ledger(job.output_path).mark_done(chunk_key(task.time_index, task.region), timings)  # only now is the chunk done
+    del blended
     trim_heap()  # the next task starts from the worker's baseline, not from this task's high-water mark
     return timings
+
+
+def run_in_process(job: PredictJob, skip: Sequence[str] | set[str] = ()) -> int:
+    """Run every task of ``job`` in this process, one after the other, without dask (benchmarks,
+    debugging); returns the number of chunks written. Blocks are computed first, then the chunks."""
+    plan = job.schedule(skip)
+    pieces = [predict_block(job, block) for block in plan.blocks]
+    for chunk in plan.chunks:
+        write_chunk(job, chunk, *(pieces[b][p] for b, p in chunk.sources))
+    return len(plan.chunks)

@@ -9,11 +9,13 @@ the pyramid, and returns the written output as a lazy DataArray.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Collection, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import dask
 import xarray as xr
 from distributed import Client, as_completed
 from tqdm.auto import tqdm
@@ -24,7 +26,7 @@ from chunked_fnet.io.reader import channel_index, open_image, spatial_frame
 from chunked_fnet.io.store import is_url, redact
 from chunked_fnet.io.writer import build_pyramid, create_image
 from chunked_fnet.predict.ensemble import check_ensemble
-from chunked_fnet.predict.job import PredictJob, PredictOptions, run_block
+from chunked_fnet.predict.job import PredictJob, PredictOptions, predict_block, write_chunk
 from chunked_fnet.predict.ledger import Ledger, chunk_key, describe_chunk, differences
 from chunked_fnet.preprocess.normalize import frame_stats
 from chunked_fnet.preprocess.resample import ModelGrid
@@ -42,6 +44,7 @@ class RunSummary:
     seconds: float
     voxels: int
     total_chunks: int = 0  # of the whole output; more than ``chunks`` when a resumed run skipped finished ones
+    patch_evaluations: int = 0  # model patches evaluated (each global sliding-window patch of a frame once)
 
     def __str__(self) -> str:
         rate = self.voxels / self.seconds if self.seconds else float("nan")
@@ -49,7 +52,7 @@ class RunSummary:
         resumed = f" ({skipped} of {self.total_chunks} were already done)" if skipped > 0 else ""
         return (
             f"wrote {self.output}: {self.chunks} chunk tasks on {self.workers} worker(s) in {self.seconds:.1f} s{resumed}, "
-            f"{self.voxels / 1e6:.2f} M output voxels x structures, {rate / 1e6:.3f} M voxels/s"
+            f"{self.voxels / 1e6:.2f} M output voxels x structures, {rate / 1e6:.3f} M voxels/s, {self.patch_evaluations} patches evaluated"
         )
 
 
@@ -87,6 +90,7 @@ def plan(
     translation = image.attrs["translation"]
     tscale = scale.get("t", 1.0)
     return PredictJob(
+        multiple=max(c.architecture.multiple for c in cards),
         input_path=str(image_path),
         series=series,
         input_dims=tuple(image.dims),
@@ -215,30 +219,48 @@ def predict(
 
 
 def execute(job: PredictJob, client: Client, *, skip: Collection[str] = (), progress: bool = True) -> RunSummary:
-    """Run the chunk tasks of a planned job whose output exists (see :func:`create_output`).
+    """Run the tasks of a planned job whose output exists (see :func:`create_output`).
 
     Chunks named in ``skip`` (their ledger keys) are not computed. A chunk that still fails after
     ``options.retries`` retries does not stop the others: once every task has ended, the failures are
     raised together, naming each chunk, while everything else stays written and recorded.
+
+    The graph (:meth:`PredictJob.schedule`) goes to dask as one collection: ``dask.order`` runs each
+    chunk as soon as its blocks are done, so blocks' sums are held only along a moving front and
+    memory stays bounded however many frames and chunks there are.
     """
     start = time.perf_counter()
-    everything = job.regions()
-    tasks = [(ti, region) for ti, region in everything if chunk_key(ti, region) not in skip]
-    futures = {
-        client.submit(run_block, job, ti, region, pure=False, retries=job.options.retries, key=f"chunk-{chunk_key(ti, region)}"): (ti, region)
-        for ti, region in tasks
-    }
+    total = job.n_chunks
+    plan_ = job.schedule(set(skip))
+    token = uuid.uuid4().hex[:8]  # two runs on one cluster must never share a task key
+    blocks = [
+        dask.delayed(predict_block, pure=False, nout=len(b.pieces))(
+            job, b, dask_key_name=f"cfnet-block-{token}-t{b.time_index}-" + "-".join(f"{a}{s.start}" for a, s in zip("zyx", b.block))
+        )
+        for b in plan_.blocks
+    ]
+    chunks = [
+        dask.delayed(write_chunk, pure=False)(
+            job, c, *(blocks[b][p] for b, p in c.sources), dask_key_name=f"cfnet-chunk-{token}-{chunk_key(c.time_index, c.region)}"
+        )
+        for c in plan_.chunks
+    ]
+    futures = dict(zip(client.compute(chunks, retries=job.options.retries), plan_.chunks, strict=True))
+    del blocks, chunks
     voxels = 0
     failures: list[tuple[tuple[int, ...], str]] = []
     with tqdm(total=len(futures), desc="predict", unit="chunk", disable=not progress) as bar:
         for future in as_completed(futures):
             if future.status == "error":
-                ti, region = futures[future]
+                task = futures[future]
+                ti, region = task.time_index, task.region
                 exc = future.exception()
                 failures.append(((ti, *(sl.start for sl in region)), f"{describe_chunk(ti, region, job.times[ti])}: {type(exc).__name__}: {redact(str(exc))}"))
             else:
                 voxels += int(future.result()["voxels"]) * len(job.models)
             bar.update(1)
+            del future
+    tasks = plan_.chunks
     workers = len(client.scheduler_info().get("workers", {}))
     if failures:
         failures.sort()  # in storage order, whatever order they failed in
@@ -249,4 +271,7 @@ def execute(job: PredictJob, client: Client, *, skip: Collection[str] = (), prog
         )
     if job.options.levels > 1:
         build_pyramid(job.output_path, progress=progress)
-    return RunSummary(job.output_path, len(tasks), workers, time.perf_counter() - start, voxels, total_chunks=len(everything))
+    return RunSummary(
+        job.output_path, len(tasks), workers, time.perf_counter() - start, voxels, total_chunks=total,
+        patch_evaluations=plan_.patch_evaluations,
+    )
