@@ -3,10 +3,13 @@
     python benchmarks/memory_vs_size.py                           # paper U-Net, base 1 x 32x128x128, 2 workers
     python benchmarks/memory_vs_size.py --arch small --factors 1 4 16 64
     python benchmarks/memory_vs_size.py --base 32 256 256 --chunks 32 256 256 --memory-limit 3GiB
+    python benchmarks/memory_vs_size.py --grow yx                 # one frame, 128^2 -> 256^2 -> 512^2 in y/x
 
-Generates synthetic time-lapses (chunked_fnet.synth) of ``factor`` time points of ``--base`` voxels
-each (time is the size axis: every frame has the same z/y/x, so the only thing that grows is the
-amount of data), then, for each size, starts a fresh LocalCluster of ``--workers`` worker processes
+Generates synthetic data (chunked_fnet.synth) ``factor`` times ``--base``: with ``--grow t`` (default)
+a time-lapse of ``factor`` frames of ``--base`` voxels (every frame has the same z/y/x, so the only
+thing that grows is the amount of data); with ``--grow yx`` one frame whose y and x are multiplied by
+sqrt(factor), so the number of blocks per frame grows and, with it, the partial sums that blocks hand
+to neighbouring chunks (held by dask until the chunk task has run). Then, for each size, starts a fresh LocalCluster of ``--workers`` worker processes
 with ``--memory-limit`` each (``ru_maxrss`` is a lifetime peak, so every size gets new processes),
 runs ``predict`` and reads each worker's peak resident set size inside the worker. The client
 process's own peak is shown too (it plans, computes frame statistics through the workers and
@@ -32,7 +35,8 @@ def main() -> None:
     parser.add_argument("--arch", choices=sorted(C.ARCHS), default="default", help="default: the paper's U-Net (depth 4, width 32)")
     parser.add_argument("--models", type=int, default=1)
     parser.add_argument("--base", nargs=3, type=int, default=(32, 128, 128), help="z y x of one time point")
-    parser.add_argument("--factors", nargs="+", type=int, default=(1, 4, 16), help="time points per dataset")
+    parser.add_argument("--factors", nargs="+", type=int, default=(1, 4, 16), help="dataset sizes in units of --base")
+    parser.add_argument("--grow", choices=["t", "yx"], default="t", help="t: more frames; yx: larger frames (factors must be squares)")
     parser.add_argument("--chunks", nargs=3, type=int, default=(32, 128, 128))
     parser.add_argument("--patch", nargs=3, type=int, default=(32, 64, 64))
     parser.add_argument("--batch", type=int, default=4)
@@ -48,7 +52,15 @@ def main() -> None:
     data = Path(args.data)
     base = tuple(args.base)
     models = C.make_checkpoints(data / "models", args.arch, args.models)
-    images = {f: C.bench_input(data, f, base) for f in args.factors}
+    def sized(f: int) -> tuple[int, tuple[int, int, int]]:
+        if args.grow == "t":
+            return f, base
+        k = round(f ** 0.5)
+        if k * k != f:
+            parser.error(f"--grow yx needs square factors, got {f}")
+        return 1, (base[0], base[1] * k, base[2] * k)
+
+    images = {f: C.bench_input(data, *sized(f)) for f in args.factors}
     options = PredictOptions(patch_shape=tuple(args.patch), batch_size=args.batch, chunks=tuple(args.chunks), precision="fp32")
     out = data / "memory_out.zarr"
     results = {}
@@ -69,7 +81,7 @@ def main() -> None:
     first = max(results[args.factors[0]][0])
     print()
     print(f"{args.arch} U-Net x{args.models}, patch {tuple(args.patch)}, batch {args.batch}, chunks {tuple(args.chunks)}, "
-          f"{args.workers} workers x {args.memory_limit}, base {base} per time point")
+          f"{args.workers} workers x {args.memory_limit}, base {base}, growing along {args.grow}")
     print(f"{'size':>6}{'input MiB':>11}{'tasks':>7}{'max worker peak MiB':>21}{'vs 1x':>9}{'all workers':>24}")
     for f, (peaks, seconds, chunks, nbytes) in results.items():
         print(f"{f:>5}x{nbytes / 2**20:>11.0f}{chunks:>7}{max(peaks):>21.0f}{100 * (max(peaks) / first - 1):>+8.1f}%"
@@ -80,7 +92,8 @@ def main() -> None:
         row = C.append_row(SECTION, COLUMNS, [
             C.today(),
             f"{args.arch} U-Net x{args.models}, {tuple(args.patch)}, {args.batch}, {tuple(args.chunks)}",
-            f"{base} per time point, {args.workers} x {args.memory_limit}",
+            f"{base} per time point, {args.workers} x {args.memory_limit}" if args.grow == "t" else
+            f"{base}, growing in y/x ({', '.join('x'.join(map(str, sized(f)[1])) for f in args.factors)}), {args.workers} x {args.memory_limit}",
             "; ".join(f"{f}x ({res[3] / 2**20:.0f} MiB in): {', '.join(f'{p:.0f}' for p in res[0])}" for f, res in results.items()),
             f"{', '.join(f'{max(res[0]):.0f}' for res in results.values())} MiB; largest change {100 * change:.1f} %",
             ", ".join(f"{res[1]:.0f} s" for res in results.values()) + f" ({C.load_note()})",
