@@ -18,7 +18,9 @@ z-scored) with the same model (seeded random init), patch, overlap and Gaussian 
   output chunks ``--chunks``) in the same process without dask: each block reads its patches from the
   OME-Zarr, z-scores them with the frame statistics and predicts them; each chunk adds its pieces,
   normalises and writes its chunk of an output OME-Zarr; the input volume is never held in memory
-  (throughput includes the reading and writing; every patch runs once, as in the global window);
+  (throughput includes the reading and writing; every patch runs once, as in the global window). The
+  model is what a pipeline worker runs: the checkpoint's inference copy, batch norm folded into the
+  convolutions (``FnetUNet.inference_copy``; same function up to float rounding, see the max|diff|);
 * ``pytorch_fnet``: what pytorch_fnet's piecewise prediction does: one patch per forward pass (no
   batching) under ``torch.no_grad``, weighted sums into whole-volume float32 buffers (here on the same
   patch grid and with the same Gaussian window, so only batching and bookkeeping differ).

@@ -187,3 +187,43 @@ def test_flops_match_torch_flop_counter(cfg):
         model(x)
     per_voxel = counter.get_total_flops() / x[0, 0].numel()
     assert per_voxel == pytest.approx(count_flops_per_voxel(cfg), rel=1e-9)
+
+
+@pytest.mark.parametrize("dims, shape", [(3, (2, 1, 16, 32, 32)), (2, (2, 1, 32, 32))])
+def test_inference_copy_folds_batch_norm_and_computes_the_same_function(dims, shape):
+    torch.manual_seed(0)
+    model = FnetUNet(UNetConfig(dims=dims, depth=2, width=8)).init_weights()
+    with torch.no_grad():  # trained-looking statistics, so a wrong fold (or a wrong transpose) shows
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+                m.running_mean.normal_(0.0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.bias.normal_(0.0, 0.3)
+    model.train()
+    norms = sum(isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)) for m in model.modules())
+    assert norms == 14  # depth 2: 2 per conv block (2 encoders, bottleneck, 2 decoders), 1 per resample (2 down, 2 up)
+    folded = model.inference_copy()
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)) for m in folded.modules())
+    assert not folded.training
+    assert model.training and sum(isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)) for m in model.modules()) == norms
+    x = torch.randn(shape)
+    with torch.inference_mode():
+        expected = model.eval()(x)
+        got = folded(x)
+    assert expected.abs().max() > 0.01
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_workers_cache_the_folded_model(tmp_path):
+    from chunked_fnet.model import ModelCard, checkpoint_hash, save_checkpoint
+    from chunked_fnet.predict.ensemble import cached_model
+
+    model = FnetUNet(UNetConfig(depth=1, width=4))
+    card = ModelCard(
+        structure="dna", architecture=model.config, voxel_size=(0.3, 0.3, 0.3), input={"modality": "brightfield", "channel": "bf"},
+        training={"dataset": "none", "iterations": 0, "seed": 0, "batch_size": 1, "patch_shape": [8, 8, 8], "learning_rate": 0.001},
+    )
+    path = save_checkpoint(tmp_path / "dna.ckpt", model, card)
+    cached = cached_model(str(path), checkpoint_hash(path), "cpu")
+    assert cached is cached_model(str(path), checkpoint_hash(path), "cpu")
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in cached.modules())

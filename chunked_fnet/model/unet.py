@@ -24,11 +24,13 @@ parameters, the same as pytorch_fnet's ``fnet_nn_3d`` network; its weights can b
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import pydantic
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = ["UNetConfig", "FnetUNet", "count_flops_per_voxel", "count_parameters"]
 
@@ -70,8 +72,10 @@ class ConvBlock(nn.Module):
         self.bn2 = norm(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(x)))
+        # in-place ReLU: its input is a fresh BN (or folded conv) output that nothing else reads, so
+        # one activation fewer is alive at a time; autograd is unaffected (ReLU's backward uses its output)
+        x = torch.relu_(self.bn1(self.conv1(x)))
+        return torch.relu_(self.bn2(self.conv2(x)))
 
 
 class Resample(nn.Module):
@@ -84,7 +88,7 @@ class Resample(nn.Module):
         self.bn = norm(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.bn(self.conv(x)))
+        return torch.relu_(self.bn(self.conv(x)))
 
 
 class FnetUNet(nn.Module):
@@ -164,6 +168,23 @@ class FnetUNet(nn.Module):
                 m.weight.normal_(1.0, std, generator=generator)
                 m.bias.zero_()
         return self
+
+    def inference_copy(self) -> FnetUNet:
+        """A copy for prediction only, in eval mode, with every batch normalisation folded into the
+        convolution before it (``torch.nn.utils.fusion.fuse_conv_bn_eval``): the same function up to
+        float rounding, without BN's pass over every activation and without BN's output tensors (the
+        paper's U-Net on the CPU: about a tenth of the forward time). ``self`` is left as it was."""
+        folded = copy.deepcopy(self).eval()
+        with torch.no_grad():
+            for block in folded.modules():
+                if isinstance(block, ConvBlock):
+                    block.conv1 = fuse_conv_bn_eval(block.conv1, block.bn1)
+                    block.conv2 = fuse_conv_bn_eval(block.conv2, block.bn2)
+                    block.bn1, block.bn2 = nn.Identity(), nn.Identity()
+                elif isinstance(block, Resample):
+                    block.conv = fuse_conv_bn_eval(block.conv, block.bn, transpose=isinstance(block.conv, nn.modules.conv._ConvTransposeNd))
+                    block.bn = nn.Identity()
+        return folded
 
     def flops_per_voxel(self) -> float:
         return count_flops_per_voxel(self.config)

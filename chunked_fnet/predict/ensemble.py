@@ -27,12 +27,13 @@ class StackedEnsemble(torch.nn.Module):
 
 
 def cached_model(path: str, digest: str, device: str) -> FnetUNet:
-    """Load a checkpoint once per process and device; later calls return the same module."""
+    """Load a checkpoint once per process and device, as an inference copy (batch norm folded into
+    the convolutions: :meth:`FnetUNet.inference_copy`); later calls return the same module."""
     key = (digest, device)
     with _LOCK:
         model = _CACHE.get(key)
         if model is None:
-            model, _ = load_checkpoint(path, device=device)
+            model = load_checkpoint(path, device=device)[0].inference_copy()
             _CACHE[key] = model
     return model
 
