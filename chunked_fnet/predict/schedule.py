@@ -3,7 +3,7 @@ pieces of its weighted sums each output chunk gathers.
 
 Why two kinds of task: if every output chunk evaluated all patches touching it (its halo), the
 patches straddling chunk borders would run once per chunk they touch: for the default 32x256x256
-chunks and 32x64x64 patches on a 48x381x381 frame, 1.85x the model evaluations of the global
+chunks and 32x64x64 patches on a 48x381x381 frame, 1.90x the model evaluations of the global
 sliding window. Instead the model grid is cut into *blocks*, each patch is evaluated only by the
 block holding its centre (:meth:`~chunked_fnet.inference.tiling.PatchGrid.patches_owned`), and each
 output chunk adds up the pieces of its neighbours' weighted sums that land in it and divides by the
