@@ -191,6 +191,38 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-append", action="store_true", help="print only; do not add a row to BENCHMARKS.md")
 
 
+def add_workload_args(parser: argparse.ArgumentParser) -> None:
+    """The prediction workload the pipeline benchmarks share: model, volume, tiling, precision, reps."""
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="default", help="default: the paper's U-Net (depth 4, width 32)")
+    parser.add_argument("--models", type=int, default=1, help="ensemble size (structures)")
+    parser.add_argument("--shape", nargs=3, type=int, default=(32, 128, 256), help="z y x of one time point (input grid = model grid)")
+    parser.add_argument("--time-points", type=int, default=1)
+    parser.add_argument("--chunks", nargs=3, type=int, default=(32, 128, 128))
+    parser.add_argument("--patch", nargs=3, type=int, default=(32, 64, 64))
+    parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    add_data_args(parser)
+
+
+def workload(args: argparse.Namespace):  # noqa: ANN201
+    """For :func:`add_workload_args`' options: the cached input, the checkpoints, their hashes and the
+    PredictOptions, as ``(image, models, hashes, options)``."""
+    from chunked_fnet.model import checkpoint_hash
+    from chunked_fnet.predict import PredictOptions
+
+    data = Path(args.data)
+    image = bench_input(data, args.time_points, tuple(args.shape))
+    models = make_checkpoints(data / "models", args.arch, args.models)
+    options = PredictOptions(
+        patch_shape=tuple(args.patch), overlap=args.overlap, blend="gaussian", batch_size=args.batch, chunks=tuple(args.chunks),
+        device=args.device, precision=args.precision,
+    )
+    return image, models, [checkpoint_hash(p) for p in models], options
+
+
 def make_checkpoints(folder: str | Path, arch: str, n: int, voxel: float = 0.29) -> list[str]:
     """``n`` randomly initialised checkpoints (torch's default init, seeds 0..n-1) of architecture
     ``arch`` (a key of :data:`ARCHS`) trained, say their cards, at an isotropic ``voxel`` µm."""

@@ -110,17 +110,17 @@ def first_patches(image: str, models: list[str], options, n: int, multiple: int)
     return np.stack([read(tuple(slice(c, c + p) for c, p in zip(corner, grid.patch))) for corner in corners]).astype(np.float32)
 
 
-def task_batches(job, batch: int) -> list[list[int]]:  # noqa: ANN001
-    """The batch sizes of every block task, in task order (what ``predict_block`` evaluates)."""
-    plan = job.schedule()
+def task_batches(graph, batch: int) -> list[list[int]]:  # noqa: ANN001
+    """The batch sizes of every block task of the job's ``graph`` (its schedule), in task order (what
+    ``predict_block`` evaluates)."""
     out = []
-    for block in plan.blocks:
-        n = len(plan.patch_grid.patches_owned(block.block))
+    for block in graph.blocks:
+        n = len(graph.patch_grid.patches_owned(block.block))
         out.append([batch] * (n // batch) + ([n % batch] if n % batch else []))
     return out
 
 
-def recompute_factors(job) -> tuple[float, float, float]:  # noqa: ANN001
+def recompute_factors(job, graph) -> tuple[float, float, float]:  # noqa: ANN001
     """Patch voxels evaluated per output voxel: the global sliding window, the pipeline's tasks, and
     what one task per chunk evaluating every patch touching it (its halo) would cost."""
     from chunked_fnet.inference.tiling import chunk_regions
@@ -130,49 +130,31 @@ def recompute_factors(job) -> tuple[float, float, float]:  # noqa: ANN001
     per_voxel = C.prod(grid.patch) / C.prod(shape) / len(job.times)
     chunks = tuple(min(c, n) for c, n in zip(job.options.chunks, shape))
     halo = grid.patch_evaluations(chunk_regions(shape, chunks)) * len(job.times)
-    return grid.n_patches * len(job.times) * per_voxel, job.schedule().patch_evaluations * per_voxel, halo * per_voxel
+    return grid.n_patches * len(job.times) * per_voxel, graph.patch_evaluations * per_voxel, halo * per_voxel
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=sorted(C.ARCHS), default="default", help="default: the paper's U-Net (depth 4, width 32)")
-    parser.add_argument("--models", type=int, default=1, help="ensemble size (structures)")
-    parser.add_argument("--shape", nargs=3, type=int, default=(32, 128, 256), help="z y x of one time point (input grid = model grid)")
-    parser.add_argument("--time-points", type=int, default=1)
-    parser.add_argument("--chunks", nargs=3, type=int, default=(32, 128, 128))
-    parser.add_argument("--patch", nargs=3, type=int, default=(32, 64, 64))
-    parser.add_argument("--overlap", type=float, default=0.25)
-    parser.add_argument("--batch", type=int, default=4)
+    C.add_workload_args(parser)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="threads per worker (= torch threads)")
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--cluster", choices=["local", "cuda"], default="local", help="cuda: dask-cuda, one worker per GPU")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    C.add_data_args(parser)
     args = parser.parse_args()
 
     from chunked_fnet.cluster import ClusterSpec, local_client
-    from chunked_fnet.model import UNetConfig, checkpoint_hash, count_flops_per_voxel
-    from chunked_fnet.predict import PredictOptions, predict
+    from chunked_fnet.model import UNetConfig, count_flops_per_voxel
+    from chunked_fnet.predict import plan, predict
 
     data = Path(args.data)
     shape = tuple(args.shape)
-    image = C.bench_input(data, args.time_points, shape)
-    models = C.make_checkpoints(data / "models", args.arch, args.models)
-    hashes = [checkpoint_hash(p) for p in models]
+    image, models, hashes, options = C.workload(args)
     cfg = UNetConfig(**C.ARCHS[args.arch])
-    options = PredictOptions(
-        patch_shape=tuple(args.patch), overlap=args.overlap, blend="gaussian", batch_size=args.batch, chunks=tuple(args.chunks),
-        device=args.device, precision=args.precision,
-    )
     amp = None if args.precision == "fp32" or not args.device.startswith("cuda") else args.precision
     patches = first_patches(image, models, options, args.batch, cfg.multiple)
-    from chunked_fnet.predict import plan
-
     job = plan(image, models, "unused", options)
-    r_overlap, r_chunked, r_halo = recompute_factors(job)
-    tasks = task_batches(job, args.batch)
+    graph = job.schedule()
+    r_overlap, r_chunked, r_halo = recompute_factors(job, graph)
+    tasks = task_batches(graph, args.batch)
     out = data / "pipeline_out.zarr"
     output_voxels = args.time_points * C.prod(shape) * len(models)
     evaluated = sum(sum(t) for t in tasks) * C.prod(patches.shape[1:]) * len(models)

@@ -52,31 +52,16 @@ def spec_for(config: str):  # noqa: ANN201
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["1x1", "2x1", "1x2"], help="WxT (workers x threads) or cuda")
-    parser.add_argument("--arch", choices=sorted(C.ARCHS), default="default", help="default: the paper's U-Net (depth 4, width 32)")
-    parser.add_argument("--models", type=int, default=1)
-    parser.add_argument("--shape", nargs=3, type=int, default=(32, 128, 256), help="z y x of one time point")
-    parser.add_argument("--time-points", type=int, default=1)
-    parser.add_argument("--chunks", nargs=3, type=int, default=(32, 128, 128))
-    parser.add_argument("--patch", nargs=3, type=int, default=(32, 64, 64))
-    parser.add_argument("--overlap", type=float, default=0.25)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    C.add_data_args(parser)
+    C.add_workload_args(parser)
     args = parser.parse_args()
 
     from chunked_fnet.cluster import local_client
-    from chunked_fnet.model import UNetConfig, checkpoint_hash
-    from chunked_fnet.predict import PredictOptions, predict
+    from chunked_fnet.model import UNetConfig
+    from chunked_fnet.predict import predict
 
     data = Path(args.data)
     shape = tuple(args.shape)
-    image = C.bench_input(data, args.time_points, shape)
-    models = C.make_checkpoints(data / "models", args.arch, args.models)
-    hashes = [checkpoint_hash(p) for p in models]
-    options = PredictOptions(patch_shape=tuple(args.patch), overlap=args.overlap, batch_size=args.batch, chunks=tuple(args.chunks),
-                             device=args.device, precision=args.precision)
+    image, models, hashes, options = C.workload(args)
     voxels = args.time_points * C.prod(shape) * len(models)
     batch_shape = (args.batch, 1, *args.patch)
     rates: dict[str, list[float]] = {c: [] for c in args.configs}

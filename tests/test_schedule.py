@@ -27,8 +27,8 @@ def _key(region) -> tuple[tuple[int, int], ...]:
 def _plan(geometry, time_points=2, skip=()):
     model, output, chunks, blocks, patch, factor = geometry
     return schedule(
-        model_shape=model, output_shape=output, output_chunks=chunks, block_shape=blocks, patch=patch, overlap=0.25,
-        multiple=8, time_points=time_points, factor=factor, skip=skip,
+        make_grid(model, patch, 0.25, 8), output_shape=output, output_chunks=chunks, block_shape=blocks,
+        time_points=time_points, factor=factor, skip=skip,
     )
 
 

@@ -132,13 +132,10 @@ class PredictJob:
     def schedule(self, skip: Sequence[str] | set[str] = ()) -> Schedule:
         """The block and chunk tasks of this job (chunks whose ledger key is in ``skip`` left out)."""
         return schedule(
-            model_shape=self.grid.shape,
+            self.patch_grid,
             output_shape=self.spatial_shape,
             output_chunks=self.options.chunks,
             block_shape=self.block_shape,
-            patch=self.options.patch_shape,
-            overlap=self.options.overlap,
-            multiple=self.multiple,
             time_points=len(self.times),
             factor=self.grid.factor if self.options.output_grid == "input" else None,
             skip=skip,

@@ -231,21 +231,21 @@ def execute(job: PredictJob, client: Client, *, skip: Collection[str] = (), prog
     """
     start = time.perf_counter()
     total = job.n_chunks
-    plan_ = job.schedule(set(skip))
+    graph = job.schedule(set(skip))
     token = uuid.uuid4().hex[:8]  # two runs on one cluster must never share a task key
     blocks = [
         dask.delayed(predict_block, pure=False, nout=len(b.pieces))(
             job, b, dask_key_name=f"cfnet-block-{token}-t{b.time_index}-" + "-".join(f"{a}{s.start}" for a, s in zip("zyx", b.block))
         )
-        for b in plan_.blocks
+        for b in graph.blocks
     ]
     chunks = [
         dask.delayed(write_chunk, pure=False)(
             job, c, *(blocks[b][p] for b, p in c.sources), dask_key_name=f"cfnet-chunk-{token}-{chunk_key(c.time_index, c.region)}"
         )
-        for c in plan_.chunks
+        for c in graph.chunks
     ]
-    futures = dict(zip(client.compute(chunks, retries=job.options.retries), plan_.chunks, strict=True))
+    futures = dict(zip(client.compute(chunks, retries=job.options.retries), graph.chunks, strict=True))
     del blocks, chunks
     voxels = 0
     failures: list[tuple[tuple[int, ...], str]] = []
@@ -259,19 +259,18 @@ def execute(job: PredictJob, client: Client, *, skip: Collection[str] = (), prog
             else:
                 voxels += int(future.result()["voxels"]) * len(job.models)
             bar.update(1)
-            del future
-    tasks = plan_.chunks
+    computed = len(graph.chunks)
     workers = len(client.scheduler_info().get("workers", {}))
     if failures:
         failures.sort()  # in storage order, whatever order they failed in
         raise ChunksFailedError(
-            f"{len(failures)} of {len(tasks)} chunks of {redact(job.output_path)} failed after {job.options.retries + 1} tries "
-            f"(the other {len(tasks) - len(failures)} are written; --resume computes only what is missing once the cause is fixed): "
+            f"{len(failures)} of {computed} chunks of {redact(job.output_path)} failed after {job.options.retries + 1} tries "
+            f"(the other {computed - len(failures)} are written; --resume computes only what is missing once the cause is fixed): "
             + "; ".join(text for _, text in failures[:5]) + (f"; ... {len(failures) - 5} more" if len(failures) > 5 else "")
         )
     if job.options.levels > 1:
         build_pyramid(job.output_path, progress=progress)
     return RunSummary(
-        job.output_path, len(tasks), workers, time.perf_counter() - start, voxels, total_chunks=total,
-        patch_evaluations=plan_.patch_evaluations,
+        job.output_path, computed, workers, time.perf_counter() - start, voxels, total_chunks=total,
+        patch_evaluations=graph.patch_evaluations,
     )

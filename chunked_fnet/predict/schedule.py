@@ -20,7 +20,6 @@ import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from chunked_fnet.inference.sliding_window import make_grid
 from chunked_fnet.inference.tiling import PatchGrid, Region, chunk_regions
 from chunked_fnet.predict.ledger import chunk_key
 
@@ -82,19 +81,17 @@ def _intersect(a: slice, b: slice) -> slice | None:
 
 
 def schedule(
+    grid: PatchGrid,
     *,
-    model_shape: Sequence[int],
     output_shape: Sequence[int],
     output_chunks: Sequence[int],
     block_shape: Sequence[int],
-    patch: Sequence[int],
-    overlap: float,
-    multiple: int,
     time_points: int,
     factor: Sequence[float] | None = None,
     skip: Collection[str] = (),
 ) -> Schedule:
-    """Blocks and chunk tasks for ``time_points`` frames; chunks whose ledger key is in ``skip`` (already
+    """Blocks and chunk tasks for ``time_points`` frames of the model grid whose global patch grid is
+    ``grid`` (one frame's; every frame has the same); chunks whose ledger key is in ``skip`` (already
     written) are left out, and so are blocks that no remaining chunk needs.
 
     ``factor`` (model voxels per output voxel, per axis) is given when the output is on the input
@@ -102,7 +99,6 @@ def schedule(
     axis (blocks, owned extents and windows are products of per-axis intervals), so planning a
     frame of thousands of chunks stays fast.
     """
-    grid = make_grid(tuple(model_shape), tuple(patch), overlap, multiple)
     block_axes = [_axis_blocks(n, min(b, n)) for n, b in zip(grid.shape, block_shape, strict=True)]
     # per axis, the owned extent of each block index (None: owns no patch along that axis)
     owned: list[list[slice | None]] = []
