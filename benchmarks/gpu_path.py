@@ -97,7 +97,7 @@ def host_side(args: argparse.Namespace, device) -> tuple[float, float, str]:  # 
         job_module.cached_model = real
         shutil.rmtree(out, ignore_errors=True)
     chunks = tuple(min(c, n) for c, n in zip(options.chunks, shape))
-    recompute = job.schedule().patch_evaluations * C.prod(job.patch_grid.patch) / C.prod(shape)
+    recompute = job.schedule().patch_evaluations * C.prod(job.window.patch_shape) / C.prod(shape)
     return C.prod(shape) / min(seconds), recompute, f"{shape}, chunks {chunks}, batch {batch}"
 
 
@@ -122,7 +122,7 @@ def main() -> None:
 
     import numpy as np
 
-    from chunked_fnet.inference.sliding_window import make_grid, predict_volume
+    from chunked_fnet.sliding_window import SlidingWindow, predict_volume
     from chunked_fnet.model import FnetUNet, UNetConfig, count_flops_per_voxel
 
     device = torch.device(args.device)
@@ -192,7 +192,7 @@ def main() -> None:
     # 3. the sliding window on the device, at the best eager variant
     model = base.to(memory_format=torch.channels_last_3d if best_cl else torch.contiguous_format)
     amp = getattr(torch, DTYPES[best_precision]) if DTYPES[best_precision] else None
-    grid = make_grid(volume_shape, args.patch, args.overlap, cfg.multiple)
+    grid = SlidingWindow(volume_shape, args.patch, args.overlap, cfg.multiple).grid
     vol = np.random.default_rng(0).standard_normal((1, *volume_shape)).astype(np.float32)
     opts = dict(patch=tuple(args.patch), overlap=args.overlap, batch_size=batch, device=device, multiple=cfg.multiple,
                 amp_dtype=amp, channels_last=best_cl)

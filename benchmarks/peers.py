@@ -10,7 +10,7 @@ All three predict the same in-memory volume (time point 0 of the synthetic brigh
 z-scored) with the same model (seeded random init), patch, overlap and Gaussian blending (sigma =
 0.125 x patch), in float32, on one device with the same torch threads:
 
-* ``chunked_fnet``: ``chunked_fnet.inference.sliding_window.predict_volume`` (``--batch`` patches per forward);
+* ``chunked_fnet``: ``chunked_fnet.sliding_window.predict_volume`` (``--batch`` patches per forward);
 * ``monai``: ``monai.inferers.sliding_window_inference(..., overlap, mode="gaussian", sw_batch_size=--batch)``;
 * ``monai_cl``: the same with the model converted to ``torch.channels_last_3d`` first (what
   chunked_fnet does by default on the CPU), so the memory-format gain is not credited to the tiling;
@@ -70,11 +70,10 @@ def pytorch_fnet_way(model, volume: np.ndarray, patch, overlap: float, multiple:
     """One patch per forward, float32, no batching; weighted sums into whole-volume buffers."""
     import torch
 
-    from chunked_fnet.inference.sliding_window import make_grid
-    from chunked_fnet.inference.tiling import blend_weights
+    from chunked_fnet.sliding_window import SlidingWindow
 
-    grid = make_grid(volume.shape, patch, overlap, multiple)
-    weights = blend_weights(grid.patch, "gaussian")
+    window = SlidingWindow(volume.shape, patch, overlap, multiple, "gaussian")
+    grid, weights = window.grid, window.weights
     out = np.zeros(volume.shape, dtype=np.float32)
     wsum = np.zeros(volume.shape, dtype=np.float32)
     with torch.no_grad():
@@ -122,7 +121,7 @@ def run_one(args: argparse.Namespace) -> None:
     import torch
     from monai.inferers import sliding_window_inference
 
-    from chunked_fnet.inference.sliding_window import predict_volume
+    from chunked_fnet.sliding_window import predict_volume
     from chunked_fnet.model import FnetUNet, UNetConfig
 
     torch.set_num_threads(args.threads)

@@ -9,7 +9,7 @@ One warmed dask cluster runs, interleaved ``--reps`` times (bare, pipeline, bare
 * **bare**: ``model(x)`` only, on exactly the batches the pipeline evaluates (as many, of the same
   sizes: every block task's patches in batches of ``--batch``, the last one partial), the block tasks
   shared out among the workers as evenly as dask does, all workers at once; inputs are real patches
-  of the volume (z-scored), same precision, device, torch threads and memory format (predict_chunk's
+  of the volume (z-scored), same precision, device, torch threads and memory format (the runner's
   default: channels_last_3d on the CPU, NCDHW elsewhere). Time = the slowest worker.
 * **pipeline**: the wall time of ``chunked_fnet.predict.predict(...)`` with that client: frame
   statistics (dask), checkpoint checks, output creation, every block task (read, z-score, cut
@@ -66,7 +66,7 @@ def bare_forward(paths: list[str], hashes: list[str], device: str, patches: np.n
     C.prepare_like_a_task()
     model = StackedEnsemble([cached_model(p, h, device) for p, h in zip(paths, hashes)]).eval()
     x = torch.from_numpy(patches).to(device)
-    channels_last = torch.device(device).type == "cpu"  # what predict_chunk does by default on this device
+    channels_last = torch.device(device).type == "cpu"  # what PatchRunner does by default on this device
     if channels_last:
         model.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -95,19 +95,17 @@ def bare_forward(paths: list[str], hashes: list[str], device: str, patches: np.n
 
 def first_patches(image: str, models: list[str], options, n: int, multiple: int) -> np.ndarray:  # noqa: ANN001
     """The first ``n`` patches the pipeline evaluates (z-scored on the model grid), ``(n, 1, pz, py, px)``."""
-    from chunked_fnet.inference.sliding_window import make_grid, padded_reader
-    from chunked_fnet.io.reader import open_level_array
     from chunked_fnet.predict import plan
     from chunked_fnet.predict.job import ModelGridFrame
+    from chunked_fnet.sliding_window import padded_reader
 
     job = plan(image, models, "unused", options)
-    array, _, _ = open_level_array(image)
-    frame = ModelGridFrame(array, job.input_dims, job.times[0], job.channel_index, job.stats[0], job.grid)
-    grid = make_grid(job.grid.shape, options.patch_shape, options.overlap, multiple)
+    frame = ModelGridFrame.of(job, 0)
+    grid = job.window.grid
     read = padded_reader(frame, options.pad_mode)
     corners = list(grid.corners())
     corners = (corners * n)[:n]  # a volume with fewer patches than a batch: repeat
-    return np.stack([read(tuple(slice(c, c + p) for c, p in zip(corner, grid.patch))) for corner in corners]).astype(np.float32)
+    return np.stack([read(grid.patch_box(corner).slices) for corner in corners]).astype(np.float32)
 
 
 def task_batches(graph, batch: int) -> list[list[int]]:  # noqa: ANN001
@@ -123,13 +121,13 @@ def task_batches(graph, batch: int) -> list[list[int]]:  # noqa: ANN001
 def recompute_factors(job, graph) -> tuple[float, float, float]:  # noqa: ANN001
     """Patch voxels evaluated per output voxel: the global sliding window, the pipeline's tasks, and
     what one task per chunk evaluating every patch touching it (its halo) would cost."""
-    from chunked_fnet.inference.tiling import chunk_regions
+    from chunked_fnet.sliding_window import partition
 
-    grid = job.patch_grid
+    grid = job.window.grid
     shape = job.grid.shape
     per_voxel = C.prod(grid.patch) / C.prod(shape) / len(job.times)
     chunks = tuple(min(c, n) for c, n in zip(job.options.chunks, shape))
-    halo = grid.patch_evaluations(chunk_regions(shape, chunks)) * len(job.times)
+    halo = sum(len(grid.patches_touching(r)) for r in partition(shape, chunks)) * len(job.times)
     return grid.n_patches * len(job.times) * per_voxel, graph.patch_evaluations * per_voxel, halo * per_voxel
 
 

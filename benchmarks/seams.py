@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from chunked_fnet.evaluate.seams import seam_metrics
-from chunked_fnet.inference.sliding_window import predict_chunk, predict_volume
-from chunked_fnet.inference.tiling import chunk_regions
+from chunked_fnet.sliding_window import PatchRunner, SlidingWindow, padded_reader, partition, predict_volume
 from chunked_fnet.model import load_checkpoint
 from chunked_fnet.train.data import PairReader, describe_pair, load_stats
 from chunked_fnet.train.manifest import Pair
@@ -45,9 +44,15 @@ def main() -> None:
     options = dict(patch=tuple(args.patch), overlap=args.overlap, multiple=m, batch_size=4)
     blended = np.zeros_like(whole)
     naive = np.zeros_like(whole)
-    for region in chunk_regions(volume.shape[1:], args.chunks):
-        blended[(slice(None), *region)] = predict_chunk(model, volume, volume.shape, region, **options)
-        naive[(slice(None), *region)] = predict_volume(model, np.ascontiguousarray(volume[(slice(None), *region)]), **options)
+    window = SlidingWindow(volume.shape, options["patch"], options["overlap"], m)
+    runner = PatchRunner(model, batch_size=options["batch_size"])
+    read = padded_reader(volume)
+    # as predict's tasks: each chunk evaluates the patches centred in it; each blends the pieces landing in it
+    sums = [runner.weighted_sums(window, read, *window.owned(b)) for b in partition(volume.shape[1:], args.chunks) if window.owned(b)[0]]
+    for region in partition(volume.shape[1:], args.chunks):
+        pieces = [s.crop(inter) for s in sums if (inter := s.box.intersect(region)) is not None]
+        blended[(slice(None), *region.slices)] = window.blend_pieces(region, pieces)
+        naive[(slice(None), *region.slices)] = predict_volume(model, np.ascontiguousarray(volume[(slice(None), *region.slices)]), **options)
     print(f"{structure} model on {pair.name}, volume {volume.shape[1:]}, chunks {tuple(args.chunks)}, patch {tuple(args.patch)}, overlap {args.overlap}")
     for name, pred in (("chunked, global blended grid", blended), ("naive, chunks as separate images", naive)):
         metrics = seam_metrics(pred, args.chunks, reference=whole, period=m)

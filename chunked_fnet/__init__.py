@@ -1,7 +1,20 @@
 """chunked_fnet: label-free prediction of 3D fluorescence from transmitted light, at scale.
 
-The package is laid out by job: :mod:`chunked_fnet.io` (OME-Zarr and TIFF), :mod:`chunked_fnet.synth`
-(a synthetic, physically motivated paired dataset), and the command line in :mod:`chunked_fnet.cli`.
+The package is laid out by job, one subpackage each:
+
+* :mod:`chunked_fnet.io`: OME-Zarr (NGFF 0.4/0.5) reading and writing, TIFF conversion, units.
+* :mod:`chunked_fnet.synth`: a synthetic, physically motivated paired dataset (bright-field + fluorescence).
+* :mod:`chunked_fnet.preprocess`: whole-frame z-scoring and resampling onto the model grid, shared by training and prediction.
+* :mod:`chunked_fnet.model`: the fnet U-Net, safetensors checkpoints with model cards, the pytorch_fnet importer.
+* :mod:`chunked_fnet.train`: manifests, patch datasets and the resumable trainer.
+* :mod:`chunked_fnet.sliding_window`: the sliding-window grid, blending and the model runner.
+* :mod:`chunked_fnet.predict`: chunked ensemble prediction on a dask cluster (options, job, schedule, run, ledger).
+* :mod:`chunked_fnet.evaluate`: normalised error and Pearson r, evaluation reports, seam checks.
+* :mod:`chunked_fnet.viz`: the paper's figures, a local store server and neuroglancer views.
+
+Beside them: the command line (:mod:`chunked_fnet.cli`), configs (:mod:`chunked_fnet.config`), the
+cluster specs (:mod:`chunked_fnet.cluster`), the device and autocast choice (:mod:`chunked_fnet.device`)
+and float64 moments (:mod:`chunked_fnet.moments`).
 """
 
 from chunked_fnet.io.reader import open_image, select_channels

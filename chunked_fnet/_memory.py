@@ -36,9 +36,7 @@ def bound_heap_growth(mmap_threshold: int = 1 << 20, arenas: int = 2) -> bool:
 def release_memory() -> None:
     """Collect garbage and return free heap pages to the system."""
     gc.collect()
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+    trim_heap()
 
 
 def trim_heap() -> None:

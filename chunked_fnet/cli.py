@@ -3,49 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import ValidationError
 
 from chunked_fnet._memory import bound_heap_growth
-from chunked_fnet.errors import ChunkedFnetError, InputError
+from chunked_fnet.config import explain
+from chunked_fnet.errors import ChunkedFnetError, InputError, one_line
 from chunked_fnet.io.store import redact
+
+if TYPE_CHECKING:
+    from chunked_fnet.predict.options import PredictOptions
 
 DEMO_DIR = Path("chunked_fnet_demo")
 
 
-def _load_yaml(path: str | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"config file {p} does not exist")
-    data = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(data, dict):
-        raise InputError(f"config file {p}: expected a mapping of settings at the top level, got {type(data).__name__}")
-    return data
-
-
 def _synth_config(args: argparse.Namespace) -> Any:
+    from chunked_fnet.config import build, load_yaml_config
     from chunked_fnet.synth.dataset import SynthConfig
 
-    settings = _load_yaml(args.config)
+    flags: dict[str, Any] = {}
     if args.size is not None:
-        settings.update(zip(("size_t", "size_z", "size_y", "size_x"), args.size, strict=True))
+        flags.update(zip(("size_t", "size_z", "size_y", "size_x"), args.size, strict=True))
     for key in ("fovs", "seed", "time_interval", "levels", "version"):
-        value = getattr(args, key)
-        if value is not None:
-            settings[key] = value
-    if args.voxel_size is not None:
-        settings["voxel_size"] = tuple(args.voxel_size)
-    if args.chunks is not None:
-        settings["chunks"] = tuple(args.chunks)
-    return SynthConfig(**settings)
+        flags[key] = getattr(args, key)
+    flags["voxel_size"] = tuple(args.voxel_size) if args.voxel_size is not None else None
+    flags["chunks"] = tuple(args.chunks) if args.chunks is not None else None
+    if args.config:
+        return load_yaml_config(SynthConfig, args.config, flags)
+    return build(SynthConfig, {k: v for k, v in flags.items() if v is not None}, "synth settings")
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -143,32 +134,37 @@ def cmd_import_fnet(args: argparse.Namespace) -> int:
     return 0
 
 
+#: PredictOptions fields whose flags are not (only) ``--field-name``: the spellings scripts already use.
+PREDICT_FLAGS = {
+    "input_channel": ("--input-channel", "--channel"),
+    "patch_shape": ("--patch-shape", "--patch"),
+    "tta_flips": ("--tta-flips", "--tta"),
+    "version": ("--ngff-version",),  # not --version, which reads as the program's version
+}
+ZYX = ("Z", "Y", "X")
+PREDICT_METAVARS = {"time": ("START", "STOP"), "patch_shape": ZYX, "chunks": ZYX}
+
+
+def predict_options(args: argparse.Namespace) -> PredictOptions:
+    """The run's PredictOptions: the ``--config`` YAML (if any), then the flags given on top of it."""
+    from chunked_fnet.config import build, load_yaml_config
+    from chunked_fnet.flags import model_overrides
+    from chunked_fnet.predict.options import PredictOptions
+
+    overrides = model_overrides(args, PredictOptions)
+    if args.config:
+        return load_yaml_config(PredictOptions, args.config, overrides)
+    return build(PredictOptions, overrides, "predict options")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from chunked_fnet.cluster import ClusterSpec, load_cluster_spec
-    from chunked_fnet.config import build, load_yaml_config
-    from chunked_fnet.predict import PredictOptions, predict
+    from chunked_fnet.predict import predict
 
-    overrides = {
-        "input_channel": args.channel,
-        "time": tuple(args.time) if args.time else None,
-        "chunks": tuple(args.chunks) if args.chunks else None,
-        "patch_shape": tuple(args.patch) if args.patch else None,
-        "overlap": args.overlap,
-        "blend": args.blend,
-        "batch_size": args.batch_size,
-        "tta_flips": True if args.tta else None,
-        "levels": args.levels,
-        "version": args.version,
-        "dtype": args.dtype,
-        "device": args.device,
-        "output_grid": args.output_grid,
-        "nonfinite": args.nonfinite,
-        "retries": args.retries,
-    }
-    if args.config:
-        options = load_yaml_config(PredictOptions, args.config, overrides)
-    else:
-        options = build(PredictOptions, {k: v for k, v in overrides.items() if v is not None}, "predict options")
+    options = predict_options(args)
+    # a lost scheduler ends in our one-line error with the --resume hint; distributed's own
+    # "Failed to reconnect" log line before it would only repeat it
+    logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     if args.scheduler:
         spec = ClusterSpec(kind="scheduler", address=args.scheduler)
     elif args.cluster:
@@ -310,12 +306,48 @@ def cmd_figure(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DeferredParser(argparse.ArgumentParser):
+    """A subcommand's parser that adds some arguments only when that subcommand is used (parsed or
+    helped): the predict flags come from PredictOptions, whose import (chunked_fnet.predict, torch)
+    the other commands need not pay for."""
+
+    def __init__(self, *args: Any, add_later: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._add_later = add_later
+
+    def _complete(self) -> None:
+        add, self._add_later = self._add_later, None
+        if add is not None:
+            add(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._complete()
+        return super().format_usage()
+
+
+def _predict_option_flags(p: argparse.ArgumentParser) -> None:
+    """A flag per PredictOptions field, generated from the model: same names, types, choices and help."""
+    from chunked_fnet.flags import add_model_flags
+    from chunked_fnet.predict.options import PredictOptions
+
+    group = p.add_argument_group("prediction options", "each is also a key of the --config YAML (chunked_fnet.predict.PredictOptions)")
+    add_model_flags(group, PredictOptions, PREDICT_FLAGS, PREDICT_METAVARS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chunked-fnet",
         description="Label-free prediction of 3D fluorescence from transmitted light, on chunked OME-Zarr.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_DeferredParser)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--overwrite", action="store_true", help="replace an existing output (never the default)")
@@ -365,27 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="chunked ensemble prediction of an OME-Zarr image on a dask cluster")
+    p = sub.add_parser("predict", help="chunked ensemble prediction of an OME-Zarr image on a dask cluster", add_later=_predict_option_flags)
     p.add_argument("input", help="input OME-Zarr image (path or URL)")
     p.add_argument("--models", nargs="+", required=True, help="one checkpoint per structure (e.g. dna.ckpt er.ckpt)")
     p.add_argument("--out", required=True, help="output OME-Zarr (never overwritten without --overwrite)")
     p.add_argument("--config", help="YAML PredictOptions (flags override it)")
     p.add_argument("--series", help="image of a bioformats2raw collection")
-    p.add_argument("--channel", help="transmitted-light channel name or index (default brightfield)")
-    p.add_argument("--time", nargs=2, type=int, metavar=("START", "STOP"), help="time points [START, STOP)")
-    p.add_argument("--chunks", nargs=3, type=int, metavar=("Z", "Y", "X"), help="output chunk shape on the model grid")
-    p.add_argument("--patch", nargs=3, type=int, metavar=("Z", "Y", "X"), help="model patch shape")
-    p.add_argument("--overlap", type=float, help="patch overlap fraction")
-    p.add_argument("--blend", choices=("gaussian", "cosine", "linear", "constant"))
-    p.add_argument("--batch-size", type=int, help="patches per forward pass")
-    p.add_argument("--tta", action="store_true", help="test-time flip augmentation")
-    p.add_argument("--levels", type=int, help="pyramid levels")
-    p.add_argument("--ngff-version", dest="version", choices=("0.4", "0.5"))
-    p.add_argument("--dtype", choices=("float32", "float16"))
-    p.add_argument("--output-grid", choices=("model", "input"), help="write on the models' voxel grid (default) or the input's")
-    p.add_argument("--device", help="cpu, cuda, ... (default auto)")
-    p.add_argument("--nonfinite", choices=("fail", "fill"), help="NaN/Inf input voxels: refuse (default) or predict them as the frame mean")
-    p.add_argument("--retries", type=int, help="extra tries of a failing chunk before the run reports it (default 2)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run into --out: compute only the chunks not yet recorded as done")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://127.0.0.1:8786")
@@ -469,16 +486,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ChunkedFnetError as exc:
-        print(f"chunked-fnet {args.command}: error: {redact(str(exc))}", file=sys.stderr)
+        print(f"chunked-fnet {args.command}: error: {one_line(redact(str(exc)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = " (chunks finished so far are kept: rerun with --resume to compute only the rest)" if args.command == "predict" else ""
         print(f"chunked-fnet {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
-        print(f"chunked-fnet {args.command}: error: invalid settings: {problems}", file=sys.stderr)
+    except ValidationError as exc:  # settings built without config.build: still one line
+        print(f"chunked-fnet {args.command}: error: {redact(explain(None, exc, 'invalid settings'))}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the system refused a file (permissions, a full disk, a file where a folder belongs)
+        where = f" ({redact(str(exc.filename))})" if exc.filename else ""
+        print(one_line(f"chunked-fnet {args.command}: error: {type(exc).__name__}: {redact(exc.strerror or str(exc))}{where}"), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

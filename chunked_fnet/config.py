@@ -26,22 +26,36 @@ def _fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
-def explain(model: type[BaseModel], exc: ValidationError, where: str) -> str:
-    """One line per problem; an unknown key gets the closest known one suggested."""
+def _got(err: Mapping[str, Any]) -> str:
+    """What was given, when pydantic's message does not say it (our own validators do)."""
+    value = err.get("input")
+    if isinstance(value, Mapping) or "input" not in err or err["type"] == "value_error":
+        return ""
+    text = repr(value)
+    return f" (got {text if len(text) <= 60 else text[:57] + '...'})"
+
+
+def explain(model: type[BaseModel] | None, exc: ValidationError, where: str, limit: int = 5) -> str:
+    """The one way validation errors reach a person: one line, each problem naming its field; an unknown
+    field gets the closest known one of ``model`` suggested, a bad value what was given."""
     problems = []
-    for err in exc.errors():
+    for err in exc.errors()[:limit]:
         loc = tuple(err["loc"])
-        name = ".".join(str(p) for p in loc) or "config"
+        name = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(loc[-1]), _fields(model, loc), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            problems.append(f"unknown key {name!r}{hint}")
+            close = difflib.get_close_matches(str(loc[-1]), _fields(model, loc), n=1) if model else []
+            problems.append(f"unknown field {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        elif err["type"] == "missing":
+            problems.append(f"missing required field {name!r}")
         else:
-            problems.append(f"{name}: {err['msg']}")
-    return f"{where}: " + "; ".join(problems)
+            problems.append(f"field {name!r}: {err['msg']}{_got(err)}")
+    if exc.error_count() > limit:
+        problems.append(f"and {exc.error_count() - limit} more problem(s)")
+    return f"{where}: {'; '.join(problems)}".replace("\n", " ")
 
 
 def build(model: type[M], data: Mapping[str, Any], where: str) -> M:
+    """``model(**data)``, or an :class:`InputError` saying in one line what is wrong and where."""
     try:
         return model(**data)
     except ValidationError as exc:
@@ -56,7 +70,7 @@ def load_yaml_config(model: type[M], path: str | Path, overrides: Mapping[str, A
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise InputError(f"config file {path} is not valid YAML: {exc}") from None
+        raise InputError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise InputError(f"config file {path}: expected a mapping of settings, got {type(data).__name__}")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -17,3 +17,8 @@ class InputError(ChunkedFnetError, ValueError):
 
 class OutputExistsError(ChunkedFnetError, FileExistsError):
     """Refusing to overwrite an existing output without an explicit ``overwrite``."""
+
+
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace (newlines included) made one space: error messages are one line."""
+    return " ".join(str(text).split())

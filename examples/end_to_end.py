@@ -46,8 +46,11 @@ With --view, the last step serves both stores on 127.0.0.1 and opens neuroglance
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -130,13 +133,23 @@ def figures(out: Path, prediction: Path, timelapse: str, metrics: Path) -> list[
     return written
 
 
-def view(prediction: Path, timelapse: str, screenshot: Path | None, stay: bool) -> None:
-    from chunked_fnet.viz.browser import screenshot_neuroglancer
+def screenshot_tool() -> Callable[..., Any]:
+    """The headless-Chromium screenshot is test tooling (tests/browser.py), not part of the package:
+    found in this source checkout, checked before the long run starts."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    try:
+        from browser import screenshot_neuroglancer
+    except ImportError as exc:
+        raise SystemExit(f"--screenshot needs tests/browser.py of a chunked_fnet source checkout and websocket-client ({exc})") from None
+    return screenshot_neuroglancer
+
+
+def view(prediction: Path, timelapse: str, screenshot: Path | None, stay: bool, take: Callable[..., Any] | None = None) -> None:
     from chunked_fnet.viz.neuroglancer import open_view
 
     with open_view(prediction, timelapse, layout="xy") as session:
-        if screenshot is not None:
-            screenshot_neuroglancer(session.viewer_url, screenshot, width=1000, height=760, overwrite=True)
+        if screenshot is not None and take is not None:
+            take(session.viewer_url, screenshot, width=1000, height=760, overwrite=True)
             print(screenshot)
         if stay:
             print(f"neuroglancer: {session.viewer_url}  (Ctrl-C to stop)", flush=True)
@@ -156,6 +169,7 @@ def main() -> None:
     parser.add_argument("--screenshot", action="store_true", help="save the neuroglancer view as figures/neuroglancer.png (needs chromium)")
     parser.add_argument("--view", action="store_true", help="serve the result and keep neuroglancer open until Ctrl-C")
     args = parser.parse_args()
+    take = screenshot_tool() if args.screenshot else None
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} already exists and is not empty; choose another OUT_DIR (nothing is overwritten)")
@@ -168,7 +182,7 @@ def main() -> None:
     metrics = evaluate(out, args.structures)
     prediction = predict_timelapse(timelapse, models, out)
     figures(out, prediction, timelapse, metrics)
-    view(prediction, timelapse, out / "figures" / "neuroglancer.png" if args.screenshot else None, args.view)
+    view(prediction, timelapse, out / "figures" / "neuroglancer.png" if args.screenshot else None, args.view, take)
 
 
 if __name__ == "__main__":

@@ -172,6 +172,35 @@ def test_overwrite_refused_then_allowed(tmp_path, ckpt):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dna.ckpt"]
 
 
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775)])
+def test_checkpoint_permissions_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
+    """Colleagues sharing a models folder can read the checkpoints (not 0600/0700 temp-file modes)."""
+    from chunked_fnet.train.trainer import save_training_state
+
+    model = make_model()
+    previous = os.umask(umask)
+    try:
+        ckpt = save_checkpoint(tmp_path / "dna.ckpt", model, make_card())
+        save_checkpoint(ckpt, make_model(seed=1), make_card(), overwrite=True)  # the swap keeps the modes
+        optimizer = torch.optim.Adam(model.parameters())
+        model(torch.zeros(1, 1, 8, 8, 8)).mean().backward()
+        optimizer.step()
+        save_training_state(tmp_path / "run", model, optimizer, 1, make_card())
+        save_training_state(tmp_path / "run", model, optimizer, 2, make_card())
+    finally:
+        os.umask(previous)
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in [ckpt, latest, *ckpt.iterdir(), *latest.iterdir()]}
+    assert modes == {
+        "dna.ckpt": dir_mode, "dna.ckpt/model.safetensors": file_mode, "dna.ckpt/card.json": file_mode,
+        "run/checkpoints/latest": dir_mode, "run/checkpoints/latest/model.safetensors": file_mode,
+        "run/checkpoints/latest/card.json": file_mode, "run/checkpoints/latest/optimizer.safetensors": file_mode,
+        "run/checkpoints/latest/state.json": file_mode,
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dna.ckpt", "run"]  # no temporary left behind
+    assert sorted(p.name for p in latest.parent.iterdir()) == ["latest"]
+
+
 def test_overwrite_only_replaces_checkpoint_directories(tmp_path):
     precious = tmp_path / "results"
     precious.mkdir()

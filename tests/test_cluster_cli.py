@@ -16,34 +16,23 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-import torch
 
 from chunked_fnet import open_image
-from chunked_fnet.model import FnetUNet, ModelCard, UNetConfig, save_checkpoint
+
 from chunked_fnet.predict import PredictOptions, predict
 from chunked_fnet.synth.dataset import SynthConfig, generate
 from dask_cli import cli_cluster
+from factories import tiny_checkpoint
 
 STRUCTURES = ("dna", "er", "membrane")
 FLAGS = ["--patch", "8", "16", "16", "--chunks", "8", "16", "16", "--overlap", "0.25", "--no-progress"]
-
-
-def _checkpoint(path: Path, structure: str, seed: int) -> Path:
-    torch.manual_seed(seed)
-    model = FnetUNet(UNetConfig(depth=2, width=4))
-    card = ModelCard(
-        structure=structure, architecture=model.config, voxel_size=(0.4, 0.4, 0.4),
-        input={"modality": "brightfield", "channel": "brightfield"}, color="00FF00",
-        training={"dataset": "random init", "iterations": 0, "seed": seed, "batch_size": 1, "patch_shape": [8, 16, 16], "learning_rate": 0.001},
-    )
-    return save_checkpoint(path, model, card)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], np.ndarray]:
     root = tmp_path_factory.mktemp("cli_cluster")
     generate(SynthConfig(size_t=3, size_z=9, size_y=40, size_x=36, voxel_size=(0.4, 0.4, 0.4), chunks=(9, 20, 20)), root / "in.zarr", progress=False)
-    models = [_checkpoint(root / f"{s}.ckpt", s, i) for i, s in enumerate(STRUCTURES)]
+    models = [tiny_checkpoint(root / f"{s}.ckpt", s, seed=i) for i, s in enumerate(STRUCTURES)]
     options = PredictOptions(patch_shape=(8, 16, 16), chunks=(8, 16, 16), overlap=0.25)
     reference, _ = predict(root / "in.zarr", models, root / "reference.zarr", options=options, progress=False)
     return root / "in.zarr", models, reference.values
@@ -173,7 +162,9 @@ def test_a_chunk_that_keeps_failing_is_named_after_the_others_are_written(data, 
     failed = int(re.match(r"(\d+) of 54 chunks", message).group(1))
     assert 0 < failed <= total // 3 and "failed after 2 tries" in message  # only chunks of t=2 read the broken chunk
     # the first failed chunks in storage order, by coordinates and cause
-    assert "failed after 2 tries" in message and "t=2 z[0:8] y[0:16] x[0:16]: RuntimeError: Zstd decompression error" in message
+    assert "failed after 2 tries" in message and "t=2 z[0:8] y[0:16] x[0:16]: OmeZarrError: " in message
+    # the damaged file is named, with its cause
+    assert "in.zarr/0/c/2/0/0/1/1: chunk cannot be decoded (RuntimeError: Zstd decompression error" in message
     assert "t=0" not in message and "t=1" not in message
     assert _done(out) == total - failed
     chunk.write_bytes(good_bytes)

@@ -317,6 +317,22 @@ def test_time_units():
     assert time_to_seconds(-1, "s") is None
 
 
+def test_one_unit_table_knows_every_ngff_unit():
+    """The converter and the neuroglancer view read the same table, which knows every OME-NGFF unit."""
+    from chunked_fnet.io.units import metres, seconds
+
+    lengths = {"angstrom": 1e-10, "nanometer": 1e-9, "micrometer": 1e-6, "millimeter": 1e-3, "centimeter": 1e-2,
+               "meter": 1.0, "kilometer": 1e3, "inch": 0.0254, "foot": 0.3048, "yard": 0.9144, "mile": 1609.344,
+               "picometer": 1e-12, "femtometer": 1e-15, "decimeter": 0.1, "hectometer": 100.0}
+    times = {"nanosecond": 1e-9, "microsecond": 1e-6, "millisecond": 1e-3, "centisecond": 1e-2, "decisecond": 0.1,
+             "second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0, "kilosecond": 1e3}
+    for unit, m in lengths.items():
+        assert metres(unit) == pytest.approx(m) and length_to_um(1, unit) == pytest.approx(m * 1e6), unit
+    for unit, s in times.items():
+        assert seconds(unit) == pytest.approx(s) and time_to_seconds(1, unit) == pytest.approx(s), unit
+    assert metres(None) == 1e-6 and seconds(None) == 1.0  # NGFF axes without a unit: µm, seconds
+
+
 def test_ome_time_step_from_plane_delta_t(tmp_path):
     data = _rng_u16((3, 2, 20, 24))
     src = tmp_path / "dt.ome.tif"

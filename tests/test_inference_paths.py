@@ -6,12 +6,11 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pytest
 import torch
 
-from chunked_fnet.inference.sliding_window import _PatchModel, make_grid, padded_reader, predict_chunk, predict_volume
-from chunked_fnet.inference.tiling import blend_region, blend_weights
+from chunked_fnet.sliding_window import Box, PatchRunner, SlidingWindow, padded_reader, predict_volume
 from chunked_fnet.model import FnetUNet, UNetConfig
+from halo_oracle import blend_region, predict_chunk
 
 
 def _model(seed: int = 0) -> FnetUNet:
@@ -25,19 +24,19 @@ def _volume(shape=(1, 20, 37, 41), seed: int = 0) -> np.ndarray:
 
 def test_device_blend_equals_numpy_blend_region() -> None:
     model, vol = _model(), _volume()
-    opts = dict(patch=(8, 16, 16), overlap=0.25, multiple=4, batch_size=3, channels_last=False)
-    region = (slice(4, 17), slice(5, 30), slice(0, 41))
-    fast = predict_chunk(model, vol, vol.shape, region, **opts)
-    # the reference: numpy blending of the same patches through tiling.blend_region
-    grid = make_grid(vol.shape, opts["patch"], opts["overlap"], opts["multiple"])
-    predictor = _PatchModel(model, "cpu", False, None, channels_last=False)
+    window = SlidingWindow(vol.shape, (8, 16, 16), 0.25, multiple=4)
+    runner = PatchRunner(model, channels_last=False, batch_size=3)
+    region = Box((4, 5, 0), (17, 30, 41))
+    fast = predict_chunk(runner, vol, window, region)
+    # the reference: numpy blending of the same patches, one patch's output at a time
     read = padded_reader(vol)
 
     def predict_batch(corners):
-        return predictor(np.stack([read(tuple(slice(c, c + p) for c, p in zip(corner, grid.patch))) for corner in corners]))
+        x = np.stack([read(window.grid.patch_box(c).slices) for c in corners])
+        return runner.forward(torch.from_numpy(x)).numpy()
 
-    with predictor.session():
-        reference = blend_region(region, grid, blend_weights(grid.patch), predict_batch, batch_size=3)
+    with runner.session():
+        reference = blend_region(region, window, predict_batch, batch_size=3)
     assert fast.shape == (2, 13, 25, 41)
     np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-6)
 

@@ -10,34 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from chunked_fnet import open_image
 from chunked_fnet.cluster import ClusterSpec, local_client
 from chunked_fnet.errors import ChunkedFnetError
-from chunked_fnet.inference.sliding_window import predict_volume
-from chunked_fnet.model import FnetUNet, ModelCard, UNetConfig, load_checkpoint, save_checkpoint
+from chunked_fnet.sliding_window import predict_volume
+from chunked_fnet.model import load_checkpoint
 from chunked_fnet.predict import PredictOptions, plan, predict
 from chunked_fnet.predict.ensemble import StackedEnsemble
 from chunked_fnet.predict.job import ModelGridFrame
-from chunked_fnet.io.reader import open_level_array
 from chunked_fnet.synth.dataset import SynthConfig, generate
+from factories import tiny_checkpoint
 
 STRUCTURES = ("dna", "er", "membrane")
-
-
-def _checkpoint(path: Path, structure: str, seed: int, voxel=(0.4, 0.4, 0.4)) -> Path:
-    torch.manual_seed(seed)
-    model = FnetUNet(UNetConfig(depth=2, width=4))
-    card = ModelCard(
-        structure=structure,
-        architecture=model.config,
-        voxel_size=voxel,
-        input={"modality": "brightfield", "channel": "brightfield"},
-        color="00FF00",
-        training={"dataset": "random init", "iterations": 0, "seed": seed, "batch_size": 1, "patch_shape": [8, 16, 16], "learning_rate": 0.001},
-    )
-    return save_checkpoint(path, model, card)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +31,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     # 0.2 µm lateral input, models at 0.4 µm: the job resamples (y/x by 1/2) onto the model grid
     config = SynthConfig(size_t=3, size_z=13, size_y=70, size_x=62, voxel_size=(0.4, 0.2, 0.2), chunks=(13, 32, 32))
     generate(config, root / "in.zarr", progress=False)
-    models = [_checkpoint(root / f"{s}.ckpt", s, i) for i, s in enumerate(STRUCTURES)]
+    models = [tiny_checkpoint(root / f"{s}.ckpt", s, seed=i) for i, s in enumerate(STRUCTURES)]
     return root / "in.zarr", models
 
 
@@ -56,11 +41,10 @@ OPTIONS = dict(patch_shape=(16, 16, 16), overlap=0.25, batch_size=3)
 def _reference(image: Path, models: list[Path], options: PredictOptions) -> np.ndarray:
     """The in-memory global sliding window over each whole (preprocessed) frame."""
     job = plan(str(image), models, "unused", options)
-    array, _, _ = open_level_array(str(image))
     ensemble = StackedEnsemble([load_checkpoint(p)[0] for p in models])
     frames = []
     for ti, t in enumerate(job.times):
-        frame = ModelGridFrame(array, job.input_dims, t, job.channel_index, job.stats[ti], job.grid)
+        frame = ModelGridFrame.of(job, ti)
         whole = frame[(slice(None), *(slice(0, n) for n in job.grid.shape))]
         frames.append(predict_volume(ensemble, whole, patch=options.patch_shape, overlap=options.overlap, batch_size=1, multiple=4))
     return np.stack(frames)
@@ -77,7 +61,7 @@ def test_chunk_and_worker_invariance_equals_global_sliding_window(setup, tmp_pat
         assert out.data.chunksize == (1, 1, *(min(c, n) for c, n in zip(chunks, out.shape[2:])))
         assert summary.workers == workers and summary.chunks == 3 * np.prod([-(-n // c) for n, c in zip(out.shape[2:], chunks)])
         # every patch of the global sliding window ran once per frame, whatever the chunks: no halo recompute
-        assert summary.patch_evaluations == 3 * plan(str(image), models, "unused", options).patch_grid.n_patches
+        assert summary.patch_evaluations == 3 * plan(str(image), models, "unused", options).window.grid.n_patches
         outputs.append(out.values)
     reference = _reference(image, models, PredictOptions(**OPTIONS))
     assert outputs[0].shape == reference.shape == (3, 3, 13, 35, 31)
@@ -105,14 +89,14 @@ def test_timelapse_ensemble_layout_and_physical_metadata(setup, tmp_path: Path) 
 def test_refusals_name_the_problem_and_touch_nothing(setup, tmp_path: Path) -> None:
     image, models = setup
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in image.rglob("*") if p.is_file()}
-    dup = _checkpoint(tmp_path / "dna2.ckpt", "dna", 9)
+    dup = tiny_checkpoint(tmp_path / "dna2.ckpt", "dna", seed=9)
     with pytest.raises(ChunkedFnetError, match=r"same structure \['dna'\]"):
         predict(image, [models[0], dup], tmp_path / "a.zarr", progress=False)
     with pytest.raises(ChunkedFnetError, match="no input .*channel named 'phase'"):
         predict(image, models, tmp_path / "b.zarr", options=PredictOptions(input_channel="phase"), progress=False)
     with pytest.raises(ChunkedFnetError, match="time range"):
         predict(image, models, tmp_path / "c.zarr", options=PredictOptions(time=(2, 9)), progress=False)
-    other = _checkpoint(tmp_path / "er2.ckpt", "er2", 3, voxel=(0.3, 0.3, 0.3))
+    other = tiny_checkpoint(tmp_path / "er2.ckpt", "er2", seed=3, voxel=(0.3, 0.3, 0.3))
     with pytest.raises(ChunkedFnetError, match="different voxel sizes"):
         predict(image, [models[0], other], tmp_path / "d.zarr", progress=False)
     (tmp_path / "e.zarr").mkdir()

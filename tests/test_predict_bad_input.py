@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from chunked_fnet import cli
 from chunked_fnet.cluster import ClusterSpec, local_client
 from chunked_fnet.errors import ChunkedFnetError
 from chunked_fnet.io.writer import create_image, open_for_writing, write_region
-from chunked_fnet.model import FnetUNet, ModelCard, UNetConfig, save_checkpoint
+
 from chunked_fnet.predict import PredictOptions, predict
+from factories import tiny_checkpoint
 
 OPTIONS = PredictOptions(patch_shape=(8, 16, 16), chunks=(8, 16, 16))
 
@@ -32,17 +32,6 @@ def _write(path: Path, data: np.ndarray, dims=("t", "c", "z", "y", "x"), scale=N
     return path
 
 
-def _checkpoint(path: Path, structure: str = "dna", in_channels: int = 1) -> Path:
-    torch.manual_seed(0)
-    model = FnetUNet(UNetConfig(depth=2, width=4, in_channels=in_channels))
-    card = ModelCard(
-        structure=structure, architecture=model.config, voxel_size=(0.4, 0.4, 0.4),
-        input={"modality": "brightfield", "channel": "brightfield"}, color="00FF00",
-        training={"dataset": "random init", "iterations": 0, "seed": 0, "batch_size": 1, "patch_shape": [8, 16, 16], "learning_rate": 0.001},
-    )
-    return save_checkpoint(path, model, card)
-
-
 def _snapshot(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -51,7 +40,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 def good(tmp_path: Path) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     image = _write(tmp_path / "in.zarr", rng.integers(100, 4000, (1, 1, 8, 24, 24), dtype=np.uint16))
-    return image, _checkpoint(tmp_path / "dna.ckpt")
+    return image, tiny_checkpoint(tmp_path / "dna.ckpt")
 
 
 def _refused(tmp_path: Path, call, match: str) -> None:
@@ -110,7 +99,7 @@ def test_physical_scale_zero_or_missing(good, tmp_path: Path, change: str) -> No
 
 
 def test_nan_voxels_fail_by_default_and_fill_on_request(tmp_path: Path) -> None:
-    model = _checkpoint(tmp_path / "dna.ckpt")
+    model = tiny_checkpoint(tmp_path / "dna.ckpt")
     data = np.random.default_rng(1).normal(size=(1, 1, 8, 24, 24)).astype(np.float32)
     data[0, 0, 3, 5, 7] = np.nan
     data[0, 0, 4, 9, 9] = np.inf
@@ -158,7 +147,7 @@ def test_checkpoint_of_another_architecture(good, tmp_path: Path) -> None:
 
 def test_checkpoint_for_two_input_channels(good, tmp_path: Path) -> None:
     image, _ = good
-    two = _checkpoint(tmp_path / "two.ckpt", in_channels=2)
+    two = tiny_checkpoint(tmp_path / "two.ckpt", in_channels=2)
     _refused(tmp_path, lambda: predict(image, [two], tmp_path / "o.zarr", progress=False), r"two\.ckpt: model takes 2 input channels; only single-channel")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chunked_fnet.inference import chunk_regions, make_grid
+from chunked_fnet.sliding_window import SlidingWindow, partition
 from chunked_fnet.predict.ledger import chunk_key
 from chunked_fnet.predict.schedule import interpolation_window, schedule
 
@@ -19,15 +19,14 @@ GEOMETRIES = [
 ]
 
 
-def _key(region) -> tuple[tuple[int, int], ...]:
-    """Slices are not hashable before Python 3.12."""
-    return tuple((s.start, s.stop) for s in region)
+def _grid(model, patch):
+    return SlidingWindow(model, patch, 0.25, 8).grid
 
 
 def _plan(geometry, time_points=2, skip=()):
     model, output, chunks, blocks, patch, factor = geometry
     return schedule(
-        make_grid(model, patch, 0.25, 8), output_shape=output, output_chunks=chunks, block_shape=blocks,
+        _grid(model, patch), output_shape=output, output_chunks=chunks, block_shape=blocks,
         time_points=time_points, factor=factor, skip=skip,
     )
 
@@ -36,28 +35,26 @@ def _plan(geometry, time_points=2, skip=()):
 def test_each_patch_runs_once_and_each_chunk_gets_exactly_its_patches(geometry) -> None:
     model, output, chunks, _, patch, factor = geometry
     plan = _plan(geometry)
-    grid = make_grid(model, patch, 0.25, 8)
+    grid = _grid(model, patch)
     assert plan.patch_grid == grid
     assert plan.patch_evaluations == 2 * grid.n_patches  # no halo recompute
-    assert len(plan.chunks) == 2 * len(chunk_regions(output, chunks))
-    owner_of = {c: _key(b.block) for b in plan.blocks[: len(plan.blocks) // 2] for c in grid.patches_owned(b.block)}
+    assert len(plan.chunks) == 2 * len(partition(output, chunks))
+    owner_of = {c: (b.block) for b in plan.blocks[: len(plan.blocks) // 2] for c in grid.patches_owned(b.block)}
     for task in plan.chunks:
-        assert task.window == (task.region if factor is None else interpolation_window(task.region, factor, model))
-        fed_by = {_key(plan.blocks[b].block) for b, _ in task.sources}
-        assert all(plan.blocks[b].time_index == task.time_index for b, _ in task.sources)
+        assert task.model_box == (task.region if factor is None else interpolation_window(task.region, factor, model))
+        fed_by = {plan.blocks[ref.block].block for ref in task.sources}
+        assert all(plan.blocks[ref.block].time_index == task.time_index for ref in task.sources)
         # exactly the owners of the patches touching the window, once each
-        assert fed_by == {owner_of[c] for c in grid.patches_touching(task.window)}
+        assert fed_by == {owner_of[c] for c in grid.patches_touching(task.model_box)}
         assert len(fed_by) == len(task.sources)
-        for (b, p), part in zip(task.sources, task.parts):
-            assert plan.blocks[b].pieces[p] == part
-            extent = grid.owned_extent(plan.blocks[b].block)
-            for a in range(3):
-                assert task.window[a].start <= part[a].start < part[a].stop <= task.window[a].stop
-                assert extent[a].start <= part[a].start and part[a].stop <= extent[a].stop
+        parts = [plan.blocks[ref.block].pieces[ref.piece] for ref in task.sources]
+        for ref, part in zip(task.sources, parts):
+            extent = grid.owned_extent(plan.blocks[ref.block].block)
+            assert task.model_box.contains(part) and extent.contains(part)
         # the parts cover the window: its patches' weighted sums all arrive
-        covered = np.zeros([s.stop - s.start for s in task.window], dtype=bool)
-        for part in task.parts:
-            covered[tuple(slice(p.start - w.start, p.stop - w.start) for p, w in zip(part, task.window))] = True
+        covered = np.zeros(task.model_box.shape, dtype=bool)
+        for part in parts:
+            covered[part.within(task.model_box)] = True
         assert covered.all()
 
 
@@ -67,6 +64,6 @@ def test_a_resumed_run_plans_only_the_missing_chunks_and_their_blocks() -> None:
     done = [chunk_key(c.time_index, c.region) for c in full.chunks if c is not full.chunks[7]]
     rest = _plan(geometry, skip=set(done))
     assert [(c.time_index, c.region) for c in rest.chunks] == [(full.chunks[7].time_index, full.chunks[7].region)]
-    assert {_key(b.block) for b in rest.blocks} == {_key(full.blocks[b].block) for b, _ in full.chunks[7].sources}
+    assert {b.block for b in rest.blocks} == {full.blocks[ref.block].block for ref in full.chunks[7].sources}
     assert all(len(b.pieces) == 1 for b in rest.blocks)
     assert _plan(geometry, skip=set(done) | {chunk_key(full.chunks[7].time_index, full.chunks[7].region)}).blocks == ()

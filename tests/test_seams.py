@@ -6,8 +6,7 @@ import numpy as np
 import torch
 
 from chunked_fnet.evaluate.seams import seam_metrics
-from chunked_fnet.inference.sliding_window import predict_chunk, predict_volume
-from chunked_fnet.inference.tiling import chunk_regions
+from chunked_fnet.sliding_window import PatchRunner, SlidingWindow, padded_reader, partition, predict_volume
 from chunked_fnet.model import FnetUNet, UNetConfig
 
 
@@ -28,10 +27,16 @@ def test_blended_chunks_have_no_seams_and_naive_chunks_do() -> None:
     options = dict(patch=(16, 32, 32), overlap=0.5, multiple=4, batch_size=2)
     blended = np.zeros_like(whole)
     naive = np.zeros_like(whole)
-    for region in chunk_regions(volume.shape[1:], chunks):
-        blended[(slice(None), *region)] = predict_chunk(model, volume, volume.shape, region, **options)
+    window = SlidingWindow(volume.shape, options["patch"], options["overlap"], options["multiple"])
+    runner = PatchRunner(model, batch_size=options["batch_size"])
+    read = padded_reader(volume)
+    # what predict's tasks do: each chunk owns the patches centred in it; chunks blend the pieces that land in them
+    sums = [runner.weighted_sums(window, read, *window.owned(b)) for b in partition(volume.shape[1:], chunks) if window.owned(b)[0]]
+    for region in partition(volume.shape[1:], chunks):
+        pieces = [s.crop(inter) for s in sums if (inter := s.box.intersect(region)) is not None]
+        blended[(slice(None), *region.slices)] = window.blend_pieces(region, pieces)
         # the "naive" way: each chunk predicted on its own, as if it were the whole image
-        naive[(slice(None), *region)] = predict_volume(model, np.ascontiguousarray(volume[(slice(None), *region)]), **options)
+        naive[(slice(None), *region.slices)] = predict_volume(model, np.ascontiguousarray(volume[(slice(None), *region.slices)]), **options)
     np.testing.assert_allclose(blended, predict_volume(model, volume, **options), atol=1e-5)
     good = seam_metrics(blended, chunks, reference=whole, period=model.multiple)
     bad = seam_metrics(naive, chunks, reference=whole, period=model.multiple)

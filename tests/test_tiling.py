@@ -9,21 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from chunked_fnet.inference import (
+from chunked_fnet.sliding_window import (
+    Box,
     PatchGrid,
-    blend_region,
+    PatchRunner,
+    SlidingWindow,
+    WeightedSum,
     blend_weights,
-    chunk_regions,
     fit_patch,
-    make_grid,
     padded_reader,
+    partition,
     patch_starts,
-    finish_region,
-    predict_chunk,
-    predict_owned,
     predict_volume,
-    unbatched,
 )
+from halo_oracle import blend_region, halo_for, patch_evaluations, predict_chunk, stitch_halo_chunks, unbatched
 
 KINDS = ["gaussian", "cosine", "linear", "constant"]
 
@@ -73,15 +72,33 @@ def _volume(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def _stitch(model, volume, chunks, **opts) -> tuple[np.ndarray, int]:
-    read = padded_reader(volume, opts.get("pad_mode", "reflect"))
-    regions = chunk_regions(volume.shape[1:], chunks)
-    parts = [(r, predict_chunk(model, read, volume.shape, r, **opts)) for r in regions]
-    c_out = parts[0][1].shape[0]
-    out = np.full((c_out,) + volume.shape[1:], np.nan, dtype=np.float32)
-    for r, p in parts:
-        out[(slice(None), *r)] = p
-    return out, len(regions)
+def _window(shape, patch, overlap=0.25, multiple=16, blend="gaussian", pad_mode="reflect") -> SlidingWindow:
+    return SlidingWindow(tuple(shape[-3:]), patch, overlap, multiple, blend, pad_mode=pad_mode)
+
+
+def _owned_then_finished(model, vol, blocks, regions, **opts) -> tuple[np.ndarray, int]:
+    """The two-stage chunked path that predict's tasks take: each block's owned patches evaluated
+    once into weighted sums, then each region blended from the pieces that land in it; returns the
+    stitched result and how many patches the model evaluated."""
+    calls = []
+
+    def counted(x):
+        calls.append(x.shape[0])
+        return model(x)
+
+    window = _window(vol.shape, opts["patch"], opts["overlap"], opts["multiple"], opts.get("blend", "gaussian"))
+    runner = PatchRunner(counted, batch_size=opts.get("batch_size", 4))
+    read = padded_reader(vol)
+    sums = []
+    for block in partition(vol.shape[1:], blocks):
+        corners, extent = window.owned(block)
+        if corners:
+            sums.append(runner.weighted_sums(window, read, corners, extent))
+    out = np.full((sums[0].values.shape[0],) + vol.shape[1:], np.nan, dtype=np.float32)
+    for r in partition(vol.shape[1:], regions):
+        pieces = [s.crop(inter) for s in sums if (inter := s.box.intersect(r)) is not None]
+        out[(slice(None), *r.slices)] = window.blend_pieces(r, pieces)
+    return out, sum(calls)
 
 
 # ----------------------------------------------------------------------------------------- grid
@@ -138,7 +155,7 @@ def test_grid_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="outside the volume"):
         grid.patches_touching((slice(0, 11), slice(0, 5), slice(0, 5)))
     with pytest.raises(ValueError, match="empty"):
-        grid.halo_for((slice(3, 3), slice(0, 5), slice(0, 5)))
+        grid.patches_touching((slice(3, 3), slice(0, 5), slice(0, 5)))
 
 
 def test_patches_touching_and_halo_match_brute_force() -> None:
@@ -159,29 +176,43 @@ def test_patches_touching_and_halo_match_brute_force() -> None:
             ]
             got = grid.patches_touching(region)
             assert got == expected  # same set, same canonical order
-            halo = grid.halo_for(region)
+            halo = halo_for(grid, Box(tuple(lo), tuple(hi)))
+            assert got == grid.patches_touching(Box(tuple(lo), tuple(hi)))  # a Box and slices agree
             for a in range(3):
-                assert halo[a].start == min(c[a] for c in expected)
-                assert halo[a].stop == max(c[a] for c in expected) + patch[a]
-                assert halo[a].start <= lo[a] and halo[a].stop >= hi[a]
-                assert 0 <= halo[a].start and halo[a].stop <= grid.padded_shape[a]
+                assert halo.start[a] == min(c[a] for c in expected)
+                assert halo.stop[a] == max(c[a] for c in expected) + patch[a]
+                assert halo.start[a] <= lo[a] and halo.stop[a] >= hi[a]
+                assert 0 <= halo.start[a] and halo.stop[a] <= grid.padded_shape[a]
 
 
 def test_halo_accepts_open_slices() -> None:
     grid = PatchGrid((30, 40, 50), (8, 16, 16), 0.25)
-    assert grid.halo_for((slice(None), slice(None), slice(None))) == tuple(slice(0, n) for n in grid.padded_shape)
+    whole = Box.from_slices((slice(None), slice(None), slice(None)), grid.shape)
+    assert halo_for(grid, whole) == Box.of_shape(grid.padded_shape)
     assert grid.patches_touching((slice(-1, None), slice(0, 1), slice(0, 1))) == [(22, 0, 0)]
 
 
-def test_chunk_regions_partition() -> None:
+def test_partition_covers_every_voxel_once() -> None:
     shape = (10, 13, 7)
     for chunks in [(4, 5, 7), (10, 13, 7), (1, 1, 1), ((3, 7), (13,), (2, 2, 3))]:
         count = np.zeros(shape, dtype=int)
-        for r in chunk_regions(shape, chunks):
-            count[r] += 1
+        for r in partition(shape, chunks):
+            count[r.slices] += 1
         assert np.all(count == 1)
     with pytest.raises(ValueError):
-        chunk_regions(shape, ((3, 6), (13,), (7,)))
+        partition(shape, ((3, 6), (13,), (7,)))
+
+
+def test_box_value_type() -> None:
+    a, b = Box((0, 2, 4), (5, 6, 9)), Box((3, 0, 8), (10, 4, 12))
+    assert a.shape == (5, 4, 5) and a.size == 100 and a.slices == (slice(0, 5), slice(2, 6), slice(4, 9))
+    assert a.intersect(b) == Box((3, 2, 8), (5, 4, 9)) and a.intersect(Box((5, 0, 0), (6, 1, 1))) is None
+    assert a.intersect(b).within(a) == (slice(3, 5), slice(0, 2), slice(4, 5))
+    with pytest.raises(ValueError, match="not inside"):
+        b.within(a)
+    with pytest.raises(ValueError, match="start < stop"):
+        Box((0, 0, 0), (1, 0, 1))
+    assert Box.from_slices((slice(-2, None), slice(None, 3), slice(1, -1)), (10, 4, 5)) == Box((8, 0, 1), (10, 3, 4))
 
 
 # -------------------------------------------------------------------------------------- weights
@@ -222,9 +253,9 @@ def test_identity_model_returns_input(kind: str) -> None:
 
 
 def test_blend_region_batches_and_reads_only_touching_patches() -> None:
-    grid = PatchGrid((20, 30, 40), (8, 16, 16), 0.5)
-    weights = blend_weights(grid.patch, "gaussian")
-    region = (slice(5, 13), slice(0, 7), slice(20, 40))
+    window = SlidingWindow((20, 30, 40), (8, 16, 16), 0.5, multiple=8)
+    grid = window.grid
+    region = Box((5, 0, 20), (13, 7, 40))
     calls: list[int] = []
     seen: list[tuple[int, int, int]] = []
 
@@ -237,23 +268,20 @@ def test_blend_region_batches_and_reads_only_touching_patches() -> None:
             out[i, 0] = (np.arange(grid.patch[0]) + c[0])[:, None, None]
         return out
 
-    out = blend_region(region, grid, weights, predict_batch, batch_size=5)
+    out = blend_region(region, window, predict_batch, batch_size=5)
     assert seen == grid.patches_touching(region)
     assert max(calls) <= 5 and sum(calls) == len(seen)
     assert out.shape == (1, 8, 7, 20)
     np.testing.assert_allclose(out[0], np.broadcast_to(np.arange(5, 13)[:, None, None], (8, 7, 20)), rtol=1e-6)
     # the one-patch adapter gives the same result
     single = unbatched(lambda c: predict_batch([c])[0])
-    np.testing.assert_array_equal(blend_region(region, grid, weights, single, batch_size=1), out)
+    np.testing.assert_array_equal(blend_region(region, window, single, batch_size=1), out)
 
 
 def test_blend_region_checks_model_output_shape() -> None:
-    grid = PatchGrid((20, 30, 40), (8, 16, 16), 0.25)
+    window = SlidingWindow((20, 30, 40), (8, 16, 16), 0.25, multiple=8)
     with pytest.raises(ValueError, match="predict_batch returned shape"):
-        blend_region(
-            (slice(0, 4), slice(0, 4), slice(0, 4)), grid, blend_weights(grid.patch),
-            lambda corners: np.zeros((len(corners), 1, 8, 16, 15)),
-        )
+        blend_region(Box((0, 0, 0), (4, 4, 4)), window, lambda corners: np.zeros((len(corners), 1, 8, 16, 15)))
 
 
 # -------------------------------------------------------------------------------------- padding
@@ -295,11 +323,16 @@ def test_chunked_equals_whole_volume(model_name: str, shape, patch, multiple) ->
         ((1, z - 4, 3), (y - 10, 10), (5, 11, x - 16)),  # uneven, one-voxel slab
         (z, 9, 41),  # slabs along y
     ]
+    window = _window(shape, patch, 0.25, multiple)
+    runner = PatchRunner(model, batch_size=3)
     for chunks in partitions:
-        stitched, n_regions = _stitch(model, vol, chunks, **opts)
+        stitched, _ = _owned_then_finished(model, vol, chunks, chunks, **opts)
         assert not np.isnan(stitched).any()
         np.testing.assert_allclose(stitched, whole, atol=1e-5, rtol=0, err_msg=f"chunks={chunks}")
-    assert n_regions > 1
+        # and the halo oracle (every region evaluating all its touching patches) agrees
+        halo = stitch_halo_chunks(runner, vol, window, chunks)
+        np.testing.assert_allclose(halo, whole, atol=1e-5, rtol=0, err_msg=f"halo chunks={chunks}")
+    assert len(partition(shape[1:], partitions[1])) > 1
 
 
 def test_dask_threads_on_shared_model_match_whole_volume() -> None:
@@ -313,11 +346,12 @@ def test_dask_threads_on_shared_model_match_whole_volume() -> None:
     vol = _volume((1, 20, 37, 41), seed=4)
     opts = dict(patch=(8, 16, 16), overlap=0.25, multiple=8, batch_size=2)
     whole = predict_volume(model, vol, **opts)
-    read = padded_reader(vol)
+    window = _window(vol.shape, opts["patch"], opts["overlap"], opts["multiple"])
 
     def task(block_info=None):
-        region = tuple(slice(a, b) for a, b in block_info[None]["array-location"][1:])
-        return predict_chunk(model, read, vol.shape, region, **opts)
+        loc = block_info[None]["array-location"][1:]
+        region = Box(tuple(a for a, _ in loc), tuple(b for _, b in loc))
+        return predict_chunk(PatchRunner(model, batch_size=2), vol, window, region)
 
     lazy = da.map_blocks(task, dtype=np.float32, chunks=((1,), (6, 6, 8), (10, 27), (16, 16, 9)))
     stitched = lazy.compute(scheduler="threads", num_workers=4)
@@ -325,23 +359,23 @@ def test_dask_threads_on_shared_model_match_whole_volume() -> None:
     assert model.training
 
 
-def test_predict_chunk_reads_only_its_halo_once() -> None:
+def test_weighted_sums_read_only_the_patches_box_once() -> None:
     vol = _volume((1, 20, 37, 41))
-    opts = dict(patch=(8, 16, 16), overlap=0.25, multiple=8)
+    window = _window(vol.shape, (8, 16, 16), 0.25, 8)
     reads = []
     inner = padded_reader(vol)
 
     def read(region):
-        reads.append(region)
+        reads.append(tuple(region))
         return inner(region)
 
-    region = (slice(8, 12), slice(16, 30), slice(0, 5))
-    out = predict_chunk(_conv_stack(), read, vol.shape, region, **opts)
-    assert out.shape == (1, 4, 14, 5)
-    grid = make_grid(vol.shape, **opts)
-    assert reads == [grid.halo_for(region)]
-    # an array may be passed instead of a reader
-    np.testing.assert_array_equal(predict_chunk(_conv_stack(), vol, vol.shape[1:], region, **opts), out)
+    block = Box((8, 16, 0), (12, 30, 10))
+    corners, extent = window.owned(block)
+    piece = PatchRunner(_conv_stack()).weighted_sums(window, read, corners, extent)
+    assert piece.box == extent and piece.values.shape == (1, *extent.shape)
+    assert reads == [window.grid.bounding_box(corners).slices]
+    with pytest.raises(ValueError, match="no patches"):
+        PatchRunner(_conv_stack()).weighted_sums(window, read, [], extent)
 
 
 # ------------------------------------------------------------------------------------ odd sizes
@@ -369,8 +403,8 @@ def test_patch_must_be_divisible_and_fit_patch_shrinks() -> None:
     assert fit_patch((32, 64, 64), (7, 45, 200), 16) == (16, 48, 64)
     assert fit_patch((32, 64, 64), (33, 64, 65), 16) == (32, 64, 64)
     assert fit_patch((32, 64, 64), (1, 1, 1), 16) == (16, 16, 16)
-    assert make_grid((1, 7, 45, 200), (32, 64, 64), 0.25, 16).patch == (16, 48, 64)
-    assert make_grid((7, 45, 200), (32, 64, 64), 0.25, 16, shrink_patch=False).patch == (32, 64, 64)
+    assert SlidingWindow((1, 7, 45, 200), (32, 64, 64), 0.25, 16).patch_shape == (16, 48, 64)
+    assert SlidingWindow((64, 64, 200), (32, 64, 64), 0.25, 16).patch_shape == (32, 64, 64)
     with pytest.raises(ValueError, match="divisible"):
         fit_patch((30, 64, 64), (7, 45, 200), 16)
     with pytest.raises(ValueError, match=r"\(C, Z, Y, X\)"):
@@ -420,20 +454,24 @@ def test_model_with_wrong_output_shape_is_reported() -> None:
 
 
 def test_patch_evaluations_count_chunking_cost() -> None:
-    grid = make_grid((64, 256, 256), (32, 64, 64), 0.25, 16)
-    whole = grid.patch_evaluations([tuple(slice(0, n) for n in grid.shape)])
+    grid = SlidingWindow((64, 256, 256), (32, 64, 64), 0.25, 16).grid
+    whole = patch_evaluations(grid, [grid.frame])
     assert whole == grid.n_patches
-    chunked = grid.patch_evaluations(chunk_regions(grid.shape, (64, 128, 128)))
+    chunked = patch_evaluations(grid, partition(grid.shape, (64, 128, 128)))
     assert chunked > whole
-    brute = sum(len(grid.patches_touching(r)) for r in chunk_regions(grid.shape, (64, 128, 128)))
+    corners = list(grid.corners())
+    brute = sum(
+        sum(all(c[a] < r.stop[a] and c[a] + grid.patch[a] > r.start[a] for a in range(3)) for c in corners)
+        for r in partition(grid.shape, (64, 128, 128))
+    )
     assert chunked == brute
 
 
 @pytest.mark.parametrize("chunks", [(7, 16, 16), ((1, 13, 6), (9, 31), (40, 5)), (20, 37, 45), (2, 3, 50)])
 def test_every_patch_has_exactly_one_owner(chunks) -> None:
-    grid = make_grid((20, 40, 45), (8, 16, 16), 0.25, 8)
+    grid = SlidingWindow((20, 40, 45), (8, 16, 16), 0.25, 8).grid
     owners: dict[tuple[int, int, int], int] = {}
-    for r in chunk_regions(grid.shape, chunks):
+    for r in partition(grid.shape, chunks):
         for corner in grid.patches_owned(r):
             owners[corner] = owners.get(corner, 0) + 1
         extent = grid.owned_extent(r)
@@ -441,34 +479,9 @@ def test_every_patch_has_exactly_one_owner(chunks) -> None:
         assert (extent is None) == (not owned)
         if owned:  # the extent is the real part of the owned patches' bounding box
             for a in range(3):
-                assert extent[a].start == min(c[a] for c in owned)
-                assert extent[a].stop == min(max(c[a] for c in owned) + grid.patch[a], grid.shape[a])
+                assert extent.start[a] == min(c[a] for c in owned)
+                assert extent.stop[a] == min(max(c[a] for c in owned) + grid.patch[a], grid.shape[a])
     assert sorted(owners) == sorted(grid.corners()) and set(owners.values()) == {1}
-
-
-def _owned_then_finished(model, vol, blocks, regions, **opts) -> tuple[np.ndarray, int]:
-    """The two-stage chunked path: owned sums per block, then each region finished from its pieces;
-    returns the stitched result and how many patches the model evaluated."""
-    calls = []
-
-    def counted(x):
-        calls.append(x.shape[0])
-        return model(x)
-
-    read = padded_reader(vol)
-    grid = make_grid(vol.shape, opts["patch"], opts["overlap"], opts["multiple"])
-    weights = blend_weights(grid.patch, opts.get("blend", "gaussian"))
-    sums = [s for s in (predict_owned(counted, read, vol.shape, b, **opts) for b in chunk_regions(vol.shape[1:], blocks)) if s]
-    out = np.full((sums[0][1].shape[0],) + vol.shape[1:], np.nan, dtype=np.float32)
-    for r in chunk_regions(vol.shape[1:], regions):
-        parts = []
-        for extent, values in sums:
-            inter = tuple(slice(max(e.start, s.start), min(e.stop, s.stop)) for e, s in zip(extent, r))
-            if all(i.start < i.stop for i in inter):
-                local = tuple(slice(i.start - e.start, i.stop - e.start) for i, e in zip(inter, extent))
-                parts.append((inter, values[(slice(None), *local)]))
-        out[(slice(None), *r)] = finish_region(r, grid, weights, parts)
-    return out, sum(calls)
 
 
 @pytest.mark.parametrize("blend", ["gaussian", "cosine"])
@@ -477,7 +490,7 @@ def test_owned_blocks_evaluate_each_patch_once_and_equal_the_whole_volume(blend:
     vol = _volume((1, 20, 37, 45), seed=5)
     opts = dict(patch=(8, 16, 16), overlap=0.25, blend=blend, batch_size=3, multiple=8)
     whole = predict_volume(model, vol, **opts)
-    grid = make_grid(vol.shape, opts["patch"], 0.25, 8)
+    grid = _window(vol.shape, opts["patch"], 0.25, 8).grid
     # blocks and output regions need not coincide: any two partitions
     for blocks, regions in [((7, 16, 16), (7, 16, 16)), ((20, 9, 45), (5, 37, 8)), (((1, 19), (30, 7), (2, 43)), (20, 37, 45))]:
         stitched, evaluated = _owned_then_finished(model, vol, blocks, regions, **opts)
@@ -485,17 +498,34 @@ def test_owned_blocks_evaluate_each_patch_once_and_equal_the_whole_volume(blend:
         assert not np.isnan(stitched).any()
         np.testing.assert_allclose(stitched, whole, atol=1e-5, rtol=0, err_msg=f"blocks={blocks} regions={regions}")
     # the halo path evaluates the border patches once per region that they touch
-    assert grid.patch_evaluations(chunk_regions(grid.shape, (7, 16, 16))) > grid.n_patches
+    assert patch_evaluations(grid, partition(grid.shape, (7, 16, 16))) > grid.n_patches
 
 
-def test_finish_region_refuses_parts_outside_it() -> None:
-    grid = make_grid((8, 16, 16), (8, 16, 16), 0.25, 8)
-    w = blend_weights(grid.patch)
-    region = (slice(0, 4), slice(0, 16), slice(0, 16))
+def test_blend_pieces_refuses_pieces_outside_it() -> None:
+    window = SlidingWindow((8, 16, 16), (8, 16, 16), 0.25, 8)
+    region = Box((0, 0, 0), (4, 16, 16))
     with pytest.raises(ValueError, match="not inside region"):
-        finish_region(region, grid, w, [((slice(0, 5), slice(0, 16), slice(0, 16)), np.zeros((1, 5, 16, 16), np.float32))])
-    with pytest.raises(ValueError, match="no parts"):
-        finish_region(region, grid, w, [])
+        window.blend_pieces(region, [WeightedSum(Box((0, 0, 0), (5, 16, 16)), np.zeros((1, 5, 16, 16), np.float32))])
+    with pytest.raises(ValueError, match="no pieces"):
+        window.blend_pieces(region, [])
+    with pytest.raises(ValueError, match="do not fit box"):
+        WeightedSum(region, np.zeros((1, 4, 16, 15), np.float32))
+
+
+def test_window_is_one_value_weights_built_once_and_not_pickled() -> None:
+    import pickle
+
+    window = SlidingWindow((20, 40, 45), (8, 16, 16), 0.25, 8, "cosine", sigma_scale=0.2)
+    assert window.weights is window.weights  # built once per process
+    np.testing.assert_array_equal(window.weights, blend_weights((8, 16, 16), "cosine", 0.2))
+    copy = pickle.loads(pickle.dumps(window))
+    assert "weights" not in pickle.loads(pickle.dumps(window)).__dict__ and len(pickle.dumps(window)) < 2000
+    assert copy == window and copy.grid == window.grid
+    np.testing.assert_array_equal(copy.weights, window.weights)
+    with pytest.raises(ValueError, match="blend"):
+        SlidingWindow((8, 8, 8), (8, 8, 8), multiple=8, blend="hamming")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pad_mode"):
+        SlidingWindow((8, 8, 8), (8, 8, 8), multiple=8, pad_mode="wrap")  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

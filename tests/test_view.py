@@ -21,9 +21,9 @@ from PIL import Image
 from chunked_fnet import open_image
 from chunked_fnet.errors import ChunkedFnetError
 from chunked_fnet.synth.dataset import CHANNEL_COLORS
-from chunked_fnet.viz.browser import Chromium, all_loaded, find_chromium, layer_problems, wait_for_neuroglancer
 from chunked_fnet.viz.neuroglancer import INPUT_OPACITY, build_state, describe_source, open_view
 from chunked_fnet.viz.serve import StoreServer, parse_range
+from browser import Chromium, all_loaded, find_chromium, layer_problems, wait_for_neuroglancer
 from viz_data import ORIGIN, STRUCTURES, VizData, shared_prediction
 
 ROOT = Path(__file__).resolve().parents[1]

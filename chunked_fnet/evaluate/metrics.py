@@ -11,77 +11,25 @@ On numpy inputs the metrics are computed directly in two passes (mean/std, then 
 exact identities hold: a blank (all-zero) prediction has normalised error exactly 1.0 and a
 prediction equal to ``zscore(target)`` exactly 0.0. On dask inputs (either argument) they are
 computed in **one pass** over the data from per-block centred moments merged in float64 (Chan et
-al.'s pairwise formulas); the blank prediction still scores exactly 1.0, other values agree with the
-numpy path to ~1e-12. Inputs containing NaN/inf, of different shapes, or constant where a standard
+al.'s pairwise formulas; :mod:`chunked_fnet.moments`, which z-scoring for training and prediction
+uses too); the blank prediction still scores exactly 1.0, other values agree with the numpy path to
+~1e-12. Inputs containing NaN/inf, of different shapes, or constant where a standard
 deviation is needed are refused with ``ValueError`` rather than answered with NaN.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
+
+from chunked_fnet.moments import Moments, as_dask, is_constant, is_dask, moments
 
 __all__ = ["normalized_error", "pearson_r", "zscore"]
 
 
-def _is_dask(a: Any) -> bool:
-    return isinstance(a, da.Array) or isinstance(getattr(a, "data", None), da.Array)
-
-
-def _as_dask(a: Any) -> da.Array:
-    if isinstance(a, da.Array):
-        return a
-    data = getattr(a, "data", None)  # xarray backed by dask
-    if isinstance(data, da.Array):
-        return data
-    return da.asarray(np.asarray(a))
-
-
 def _as_f64(a: Any) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
-
-
-@dataclass(frozen=True)
-class _Moments:
-    """Count, means and centred second (co-)moments of a pair of arrays, float64."""
-
-    n: float
-    mean_a: float
-    mean_b: float
-    m2_a: float  # sum((a - mean_a)**2)
-    m2_b: float
-    c_ab: float  # sum((a - mean_a) * (b - mean_b))
-
-
-def _block_moments(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = _as_f64(a).ravel()
-    b = _as_f64(b).ravel()
-    n = a.size
-    if n == 0:
-        return np.zeros(6)
-    ma, mb = a.mean(), b.mean()
-    da_, db_ = a - ma, b - mb
-    return np.array([n, ma, mb, np.dot(da_, da_), np.dot(db_, db_), np.dot(da_, db_)])
-
-
-def _merge(blocks: np.ndarray) -> _Moments:
-    blocks = blocks[blocks[:, 0] > 0]
-    n_i, ma_i, mb_i, m2a_i, m2b_i, c_i = blocks.T
-    n = n_i.sum()
-    ma = float(np.dot(n_i, ma_i) / n)
-    mb = float(np.dot(n_i, mb_i) / n)
-    return _Moments(
-        n=float(n),
-        mean_a=ma,
-        mean_b=mb,
-        m2_a=float(m2a_i.sum() + np.dot(n_i, (ma_i - ma) ** 2)),
-        m2_b=float(m2b_i.sum() + np.dot(n_i, (mb_i - mb) ** 2)),
-        c_ab=float(c_i.sum() + np.dot(n_i, (ma_i - ma) * (mb_i - mb))),
-    )
 
 
 def _check_pair(a: Any, b: Any) -> None:
@@ -91,37 +39,20 @@ def _check_pair(a: Any, b: Any) -> None:
         raise ValueError("cannot compute a metric of empty arrays")
 
 
-def _dask_moments(a: Any, b: Any) -> _Moments:
-    """One pass over two (dask or numpy) arrays of one shape: per-block moments, merged."""
-    a, b = _as_dask(a), _as_dask(b)
-    b = b.rechunk(a.chunks)
-    tasks = [dask.delayed(_block_moments)(x, y) for x, y in zip(a.to_delayed().ravel(), b.to_delayed().ravel())]
-    return _merge(np.stack(dask.compute(*tasks)))
-
-
-def _check_finite(m: _Moments, what: str) -> None:
-    if not all(np.isfinite(v) for v in (m.mean_a, m.mean_b, m.m2_a, m.m2_b, m.c_ab)):
+def _check_finite(m: Moments, what: str) -> None:
+    if not m.finite():
         raise ValueError(f"{what}: the inputs contain NaN or infinite values")
 
 
 def _mean_std(a: Any) -> tuple[float, float]:
-    if _is_dask(a):
-        x = _as_dask(a)
-        tasks = [dask.delayed(_block_moments)(blk, blk) for blk in x.to_delayed().ravel()]
-        m = _merge(np.stack(dask.compute(*tasks)))
-        mean, var = m.mean_a, m.m2_a / m.n
-    else:
-        x = _as_f64(a)
-        if x.size == 0:
-            raise ValueError("cannot z-score an empty array")
-        mean = float(x.mean())
-        var = float(np.mean((x - mean) ** 2))
-    if not (np.isfinite(mean) and np.isfinite(var)):
+    m = moments(a)
+    if m.n == 0:
+        raise ValueError("cannot z-score an empty array")
+    if not m.finite():
         raise ValueError("cannot z-score an array containing NaN or infinite values")
-    std = float(np.sqrt(var))
-    if std == 0.0 or std <= 1e-12 * max(abs(mean), 1e-300):
-        raise ValueError(f"cannot z-score a constant array (every value is {mean!r}): its standard deviation is 0")
-    return mean, std
+    if is_constant(m.mean_a, m.std_a):
+        raise ValueError(f"cannot z-score a constant array (every value is {m.mean_a!r}): its standard deviation is 0")
+    return m.mean_a, m.std_a
 
 
 def zscore(a: Any) -> Any:
@@ -132,8 +63,8 @@ def zscore(a: Any) -> Any:
     array or one containing NaN/inf.
     """
     mean, std = _mean_std(a)
-    if _is_dask(a):
-        return (_as_dask(a).astype(np.float64) - mean) / std
+    if is_dask(a):
+        return (as_dask(a).astype(np.float64) - mean) / std
     return (_as_f64(a) - mean) / std
 
 
@@ -144,13 +75,10 @@ def pearson_r(a: Any, b: Any) -> float:
     infinite values, or the shapes differ. Clipped to ``[-1, 1]``.
     """
     _check_pair(a, b)
-    if _is_dask(a) or _is_dask(b):
-        m = _dask_moments(a, b)
-    else:
-        m = _Moments(*_block_moments(a, b))
+    m = moments(a, b)
     _check_finite(m, "pearson_r")
-    for name, m2, mean in (("first", m.m2_a, m.mean_a), ("second", m.m2_b, m.mean_b)):
-        if m2 <= (1e-12 * abs(mean)) ** 2 * m.n or m2 == 0.0:
+    for name, std, mean in (("first", m.std_a, m.mean_a), ("second", m.std_b, m.mean_b)):
+        if is_constant(mean, std):
             raise ValueError(
                 f"pearson_r is undefined: the {name} array is constant (value {mean!r}), its variance is 0"
             )
@@ -174,12 +102,11 @@ def normalized_error(target: Any, prediction: Any, *, standardize_prediction: bo
     _check_pair(target, prediction)
     if standardize_prediction:
         prediction = zscore(prediction)
-    if _is_dask(target) or _is_dask(prediction):
-        m = _dask_moments(target, prediction)
+    if is_dask(target) or is_dask(prediction):
+        m = moments(target, prediction)
         _check_finite(m, "normalized_error")
-        var_t = m.m2_a / m.n
-        s = float(np.sqrt(var_t))
-        if s == 0.0 or s <= 1e-12 * abs(m.mean_a):
+        s = m.std_a
+        if is_constant(m.mean_a, s):
             raise ValueError(f"cannot z-score a constant target (every value is {m.mean_a!r})")
         # sum(t^2) = n; sum(t p) = c_tp / s; sum(p^2) = m2_p + n mean_p^2
         num = m.n - 2.0 * m.c_ab / s + (m.m2_b + m.n * m.mean_b**2)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from chunked_fnet.errors import InputError
 from chunked_fnet.evaluate.metrics import normalized_error, pearson_r
-from chunked_fnet.inference.sliding_window import predict_volume
+from chunked_fnet.sliding_window import predict_volume
 from chunked_fnet.model import load_checkpoint
 from chunked_fnet.train.data import PairReader, describe_pair, load_stats
 from chunked_fnet.train.manifest import Pair

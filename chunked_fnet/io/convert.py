@@ -32,12 +32,12 @@ import numpy as np
 import tifffile
 import zarr
 
-
 from chunked_fnet.errors import InputError
 from chunked_fnet.io.ngff import CANONICAL_AXES
 from chunked_fnet.io.store import is_url
+from chunked_fnet.io.units import SECONDS_PER_UNIT, UM_PER_UNIT, length_to_um, time_to_seconds, unit_factor
 from chunked_fnet.io.writer import build_pyramid, create_image
-from chunked_fnet.progress import TqdmCallback
+from chunked_fnet.progress import local_progress
 
 __all__ = ["BLOCK_BYTES", "convert_tiff", "default_chunks", "read_tiff_metadata"]
 
@@ -50,62 +50,6 @@ MAX_WORKERS = 8
 _AXIS_MAP = {"T": "t", "C": "c", "S": "c", "Z": "z", "Y": "y", "X": "x"}
 #: tifffile codes for "unknown"/"image sequence": taken as z only when that is unambiguous.
 _SEQUENCE_AXES = ("Q", "I")
-
-#: Unit symbols are matched case-sensitively first ("Mm" megametre vs "mm"), then lower-cased.
-_UM_PER_UNIT = {
-    "Ym": 1e30, "Zm": 1e27, "Em": 1e24, "Pm": 1e21, "Tm": 1e18, "Gm": 1e15, "Mm": 1e12,
-    "ym": 1e-18, "zm": 1e-15, "am": 1e-12, "fm": 1e-9, "pm": 1e-6, "å": 1e-4, "angstrom": 1e-4,
-    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
-    "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
-    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3,
-    "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4,
-    "dm": 1e5, "m": 1e6, "meter": 1e6, "metre": 1e6,
-    "dam": 1e7, "hm": 1e8, "km": 1e9,
-    "in": 25400.0, "inch": 25400.0, "inches": 25400.0, "ft": 304800.0, "yd": 914400.0,
-    "thou": 25.4, "mil": 25.4, "li": 25400.0 / 12, "pt": 25400.0 / 72,
-}
-_SECONDS_PER_UNIT = {
-    "Ys": 1e24, "Zs": 1e21, "Es": 1e18, "Ps": 1e15, "Ts": 1e12, "Gs": 1e9, "Ms": 1e6, "ks": 1e3,
-    "ys": 1e-24, "zs": 1e-21, "as": 1e-18, "fs": 1e-15, "ps": 1e-12, "ns": 1e-9,
-    "µs": 1e-6, "μs": 1e-6, "us": 1e-6, "ms": 1e-3, "msec": 1e-3,
-    "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
-    "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0,
-    "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0,
-    "d": 86400.0, "day": 86400.0, "days": 86400.0,
-}
-
-
-def _unit_factor(table: Mapping[str, float], unit: Any) -> float | None:
-    """The factor of ``unit`` in ``table`` (exact symbol first, then case-insensitive), None if unknown."""
-    text = str(unit).strip()
-    # ImageJ stores non-ASCII units escaped in its ASCII description, e.g. "\\u00B5m".
-    for escaped in ("\\u00B5", "\\u00b5", "\\u03BC", "\\u03bc"):
-        text = text.replace(escaped, "µ")
-    return table.get(text, table.get(text.lower()))
-
-
-def length_to_um(value: Any, unit: Any = "µm") -> float | None:
-    """A length in µm, or None when the value is missing/non-positive or the unit is not a length (e.g. 'pixel')."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    factor = _unit_factor(_UM_PER_UNIT, unit if unit is not None else "µm")
-    if factor is None or not math.isfinite(v) or v == 0:
-        return None
-    return abs(v) * factor
-
-
-def time_to_seconds(value: Any, unit: Any = "s") -> float | None:
-    """A duration in seconds, or None when missing, non-positive or in an unknown unit."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    factor = _unit_factor(_SECONDS_PER_UNIT, unit if unit is not None else "s")
-    if factor is None or not math.isfinite(v) or v <= 0:
-        return None
-    return v * factor
 
 
 @dataclass
@@ -178,7 +122,7 @@ def _interval_from_planes(pixels: ET.Element) -> float | None:
         if plane.get("TheZ", "0") != "0" or plane.get("TheC", "0") != "0" or plane.get("DeltaT") is None:
             continue
         try:
-            factor = _unit_factor(_SECONDS_PER_UNIT, plane.get("DeltaTUnit", "s"))
+            factor = unit_factor(SECONDS_PER_UNIT, plane.get("DeltaTUnit", "s"))
             if factor is None:
                 return None
             stamps[int(plane.get("TheT", "0"))] = float(plane.get("DeltaT", "")) * factor
@@ -209,7 +153,7 @@ def parse_imagej(imagej: Mapping[str, Any], page: Any) -> TiffMetadata:
     """Physical sizes, frame interval and channel labels from ImageJ metadata and resolution tags."""
     meta = TiffMetadata()
     unit = imagej.get("unit")
-    if unit is not None and _unit_factor(_UM_PER_UNIT, unit) is not None:
+    if unit is not None and unit_factor(UM_PER_UNIT, unit) is not None:
         for dim, tag in (("x", "XResolution"), ("y", "YResolution")):
             size = _pixel_size_from_resolution(page, tag, imagej.get(f"{dim}unit", unit) if dim == "y" else unit)
             if size is not None:
@@ -553,7 +497,7 @@ def convert_tiff(
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
                 if progress:
-                    with TqdmCallback(f"converting {source.name}"):
+                    with local_progress(f"converting {source.name}"):
                         results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
                 else:
                     results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)

@@ -6,7 +6,9 @@ never modify the input.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +16,56 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+from dask.base import tokenize
 
-from chunked_fnet.errors import OmeZarrError
+from chunked_fnet.errors import ChunkedFnetError, OmeZarrError, one_line
 from chunked_fnet.io.ngff import ImageMetadata, parse_image_attrs
 from chunked_fnet.io.store import describe, is_url, open_store, redact
 
 BF2RAW = "bioformats2raw.layout"
+_METADATA_FILES = ("zarr.json", ".zgroup", ".zattrs", ".zarray")
+# what zarr raises on a metadata document that is not JSON (JSONDecodeError, UnicodeDecodeError), or is
+# JSON of the wrong shape (MetadataValidationError is a ValueError; a list where an object belongs
+# gives AttributeError/TypeError)
+_BAD_METADATA = (ValueError, TypeError, AttributeError)
+
+
+def _stored_bytes(store: Any, key: str) -> bytes | None:
+    """The bytes of one key of a zarr store, or None when it is missing or cannot be read."""
+    try:
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        buffer = sync(store.get(key, prototype=default_buffer_prototype()))
+    except Exception:  # noqa: BLE001 - only used to word a message about an error already caught
+        return None
+    return None if buffer is None else buffer.to_bytes()
+
+
+def _damaged_metadata(store: Any, node: str, where: str, exc: BaseException) -> OmeZarrError:
+    """One line naming the metadata document of ``node`` (a path inside ``store``) that zarr could not read."""
+    for name in _METADATA_FILES:
+        key = f"{node.strip('/')}/{name}".lstrip("/")
+        raw = _stored_bytes(store, key)
+        if raw is None:
+            continue
+        shown = f"{where}/{key}"
+        try:
+            doc = json.loads(raw)
+        except ValueError as bad:  # JSONDecodeError, UnicodeDecodeError
+            return OmeZarrError(
+                one_line(f"{shown} is not valid JSON ({type(bad).__name__}: {bad}); the store is damaged: "
+                         "restore this file from a copy, or write the image again")
+            )
+        if not isinstance(doc, dict):
+            return OmeZarrError(
+                f"{shown} holds a JSON {type(doc).__name__}, not an object; the store is damaged: "
+                "restore this file from a copy, or write the image again"
+            )
+    return OmeZarrError(
+        one_line(f"{where}/{node.strip('/')}".rstrip("/") + f": zarr cannot read its metadata ({type(exc).__name__}: "
+                 f"{redact(str(exc))}); the store is damaged or not zarr: restore it from a copy, or write the image again")
+    )
 
 
 def _open_group(path: Any, storage_options: Mapping[str, Any] | None) -> zarr.Group:
@@ -30,15 +76,21 @@ def _open_group(path: Any, storage_options: Mapping[str, Any] | None) -> zarr.Gr
             raise OmeZarrError(f"{where}: no such file or directory (expected an OME-Zarr image)")
         if not local.is_dir():
             raise OmeZarrError(f"{where} is a file, not an OME-Zarr directory")
+    store = None
     try:
-        node = zarr.open(open_store(path, read_only=True, storage_options=storage_options), mode="r")
+        store = open_store(path, read_only=True, storage_options=storage_options)
+        node = zarr.open(store, mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError, KeyError) as exc:
         raise OmeZarrError(
             f"{where} is not a zarr store: no zarr.json (zarr v3) or .zgroup/.zattrs (zarr v2) found; "
             "expected an OME-Zarr image"
         ) from exc
     except (OSError, TimeoutError) as exc:  # network stores: refused, unreachable, denied (aiohttp errors are OSErrors)
-        raise OmeZarrError(f"{where}: cannot be read ({type(exc).__name__}: {redact(str(exc))}); expected a reachable OME-Zarr image") from None
+        raise OmeZarrError(one_line(f"{where}: cannot be read ({type(exc).__name__}: {redact(str(exc))}); expected a reachable OME-Zarr image")) from None
+    except _BAD_METADATA as exc:
+        if store is None:  # the path or URL itself was refused (e.g. an unknown protocol)
+            raise OmeZarrError(one_line(f"{where}: cannot be opened ({type(exc).__name__}: {redact(str(exc))}); expected an OME-Zarr image")) from None
+        raise _damaged_metadata(store, "", where.rstrip("/"), exc) from exc
     if not isinstance(node, zarr.Group):
         raise OmeZarrError(f"{where} is a bare zarr array, not an OME-Zarr image (a group with 'multiscales')")
     return node
@@ -92,6 +144,11 @@ def open_level_array(
         arr = group[meta.paths[level]]
     except KeyError as exc:
         raise OmeZarrError(f"{where}: level {level} names dataset {meta.paths[level]!r}, which is missing") from exc
+    except (OSError, TimeoutError) as exc:
+        raise OmeZarrError(one_line(f"{where}: dataset {meta.paths[level]!r} cannot be read ({type(exc).__name__}: {redact(str(exc))})")) from None
+    except _BAD_METADATA as exc:
+        node = f"{group.path}/{meta.paths[level]}".strip("/")
+        raise _damaged_metadata(group.store, node, describe(group.store).rstrip("/"), exc) from exc
     if not isinstance(arr, zarr.Array):
         raise OmeZarrError(f"{where}: dataset {meta.paths[level]!r} is a group, expected an array")
     if arr.ndim != len(meta.dims):
@@ -115,7 +172,12 @@ def open_image(
     the NGFF version, units, channel colours and the source, so writers can carry them forward.
     """
     arr, meta, where = open_level_array(path, level=level, series=series, storage_options=storage_options)
-    data = da.from_zarr(arr)
+    # what da.from_zarr(arr) makes (same name, so locate() recognises the layer), reading through
+    # read_array so that a damaged chunk ends in one line naming it rather than a codec's error
+    data = da.from_array(
+        CheckedArray(arr), chunks=arr.chunks, name="from-zarr-" + tokenize(arr, None, {}, arr.chunks),
+        meta=np.empty((0,) * arr.ndim, dtype=arr.dtype),
+    )
     coords: dict[str, Any] = {}
     for axis, dim in enumerate(meta.dims):
         n = arr.shape[axis]
@@ -198,8 +260,11 @@ def spatial_frame(image: xr.DataArray, t: int | None, c: int) -> xr.DataArray:
     return frame.transpose("z", "y", "x")
 
 
-def window_reader(array: zarr.Array, dims: Sequence[str], t: int | None, channel: int) -> Callable[[tuple[slice, ...]], np.ndarray]:
-    """Read (z, y, x) windows of one time point and channel straight from a level's zarr array."""
+def window_reader(
+    array: zarr.Array, dims: Sequence[str], t: int | None, channel: int, offset: Sequence[int] = (0, 0, 0)
+) -> Callable[[tuple[slice, ...]], np.ndarray]:
+    """Read (z, y, x) windows of one time point and channel straight from a level's zarr array; window
+    coordinates are relative to ``offset`` (the first voxel of a selection of the array)."""
     dims = tuple(dims)
 
     def read(window: tuple[slice, ...]) -> np.ndarray:
@@ -210,7 +275,198 @@ def window_reader(array: zarr.Array, dims: Sequence[str], t: int | None, channel
             elif d == "c":
                 index.append(channel)
             else:
-                index.append(window[("z", "y", "x").index(d)])
-        return np.asarray(array[tuple(index)], dtype=np.float32)
+                axis = ("z", "y", "x").index(d)
+                sl = window[axis]
+                index.append(slice(sl.start + offset[axis], sl.stop + offset[axis]))
+        return np.asarray(read_array(array, tuple(index)), dtype=np.float32)
 
     return read
+
+
+def read_array(array: zarr.Array, index: tuple[Any, ...]) -> Any:
+    """``array[index]``, where a chunk that cannot be read or decoded raises one :class:`OmeZarrError`
+    naming the store, the array and the chunk's key (picklable, so dask can ship it from a worker)."""
+    try:
+        return array[index]
+    except (ChunkedFnetError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - codecs raise anything (RuntimeError, ValueError, ...)
+        raise _read_error(array, index, exc) from exc
+
+
+class CheckedArray:
+    """A read-only view of a zarr array whose reads go through :func:`read_array` (what dask reads from)."""
+
+    def __init__(self, array: zarr.Array) -> None:
+        self.array = array
+        self.shape = tuple(array.shape)
+        self.dtype = array.dtype
+        self.ndim = array.ndim
+        self.chunks = array.chunks
+
+    def __getitem__(self, index: Any) -> Any:
+        return read_array(self.array, index if isinstance(index, tuple) else (index,))
+
+
+def _array_name(array: zarr.Array) -> str:
+    return f"{describe(array.store).rstrip('/')}/{array.path.strip('/')}".rstrip("/")
+
+
+def _chunk_ranges(array: zarr.Array, index: tuple[Any, ...]) -> list[range] | None:
+    """The chunk (or shard) indices along each axis that ``index`` touches; None when it is not basic indexing."""
+    grid = getattr(array, "shards", None) or array.chunks
+    index = index + (slice(None),) * (array.ndim - len(index))
+    out = []
+    for item, n, c in zip(index, array.shape, grid, strict=False):
+        if isinstance(item, (int, np.integer)):
+            i = int(item) % n if n else 0
+            out.append(range(i // c, i // c + 1))
+        elif isinstance(item, slice):
+            start, stop, _ = item.indices(n)
+            out.append(range(start // c, max(start // c, -(-stop // c))))
+        else:
+            return None
+    return out
+
+
+def _bad_chunks(array: zarr.Array, index: tuple[Any, ...], limit: int = 256) -> list[str] | None:
+    """Keys of the chunks under ``index`` that fail when read alone (None when that cannot be told)."""
+    ranges = _chunk_ranges(array, index)
+    if ranges is None or np.prod([len(r) for r in ranges]) > limit:
+        return None
+    grid = getattr(array, "shards", None) or array.chunks
+    bad = []
+    for coords in np.ndindex(*[len(r) for r in ranges]):
+        chunk = tuple(r[i] for r, i in zip(ranges, coords, strict=True))
+        region = tuple(slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(chunk, grid, array.shape, strict=True))
+        try:
+            array[region]
+        except Exception:  # noqa: BLE001
+            bad.append(array.metadata.encode_chunk_key(chunk))
+    return bad
+
+
+def _read_error(array: zarr.Array, index: tuple[Any, ...], exc: BaseException) -> OmeZarrError:
+    name = _array_name(array)
+    cause = f"{type(exc).__name__}: {redact(str(exc))}"
+    if isinstance(exc, (OSError, TimeoutError)):
+        return OmeZarrError(one_line(f"{name}: cannot be read ({cause}); check that the store is reachable and readable, then rerun"))
+    try:
+        bad = _bad_chunks(array, index)
+    except Exception:  # noqa: BLE001 - naming the chunk is a courtesy; the error stays the one below
+        bad = None
+    advice = "the store is damaged: restore this file from a copy, or write the image again, then rerun"
+    if bad:
+        more = f" (and {len(bad) - 1} more damaged chunks: {', '.join(bad[1:4])}{', ...' if len(bad) > 4 else ''})" if len(bad) > 1 else ""
+        return OmeZarrError(one_line(f"{name}/{bad[0]}: chunk cannot be decoded ({cause}){more}; {advice}"))
+    return OmeZarrError(one_line(f"{name}: reading {_show_index(index)} failed ({cause}); {advice}"))
+
+
+def _show_index(index: tuple[Any, ...]) -> str:
+    parts = []
+    for item in index:
+        if isinstance(item, slice):
+            parts.append(f"{'' if item.start is None else item.start}:{'' if item.stop is None else item.stop}")
+        else:
+            parts.append(str(item) if np.ndim(item) == 0 else "[...]")
+    return "[" + ", ".join(parts) + "]"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Where a DataArray opened by :func:`open_image` (and maybe subset with ``isel``/``sel``) lies in its store.
+
+    ``start``/``size``: the first index and the length of the selection along each axis of the
+    level's array (a dimension dropped by a scalar selection has size 1 and is in ``dropped``);
+    ``channels``: the store's channel index of each channel of the DataArray.
+    """
+
+    source: str
+    level: int
+    start: dict[str, int]
+    size: dict[str, int]
+    channels: tuple[int, ...]
+    dropped: frozenset[str]
+
+
+def _indices(image: xr.DataArray, full: xr.DataArray, dim: str, where: str) -> np.ndarray:
+    """The store indices along ``dim`` of the values ``image`` holds, from its (physical) coordinates."""
+    values = np.atleast_1d(np.asarray(image[dim].values))
+    reference = np.asarray(full[dim].values)
+    if dim == "c":
+        names = [str(v) for v in reference]
+        missing = [str(v) for v in values if str(v) not in names]
+        if missing:
+            raise OmeZarrError(f"{where}: the selection holds channels {missing} that the store does not have ({names})")
+        return np.array([names.index(str(v)) for v in values])
+    scale = full.attrs["scale"][dim]
+    index = np.rint((values - reference[0]) / scale).astype(np.int64)
+    exact = np.allclose(reference[0] + scale * index, values, rtol=0, atol=1e-6 * abs(scale))
+    if not exact or index.min() < 0 or index.max() >= reference.size:
+        raise OmeZarrError(f"{where}: the {dim} coordinates of the selection are not voxels of level {full.attrs['level']} (were they changed?)")
+    return index
+
+
+# dask layers that only select voxels of the store (what isel/sel/transpose make)
+_SELECTING_LAYERS = ("original-from-zarr-", "from-zarr-", "getitem-", "transpose-")
+
+
+def _refuse_changed_values(image: xr.DataArray, full: xr.DataArray, where: str) -> None:
+    """Work that reads the store itself must not silently drop what was done to the DataArray's values."""
+    data = image.data
+    if not isinstance(data, da.Array):
+        raise OmeZarrError(
+            f"{where}: the DataArray holds its values in memory (loaded or computed), so they may differ from the store; "
+            "pass the lazy DataArray from open_image (selections with isel/sel are fine), or write the values to OME-Zarr first"
+        )
+    layers = list(data.dask.layers)
+    changed = sorted({name.rsplit("-", 1)[0] for name in layers if not name.startswith(_SELECTING_LAYERS)})
+    if changed:
+        raise OmeZarrError(
+            f"{where}: the DataArray's values were changed after opening ({', '.join(changed)}); predict reads the store itself, "
+            "so write the changed values to OME-Zarr first"
+        )
+    if full.data.name not in layers:
+        raise OmeZarrError(f"{where}: the DataArray's values do not come from this store's level {full.attrs['level']}")
+
+
+def locate(image: xr.DataArray) -> Selection:
+    """Find what part of which store ``image`` holds, so that work on it can read the store itself.
+
+    Refuses, in one line naming the axis and what was selected, what cannot be honoured: a
+    DataArray that was not opened with :func:`open_image`, a strided or non-contiguous selection
+    along t, z, y or x, or a single z/y/x plane selected with a scalar.
+    """
+    source, level = image.attrs.get("source"), image.attrs.get("level")
+    if source is None or level is None:
+        raise OmeZarrError(
+            f"the DataArray {image.name!r} does not say which OME-Zarr it came from (no 'source'/'level' attrs); "
+            "open it with chunked_fnet.open_image, or write it to OME-Zarr first"
+        )
+    if "***" in str(source):
+        raise OmeZarrError(f"{source}: the store's URL holds credentials that were hidden; pass the URL itself instead of the DataArray")
+    full = open_image(source, level=int(level))
+    where = f"{source} (level {level})"
+    _refuse_changed_values(image, full, where)
+    start, size, dropped = {}, {}, set()
+    channels: tuple[int, ...] = (0,)
+    for dim in full.dims:
+        if dim not in image.coords:
+            raise OmeZarrError(f"{where}: the DataArray has no {dim!r} coordinate; select with isel/sel so that xarray keeps it")
+        index = _indices(image, full, dim, where)
+        if dim not in image.dims:
+            dropped.add(dim)
+            if dim in ("z", "y", "x"):
+                raise OmeZarrError(f"{where}: a single {dim} plane was selected ({dim}={image[dim].item()}); the models are 3D: keep a range, e.g. isel({dim}=slice(i, i + 1))")
+        if dim == "c":
+            channels = tuple(int(i) for i in index)
+            continue
+        steps = np.diff(index)
+        if steps.size and not np.all(steps == 1):
+            shown = index.tolist() if index.size <= 8 else index[:8].tolist() + ["..."]
+            raise OmeZarrError(
+                f"{where}: the selection along {dim} is not a contiguous range of voxels (indices {shown}); "
+                f"select a contiguous range, e.g. isel({dim}=slice(start, stop))"
+            )
+        start[dim], size[dim] = int(index[0]), int(index.size)
+    return Selection(str(source), int(level), start, size, channels, frozenset(dropped))

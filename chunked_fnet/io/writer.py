@@ -18,7 +18,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from chunked_fnet.errors import OmeZarrError, OutputExistsError
+from chunked_fnet.errors import InputError, OmeZarrError, OutputExistsError, one_line
 from chunked_fnet.io.ngff import (
     DEFAULT_UNITS,
     DEFAULT_VERSION,
@@ -27,7 +27,7 @@ from chunked_fnet.io.ngff import (
     check_dims,
     parse_image_attrs,
 )
-from chunked_fnet.io.store import describe, is_url, open_store
+from chunked_fnet.io.store import describe, is_url, open_store, redact
 from chunked_fnet.progress import compute_with_progress
 
 SPATIAL = ("z", "y", "x")
@@ -121,29 +121,60 @@ def create_image(
         channel_windows=channel_windows if channel_windows is not None else _default_windows(dtype, channel_names),
     )
     zarr_format = 3 if version == "0.5" else 2
-    _clear_existing(store, overwrite, where, storage_options)
-    # The image header (multiscales) is written last, in one atomic put, once every array it names
-    # exists: a reader polling the path sees no image, or a whole one, never a header without arrays.
-    group = zarr.create_group(
-        open_store(store, read_only=False, storage_options=storage_options),
-        zarr_format=zarr_format,
-        overwrite=overwrite,
-    )
-    for level, f in enumerate(factors):
-        lshape = tuple(math.ceil(s / f[d]) for s, d in zip(shape, dims, strict=True))
-        kwargs: dict[str, Any] = {}
-        if zarr_format == 3:
-            kwargs["dimension_names"] = dims
-        group.create_array(
-            str(level),
-            shape=lshape,
-            chunks=tuple(min(c, s) for c, s in zip(chunks, lshape, strict=True)),
-            dtype=dtype,
-            fill_value=fill_value,
-            **kwargs,
-        )
-    group.update_attributes(attrs)
+    local = None if isinstance(store, zarr.abc.store.Store) or is_url(store) else Path(str(store).removeprefix("file://"))
+    try:
+        _clear_existing(store, overwrite, where, storage_options)
+        created = local is not None and not local.exists()  # anything there after a failure below is ours
+        # The image header (multiscales) is written last, in one atomic put, once every array it names
+        # exists: a reader polling the path sees no image, or a whole one, never a header without arrays.
+        try:
+            group = zarr.create_group(
+                open_store(store, read_only=False, storage_options=storage_options),
+                zarr_format=zarr_format,
+                overwrite=overwrite,
+            )
+            for level, f in enumerate(factors):
+                lshape = tuple(math.ceil(s / f[d]) for s, d in zip(shape, dims, strict=True))
+                kwargs: dict[str, Any] = {}
+                if zarr_format == 3:
+                    kwargs["dimension_names"] = dims
+                group.create_array(
+                    str(level),
+                    shape=lshape,
+                    chunks=tuple(min(c, s) for c, s in zip(chunks, lshape, strict=True)),
+                    dtype=dtype,
+                    fill_value=fill_value,
+                    **kwargs,
+                )
+            group.update_attributes(attrs)
+        except BaseException:
+            if created and local is not None:
+                shutil.rmtree(local, ignore_errors=True)  # a rerun then finds nothing in its way
+            raise
+    except OSError as exc:
+        if isinstance(exc, OutputExistsError):
+            raise
+        raise _unwritable(where, local, exc) from exc
     return group
+
+
+def _unwritable(where: str, local: Path | None, exc: OSError) -> InputError:
+    """One line for an output that cannot be written: what the system said, and what to do."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    blocker = ""
+    if local is not None:
+        parent = local.absolute().parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if parent.exists() and not parent.is_dir():
+            blocker = f": {parent} is a file, not a folder"
+        elif isinstance(exc, PermissionError):
+            blocker = f" in {parent}"
+    filename = f" ({redact(str(exc.filename))})" if exc.filename and str(exc.filename) != str(local) else ""
+    return InputError(
+        one_line(f"cannot create the output {where}: {type(exc).__name__}: {reason}{blocker}{filename}; "
+                 "choose an output path in a writable folder (or fix the folder's permissions) and rerun")
+    )
 
 
 def _default_windows(dtype: Any, channel_names: Sequence[str] | None) -> list[dict[str, float]] | None:

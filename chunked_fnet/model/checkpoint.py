@@ -19,9 +19,7 @@ import json
 import os
 import platform
 import re
-import shutil
 import struct
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +30,9 @@ import safetensors
 import safetensors.torch
 import torch
 
+from chunked_fnet.config import explain
 from chunked_fnet.errors import ChunkedFnetError, OutputExistsError
+from chunked_fnet.io.atomic import atomic_dir, write_bytes
 from chunked_fnet.model.unet import FnetUNet, UNetConfig
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "save_checkpoint",
     "save_tensors",
     "utc_now",
+    "write_checkpoint_files",
 ]
 
 WEIGHTS_FILE = "model.safetensors"
@@ -243,19 +244,6 @@ def _canonical(data: bytes) -> bytes:
     return struct.pack("<Q", len(text)) + text + data[8 + n :]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_tensors(
     path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> Path:
@@ -277,28 +265,12 @@ def save_tensors(
         raise CheckpointError(f"{path}: cannot serialise tensors ({type(exc).__name__}: {exc})") from exc
     if not path.parent.is_dir():
         raise CheckpointError(f"{path}: parent directory {path.parent} does not exist")
-    _atomic_write_bytes(path, data)
+    write_bytes(path, data)
     return path
 
 
 # --------------------------------------------------------------------------------------------------
 # Cards
-
-
-def _describe_validation_error(exc: pydantic.ValidationError, limit: int = 5) -> str:
-    parts = []
-    for err in exc.errors()[:limit]:
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "missing":
-            parts.append(f"missing required field '{loc}'")
-        elif err["type"] == "extra_forbidden":
-            parts.append(f"unknown field '{loc}'")
-        else:
-            parts.append(f"field '{loc}': {err['msg']} (got {err.get('input')!r})")
-    more = exc.error_count() - len(parts)
-    if more > 0:
-        parts.append(f"and {more} more problem(s)")
-    return "; ".join(parts)
 
 
 def _card_from_bytes(raw: bytes, where: Path) -> ModelCard:
@@ -311,7 +283,7 @@ def _card_from_bytes(raw: bytes, where: Path) -> ModelCard:
     try:
         return ModelCard.model_validate(obj)
     except pydantic.ValidationError as exc:
-        raise CheckpointError(f"{where}: invalid model card: {_describe_validation_error(exc)}") from exc
+        raise CheckpointError(explain(ModelCard, exc, f"{where}: invalid model card")) from exc
 
 
 def _checkpoint_dir(path: str | os.PathLike) -> Path:
@@ -386,6 +358,32 @@ def _check_replaceable(path: Path) -> None:
             )
 
 
+def _check_target(path: Path, overwrite: bool) -> None:
+    """Refuse an existing ``path`` unless ``overwrite``, and then only a checkpoint."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    _check_replaceable(path)
+
+
+def _check_card(path: Path, model: FnetUNet, card: ModelCard) -> None:
+    if card.architecture != model.config:
+        raise CheckpointError(
+            f"{path}: the card's architecture {card.architecture.model_dump()} does not match the model's "
+            f"{model.config.model_dump()}"
+        )
+
+
+def write_checkpoint_files(folder: str | os.PathLike, model: FnetUNet, card: ModelCard) -> None:
+    """Write the weights and the card into the existing, empty ``folder``: for callers that fill a
+    temporary folder and swap it in whole (:func:`save_checkpoint`, the trainer's resumable state)."""
+    folder = Path(folder)
+    _check_card(folder, model, card)
+    save_tensors(folder / WEIGHTS_FILE, model.state_dict(), {"format": "pt", "content": "chunked_fnet.FnetUNet state dict"})
+    write_bytes(folder / CARD_FILE, _card_bytes(card))
+
+
 def save_checkpoint(
     path: str | os.PathLike, model: FnetUNet, card: ModelCard, *, overwrite: bool = False
 ) -> Path:
@@ -396,41 +394,13 @@ def save_checkpoint(
     Returns the path.
     """
     path = Path(path)
-    if card.architecture != model.config:
-        raise CheckpointError(
-            f"{path}: the card's architecture {card.architecture.model_dump()} does not match the model's "
-            f"{model.config.model_dump()}"
-        )
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
-    if path.exists():
-        _check_replaceable(path)
-    parent = path.parent
-    if not parent.is_dir():
-        raise CheckpointError(f"{path}: parent directory {parent} does not exist")
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        save_tensors(
-            tmp / WEIGHTS_FILE,
-            model.state_dict(),
-            {"format": "pt", "content": "chunked_fnet.FnetUNet state dict"},
-        )
-        _atomic_write_bytes(tmp / CARD_FILE, _card_bytes(card))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        if path.exists() or path.is_symlink():
-            if not overwrite:
-                raise OutputExistsError(
-                    f"{path} already exists; pass overwrite=True (--overwrite) to replace it"
-                )
-            old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".old"))
-            os.replace(path, old / "previous")  # move aside, then swap in the new one
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _check_card(path, model, card)
+    _check_target(path, overwrite)
+    if not path.parent.is_dir():
+        raise CheckpointError(f"{path}: parent directory {path.parent} does not exist")
+    with atomic_dir(path) as tmp:
+        write_checkpoint_files(tmp, model, card)
+        _check_target(path, overwrite)  # again: something may have appeared there while writing
     return path
 
 

@@ -49,13 +49,13 @@ from pathlib import Path
 import pydantic
 import torch
 
+from chunked_fnet.config import explain
 from chunked_fnet.model.checkpoint import (
     CheckpointError,
     InputSpec,
     ModelCard,
     Normalization,
     Provenance,
-    _describe_validation_error,
     check_state_dict,
     current_versions,
     model_from_state_dict,
@@ -236,7 +236,7 @@ def _infer_config(state: Mapping[str, torch.Tensor], path: Path) -> UNetConfig:
             out_channels=out.shape[0],
         )
     except pydantic.ValidationError as exc:
-        raise CheckpointError(f"{path}: unsupported U-Net shape: {_describe_validation_error(exc)}") from None
+        raise CheckpointError(explain(UNetConfig, exc, f"{path}: unsupported U-Net shape")) from None
 
 
 def _rename(
@@ -372,7 +372,5 @@ def import_pytorch_fnet(
             ),
         )
     except pydantic.ValidationError as exc:
-        raise CheckpointError(
-            f"{src.path}: cannot describe the imported model: {_describe_validation_error(exc)}"
-        ) from None
+        raise CheckpointError(explain(ModelCard, exc, f"{src.path}: cannot describe the imported model")) from None
     return model_from_state_dict(src.config, src.state_dict).eval(), card

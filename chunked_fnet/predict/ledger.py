@@ -7,6 +7,11 @@ chunk is never taken as done. The folder is not a zarr node: zarr and OME-Zarr r
 
 Markers are separate small objects rather than one shared file because many workers finish chunks
 at once: one object per chunk needs no lock and works the same on a local disk and an object store.
+
+Both are written whole or not at all: on a local disk to a temporary name in the same folder, then
+renamed into place (:func:`chunked_fnet.io.atomic.write_bytes`); on an object store by one PUT, which
+is atomic there. A crash therefore never leaves a torn ``run.json``; one damaged anyway (by hand, by a
+disk) is refused in one line by :meth:`Ledger.read_record`.
 """
 
 from __future__ import annotations
@@ -17,20 +22,24 @@ from collections.abc import Mapping
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
+from chunked_fnet.errors import InputError, one_line
+from chunked_fnet.io.atomic import write_bytes
 from chunked_fnet.io.store import redact
+from chunked_fnet.sliding_window.box import Box
 
 LEDGER = ".chunked_fnet"
 
 
-def chunk_key(time_index: int, region: tuple[slice, ...]) -> str:
+def chunk_key(time_index: int, region: Box) -> str:
     """A chunk's name in the ledger and in messages: its time index and the start of each axis."""
-    return f"t{time_index}-" + "-".join(f"{axis}{sl.start}" for axis, sl in zip("zyx", region, strict=True))
+    return f"t{time_index}-" + "-".join(f"{axis}{start}" for axis, start in zip("zyx", region.start, strict=True))
 
 
-def describe_chunk(time_index: int, region: tuple[slice, ...], time_point: int | None) -> str:
+def describe_chunk(time_index: int, region: Box, time_point: int | None) -> str:
     """Where a chunk is, for a person: time point and voxel ranges on the output grid."""
-    where = " ".join(f"{axis}[{sl.start}:{sl.stop}]" for axis, sl in zip("zyx", region, strict=True))
+    where = " ".join(f"{axis}[{a}:{b}]" for axis, a, b in zip("zyx", region.start, region.stop, strict=True))
     return f"t={time_point if time_point is not None else time_index} {where}"
 
 
@@ -45,24 +54,50 @@ class Ledger:
     def output_exists(self) -> bool:
         return bool(self.fs.exists(self.output))
 
+    def _put(self, path: str, data: bytes) -> None:
+        """Write one small file whole or not at all (see the module's docstring)."""
+        if isinstance(self.fs, LocalFileSystem):
+            write_bytes(path, data)  # temporary file beside it, fsync, rename
+        else:
+            self.fs.pipe_file(path, data)  # an object store's PUT is atomic
+
     def write_record(self, record: Mapping[str, Any]) -> None:
         self.fs.makedirs(f"{self.root}/done", exist_ok=True)
-        self.fs.pipe_file(f"{self.root}/run.json", json.dumps(record, indent=1, sort_keys=True).encode())
+        self._put(f"{self.root}/run.json", json.dumps(record, indent=1, sort_keys=True).encode())
 
     def read_record(self) -> dict[str, Any] | None:
+        """The run record, None when there is none; a damaged one raises :class:`InputError` in one line."""
+        path = f"{self.root}/run.json"
         try:
-            return json.loads(self.fs.cat_file(f"{self.root}/run.json"))
+            raw = self.fs.cat_file(path)
         except FileNotFoundError:
             return None
+        try:
+            record = json.loads(raw)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            problem = f"{type(exc).__name__}: {exc}"
+        else:
+            if isinstance(record, dict):
+                return record
+            problem = f"a JSON {type(record).__name__}, not an object"
+        raise InputError(one_line(f"{redact(self._shown(path))} is damaged ({problem}); rerun with --overwrite to start over"))
+
+    def _shown(self, path: str) -> str:
+        """``path`` as the user would write it (with the protocol for a remote store)."""
+        if isinstance(self.fs, LocalFileSystem):
+            return path
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return f"{protocol}://{path.lstrip('/') if protocol == 'memory' else path}"
 
     def mark_done(self, key: str, info: Mapping[str, float]) -> None:
-        self.fs.pipe_file(f"{self.root}/done/{key}", json.dumps(dict(info)).encode())
+        self._put(f"{self.root}/done/{key}", json.dumps(dict(info)).encode())
 
     def done(self) -> set[str]:
         try:
-            return {p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(f"{self.root}/done", detail=False)}
+            names = {p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(f"{self.root}/done", detail=False)}
         except FileNotFoundError:
             return set()
+        return {n for n in names if not n.startswith(".")}  # .KEY.RANDOM.tmp: a marker being written, or torn by a crash
 
 
 def differences(recorded: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:

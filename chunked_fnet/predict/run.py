@@ -1,35 +1,44 @@
 """Plan and run chunked ensemble prediction on a dask.distributed cluster.
 
-The client side computes per-frame statistics (by dask, over whole frames), creates the output
-OME-Zarr (one channel per structure, named and coloured from the model cards, physical scale of the
-model grid and the input's translation), submits one task per output chunk, shows progress, builds
-the pyramid, and returns the written output as a lazy DataArray.
+The client side locates the input selection in its store, checks everything that can be checked
+before the first byte is written (models, options, missing input chunks), computes per-frame
+statistics (by dask, over whole frames), creates the output OME-Zarr (one channel per structure,
+named and coloured from the model cards, at the selection's origin), submits the block tasks and
+chunk tasks of :mod:`chunked_fnet.predict.schedule` as one dask graph, shows progress, builds the
+pyramid, and returns the written output as a lazy DataArray.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Collection, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dask
+import numpy as np
 import xarray as xr
 from distributed import Client, as_completed
 from tqdm.auto import tqdm
 
 from chunked_fnet.cluster import ClusterSpec, local_client
 from chunked_fnet.errors import ChunkedFnetError, InputError, OutputExistsError
-from chunked_fnet.io.reader import channel_index, open_image, spatial_frame
+from chunked_fnet.device import parse_device
+from chunked_fnet.io.completeness import completeness
+from chunked_fnet.io.reader import Selection, channel_index, locate, open_image, open_level_array, spatial_frame
 from chunked_fnet.io.store import is_url, redact
 from chunked_fnet.io.writer import build_pyramid, create_image
 from chunked_fnet.predict.ensemble import check_ensemble
-from chunked_fnet.predict.job import PredictJob, PredictOptions, predict_block, write_chunk
+from chunked_fnet.predict.job import PredictJob, predict_block, write_chunk
+from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.predict.ledger import Ledger, chunk_key, describe_chunk, differences
 from chunked_fnet.preprocess.normalize import frame_stats
 from chunked_fnet.preprocess.resample import ModelGrid
+from chunked_fnet.sliding_window import SlidingWindow
 
 
 class ChunksFailedError(ChunkedFnetError, RuntimeError):
@@ -57,60 +66,120 @@ class RunSummary:
 
 
 def plan(
-    image_path: str,
+    image: str | Path | xr.DataArray,
     models: Sequence[str | Path],
     out: str | Path,
     options: PredictOptions,
     *,
     series: str | None = None,
 ) -> PredictJob:
-    """Check inputs and models, compute per-frame statistics, and describe the job."""
-    image = open_image(image_path, series=series)
-    _refuse_output_inside_input(str(image_path), str(out))
-    scale = image.attrs["scale"]
-    if "z" not in image.dims:
-        raise InputError(f"{image.attrs['source']}: the models are 3D; the image has no z axis (dims {list(image.dims)})")
-    channel = channel_index(image, options.input_channel, "input (transmitted-light)")
+    """Check inputs and models, compute per-frame statistics, and describe the job.
+
+    ``image`` is an OME-Zarr path or a DataArray from :func:`chunked_fnet.open_image`, at any pyramid
+    level, maybe subset with ``isel``/``sel``: exactly its time points and its z/y/x extent are
+    predicted, and the output's origin is the subset's physical origin.
+    """
+    if not isinstance(image, xr.DataArray):
+        image = open_image(str(image), series=series)
+    selection = locate(image)
+    source = selection.source
+    _refuse_output_inside_input(source, str(out))
+    if "z" not in selection.start:
+        raise InputError(f"{source}: the models are 3D; the image has no z axis (dims {list(image.dims)})")
+    channel = _input_channel(image, selection, options)
+    store_channel = selection.channels[channel] if "c" in image.dims else selection.channels[0]
+    parse_device(options.device)  # a misspelt device fails here, not in every task
     paths = [str(p) for p in models]
     cards, hashes = check_ensemble(paths)
-    n_t = image.sizes.get("t", 1)
-    if options.time is None:
-        times: list[int | None] = list(range(n_t)) if "t" in image.dims else [None]
-    else:
-        lo, hi = options.time
-        if not 0 <= lo < hi <= n_t:
-            raise InputError(f"{image.attrs['source']}: time range [{lo}, {hi}) is outside the image's 0..{n_t} time points")
-        times = list(range(lo, hi))
+    frames = _selected_times(image, selection, options)
+    level_array, level_meta, _ = open_level_array(source, level=selection.level)
+    missing = _check_complete(level_array, level_meta.dims, selection, frames, store_channel, options)
+    name = options.input_channel if "c" in image.dims else image["c"].item() if "c" in image.coords else 0
     stats = tuple(
-        frame_stats(spatial_frame(image, t, channel), f"{image.attrs['source']} t={t} channel {options.input_channel!r}", options.nonfinite)
-        for t in times
+        frame_stats(spatial_frame(image, i, channel), f"{source} t={t} channel {name!r}", options.nonfinite)
+        for i, t in frames
     )
-    zyx = tuple(image.sizes[d] for d in ("z", "y", "x"))
+    times = tuple(t for _, t in frames)
+    scale = image.attrs["scale"]
+    zyx = tuple(selection.size[d] for d in ("z", "y", "x"))
     grid = ModelGrid(zyx, (scale["z"], scale["y"], scale["x"]), tuple(cards[0].voxel_size))  # type: ignore[arg-type]
-    translation = image.attrs["translation"]
     tscale = scale.get("t", 1.0)
+    first = {d: float(np.atleast_1d(image[d].values)[0]) for d in ("z", "y", "x")}
+    t0 = float(np.atleast_1d(image["t"].values)[frames[0][0]]) if "t" in image.coords else 0.0
     return PredictJob(
-        multiple=max(c.architecture.multiple for c in cards),
-        input_path=str(image_path),
-        series=series,
-        input_dims=tuple(image.dims),
-        channel_index=channel,
-        times=tuple(times),
+        input_path=source,
+        series=None,
+        input_dims=tuple(level_meta.dims),
+        channel_index=store_channel,
+        times=times,
         stats=stats,
         grid=grid,
+        window=SlidingWindow(
+            grid.shape, options.patch_shape, options.overlap, max(c.architecture.multiple for c in cards),
+            options.blend, pad_mode=options.pad_mode,
+        ),
         models=tuple(paths),
         hashes=tuple(hashes),
         output_path=str(out),
         options=options,
         structures=tuple(c.structure for c in cards),
         colors=tuple(c.color for c in cards),
-        origin=(translation.get("t", 0.0) + (times[0] or 0) * tscale, *(translation[d] for d in ("z", "y", "x"))),  # type: ignore[arg-type]
+        origin=(t0, first["z"], first["y"], first["x"]),
         time_scale=tscale,
         time_unit=image.attrs["units"].get("t") or "second",
         input_info={
-            "shape": list(image.shape), "dtype": str(image.dtype), "scale": dict(scale), "translation": dict(translation),
+            "shape": list(level_array.shape), "dtype": str(image.dtype), "scale": dict(scale),
+            "translation": dict(image.attrs["translation"]), "missing_chunks_filled": missing,
         },
+        input_level=selection.level,
+        input_offset=tuple(selection.start[d] for d in ("z", "y", "x")),  # type: ignore[arg-type]
     )
+
+
+def _check_complete(
+    array: Any, dims: Sequence[str], selection: Selection, frames: list[tuple[int, int | None]], channel: int, options: PredictOptions
+) -> int:
+    """Refuse (or, with ``missing_chunks="fill"``, count) input chunks that the run reads but the store lacks."""
+    region = []
+    for d in dims:
+        if d == "t":
+            region.append(slice(frames[0][1], frames[-1][1] + 1))
+        elif d == "c":
+            region.append(slice(channel, channel + 1))
+        else:
+            region.append(slice(selection.start[d], selection.start[d] + selection.size[d]))
+    report = completeness(array, region)
+    if report.missing and options.missing_chunks == "fail":
+        raise InputError(
+            report.describe(f"{selection.source} level {selection.level}")
+            + "; the store is incomplete (an interrupted copy?): complete it, or, if its writer leaves chunks equal to the fill value "
+            f"unwritten on purpose, pass --missing-chunks fill (they are read as {array.fill_value})"
+        )
+    return len(report.missing)
+
+
+def _input_channel(image: xr.DataArray, selection: Selection, options: PredictOptions) -> int:
+    """The transmitted-light channel, as an index into ``image``'s channels (0 when there is no c axis)."""
+    if "c" in image.dims:
+        return channel_index(image, options.input_channel, "input (transmitted-light)")
+    if "c" in selection.dropped and "input_channel" in options.model_fields_set:
+        held, wanted = str(image["c"].item()), str(options.input_channel)
+        if wanted not in (held, str(selection.channels[0])):
+            raise InputError(f"{selection.source}: the DataArray holds only channel {held!r}, but input_channel is {wanted!r}")
+    return 0
+
+
+def _selected_times(image: xr.DataArray, selection: Selection, options: PredictOptions) -> list[tuple[int, int | None]]:
+    """(index into ``image``'s t axis, index into the store's t axis) of each frame to predict."""
+    if "t" not in selection.start:
+        if options.time is not None and options.time != (0, 1):
+            raise InputError(f"{selection.source}: time range {list(options.time)} given, but the image has no t axis")
+        return [(0, None)]
+    n_t = selection.size["t"]
+    lo, hi = options.time if options.time is not None else (0, n_t)
+    if not 0 <= lo < hi <= n_t:
+        raise InputError(f"{selection.source}: time range [{lo}, {hi}) is outside the image's 0..{n_t} time points")
+    return [(i, selection.start["t"] + i) for i in range(lo, hi)]
 
 
 def _refuse_output_inside_input(image_path: str, out: str) -> None:
@@ -150,6 +219,36 @@ def create_output(job: PredictJob, overwrite: bool) -> None:
         overwrite=overwrite,
     )
     Ledger(job.output_path).write_record(job.record())
+
+
+def _create_or_leave_nothing(job: PredictJob, overwrite: bool) -> None:
+    """Create the output; if that fails part way (disk full, permissions), remove what was made, so the
+    rerun with the cause fixed does not meet a half-made store that "already exists"."""
+    try:
+        create_output(job, overwrite)
+    except BaseException as exc:
+        ledger = Ledger(job.output_path)
+        if ledger.output_exists():
+            ledger.fs.rm(ledger.output, recursive=True)
+        if isinstance(exc, OSError):
+            raise ChunkedFnetError(
+                f"could not create the output {redact(job.output_path)}: {exc.strerror or exc}; nothing was left behind, "
+                "rerun once the cause is fixed"
+            ) from None
+        raise
+
+
+class RunInterruptedError(ChunkedFnetError, RuntimeError):
+    """The cluster went away mid-run (scheduler lost, run cancelled); finished chunks are recorded."""
+
+
+def _interrupted(job: PredictJob, client: Client, computed: int, what: str) -> RunInterruptedError:
+    address = getattr(client.scheduler, "address", None) or "the dask scheduler"
+    done = len(Ledger(job.output_path).done())
+    return RunInterruptedError(
+        f"the run into {redact(job.output_path)} lost its dask scheduler {address} ({redact(what)}); {done} chunks are written "
+        f"and recorded: rerun the same command with --resume (against a running scheduler) to compute only the rest"
+    )
 
 
 def _refuse_existing(output: str) -> None:
@@ -205,15 +304,14 @@ def predict(
     options = options or PredictOptions()
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other: resume keeps the finished chunks, overwrite deletes them")
-    image_path = image.attrs["source"] if isinstance(image, xr.DataArray) else str(image)
-    job = plan(image_path, models, out, options, series=series)
+    job = plan(image, models, out, options, series=series)
     done = _resume_state(job) if resume else None
     if done is None and not overwrite:
         _refuse_existing(job.output_path)
     context = nullcontext(client) if isinstance(client, Client) else local_client(client or ClusterSpec())
     with context as c:  # connected before the output is created: an unreachable scheduler leaves nothing behind
         if done is None:
-            create_output(job, overwrite)
+            _create_or_leave_nothing(job, overwrite)
         summary = execute(job, c, skip=done or set(), progress=progress)
     return open_image(out), summary
 
@@ -235,13 +333,13 @@ def execute(job: PredictJob, client: Client, *, skip: Collection[str] = (), prog
     token = uuid.uuid4().hex[:8]  # two runs on one cluster must never share a task key
     blocks = [
         dask.delayed(predict_block, pure=False, nout=len(b.pieces))(
-            job, b, dask_key_name=f"cfnet-block-{token}-t{b.time_index}-" + "-".join(f"{a}{s.start}" for a, s in zip("zyx", b.block))
+            job, b, dask_key_name=f"cfnet-block-{token}-{chunk_key(b.time_index, b.block)}"
         )
         for b in graph.blocks
     ]
     chunks = [
         dask.delayed(write_chunk, pure=False)(
-            job, c, *(blocks[b][p] for b, p in c.sources), dask_key_name=f"cfnet-chunk-{token}-{chunk_key(c.time_index, c.region)}"
+            job, c, *(blocks[ref.block][ref.piece] for ref in c.sources), dask_key_name=f"cfnet-chunk-{token}-{chunk_key(c.time_index, c.region)}"
         )
         for c in graph.chunks
     ]
@@ -249,18 +347,26 @@ def execute(job: PredictJob, client: Client, *, skip: Collection[str] = (), prog
     del blocks, chunks
     voxels = 0
     failures: list[tuple[tuple[int, ...], str]] = []
-    with tqdm(total=len(futures), desc="predict", unit="chunk", disable=not progress) as bar:
-        for future in as_completed(futures):
-            if future.status == "error":
-                task = futures[future]
-                ti, region = task.time_index, task.region
-                exc = future.exception()
-                failures.append(((ti, *(sl.start for sl in region)), f"{describe_chunk(ti, region, job.times[ti])}: {type(exc).__name__}: {redact(str(exc))}"))
-            else:
-                voxels += int(future.result()["voxels"]) * len(job.models)
-            bar.update(1)
+    cancelled = 0
     computed = len(graph.chunks)
-    workers = len(client.scheduler_info().get("workers", {}))
+    try:
+        with tqdm(total=len(futures), desc="predict", unit="chunk", disable=not progress) as bar:
+            for future in as_completed(futures):
+                if future.status == "error":
+                    task = futures[future]
+                    ti, region = task.time_index, task.region
+                    exc = future.exception()
+                    failures.append(((ti, *region.start), f"{describe_chunk(ti, region, job.times[ti])}: {type(exc).__name__}: {redact(str(exc))}"))
+                elif future.status == "cancelled":  # the scheduler was lost, or someone cancelled the run
+                    cancelled += 1
+                else:
+                    voxels += int(future.result()["voxels"]) * len(job.models)
+                bar.update(1)
+        workers = len(client.scheduler_info().get("workers", {}))
+    except (OSError, TimeoutError, asyncio.CancelledError) as exc:  # the connection itself went away
+        raise _interrupted(job, client, computed, f"{type(exc).__name__}: {exc}") from None
+    if cancelled:
+        raise _interrupted(job, client, computed, f"{cancelled} chunk tasks were cancelled")
     if failures:
         failures.sort()  # in storage order, whatever order they failed in
         raise ChunksFailedError(

@@ -14,6 +14,7 @@ import numpy as np
 import xarray as xr
 
 from chunked_fnet.errors import InputError
+from chunked_fnet.moments import is_constant, moments
 
 
 @dataclass(frozen=True)
@@ -28,28 +29,22 @@ class FrameStats:
 
 
 def frame_stats(frame: xr.DataArray | np.ndarray | da.Array, what: str = "image", nonfinite: str = "fail") -> FrameStats:
-    """Mean/std of a (z, y, x) frame in float64, in one dask pass.
+    """Mean/std of a (z, y, x) frame (population std, float64; :mod:`chunked_fnet.moments`), in one dask pass.
 
     A constant frame raises. NaN/Inf voxels raise with ``nonfinite="fail"`` (the default: a
     microscope never records NaN, so they mean a broken conversion); with ``"fill"`` the statistics
     use the finite voxels only and :meth:`FrameStats.apply` callers fill the rest with the mean.
     """
     data = frame.data if isinstance(frame, xr.DataArray) else frame
-    data = da.asarray(data).astype(np.float64)
-    ok = da.isfinite(data)
-    finite = da.where(ok, data, 0.0)
-    total, total_sq, count = da.compute(finite.sum(), (finite * finite).sum(), ok.sum())
-    count = int(count)
-    if count < data.size and nonfinite != "fill":
+    m = moments(data, finite_only=True)
+    size, count = math.prod(np.shape(data)), int(m.n)
+    if count < size and nonfinite != "fill":
         raise InputError(
-            f"{what}: {data.size - count} of {data.size} voxels are NaN or infinite; z-scoring needs finite values "
+            f"{what}: {size - count} of {size} voxels are NaN or infinite; z-scoring needs finite values "
             "(fix the input, or pass nonfinite: fill / --nonfinite fill to predict them as the frame mean)"
         )
     if count == 0:
         raise InputError(f"{what}: has no finite voxel at all")
-    mean = float(total) / count
-    var = max(float(total_sq) / count - mean * mean, 0.0)
-    std = math.sqrt(var)
-    if not std > 1e-12 * max(1.0, abs(mean)):
-        raise InputError(f"{what}: is constant (every voxel = {mean:g}); z-scoring needs a non-zero standard deviation")
-    return FrameStats(mean=mean, std=std)
+    if is_constant(m.mean_a, m.std_a):
+        raise InputError(f"{what}: is constant (every voxel = {m.mean_a:g}); z-scoring needs a non-zero standard deviation")
+    return FrameStats(mean=m.mean_a, std=m.std_a)

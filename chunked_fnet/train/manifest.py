@@ -21,8 +21,9 @@ from typing import Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from chunked_fnet.config import build
 from chunked_fnet.errors import InputError
 
 
@@ -75,11 +76,7 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
             raise InputError(f"manifest {path}: expected a top-level 'images:' list of entries")
     entries = []
     for i, row in enumerate(rows):
-        try:
-            entry = ManifestEntry(**row)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise InputError(f"manifest {path}, entry {i + 1}: {problems}") from None
+        entry = build(ManifestEntry, row, f"manifest {path}, entry {i + 1}")
         if not ("://" in entry.path or Path(entry.path).is_absolute()):
             entry = entry.model_copy(update={"path": str((path.parent / entry.path).resolve())})
         entries.append(entry)

@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -24,8 +20,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from chunked_fnet.device import Precision, autocast_dtype, resolve_device
 from chunked_fnet.errors import InputError
+from chunked_fnet.io.atomic import atomic_dir
 from chunked_fnet.model import FnetUNet, ModelCard, UNetConfig, load_tensors, save_checkpoint, save_tensors
+from chunked_fnet.model.checkpoint import write_checkpoint_files
 from chunked_fnet.train.data import PairSpec, PatchDataset, convert_if_tiff, describe_pair, expand_pairs, load_stats, save_stats
 from chunked_fnet.train.manifest import Pair, read_manifest, split_pairs
 
@@ -55,7 +54,7 @@ class TrainConfig(BaseModel):
     workers: int = Field(2, ge=0, description="DataLoader worker processes")
     prefetch: int = Field(4, ge=1, description="batches prefetched per worker")
     cache_mb: float = Field(2048, ge=0, description="per-worker cache of preprocessed pairs")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     device: str = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
 
@@ -64,51 +63,22 @@ class TrainConfig(BaseModel):
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "workers", "prefetch", "cache_mb", "threads", "device", "output"}
 
 
-def _device(config: TrainConfig) -> torch.device:
-    if config.device != "auto":
-        return torch.device(config.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or config.precision == "fp32":
-        return None
-    return torch.float16 if config.precision == "fp16" else torch.bfloat16
-
-
 def _set_worker_threads(_: int) -> None:
     torch.set_num_threads(1)  # loader workers preprocess; the main process owns the cores
-
-
-def _atomic_dir(target: Path) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Swap a fully written directory into place; a crash leaves either the old or the new one."""
-    old = target.with_name(f".{target.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def save_training_state(
     run: Path, model: FnetUNet, optimizer: torch.optim.Optimizer, iteration: int, card: ModelCard
 ) -> None:
+    """Model, optimizer and iteration as ``checkpoints/latest``, swapped in whole: a crash keeps the previous one."""
     target = run / "checkpoints" / "latest"
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_dir(target)
-    shutil.rmtree(tmp)
-    save_checkpoint(tmp, model, card)
     state = optimizer.state_dict()
     tensors = {f"{idx}.{key}": value for idx, entry in state["state"].items() for key, value in entry.items() if torch.is_tensor(value)}
-    save_tensors(tmp / "optimizer.safetensors", tensors, {"param_groups": json.dumps(state["param_groups"])})
-    (tmp / "state.json").write_text(json.dumps({"iteration": iteration}))
-    _replace_dir(tmp, target)
+    with atomic_dir(target) as tmp:
+        write_checkpoint_files(tmp, model, card)
+        save_tensors(tmp / "optimizer.safetensors", tensors, {"param_groups": json.dumps(state["param_groups"])})
+        (tmp / "state.json").write_text(json.dumps({"iteration": iteration}))
 
 
 def load_training_state(run: Path, model: FnetUNet, optimizer: torch.optim.Optimizer) -> int:
@@ -217,8 +187,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     """Train a model; returns the path of the final checkpoint (``<run>/<structure>.ckpt``)."""
     run, train_specs, test_specs = prepare_run(config, resume)
     input_channel = read_manifest(config.manifest)[0].input_channel
-    device = _device(config)
-    autocast = _autocast_dtype(config, device)
+    device = resolve_device(config.device)
+    autocast = autocast_dtype(config.precision, device)
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)

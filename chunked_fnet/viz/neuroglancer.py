@@ -20,6 +20,7 @@ import numpy as np
 from chunked_fnet.errors import InputError
 from chunked_fnet.io.reader import open_image, read_metadata
 from chunked_fnet.io.store import is_url
+from chunked_fnet.io.units import metres, seconds
 from chunked_fnet.viz.display import FULL_PERCENTILES, STRUCTURE_PERCENTILES, percentile_window
 from chunked_fnet.viz.serve import StoreServer
 
@@ -35,8 +36,6 @@ INPUT_OPACITY = 0.5
 #: per layout: the initial zoom fits the prediction's field of view into it.
 PANEL_PX = {"4panel": (580, 330), "xy-3d": (580, 680), "xz-3d": (580, 680), "yz-3d": (580, 680)}
 SINGLE_PANEL_PX = (1150, 680)
-_UNIT_TO_METRES = {"micrometer": 1e-6, "nanometer": 1e-9, "millimeter": 1e-3, "meter": 1.0, "angstrom": 1e-10, None: 1e-6}
-_UNIT_TO_SECONDS = {"second": 1.0, "millisecond": 1e-3, "minute": 60.0, "hour": 3600.0, None: 1.0}
 
 
 @dataclass(frozen=True)
@@ -141,10 +140,10 @@ def _global_dimensions(images: Sequence[ImageSource]) -> tuple[list[str], list[f
         if not present:
             continue
         if dim == "t":
-            factors = [_UNIT_TO_SECONDS.get(im.units.get("t"), 1.0) for im in present]
+            factors = [seconds(im.units.get("t")) for im in present]
             unit = "s"
         else:
-            factors = [_UNIT_TO_METRES.get(im.units.get(dim), 1e-6) for im in present]
+            factors = [metres(im.units.get(dim)) for im in present]
             unit = "m"
         names.append(dim)
         scales.append(min(im.scale.get(dim, 1.0) * f for im, f in zip(present, factors, strict=True)))
@@ -207,13 +206,13 @@ def build_state(
     position = []
     for dim, scale in zip(names, scales, strict=True):
         if dim == "t":
-            start = prediction.translation.get("t", 0.0) * _UNIT_TO_SECONDS.get(prediction.units.get("t"), 1.0)
+            start = prediction.translation.get("t", 0.0) * seconds(prediction.units.get("t"))
             position.append(start / scale + 0.5)  # inside the first frame
         else:
             lo, hi = prediction.extent(dim)
-            position.append((lo + hi) / 2 * _UNIT_TO_METRES.get(prediction.units.get(dim), 1e-6) / scale)
+            position.append((lo + hi) / 2 * metres(prediction.units.get(dim)) / scale)
     state.position = position
-    span = {d: (prediction.extent(d)[1] - prediction.extent(d)[0]) * _UNIT_TO_METRES.get(prediction.units.get(d), 1e-6) for d in ("y", "x")}
+    span = {d: (prediction.extent(d)[1] - prediction.extent(d)[0]) * metres(prediction.units.get(d)) for d in ("y", "x")}
     finest = min(s for d, s in zip(names, scales, strict=True) if d != "t")
     width, height = PANEL_PX.get(layout, SINGLE_PANEL_PX)
     state.cross_section_scale = max(span["x"] / finest / width, span["y"] / finest / height, 1e-3)

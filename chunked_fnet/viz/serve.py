@@ -6,12 +6,14 @@ preflight answer), and it may ask for byte ranges. ``http.server.SimpleHTTPReque
 neither CORS nor Range; the packages that add them are thin, little-maintained wrappers around that
 same module, and a full web framework would be a large dependency for about a hundred lines. This
 handler binds to loopback only, serves only the folders it is given (never their parents, never a
-directory listing) and never writes.
+directory listing, never a file that a symbolic link inside a store leads to outside it) and never
+writes. A malformed or absurdly long ``Range`` header is answered 416, not with an error.
 """
 
 from __future__ import annotations
 
 import mimetypes
+import os
 import re
 import threading
 import urllib.parse
@@ -26,22 +28,30 @@ from chunked_fnet.errors import InputError
 
 HOST = "127.0.0.1"  # never another address: the stores are the user's files
 BLOCK = 1 << 20
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# at most 18 digits a number (10**18 bytes is an exabyte): a longer one is refused before int() sees it
+_RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$", re.IGNORECASE)
+_RANGES = re.compile(r"^bytes=\s*(\d{0,18}-\d{0,18})(\s*,\s*\d{0,18}-\d{0,18})+\s*$", re.IGNORECASE)
 _JSON_NAMES = {".zattrs", ".zarray", ".zgroup", ".zmetadata"}
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     """The inclusive byte range ``(start, end)`` asked for, ``None`` for the whole file, or
     ``"unsatisfiable"``. Several ranges in one header are answered with the whole file (RFC 9110 allows
-    a server to ignore Range)."""
+    a server to ignore Range), as is a range of another unit; a ``bytes`` range that is malformed or
+    has a number of more than 18 digits is ``"unsatisfiable"`` (answered 416)."""
     if not header:
         return None
-    match = _RANGE.match(header.strip())
-    if match is None:
+    text = header.strip()
+    if not text.lower().startswith("bytes="):
+        return None  # another unit (items=...): ignored, the whole file
+    if _RANGES.match(text):
         return None
+    match = _RANGE.match(text)
+    if match is None:
+        return "unsatisfiable"
     first, last = match.groups()
     if not first and not last:
-        return None
+        return "unsatisfiable"
     if not first:  # suffix range: the last N bytes
         n = int(last)
         if n == 0:
@@ -82,7 +92,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _resolve(self) -> Path | None:
-        """The file a request path names, or None: first component picks a store, the rest lies inside it."""
+        """The file a request path names, or None: first component picks a store, the rest lies inside it.
+
+        The file's real path (symbolic links followed) must lie inside the store's real root too: a
+        link inside a store to a file elsewhere (``/etc/passwd``, another user's data) is not served.
+        """
         path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
         parts = [p for p in path.split("/") if p]
         if len(parts) < 2 or parts[0] not in self.server.roots:
@@ -90,8 +104,11 @@ class _Handler(BaseHTTPRequestHandler):
         rest = parts[1:]
         if any(p in (".", "..") or "\\" in p or "\0" in p for p in rest):
             return None
-        target = self.server.roots[parts[0]].joinpath(*rest)
-        return target if target.is_file() else None
+        root = self.server.roots[parts[0]]  # already resolved by StoreServer
+        real = Path(os.path.realpath(root.joinpath(*rest)))
+        if not real.is_relative_to(root) or real == root:
+            return None
+        return real if real.is_file() else None
 
     def do_OPTIONS(self) -> None:  # noqa: N802 - http.server's naming
         extra = {"Content-Type": "text/plain"}
@@ -110,7 +127,11 @@ class _Handler(BaseHTTPRequestHandler):
         if target is None:
             self._empty(HTTPStatus.NOT_FOUND)
             return
-        size = target.stat().st_size
+        try:
+            size = target.stat().st_size
+        except OSError:  # removed or replaced since _resolve (a store may be rewritten while it is viewed)
+            self._empty(HTTPStatus.NOT_FOUND)
+            return
         wanted = parse_range(self.headers.get("Range"), size)
         if wanted == "unsatisfiable":
             self._empty(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, {"Content-Range": f"bytes */{size}"})
@@ -144,6 +165,8 @@ class _Handler(BaseHTTPRequestHandler):
                     left -= len(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the browser gave up on this request (e.g. the view moved on)
+        except OSError:
+            self.close_connection = True  # the file went away mid-answer: the length sent is wrong now
 
 
 class _Server(ThreadingHTTPServer):

@@ -1,4 +1,5 @@
-"""Drive a headless Chromium over the DevTools protocol (CDP): check and screenshot a neuroglancer view.
+"""Test tooling: drive a headless Chromium over the DevTools protocol (CDP), check and screenshot a
+neuroglancer view (``tests/test_view.py``; ``examples/end_to_end.py --screenshot`` imports it from here).
 
 For tests, CI and documentation pictures on machines without a display or GPU: open a page, evaluate
 JavaScript, capture a screenshot, collect console errors. The DevTools endpoint listens on 127.0.0.1,
@@ -40,7 +41,7 @@ class Chromium:
         try:
             import websocket  # websocket-client
         except ImportError as exc:
-            raise InputError("driving Chromium needs websocket-client: pip install 'chunked_fnet[viz]'") from exc
+            raise InputError("driving Chromium needs websocket-client: pip install -e '.[test]'") from exc
 
         self.profile = Path(tempfile.mkdtemp(prefix="chunked-fnet-chromium-"))
         args = [

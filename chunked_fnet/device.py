@@ -1,0 +1,52 @@
+"""Which torch device and autocast dtype a job runs with: one choice for training and prediction alike,
+so a model is trained and applied under the same rules and a bad ``device`` setting fails the same way."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+
+from chunked_fnet.errors import InputError
+
+#: What a config's ``precision`` may say (see :func:`autocast_dtype`).
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+_EXPECTED = "expected 'auto', 'cpu', 'cuda', 'cuda:N' or another torch device"
+
+
+def parse_device(name: str) -> torch.device | None:
+    """The device a name means (None for ``"auto"``), without asking whether this machine has it: a
+    client may plan a run for GPU workers from a login node without one."""
+    if name == "auto":
+        return None
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"device {name!r} is not a torch device; {_EXPECTED}") from None
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"``: the first CUDA device when torch sees one, else the CPU; anything else is checked
+    now (a valid device string, and for an accelerator that it exists), not at the first tensor."""
+    device = parse_device(name)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backend = getattr(torch, device.type, None) if device.type != "cpu" else None
+    available = getattr(backend, "is_available", None)
+    if available is not None and not available():
+        raise InputError(f"device {name!r}: torch {torch.__version__} sees no {device.type} device here; use 'cpu' or 'auto'")
+    count = getattr(backend, "device_count", None)
+    if device.index is not None and count is not None and device.index >= count():
+        raise InputError(f"device {name!r}: torch sees only {count()} {device.type} device(s) (0 to {count() - 1})")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The dtype to autocast to, or None for plain float32. Only CUDA autocasts: "auto" and "bf16" mean
+    bfloat16 there, "fp16" float16 (with a grad scaler in training); "fp32", and any CPU, mean None."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if torch.device(device).type != "cuda" or precision == "fp32":
+        return None
+    return torch.float16 if precision == "fp16" else torch.bfloat16

@@ -1,0 +1,54 @@
+"""The options of a prediction run: the one definition that the Python API, YAML configs and the CLI
+flags all come from."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PredictOptions(BaseModel):
+    """How to tile, blend and store; the defaults suit a CPU laptop and a GPU alike."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    input_channel: str | int = Field("brightfield", description="the input's transmitted-light channel, by name or index")
+    time: tuple[int, int] | None = Field(None, description="[start, stop) time points; default all")
+    patch_shape: tuple[int, int, int] = Field(
+        (32, 64, 64), description="model patch z, y, x on the model grid, fitted to the U-Net's down-sampling"
+    )
+    overlap: float = Field(0.25, ge=0, lt=1, description="fraction of a patch that overlaps its neighbour, per axis")
+    blend: Literal["gaussian", "cosine", "linear", "constant"] = Field(
+        "gaussian", description="weight that blends overlapping patches"
+    )
+    batch_size: int = Field(4, ge=1, description="patches per forward pass; raise it on a GPU")
+    tta_flips: bool = Field(False, description="test-time augmentation: also predict the z, y and x flips, and average")
+    chunks: tuple[int, int, int] = Field(
+        (32, 256, 256), description="output chunk z, y, x on the output grid (see output_grid): one block and one chunk task each"
+    )
+    dtype: Literal["float32", "float16"] = Field("float32", description="dtype the prediction is stored in")
+    version: Literal["0.4", "0.5"] = Field("0.5", description="OME-NGFF version of the output: 0.5 (zarr v3) or 0.4 (zarr v2)")
+    levels: int = Field(1, ge=1, description="pyramid levels written (1: full resolution only)")
+    device: str = Field("auto", description="torch device: auto (CUDA when torch sees one, else cpu), cpu, cuda, cuda:N")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast on CUDA, auto meaning bf16; fp32, and any CPU run, compute in float32"
+    )
+    pad_mode: Literal["reflect", "symmetric", "edge"] = Field(
+        "reflect", description="how the frame is extended past its edges for the patches that cross them"
+    )
+    output_grid: Literal["model", "input"] = Field(
+        "model", description="write on the models' voxel grid, or interpolated back onto the input's grid"
+    )
+    nonfinite: Literal["fail", "fill"] = Field(
+        "fail", description="NaN/Inf input voxels: refuse the frame, or predict them as the frame's mean"
+    )
+    missing_chunks: Literal["fail", "fill"] = Field(
+        "fail",
+        description="input chunks missing from the store (an interrupted copy, or a writer that skips empty chunks): "
+        "refuse the run, or read them as the array's fill value",
+    )
+    retries: int = Field(2, ge=0, description="extra tries of a failing chunk task before the run reports it")
+
+
+# Options that change how a run is carried out but not a single output value: a resumed run may differ in them.
+RUNTIME_OPTIONS = frozenset({"retries"})

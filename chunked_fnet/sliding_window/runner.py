@@ -1,0 +1,210 @@
+"""Running the model on patches: the one place where torch meets the sliding window.
+
+:class:`PatchRunner` holds the model (or ensemble) and how to run it (device, precision, memory
+format, test-time flips, batch size); :meth:`PatchRunner.weighted_sums` evaluates a set of global
+patches of a :class:`~chunked_fnet.sliding_window.window.SlidingWindow` and returns their weighted
+sums over a box, ready to be added to other pieces and blended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from chunked_fnet.errors import InputError
+from chunked_fnet.sliding_window.box import Box
+from chunked_fnet.sliding_window.grid import Corner
+from chunked_fnet.sliding_window.padding import Reader
+from chunked_fnet.sliding_window.window import SlidingWindow, WeightedSum, overlap_slices
+
+__all__ = ["FlipSpec", "ModelLike", "PatchRunner", "tta_flip_sets"]
+
+ModelLike = torch.nn.Module | Callable[[torch.Tensor], Any]
+FlipSpec = bool | Literal["all"] | Sequence[Sequence[int]]
+
+
+def _as_tensor(data: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``data`` as a float32 tensor on ``device``: no copy for a float32 array on the CPU (views too)."""
+    data = np.asarray(data, dtype=np.float32)
+    if any(st < 0 for st in data.strides) or any(st % data.itemsize for st in data.strides):
+        data = np.ascontiguousarray(data)
+    with warnings.catch_warnings():  # a read-only input is only ever read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(data).to(device)
+
+
+def tta_flip_sets(tta_flips: FlipSpec) -> list[tuple[int, ...]]:
+    """The spatial-axis flips (0 = z, 1 = y, 2 = x) averaged by test-time augmentation.
+
+    ``False``: none (just the input). ``True``: the input and its single flips along z, y and x
+    (4 passes). ``"all"``: every combination (8 passes). Or an explicit list of axis tuples
+    (``()`` is the unflipped input).
+    """
+    if tta_flips is False or tta_flips is None:
+        return [()]
+    if tta_flips is True:
+        return [(), (0,), (1,), (2,)]
+    if tta_flips == "all":
+        return [c for r in range(4) for c in itertools.combinations((0, 1, 2), r)]
+    flips = [tuple(int(a) for a in f) for f in tta_flips]  # type: ignore[union-attr]
+    if not flips or any(a not in (0, 1, 2) for f in flips for a in f):
+        raise InputError(f"tta_flips must be a bool, 'all' or a list of tuples of axes 0-2, got {tta_flips!r}")
+    return flips
+
+
+#: id(module) -> (sessions using it now, its train flag before the first of them, whether the first
+#: of them converted it to channels_last_3d)
+_EVAL_USERS: dict[int, tuple[int, bool, bool]] = {}
+_EVAL_LOCK = threading.Lock()
+
+
+def _conv_weight(module: torch.nn.Module) -> torch.Tensor | None:
+    """The first 5-D parameter (a 3-D convolution's weight) whose layout tells the memory formats
+    apart (one with a single input channel is both), if any."""
+    both = lambda p: p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last_3d)  # noqa: E731
+    return next((p for p in module.parameters() if p.dim() == 5 and not both(p)), None)
+
+
+def _in_channels_last(weight: torch.Tensor) -> bool:
+    return weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
+
+
+class PatchRunner:
+    """Runs the model on patches: ``(N, C, pz, py, px)`` -> the averaged output, float32, ensemble
+    members x flips, each un-flipped, summed in a fixed order on the device.
+
+    - ``model``: a ``torch.nn.Module``, any callable ``(N, C, ...) tensor -> (N, C_out, ...)``, or a list
+      of them (averaged). Modules are moved to ``device`` and run in eval mode under
+      ``torch.inference_mode``; the caller's mode and memory format are restored afterwards.
+    - ``tta_flips``: test-time flip augmentation (:func:`tta_flip_sets`).
+    - ``amp_dtype``: e.g. ``torch.bfloat16`` to run the model under autocast.
+    - ``channels_last``: ``torch.channels_last_3d`` activations; default on the CPU only, where it
+      saves about a quarter of the paper U-Net's time (benchmarks/gpu_path.py).
+    - ``batch_size``: patches per forward pass.
+    """
+
+    def __init__(
+        self,
+        model: ModelLike | Sequence[ModelLike],
+        device: str | torch.device = "cpu",
+        tta_flips: FlipSpec = False,
+        amp_dtype: torch.dtype | None = None,
+        channels_last: bool | None = None,
+        batch_size: int = 4,
+    ) -> None:
+        self.models = list(model) if isinstance(model, (list, tuple)) else [model]
+        if not self.models:
+            raise InputError("no model given (an empty ensemble)")
+        for m in self.models:
+            if not callable(m):
+                raise InputError(f"model must be a torch.nn.Module or a callable, got {type(m).__name__}")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device)
+        self.flips = [tuple(a + 2 for a in f) for f in tta_flip_sets(tta_flips)]
+        self.amp_dtype = amp_dtype
+        # channels_last_3d: on the CPU, oneDNN's 3-D convolutions skip reordering every activation
+        # (the paper's U-Net, batch 4 of 32x64x64: about 25 % less CPU time on an AVX-512 Xeon,
+        # benchmarks/gpu_path.py); on CUDA it is left to the caller until measured
+        self.channels_last = self.device.type == "cpu" if channels_last is None else bool(channels_last)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Modules on the device, in eval mode (and in ``channels_last_3d`` when asked), under inference
+        mode. The caller's train/eval mode and memory format are restored when the last concurrent
+        session using that module ends (dask runs several chunk tasks on one shared model in threads:
+        none may change it back mid-run)."""
+        modules = list({id(m): m for m in self.models if isinstance(m, torch.nn.Module)}.values())
+        with _EVAL_LOCK:
+            for m in modules:
+                count, training, converted = _EVAL_USERS.get(id(m), (0, m.training, False))
+                m.to(self.device)
+                if count == 0 and self.channels_last:
+                    weight = _conv_weight(m)
+                    converted = weight is not None and not _in_channels_last(weight)
+                    if converted:
+                        m.to(memory_format=torch.channels_last_3d)
+                _EVAL_USERS[id(m)] = (count + 1, training, converted)
+                m.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            with _EVAL_LOCK:
+                for m in modules:
+                    count, training, converted = _EVAL_USERS.pop(id(m))
+                    if count > 1:
+                        _EVAL_USERS[id(m)] = (count - 1, training, converted)
+                    else:
+                        m.train(training)
+                        if converted:
+                            m.to(memory_format=torch.contiguous_format)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def forward(self, xt: torch.Tensor) -> torch.Tensor:
+        """A batch ``(N, C, pz, py, px)`` already on the device -> the averaged output, float32, on the device."""
+        if self.channels_last:
+            xt = xt.contiguous(memory_format=torch.channels_last_3d)
+        total: torch.Tensor | None = None
+        for model in self.models:
+            for dims in self.flips:
+                inp = torch.flip(xt, dims) if dims else xt
+                with self._autocast():
+                    out = model(inp)
+                out = torch.as_tensor(out, device=self.device).float()
+                if out.ndim != 5 or out.shape[0] != xt.shape[0] or tuple(out.shape[2:]) != tuple(xt.shape[2:]):
+                    raise ValueError(
+                        f"the model turned input {tuple(xt.shape)} into {tuple(out.shape)}; it must return "
+                        f"(N, C_out, {', '.join(map(str, xt.shape[2:]))})"
+                    )
+                if dims:
+                    out = torch.flip(out, dims)
+                total = out if total is None else total + out
+        assert total is not None
+        n = len(self.models) * len(self.flips)
+        if n > 1:
+            total = total / n
+        return total
+
+    def weighted_sums(self, window: SlidingWindow, read: Reader, corners: Sequence[Corner], target: Box) -> WeightedSum:
+        """``sum_p w * f(patch p)`` of the patches ``corners`` over ``target`` (frame coordinates).
+
+        The box holding the patches is read once and moved to the device once; patches are cut
+        there and the sums stay there until complete (one copy in, one copy out), so a GPU never
+        waits for per-batch copies or for blending on the CPU.
+        """
+        if not corners:
+            raise ValueError(f"no patches to evaluate for {target}")
+        grid = window.grid
+        box = grid.bounding_box(corners)
+        data = np.asarray(read(box.slices))
+        if data.ndim != 4 or data.shape[1:] != box.shape:
+            raise ValueError(f"the reader returned shape {data.shape} for {box}; expected (C, {', '.join(map(str, box.shape))})")
+        with self.session():
+            x = _as_tensor(data, self.device)
+            w = _as_tensor(window.weights, self.device)
+            acc: torch.Tensor | None = None
+            for i in range(0, len(corners), self.batch_size):
+                batch = [grid.patch_box(c) for c in corners[i : i + self.batch_size]]
+                pred = self.forward(torch.stack([x[(slice(None), *p.within(box))] for p in batch]))
+                if acc is None:
+                    acc = torch.zeros((pred.shape[1], *target.shape), dtype=torch.float32, device=self.device)
+                elif pred.shape[1] != acc.shape[0]:
+                    raise ValueError(f"the model changed its channel count from {acc.shape[0]} to {pred.shape[1]}")
+                for patch, out in zip(batch, pred):
+                    dst, src = overlap_slices(patch, target)
+                    acc[(slice(None), *dst)] += w[src] * out[(slice(None), *src)]
+            assert acc is not None
+            return WeightedSum(target, acc.cpu().numpy())

@@ -1,0 +1,189 @@
+"""The sliding window of a frame as one value: its patch grid, its blending weights, its padding.
+
+A voxel's prediction is the weighted mean of the outputs of every patch that covers it::
+
+    out[v] = sum_p w[v - s_p] * f(x[patch p])[v - s_p]  /  sum_p w[v - s_p]
+
+The numerator can be computed in pieces (any set of patches, over any box: a :class:`WeightedSum`)
+and added up later; the denominator is a property of the grid alone (:meth:`SlidingWindow.weight_sum`).
+A :class:`SlidingWindow` is built once per run and handed to every task, so the tasks that evaluate
+patches and the tasks that blend them cannot disagree on the grid or the weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal
+
+import numpy as np
+
+from chunked_fnet.errors import InputError
+from chunked_fnet.sliding_window.box import Box
+from chunked_fnet.sliding_window.grid import Corner, PatchGrid, triple
+
+__all__ = ["MIN_WEIGHT", "BlendKind", "PadMode", "SlidingWindow", "WeightedSum", "blend_weights", "fit_patch"]
+
+BlendKind = Literal["gaussian", "cosine", "linear", "constant"]
+PadMode = Literal["reflect", "symmetric", "edge", "constant"]
+
+#: Smallest blending weight, relative to the maximum (1). Keeps every voxel's weight sum > 0, also
+#: at the frame's border where only a patch's edge covers it.
+MIN_WEIGHT = 1e-3
+
+
+def _profile_1d(n: int, kind: str, sigma_scale: float) -> np.ndarray:
+    # distance from the centre, exact half-integers, so every profile is exactly symmetric
+    d = np.abs(np.arange(n, dtype=np.float64) - (n - 1) / 2.0)
+    if kind == "gaussian":
+        w = np.exp(-0.5 * (d / max(sigma_scale * n, 1e-6)) ** 2)
+    elif kind == "cosine":  # Hann window sampled at voxel centres, > 0 at the edges
+        w = 0.5 * (1.0 + np.cos(2.0 * np.pi * d / n))
+    elif kind == "linear":  # tent, 1/n at the edge voxels
+        w = 1.0 - 2.0 * d / n
+    elif kind == "constant":
+        w = np.ones(n)
+    else:
+        raise InputError(f"unknown blend kind {kind!r}; expected gaussian, cosine, linear or constant")
+    return w / w.max()
+
+
+def blend_weights(patch_shape: Sequence[int], kind: BlendKind = "gaussian", sigma_scale: float | Sequence[float] = 0.125) -> np.ndarray:
+    """The blending window of one patch: ``float32``, max exactly 1, values in ``[MIN_WEIGHT, 1]``,
+    symmetric under flipping any axis; separable. ``gaussian``: sigma = ``sigma_scale * patch`` per
+    axis (MONAI's default scale); ``cosine``: a Hann bump; ``linear``: a tent; ``constant``: plain
+    averaging."""
+    shape = tuple(int(p) for p in patch_shape)
+    if len(shape) != 3 or any(p < 1 for p in shape):
+        raise InputError(f"patch shape must be three positive sizes, got {patch_shape!r}")
+    scales = triple(sigma_scale, "sigma_scale")
+    if any(float(s) <= 0 for s in scales):
+        raise InputError(f"sigma_scale must be > 0, got {sigma_scale!r}")
+    pz, py, px = (_profile_1d(n, kind, float(s)) for n, s in zip(shape, scales))
+    w = pz[:, None, None] * py[None, :, None] * px[None, None, :]
+    return np.maximum(w / w.max(), MIN_WEIGHT).astype(np.float32)
+
+
+def fit_patch(patch: Sequence[int], shape: Sequence[int], multiple: int = 16) -> tuple[int, int, int]:
+    """Check ``patch`` is divisible by ``multiple`` (the network's down-sampling factor) and shrink each
+    axis longer than the frame's to the smallest multiple covering that axis."""
+    patch = tuple(int(p) for p in patch)
+    shape = tuple(int(n) for n in shape)
+    if len(patch) != 3 or len(shape) != 3:
+        raise InputError(f"patch and shape must be (z, y, x), got {patch} and {shape}")
+    if any(p < 1 for p in patch):
+        raise InputError(f"patch sizes must be >= 1, got {patch}")
+    m = max(1, int(multiple))
+    bad = [p for p in patch if p % m]
+    if bad:
+        raise InputError(f"patch {patch} must be divisible by {m} along every axis (the network's down-sampling factor); {bad} are not")
+    return tuple(p if n >= p else min(p, m * math.ceil(n / m)) for p, n in zip(patch, shape))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class WeightedSum:
+    """``sum_p w * f(patch p)`` of some set of patches over ``box`` (frame coordinates):
+    ``values`` is ``(C, *box.shape)`` float32. Pieces of different patch sets add up."""
+
+    box: Box
+    values: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 4 or self.values.shape[1:] != self.box.shape:
+            raise ValueError(f"values of shape {self.values.shape} do not fit box {self.box} (expected (C, {self.box.shape}))")
+
+    def crop(self, box: Box) -> WeightedSum:
+        """The part over ``box`` (inside this one), copied, so the rest can be freed."""
+        return WeightedSum(box, self.values[(slice(None), *box.within(self.box))].copy())
+
+
+@dataclass(frozen=True)
+class SlidingWindow:
+    """The global sliding window over one ``(z, y, x)`` frame.
+
+    ``patch`` is fitted to the frame (:func:`fit_patch`) and to ``multiple``; ``overlap`` is a
+    fraction of the patch, one or per axis; ``blend``/``sigma_scale`` choose the weights
+    (:func:`blend_weights`); ``pad_mode`` how an axis shorter than the patch is padded at its end.
+    The grid is built once; the weights once per process (they are left out when pickled, so a
+    task receives a few numbers, not a patch-sized array).
+    """
+
+    frame_shape: tuple[int, int, int]
+    patch: tuple[int, int, int] = (32, 64, 64)
+    overlap: float | tuple[float, float, float] = 0.25
+    multiple: int = 16
+    blend: BlendKind = "gaussian"
+    sigma_scale: float = 0.125
+    pad_mode: PadMode = "reflect"
+    grid: PatchGrid = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        shape = tuple(int(n) for n in self.frame_shape)
+        if len(shape) == 4:  # (C, Z, Y, X)
+            shape = shape[1:]
+        if len(shape) != 3 or min(shape) < 1:
+            raise InputError(f"a frame is (Z, Y, X) with every size >= 1, got {self.frame_shape!r}")
+        if self.pad_mode not in ("reflect", "symmetric", "edge", "constant"):
+            raise InputError(f"unknown pad_mode {self.pad_mode!r}; expected reflect, symmetric, edge or constant")
+        overlap = self.overlap if isinstance(self.overlap, (int, float)) else tuple(float(o) for o in self.overlap)
+        patch = fit_patch(self.patch, shape, self.multiple)
+        object.__setattr__(self, "frame_shape", shape)
+        object.__setattr__(self, "overlap", overlap)
+        object.__setattr__(self, "grid", PatchGrid(shape, patch, overlap))
+        blend_weights((1, 1, 1), self.blend, self.sigma_scale)  # refuse a bad kind or scale now, not in a task
+
+    @property
+    def patch_shape(self) -> tuple[int, int, int]:
+        """The patch actually used (fitted to the frame)."""
+        return self.grid.patch
+
+    @cached_property
+    def weights(self) -> np.ndarray:
+        w = blend_weights(self.grid.patch, self.blend, self.sigma_scale)
+        w.setflags(write=False)
+        return w
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("weights", None)  # a property of the other fields: rebuilt where it is used
+        return state
+
+    def weight_sum(self, box: Box) -> np.ndarray:
+        """``sum_p w[v - s_p]`` over every patch, for the voxels of ``box``: the blend's denominator,
+        needing no model output. Added in canonical patch order, so bitwise the same in every task."""
+        wsum = np.zeros(box.shape, dtype=np.float32)
+        for corner in self.grid.patches_touching(box):
+            dst, src = overlap_slices(self.grid.patch_box(corner), box)
+            wsum[dst] += self.weights[src]
+        return wsum
+
+    def blend_pieces(self, box: Box, pieces: Iterable[WeightedSum]) -> np.ndarray:
+        """The blended prediction over ``box`` from weighted sums whose patch sets partition the patches
+        touching it (e.g. the pieces that the owners of neighbouring blocks computed): ``(C, *box.shape)``."""
+        acc: np.ndarray | None = None
+        for piece in pieces:
+            if not box.contains(piece.box):
+                raise ValueError(f"piece {piece.box} is not inside region {box}")
+            if acc is None:
+                acc = np.zeros((piece.values.shape[0], *box.shape), dtype=np.float32)
+            acc[(slice(None), *piece.box.within(box))] += piece.values
+        if acc is None:
+            raise ValueError(f"no pieces given for region {box}")
+        acc /= self.weight_sum(box)
+        return acc
+
+    def owned(self, block: Box) -> tuple[list[Corner], Box | None]:
+        """The patches ``block`` owns and the real voxels they cover."""
+        return self.grid.patches_owned(block), self.grid.owned_extent(block)
+
+
+def overlap_slices(patch: Box, region: Box) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Where a patch meets a region: ``(dst, src)``, the common voxels in region-local and in
+    patch-local coordinates (the patch may start in the padding past the frame)."""
+    lo = tuple(max(a, b) for a, b in zip(patch.start, region.start))
+    hi = tuple(min(a, b) for a, b in zip(patch.stop, region.stop))
+    dst = tuple(slice(a - r, b - r) for a, b, r in zip(lo, hi, region.start))
+    src = tuple(slice(a - p, b - p) for a, b, p in zip(lo, hi, patch.start))
+    return dst, src
