@@ -159,3 +159,26 @@ def test_a_store_with_no_chunks_is_refused_at_once(tmp_path: Path, data) -> None
     with pytest.raises(ChunkedFnetError, match=r"512 of the 512 stored chunks the prediction reads are missing"):
         predict(empty, models, tmp_path / "out.zarr", options=OPTIONS, progress=False)
     assert time.monotonic() - start < 60  # a listing, not a read of 34 G voxels (generous: this is a refusal, not a benchmark)
+
+
+def test_a_run_that_stops_progressing_ends_after_stall_timeout_and_resumes(data, tmp_path: Path) -> None:
+    """A bounded wait: on a cluster where nothing can run (no workers), the run stops after
+    ``stall_timeout`` seconds in one line naming the output and --resume; the resume then finishes."""
+    from distributed import Client, LocalCluster
+
+    from chunked_fnet.predict import create_output, execute, plan
+    from chunked_fnet.predict.run import RunInterruptedError
+
+    image, models, reference = data
+    out = tmp_path / "out.zarr"
+    options = OPTIONS.model_copy(update={"stall_timeout": 2.0})
+    job = plan(str(image), models, str(out), options)  # statistics on this process's threads: the cluster below cannot run anything
+    create_output(job, overwrite=False)
+    with LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        start = time.monotonic()
+        with pytest.raises(RunInterruptedError, match=r"stopped on the dask scheduler .*no chunk finished in 2 s \(stall_timeout\)\); 0 of 225 chunks are written and recorded: rerun the same command with --resume") as info:
+            execute(job, client, progress=False)
+        assert time.monotonic() - start < 60 and "\n" not in str(info.value)
+    resumed, summary = predict(image, models, out, options=options, resume=True, progress=False)
+    assert summary.chunks == summary.total_chunks == 225
+    np.testing.assert_allclose(resumed.values, reference, atol=1e-5, rtol=0)

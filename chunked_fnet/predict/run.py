@@ -242,11 +242,12 @@ class RunInterruptedError(ChunkedFnetError, RuntimeError):
     """The cluster went away mid-run (scheduler lost, run cancelled); finished chunks are recorded."""
 
 
-def _interrupted(job: PredictJob, client: Client, computed: int, what: str) -> RunInterruptedError:
+def _interrupted(job: PredictJob, client: Client, computed: int, what: str, lost: bool = True) -> RunInterruptedError:
     address = getattr(client.scheduler, "address", None) or "the dask scheduler"
     done = len(Ledger(job.output_path).done())
+    happened = f"lost its dask scheduler {address}" if lost else f"stopped on the dask scheduler {address}"
     return RunInterruptedError(
-        f"the run into {redact(job.output_path)} lost its dask scheduler {address} ({redact(what)}); {done} chunks are written "
+        f"the run into {redact(job.output_path)} {happened} ({redact(what)}); {done} of {job.n_chunks} chunks are written "
         f"and recorded: rerun the same command with --resume (against a running scheduler) to compute only the rest"
     )
 
@@ -349,19 +350,36 @@ def execute(job: PredictJob, client: Client, *, skip: Collection[str] = (), prog
     failures: list[tuple[tuple[int, ...], str]] = []
     cancelled = 0
     computed = len(graph.chunks)
+    stall = job.options.stall_timeout
     try:
         with tqdm(total=len(futures), desc="predict", unit="chunk", disable=not progress) as bar:
-            for future in as_completed(futures):
-                if future.status == "error":
-                    task = futures[future]
-                    ti, region = task.time_index, task.region
-                    exc = future.exception()
-                    failures.append(((ti, *region.start), f"{describe_chunk(ti, region, job.times[ti])}: {type(exc).__name__}: {redact(str(exc))}"))
-                elif future.status == "cancelled":  # the scheduler was lost, or someone cancelled the run
-                    cancelled += 1
-                else:
-                    voxels += int(future.result()["voxels"]) * len(job.models)
-                bar.update(1)
+            # Finished chunks are never gathered, and their futures are released at once: a chunk's
+            # result (a few timings) would otherwise live on its worker, and a worker lost later would
+            # make dask recompute a finished chunk whose block inputs it had already forgotten, which
+            # could wait forever ("Couldn't gather 1 keys, rescheduling"). The chunk's ledger marker
+            # is its result. Polling (not a blocking iterator) bounds the wait for the next chunk.
+            pending = as_completed(futures)
+            last = time.monotonic()
+            while not pending.is_empty():
+                finished = pending.next_batch(block=False)
+                if not finished:
+                    if time.monotonic() - last > stall:
+                        raise _interrupted(job, client, computed, f"no chunk finished in {stall:g} s (stall_timeout)", lost=False)
+                    time.sleep(0.05)
+                    continue
+                last = time.monotonic()
+                for future in finished:
+                    task = futures.pop(future)
+                    if future.status == "error":
+                        ti, region = task.time_index, task.region
+                        exc = future.exception()
+                        failures.append(((ti, *region.start), f"{describe_chunk(ti, region, job.times[ti])}: {type(exc).__name__}: {redact(str(exc))}"))
+                    elif future.status == "cancelled":  # the scheduler was lost, or someone cancelled the run
+                        cancelled += 1
+                    else:
+                        voxels += task.region.size * len(job.models)
+                    future.release()
+                    bar.update(1)
         workers = len(client.scheduler_info().get("workers", {}))
     except (OSError, TimeoutError, asyncio.CancelledError) as exc:  # the connection itself went away
         raise _interrupted(job, client, computed, f"{type(exc).__name__}: {exc}") from None
