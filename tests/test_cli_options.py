@@ -19,7 +19,7 @@ FLAGS = [
     "--input-channel", "2", "--time", "1", "3", "--patch-shape", "16", "32", "48", "--overlap", "0.5",
     "--blend", "cosine", "--batch-size", "8", "--tta-flips", "--chunks", "8", "64", "96", "--dtype", "float16",
     "--ngff-version", "0.4", "--levels", "3", "--device", "cpu", "--precision", "bf16", "--pad-mode", "edge",
-    "--output-grid", "input", "--nonfinite", "fill", "--missing-chunks", "fill", "--retries", "5",
+    "--output-grid", "input", "--nonfinite", "fill", "--missing-chunks", "fill", "--retries", "5", "--stall-timeout", "60",
 ]
 YAML = """
 input_channel: 2
@@ -40,6 +40,7 @@ output_grid: input
 nonfinite: fill
 missing_chunks: fill
 retries: 5
+stall_timeout: 60
 """
 
 
