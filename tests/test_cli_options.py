@@ -19,7 +19,7 @@ FLAGS = [
     "--input-channel", "2", "--time", "1", "3", "--patch-shape", "16", "32", "48", "--overlap", "0.5",
     "--blend", "cosine", "--batch-size", "8", "--tta-flips", "--chunks", "8", "64", "96", "--dtype", "float16",
     "--ngff-version", "0.4", "--levels", "3", "--device", "cpu", "--precision", "bf16", "--pad-mode", "edge",
-    "--output-grid", "input", "--nonfinite", "fill", "--missing-chunks", "fill", "--retries", "5",
+    "--output-grid", "input", "--nonfinite", "fill", "--missing-chunks", "fill", "--retries", "5", "--stall-timeout", "60",
 ]
 YAML = """
 input_channel: 2
@@ -40,6 +40,7 @@ output_grid: input
 nonfinite: fill
 missing_chunks: fill
 retries: 5
+stall_timeout: 60
 """
 
 
@@ -103,8 +104,9 @@ def test_choices_and_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         _options("--pad-mode", "wrap")
     assert "invalid choice: 'wrap'" in capsys.readouterr().err
-    with pytest.raises(InputError, match=r"^predict options: field 'overlap': Input should be less than 1 \(got 1.5\)$"):
+    with pytest.raises(InputError, match=r"^predict options: field 'overlap': Value error, overlap is a fraction of the patch in \[0, 1\) or a whole number of model voxels, got 1.5"):
         _options("--overlap", "1.5")
+    assert _options("--overlap", "32").overlap == 32 and _options("--patch", "auto").patch_shape == "auto"
 
 
 def test_chunks_help_says_output_grid() -> None:
