@@ -37,6 +37,18 @@ def _argument(name: str, field: FieldInfo, metavar: Sequence[str] | None) -> dic
     """argparse keywords for one field: choices from a Literal, ``nargs`` from a fixed-length tuple,
     ``--x/--no-x`` for a bool."""
     annotation = _without_none(field.annotation)
+    if get_origin(annotation) in (Union, types.UnionType):  # a value or a keyword: (Z, Y, X) | "auto", float | "auto"
+        words = [w for a in get_args(annotation) if get_origin(a) is Literal for w in get_args(a)]
+        rest = [a for a in get_args(annotation) if get_origin(a) is not Literal]
+        if words and len(rest) == 1:
+            inner = _argument(name, FieldInfo(annotation=rest[0]), metavar)
+            convert = inner.get("type", str)
+            inner["type"] = lambda text, convert=convert: text if text in words else convert(text)
+            if "nargs" in inner:  # the keyword alone, or the full tuple
+                inner["nargs"] = "+"
+                inner["metavar"] = "N|" + "|".join(words)
+            inner["metavar"] = inner.get("metavar") or f"{convert.__name__.upper()}|{'|'.join(words)}"
+            return inner
     if annotation is bool:
         return {"action": argparse.BooleanOptionalAction}
     if get_origin(annotation) is Literal:
@@ -75,4 +87,8 @@ def add_model_flags(
 def model_overrides(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
     """The fields whose flags were given, as values for ``model`` (tuples where the field is one)."""
     given = {name: getattr(args, name, None) for name in model.model_fields}
-    return {name: tuple(v) if isinstance(v, list) else v for name, v in given.items() if v is not None}
+    # a list of one keyword ("--patch-shape auto") is that keyword; any other list a tuple
+    return {
+        name: (v[0] if len(v) == 1 and isinstance(v[0], str) else tuple(v)) if isinstance(v, list) else v
+        for name, v in given.items() if v is not None
+    }

@@ -104,8 +104,9 @@ def test_choices_and_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         _options("--pad-mode", "wrap")
     assert "invalid choice: 'wrap'" in capsys.readouterr().err
-    with pytest.raises(InputError, match=r"^predict options: field 'overlap': Input should be less than 1 \(got 1.5\)$"):
+    with pytest.raises(InputError, match=r"^predict options: field 'overlap': Value error, overlap is a fraction of the patch in \[0, 1\) or a whole number of model voxels, got 1.5"):
         _options("--overlap", "1.5")
+    assert _options("--overlap", "32").overlap == 32 and _options("--patch", "auto").patch_shape == "auto"
 
 
 def test_chunks_help_says_output_grid() -> None:

@@ -107,7 +107,7 @@ def test_resume_after_sigkill_of_the_client_computes_only_the_rest(data, tmp_pat
         # a changed parameter is refused, naming it, and nothing is written
         changed = _start_predict(image, models, out, cluster.address, "--resume", "--blend", "cosine")
         _, err = changed.communicate(timeout=300)
-        assert changed.returncode == 2 and "cannot resume" in err and "options.blend: interrupted run \"gaussian\", now \"cosine\"" in err
+        assert changed.returncode == 2 and "cannot resume" in err and "window.blend: interrupted run \"gaussian\", now \"cosine\"" in err
         resumed = _start_predict(image, models, out, cluster.address, "--resume")
         stdout, stderr = resumed.communicate(timeout=300)
         assert resumed.returncode == 0, stderr

@@ -38,9 +38,9 @@ def test_a_cuda_index_past_the_last_gpu_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "precision, cuda, cpu",
-    [("auto", torch.bfloat16, None), ("bf16", torch.bfloat16, None), ("fp16", torch.float16, None), ("fp32", None, None)],
+    [("auto", torch.bfloat16, None), ("bf16", torch.bfloat16, torch.bfloat16), ("fp16", torch.float16, None), ("fp32", None, None)],
 )
-def test_autocast_only_on_cuda(precision: str, cuda: torch.dtype | None, cpu: torch.dtype | None) -> None:
+def test_autocast_on_cuda_and_explicit_bf16_on_the_cpu(precision: str, cuda: torch.dtype | None, cpu: torch.dtype | None) -> None:
     assert autocast_dtype(precision, torch.device("cuda")) is cuda
     assert autocast_dtype(precision, "cuda:1") is cuda  # device strings as prediction passes them
     assert autocast_dtype(precision, torch.device("cpu")) is cpu

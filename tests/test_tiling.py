@@ -146,7 +146,11 @@ def test_grid_covers_every_voxel_and_is_deterministic() -> None:
 
 def test_grid_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="overlap"):
-        PatchGrid((10, 10, 10), (8, 8, 8), 1.0)
+        PatchGrid((10, 10, 10), (8, 8, 8), 8)  # voxels: at least the patch
+    with pytest.raises(ValueError, match="whole number"):
+        PatchGrid((10, 10, 10), (8, 8, 8), 2.5)
+    with pytest.raises(ValueError, match="overlap"):
+        PatchGrid((10, 10, 10), (8, 8, 8), -0.1)
     with pytest.raises(ValueError, match="overlap"):
         PatchGrid((10, 10, 10), (8, 8, 8), (0.1, 0.2))
     with pytest.raises(ValueError):
@@ -541,3 +545,65 @@ def test_cuda_autocast_close_to_cpu() -> None:
     np.testing.assert_allclose(half, cpu, atol=2e-2)
     model.to("cpu")
 
+
+
+# ------------------------------------------------------------- band blend, aligned grid, voxel overlap
+@pytest.mark.parametrize("size,patch,step", [(100, 32, 16), (32, 32, 16), (33, 32, 16), (7, 16, 8), (64, 16, 16), (200, 48, 32)])
+def test_aligned_starts_sit_on_multiples_of_the_step_and_cover(size: int, patch: int, step: int) -> None:
+    starts = patch_starts(size, patch, step, align=True)
+    assert starts[0] == 0 and np.all(starts % step == 0) and np.all(np.diff(starts) == step)
+    assert starts[-1] + patch >= size and (len(starts) == 1 or starts[-1] + patch - step < size)  # the last one is needed
+
+
+@pytest.mark.parametrize("overlap", [2, 5, 16, 32])
+def test_band_profiles_of_neighbours_add_up_to_one_and_skip_the_margin(overlap: int) -> None:
+    from chunked_fnet.sliding_window.window import band_profile
+
+    n = 64
+    left, right = band_profile(n, overlap, True, False), band_profile(n, overlap, False, True)
+    # right neighbour starts at n - overlap: over the overlap the two weights sum to exactly 1
+    np.testing.assert_allclose(left[n - overlap :] + right[:overlap], 1.0, atol=1e-12)
+    assert left[0] == 1 and right[-1] == 1  # no taper at a frame border
+    margin = (overlap - max(1, overlap // 4)) // 2
+    assert np.all(right[:margin] == 0) and np.all(left[n - margin :] == 0)  # the untrusted rim gets no weight
+    assert np.all(band_profile(n, overlap, False, False)[overlap : n - overlap] == 1)  # the centre is never thrown away
+
+
+@pytest.mark.parametrize("chunks", [(7, 16, 16), ((1, 15), (30, 34), (2, 62)), (16, 64, 64)])
+def test_band_blend_on_an_aligned_grid_is_chunk_invariant(chunks) -> None:
+    model = _TinyUNet()
+    vol = _volume((1, 16, 64, 64), seed=6)
+    opts = dict(patch=(8, 32, 32), overlap=(0, 8, 8), blend="band", batch_size=2, multiple=4)
+    window = SlidingWindow(vol.shape, (8, 32, 32), (0, 8, 8), 4, "band", align=True)
+    runner = PatchRunner(model, batch_size=2)
+    piece = runner.weighted_sums(window, padded_reader(vol), list(window.grid.corners()), window.grid.frame)
+    whole = window.blend_pieces(window.grid.frame, [piece])
+    read = padded_reader(vol)
+    sums = [runner.weighted_sums(window, read, *window.owned(b)) for b in partition(vol.shape[1:], chunks) if window.owned(b)[0]]
+    out = np.full_like(whole, np.nan)
+    for r in partition(vol.shape[1:], chunks):
+        out[(slice(None), *r.slices)] = window.blend_pieces(r, [s.crop(i) for s in sums if (i := s.box.intersect(r)) is not None])
+    np.testing.assert_allclose(out, whole, atol=1e-5, rtol=0)
+    # identity: every voxel's weights sum to one patch's worth, the input comes back
+    np.testing.assert_allclose(predict_volume(_identity, vol, **opts), vol, rtol=1e-6, atol=1e-6)
+    assert window.overlap_voxels == (0, 8, 8) and window.grid.step == (8, 24, 24)
+
+
+def test_band_blend_matches_a_single_pass_where_gaussian_does_not() -> None:
+    """Away from the frame's border, the band blend takes every voxel from patches in which it lies
+    beyond the zero-padding rim, so it equals one forward pass over the whole frame; a Gaussian blend
+    of small patches mixes in their rims."""
+    from chunked_fnet.model import FnetUNet, UNetConfig
+
+    torch.manual_seed(0)
+    model = FnetUNet(UNetConfig(depth=2, width=8)).eval()
+    vol = _volume((1, 16, 96, 96), seed=7)
+    with torch.inference_mode():
+        single = model(torch.from_numpy(vol[None]))[0].numpy()
+    inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))
+    scale = single.std()
+    band = predict_volume(model, vol, patch=(16, 48, 48), overlap=(0, 16, 16), blend="band", multiple=4)
+    gauss = predict_volume(model, vol, patch=(16, 48, 48), overlap=0.25, blend="gaussian", multiple=4)
+    err_band = np.abs(band - single)[inner].max() / scale
+    err_gauss = np.abs(gauss - single)[inner].max() / scale
+    assert err_band < 5e-3 and err_gauss > 100 * err_band, (err_band, err_gauss)

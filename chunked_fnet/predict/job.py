@@ -55,6 +55,7 @@ class PredictJob:
     time_scale: float = 1.0
     time_unit: str = "second"
     input_info: dict[str, Any] = field(default_factory=dict, hash=False)  # shape, dtype, scale, ... for the run record
+    model_width: int = 32  # the ensemble's widest top level: what a patch's activations cost
     input_level: int = 0  # pyramid level read
     input_offset: tuple[int, int, int] = (0, 0, 0)  # z, y, x of the selection's first voxel in that level's array
 
@@ -68,6 +69,8 @@ class PredictJob:
             "frame_stats": [{"mean": s.mean, "std": s.std} for s in self.stats],
             "models": {"checkpoints": list(self.models), "sha256": list(self.hashes), "structures": list(self.structures)},
             "options": {k: v for k, v in self.options.model_dump(mode="json").items() if k not in RUNTIME_OPTIONS},
+            "window": {"patch": list(self.window.patch_shape), "overlap": list(self.window.overlap_voxels),
+                       "blend": self.window.blend, "align": self.window.align},
             "output": {"shape": list(self.output_shape), "scale": list(self.output_scale), "origin": list(self.origin)},
         }
 

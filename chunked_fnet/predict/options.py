@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class PredictOptions(BaseModel):
@@ -14,12 +14,20 @@ class PredictOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     input_channel: str | int = Field("brightfield", description="the input's transmitted-light channel, by name or index")
     time: tuple[int, int] | None = Field(None, description="[start, stop) time points; default all")
-    patch_shape: tuple[int, int, int] = Field(
-        (32, 64, 64), description="model patch z, y, x on the model grid, fitted to the U-Net's down-sampling"
+    patch_shape: tuple[int, int, int] | Literal["auto"] = Field(
+        "auto",
+        description="model patch z, y, x on the model grid (multiples of the U-Net's down-sampling), or auto: the whole "
+        "z-depth and y/x as large as the smallest worker's memory allows, chosen once per run and kept in its run record",
     )
-    overlap: float = Field(0.25, ge=0, lt=1, description="fraction of a patch that overlaps its neighbour, per axis")
-    blend: Literal["gaussian", "cosine", "linear", "constant"] = Field(
-        "gaussian", description="weight that blends overlapping patches"
+    overlap: float | Literal["auto"] = Field(
+        "auto",
+        description="what neighbouring patches share: a fraction of the patch (< 1), model voxels (>= 1), or auto "
+        "(32 voxels where patches meet: the U-Net's padding rim plus a blending ramp)",
+    )
+    blend: Literal["auto", "band", "gaussian", "cosine", "linear", "constant"] = Field(
+        "auto",
+        description="weight that blends overlapping patches; auto: band (weight only tapers across the overlap) for "
+        "overlaps in voxels, gaussian for fractions",
     )
     batch_size: int = Field(4, ge=1, description="patches per forward pass; raise it on a GPU")
     tta_flips: bool = Field(False, description="test-time augmentation: also predict the z, y and x flips, and average")
@@ -52,6 +60,14 @@ class PredictOptions(BaseModel):
         1800.0, gt=0,
         description="seconds without any chunk finishing after which the run stops, everything finished kept, with a --resume hint",
     )
+
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap_is_a_fraction_or_voxels(cls, value: float | str) -> float | str:
+        if value != "auto" and (value < 0 or (value >= 1 and value != int(value))):
+            raise ValueError(f"overlap is a fraction of the patch in [0, 1) or a whole number of model voxels, got {value:g}")
+        return value
 
 
 # Options that change how a run is carried out but not a single output value: a resumed run may differ in them.

@@ -11,6 +11,8 @@ pyramid, and returns the written output as a lazy DataArray.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import time
 import uuid
 from collections.abc import Collection, Sequence
@@ -39,6 +41,7 @@ from chunked_fnet.predict.ledger import Ledger, chunk_key, describe_chunk, diffe
 from chunked_fnet.preprocess.normalize import frame_stats
 from chunked_fnet.preprocess.resample import ModelGrid
 from chunked_fnet.sliding_window import SlidingWindow
+from chunked_fnet.sliding_window.auto import AUTO_OVERLAP, auto_patch
 
 
 class ChunksFailedError(ChunkedFnetError, RuntimeError):
@@ -114,10 +117,8 @@ def plan(
         times=times,
         stats=stats,
         grid=grid,
-        window=SlidingWindow(
-            grid.shape, options.patch_shape, options.overlap, max(c.architecture.multiple for c in cards),
-            options.blend, pad_mode=options.pad_mode,
-        ),
+        window=choose_window(options, grid.shape, max(c.architecture.multiple for c in cards), max(c.architecture.width for c in cards)),
+        model_width=max(c.architecture.width for c in cards),
         models=tuple(paths),
         hashes=tuple(hashes),
         output_path=str(out),
@@ -221,6 +222,59 @@ def create_output(job: PredictJob, overwrite: bool) -> None:
     Ledger(job.output_path).write_record(job.record())
 
 
+#: The memory one patch may use while planning, before the workers' own memory is known.
+PLANNING_BUDGET = 2 * 2**30
+
+
+def choose_window(
+    options: PredictOptions, frame: Sequence[int], multiple: int, width: int, budget: float = PLANNING_BUDGET, min_patches: int = 1,
+    recorded: dict[str, Any] | None = None,
+) -> SlidingWindow:
+    """The sliding window of a run: explicit options as given; ``auto`` patch and overlap from
+    :func:`~chunked_fnet.sliding_window.auto.auto_patch` (or, on resume, from the run record)."""
+    if recorded is not None and options.patch_shape == "auto":
+        patch, overlap = tuple(recorded["patch"]), tuple(recorded["overlap"])
+    elif options.patch_shape == "auto":
+        patch, overlap = auto_patch(frame, multiple, width, budget, min_patches)
+    else:
+        patch = options.patch_shape
+        overlap = tuple(0 if p >= n else min(AUTO_OVERLAP, p - multiple) for p, n in zip(patch, frame))
+    if options.overlap != "auto":
+        overlap = options.overlap
+    voxels = options.overlap == "auto" or options.overlap >= 1
+    blend = options.blend if options.blend != "auto" else ("band" if voxels else "gaussian")
+    return SlidingWindow(tuple(frame), tuple(patch), overlap, multiple, blend, pad_mode=options.pad_mode, align=blend == "band")
+
+
+def _fit_to_cluster(job: PredictJob, client: Client, recorded: dict[str, Any] | None) -> PredictJob:
+    """With ``patch_shape: auto``, size the patch for the smallest worker (its memory per thread, or its
+    GPU's free memory) and for enough patches to keep every thread busy; on resume, the recorded one."""
+    if job.options.patch_shape != "auto":
+        return job
+    budget, threads = PLANNING_BUDGET, 1
+    if recorded is None:
+        workers = client.scheduler_info().get("workers", {}).values()
+        shares = [w["memory_limit"] / max(1, w["nthreads"]) for w in workers if w.get("memory_limit")]
+        threads = sum(w["nthreads"] for w in workers) or 1
+        if shares:
+            budget = 0.5 * min(shares)  # the rest: the input box, the blocks' sums, the chunks being blended
+        if not job.options.device.startswith("cpu"):  # "auto" or an accelerator: the workers' GPUs, if any
+            free = [f for f in client.run(_free_gpu_memory).values() if f]
+            if free:
+                budget = 0.6 * min(free)
+    window = choose_window(
+        job.options, job.grid.shape, job.window.multiple, job.model_width, budget, math.ceil(threads / len(job.times)),
+        recorded=recorded,
+    )
+    return dataclasses.replace(job, window=window)
+
+
+def _free_gpu_memory() -> int | None:
+    import torch
+
+    return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
+
+
 def _create_or_leave_nothing(job: PredictJob, overwrite: bool) -> None:
     """Create the output; if that fails part way (disk full, permissions), remove what was made, so the
     rerun with the cause fixed does not meet a half-made store that "already exists"."""
@@ -306,12 +360,16 @@ def predict(
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other: resume keeps the finished chunks, overwrite deletes them")
     job = plan(image, models, out, options, series=series)
+    recorded = (Ledger(job.output_path).read_record() or {}).get("window") if resume else None
+    if recorded is not None:
+        job = _fit_to_cluster(job, None, recorded)  # type: ignore[arg-type]
     done = _resume_state(job) if resume else None
     if done is None and not overwrite:
         _refuse_existing(job.output_path)
     context = nullcontext(client) if isinstance(client, Client) else local_client(client or ClusterSpec())
     with context as c:  # connected before the output is created: an unreachable scheduler leaves nothing behind
         if done is None:
+            job = _fit_to_cluster(job, c, None)
             _create_or_leave_nothing(job, overwrite)
         summary = execute(job, c, skip=done or set(), progress=progress)
     return open_image(out), summary

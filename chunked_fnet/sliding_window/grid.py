@@ -19,7 +19,7 @@ import numpy as np
 from chunked_fnet.errors import InputError
 from chunked_fnet.sliding_window.box import Box
 
-__all__ = ["Corner", "PatchGrid", "patch_starts", "triple"]
+__all__ = ["Corner", "PatchGrid", "overlap_voxels", "patch_starts", "triple"]
 
 Corner = tuple[int, int, int]
 
@@ -34,15 +34,20 @@ def triple(value: int | float | Sequence[int | float], name: str) -> tuple:
     return values
 
 
-def patch_starts(size: int, patch: int, step: int) -> np.ndarray:
+def patch_starts(size: int, patch: int, step: int, align: bool = False) -> np.ndarray:
     """Start indices of the global sliding-window grid along one axis: ``0, step, ...`` while a
-    window fits, plus a last window ending exactly at ``size``; a single window at 0 when
-    ``size <= patch``. Sorted, unique, ``int64``."""
+    window fits, plus a last window ending exactly at ``size`` (MONAI's grid); or, with ``align``,
+    ``0, step, 2*step, ...`` until the frame is covered, the last window running into the padding
+    past the end, so every window starts on a multiple of ``step`` (a U-Net gives the same output
+    for a voxel in two windows only when they sit on the same phase of its down-sampling grid). A
+    single window at 0 when ``size <= patch``. Sorted, unique, ``int64``."""
     size, patch, step = int(size), int(patch), int(step)
     if size < 1 or patch < 1 or step < 1:
         raise InputError(f"size, patch and step must be >= 1, got size={size}, patch={patch}, step={step}")
     if size <= patch:
         return np.zeros(1, dtype=np.int64)
+    if align:
+        return np.arange(0, -(-(size - patch) // step) * step + 1, step, dtype=np.int64)
     last = size - patch
     starts = np.arange(0, last + 1, step, dtype=np.int64)
     if starts[-1] != last:
@@ -50,14 +55,25 @@ def patch_starts(size: int, patch: int, step: int) -> np.ndarray:
     return starts
 
 
+def overlap_voxels(patch: int, overlap: float) -> int:
+    """An overlap given as a fraction of the patch (``< 1``) or in voxels (``>= 1``), in voxels."""
+    if overlap >= 1:
+        if overlap != int(overlap) or overlap >= patch:
+            raise InputError(f"an overlap in voxels must be a whole number below the patch ({patch}), got {overlap:g}")
+        return int(overlap)
+    return patch - max(1, int(round(patch * (1.0 - overlap))))
+
+
 @dataclass(frozen=True)
 class PatchGrid:
-    """The patches of a ``(z, y, x)`` frame: ``overlap`` is the fraction of a patch shared with its
-    neighbour (one or per axis, in ``[0, 1)``); the step is ``max(1, round(patch * (1 - overlap)))``."""
+    """The patches of a ``(z, y, x)`` frame: ``overlap`` is what a patch shares with its neighbour, one
+    or per axis, as a fraction of the patch (``< 1``; the step is ``max(1, round(patch * (1 - overlap)))``)
+    or in voxels (``>= 1``; the step is ``patch - overlap``); ``align``: see :func:`patch_starts`."""
 
     shape: tuple[int, int, int]
     patch: tuple[int, int, int]
     overlap: float | tuple[float, float, float] = 0.25
+    align: bool = False
     step: tuple[int, int, int] = field(init=False)
     starts: tuple[np.ndarray, np.ndarray, np.ndarray] = field(init=False, repr=False, compare=False)
 
@@ -69,10 +85,10 @@ class PatchGrid:
             raise InputError(f"volume shape must be positive, got {shape}")
         if any(p < 1 for p in patch):
             raise InputError(f"patch shape must be positive, got {patch}")
-        if any(not 0.0 <= o < 1.0 for o in overlap):
-            raise InputError(f"overlap must be in [0, 1), got {overlap}")
-        step = tuple(max(1, int(round(p * (1.0 - o)))) for p, o in zip(patch, overlap))
-        starts = tuple(patch_starts(n, p, s) for n, p, s in zip(shape, patch, step))
+        if any(o < 0 for o in overlap):
+            raise InputError(f"overlap must be >= 0 (a fraction below 1, or voxels), got {overlap}")
+        step = tuple(p - overlap_voxels(p, o) for p, o in zip(patch, overlap))
+        starts = tuple(patch_starts(n, p, s, self.align) for n, p, s in zip(shape, patch, step))
         for a in starts:
             a.setflags(write=False)
         object.__setattr__(self, "shape", shape)
@@ -87,8 +103,12 @@ class PatchGrid:
 
     @property
     def padded_shape(self) -> tuple[int, int, int]:
-        """The shape the frame is (virtually) padded to, at the end of each axis: ``max(size, patch)``."""
-        return tuple(max(n, p) for n, p in zip(self.shape, self.patch))  # type: ignore[return-value]
+        """The shape the frame is (virtually) padded to, at the end of each axis: where the last patch ends."""
+        return tuple(int(s[-1]) + p for s, p in zip(self.starts, self.patch))  # type: ignore[return-value]
+
+    def edges(self, corner: Sequence[int]) -> tuple[tuple[bool, bool], ...]:
+        """Per axis, whether the patch at ``corner`` is the first and the last along it (no neighbour there)."""
+        return tuple((c == s[0], c == s[-1]) for c, s in zip(corner, self.starts))
 
     @property
     def n_patches(self) -> int:

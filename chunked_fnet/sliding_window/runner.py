@@ -194,7 +194,7 @@ class PatchRunner:
             raise ValueError(f"the reader returned shape {data.shape} for {box}; expected (C, {', '.join(map(str, box.shape))})")
         with self.session():
             x = _as_tensor(data, self.device)
-            w = _as_tensor(window.weights, self.device)
+            weights: dict[int, torch.Tensor] = {}  # one device copy per distinct weight array
             acc: torch.Tensor | None = None
             for i in range(0, len(corners), self.batch_size):
                 batch = [grid.patch_box(c) for c in corners[i : i + self.batch_size]]
@@ -205,6 +205,10 @@ class PatchRunner:
                     raise ValueError(f"the model changed its channel count from {acc.shape[0]} to {pred.shape[1]}")
                 for patch, out in zip(batch, pred):
                     dst, src = overlap_slices(patch, target)
+                    w_np = window.weights_for(patch.start)
+                    w = weights.get(id(w_np))
+                    if w is None:
+                        w = weights[id(w_np)] = _as_tensor(w_np, self.device)
                     acc[(slice(None), *dst)] += w[src] * out[(slice(None), *src)]
             assert acc is not None
             return WeightedSum(target, acc.cpu().numpy())

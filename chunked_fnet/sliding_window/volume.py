@@ -29,6 +29,7 @@ def predict_volume(
     tta_flips: FlipSpec = False,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool | None = None,
+    align: bool = False,
 ) -> np.ndarray:
     """Predict a whole ``(C, Z, Y, X)`` volume with the global sliding window; ``(C_out, Z, Y, X)`` float32.
 
@@ -40,7 +41,7 @@ def predict_volume(
     """
     if np.ndim(volume) != 4:
         raise InputError(f"volume must be (C, Z, Y, X), got shape {np.shape(volume)}")
-    window = SlidingWindow(tuple(volume.shape[1:]), tuple(patch), overlap, multiple, blend, pad_mode=pad_mode)
+    window = SlidingWindow(tuple(volume.shape[1:]), tuple(patch), overlap, multiple, blend, pad_mode=pad_mode, align=align)
     runner = PatchRunner(model, device, tta_flips, amp_dtype, channels_last, batch_size)
     frame = window.grid.frame
     piece = runner.weighted_sums(window, padded_reader(volume, pad_mode), list(window.grid.corners()), frame)

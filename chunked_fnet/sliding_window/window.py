@@ -22,11 +22,11 @@ import numpy as np
 
 from chunked_fnet.errors import InputError
 from chunked_fnet.sliding_window.box import Box
-from chunked_fnet.sliding_window.grid import Corner, PatchGrid, triple
+from chunked_fnet.sliding_window.grid import Corner, PatchGrid, overlap_voxels, triple
 
 __all__ = ["MIN_WEIGHT", "BlendKind", "PadMode", "SlidingWindow", "WeightedSum", "blend_weights", "fit_patch"]
 
-BlendKind = Literal["gaussian", "cosine", "linear", "constant"]
+BlendKind = Literal["band", "gaussian", "cosine", "linear", "constant"]
 PadMode = Literal["reflect", "symmetric", "edge", "constant"]
 
 #: Smallest blending weight, relative to the maximum (1). Keeps every voxel's weight sum > 0, also
@@ -48,6 +48,27 @@ def _profile_1d(n: int, kind: str, sigma_scale: float) -> np.ndarray:
     else:
         raise InputError(f"unknown blend kind {kind!r}; expected gaussian, cosine, linear or constant")
     return w / w.max()
+
+
+def band_profile(n: int, overlap: int, first: bool, last: bool) -> np.ndarray:
+    """1-D weights of the ``band`` blend: 1 over the patch's centre, and at a side that has a neighbour
+    (not ``first``/``last``) 0 over the outer ``margin`` voxels, where the network's zero padding
+    reaches inward (benchmarks/border_effect.py), then a raised cosine up to 1 across the rest of the
+    overlap. Two neighbours' ramps add up to exactly 1, so each voxel takes its value from the patches
+    in which it lies far enough from the border, and nowhere is the centre of a patch thrown away."""
+    w = np.ones(n)
+    if overlap < 2:
+        return w
+    ramp = max(1, overlap // 4)
+    margin = (overlap - ramp) // 2
+    ramp = overlap - 2 * margin  # margin + ramp + margin == overlap: the neighbour's ramp mirrors this one
+    u = np.arange(overlap, dtype=np.float64)
+    side = np.where(u < margin, 0.0, np.where(u >= margin + ramp, 1.0, 0.5 * (1 - np.cos(np.pi * (u - margin + 0.5) / ramp))))
+    if not first:
+        w[:overlap] = np.minimum(w[:overlap], side)
+    if not last:
+        w[n - overlap :] = np.minimum(w[n - overlap :], side[::-1])
+    return w
 
 
 def blend_weights(patch_shape: Sequence[int], kind: BlendKind = "gaussian", sigma_scale: float | Sequence[float] = 0.125) -> np.ndarray:
@@ -104,10 +125,12 @@ class SlidingWindow:
     """The global sliding window over one ``(z, y, x)`` frame.
 
     ``patch`` is fitted to the frame (:func:`fit_patch`) and to ``multiple``; ``overlap`` is a
-    fraction of the patch, one or per axis; ``blend``/``sigma_scale`` choose the weights
-    (:func:`blend_weights`); ``pad_mode`` how an axis shorter than the patch is padded at its end.
-    The grid is built once; the weights once per process (they are left out when pickled, so a
-    task receives a few numbers, not a patch-sized array).
+    fraction of the patch (``< 1``) or model voxels (``>= 1``), one or per axis; ``blend``/``sigma_scale``
+    choose the weights (:func:`blend_weights`, or ``band``: :func:`band_profile`, which needs no
+    weight at a frame border and so depends on where a patch lies); ``pad_mode`` how the frame is
+    padded past its end; ``align`` keeps every patch on a multiple of the step
+    (:func:`~chunked_fnet.sliding_window.grid.patch_starts`). The grid is built once; weights once
+    per process (left out when pickled, so a task receives a few numbers, not patch-sized arrays).
     """
 
     frame_shape: tuple[int, int, int]
@@ -117,6 +140,7 @@ class SlidingWindow:
     blend: BlendKind = "gaussian"
     sigma_scale: float = 0.125
     pad_mode: PadMode = "reflect"
+    align: bool = False
     grid: PatchGrid = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -131,8 +155,13 @@ class SlidingWindow:
         patch = fit_patch(self.patch, shape, self.multiple)
         object.__setattr__(self, "frame_shape", shape)
         object.__setattr__(self, "overlap", overlap)
-        object.__setattr__(self, "grid", PatchGrid(shape, patch, overlap))
-        blend_weights((1, 1, 1), self.blend, self.sigma_scale)  # refuse a bad kind or scale now, not in a task
+        object.__setattr__(self, "grid", PatchGrid(shape, patch, overlap, self.align))
+        if self.blend != "band":
+            blend_weights((1, 1, 1), self.blend, self.sigma_scale)  # refuse a bad kind or scale now, not in a task
+
+    @property
+    def overlap_voxels(self) -> tuple[int, int, int]:
+        return tuple(overlap_voxels(p, o) for p, o in zip(self.grid.patch, triple(self.overlap, "overlap")))  # type: ignore[return-value]
 
     @property
     def patch_shape(self) -> tuple[int, int, int]:
@@ -141,13 +170,33 @@ class SlidingWindow:
 
     @cached_property
     def weights(self) -> np.ndarray:
-        w = blend_weights(self.grid.patch, self.blend, self.sigma_scale)
-        w.setflags(write=False)
+        """The weights of a patch with neighbours on every side (of every patch, for the kinds other than ``band``)."""
+        return self._weights(((False, False),) * 3 if self.blend == "band" else ())
+
+    @cached_property
+    def _weights_cache(self) -> dict[tuple, np.ndarray]:
+        return {}
+
+    def weights_for(self, corner: Sequence[int]) -> np.ndarray:
+        """The blending weights of the patch starting at ``corner`` (read-only, cached per kind of position)."""
+        return self._weights(self.grid.edges(corner) if self.blend == "band" else ())
+
+    def _weights(self, key: tuple) -> np.ndarray:
+        w = self._weights_cache.get(key)
+        if w is None:
+            if self.blend == "band":
+                pz, py, px = (band_profile(p, o, first, last) for p, o, (first, last) in zip(self.grid.patch, self.overlap_voxels, key))
+                w = (pz[:, None, None] * py[None, :, None] * px[None, None, :]).astype(np.float32)
+            else:
+                w = blend_weights(self.grid.patch, self.blend, self.sigma_scale)
+            w.setflags(write=False)
+            self._weights_cache[key] = w
         return w
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.pop("weights", None)  # a property of the other fields: rebuilt where it is used
+        for cached in ("weights", "_weights_cache"):  # properties of the other fields: rebuilt where they are used
+            state.pop(cached, None)
         return state
 
     def weight_sum(self, box: Box) -> np.ndarray:
@@ -156,7 +205,9 @@ class SlidingWindow:
         wsum = np.zeros(box.shape, dtype=np.float32)
         for corner in self.grid.patches_touching(box):
             dst, src = overlap_slices(self.grid.patch_box(corner), box)
-            wsum[dst] += self.weights[src]
+            wsum[dst] += self.weights_for(corner)[src]
+        if not (wsum > 0).all():  # a band too narrow for its margins: refuse rather than divide by 0
+            raise InputError(f"the blend weights of {self} leave voxels of {box} without weight; use a wider overlap")
         return wsum
 
     def blend_pieces(self, box: Box, pieces: Iterable[WeightedSum]) -> np.ndarray:

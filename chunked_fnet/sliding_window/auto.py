@@ -1,0 +1,70 @@
+"""Choosing the inference patch: as large as memory allows, not the training patch.
+
+A fully convolutional U-Net in eval mode gives the same output away from a patch's border whatever
+the patch's size, so inference need not use the training patch (32x64x64 in the paper, which makes
+a sliding window with 25 % overlap evaluate every voxel ~2.4 times). The whole z-depth of a frame is
+taken where it fits and y/x grow until the activation memory of one patch reaches the budget; the
+overlap (model voxels) is what the network's zero padding spoils plus a blending ramp
+(``benchmarks/border_effect.py``: for the paper U-Net the difference from a whole-frame pass falls
+below 1e-3 of the output's std 10 voxels from a patch border, below 2e-4 from 12).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = ["AUTO_OVERLAP", "BYTES_PER_VOXEL_AND_CHANNEL", "auto_patch"]
+
+#: Overlap (model voxels) between neighbouring patches: a 12-voxel rim on each side that gets no
+#: weight, and an 8-voxel raised-cosine ramp between (see ``window.band_profile``); a multiple of 16,
+#: so neighbours stay on one phase of the U-Net's down-sampling grid.
+AUTO_OVERLAP = 32
+
+#: Peak host memory of a float32 forward pass of the fnet U-Net per output voxel and per channel of its
+#: top level, measured for width 32 at 32x128x128 to 48x384x384 (771-800 bytes per voxel, i.e. ~25 per
+#: channel), plus room for the input box and the weighted sums.
+BYTES_PER_VOXEL_AND_CHANNEL = 32.0
+
+
+def _up(n: int, m: int) -> int:
+    return m * math.ceil(n / m)
+
+
+def _count(size: int, patch: int, overlap: int) -> int:
+    return 1 if size <= patch else 1 + math.ceil((size - patch) / (patch - overlap))
+
+
+def auto_patch(
+    frame: Sequence[int], multiple: int, width: int, budget_bytes: float, min_patches: int = 1, overlap: int = AUTO_OVERLAP
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(patch, overlap)`` (z, y, x; overlap in voxels) for a frame of ``frame`` model voxels.
+
+    ``budget_bytes`` is what one patch's forward pass may use (a worker thread's share of its memory,
+    or the free memory of its GPU); ``min_patches`` asks for at least that many patches per frame,
+    so that a single frame still keeps every worker thread busy.
+    """
+    m = max(1, int(multiple))
+    per_voxel = BYTES_PER_VOXEL_AND_CHANNEL * max(1, width)
+    max_voxels = max(budget_bytes / per_voxel, float(m**3))
+    z_full, y_full, x_full = (_up(n, m) for n in frame)
+    overlap = _up(overlap, m)
+    # z: the whole depth if a 2*overlap-wide y/x patch of it fits; else as deep as fits
+    pz = z_full if z_full * (2 * overlap + m) ** 2 <= max_voxels else max(2 * overlap + m, _up(int(max_voxels / (2 * overlap + m) ** 2), m) - m)
+    pz = min(pz, z_full)
+    side = max(m, int(math.sqrt(max_voxels / pz)) // m * m)
+    oz = 0 if pz >= z_full else min(overlap, pz - m)
+    counts = [_count(n, min(side, _up(n, m)), overlap) for n in frame[1:]]
+    # enough patches to keep every thread busy: one more along the longer axis at a time
+    while _count(frame[0], pz, oz) * counts[0] * counts[1] < min_patches:
+        a = 0 if frame[1] / counts[0] >= frame[2] / counts[1] else 1
+        if frame[1 + a] / (counts[a] + 1) <= overlap + m:
+            break
+        counts[a] += 1
+    # the smallest patch that covers each axis with that many patches: no more recompute than needed
+    sizes = []
+    for n, k in zip(frame[1:], counts):
+        sizes.append(_up(n, m) if k == 1 else _up(math.ceil((n - overlap) / k) + overlap, m))
+    py, px = sizes
+    oy, ox = (0 if k == 1 else overlap for k in counts)
+    return (pz, py, px), (oz, oy, ox)
