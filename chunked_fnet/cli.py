@@ -162,9 +162,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from chunked_fnet.predict import predict
 
     options = predict_options(args)
-    # a lost scheduler ends in our one-line error with the --resume hint; distributed's own
-    # "Failed to reconnect" log line before it would only repeat it
-    logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
+    # a lost scheduler ends in our one-line error with the --resume hint; distributed's own client-side
+    # lines about it ("Failed to reconnect", "Batched Comm Closed" with its traceback) would only repeat it
+    for name in ("distributed.client", "distributed.batched"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     if args.scheduler:
         spec = ClusterSpec(kind="scheduler", address=args.scheduler)
     elif args.cluster:
