@@ -1,0 +1,86 @@
+"""bf16 against fp32 on a trained model: how much does running the U-Net in bfloat16 change its prediction?
+
+    python benchmarks/bf16_accuracy.py RUN_DIR [--device cpu] [--no-append]
+
+RUN_DIR is a training run (``python examples/train_cpu.py OUT --structures dna`` makes
+``OUT/run_dna``). Every test image of the run is predicted whole through the package's sliding
+window (``predict_volume``, the auto-style window: whole z-depth, 32-voxel overlap, band blend) once
+in float32 and once under bfloat16 autocast, on the model's voxel grid; reported per image: Pearson
+r between the two, the largest absolute difference in units of the fp32 prediction's standard
+deviation, and each one's Pearson r against the observed target (does bf16 cost accuracy that
+matters?), plus the wall time of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+import _common as C
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-append", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+
+    from chunked_fnet.evaluate.metrics import pearson_r
+    from chunked_fnet.model import load_checkpoint
+    from chunked_fnet.sliding_window import predict_volume
+    from chunked_fnet.train.data import PairReader, describe_pair, load_stats
+    from chunked_fnet.train.manifest import Pair
+
+    torch.set_num_threads(C.cores())
+    run = Path(args.run)
+    structure = next(run.glob("*.ckpt")).stem
+    model, card = load_checkpoint(run / f"{structure}.ckpt")
+    model = model.inference_copy()
+    stats = load_stats(run / "stats.json")
+    pairs = [Pair(**p) for p in json.loads((run / "split.json").read_text())["test"]]
+    rows = []
+    for pair in pairs:
+        x, y = PairReader(describe_pair(pair, stats), card.voxel_size).whole()
+        m = model.multiple
+        patch = tuple(m * -(-n // m) for n in x.shape)  # the whole frame in one patch where it fits
+        options = dict(patch=patch, overlap=0, blend="band", multiple=m, device=args.device, batch_size=1)
+        start = time.perf_counter()
+        fp32 = predict_volume(model, x[None], **options)[0]
+        t32 = time.perf_counter() - start
+        start = time.perf_counter()
+        bf16 = predict_volume(model, x[None], amp_dtype=torch.bfloat16, **options)[0]
+        t16 = time.perf_counter() - start
+        row = {
+            "image": pair.name,
+            "r(bf16, fp32)": pearson_r(fp32, bf16),
+            "max |bf16 - fp32| / std(fp32)": float(np.abs(bf16 - fp32).max() / fp32.std()),
+            "r(fp32, target)": pearson_r(y, fp32),
+            "r(bf16, target)": pearson_r(y, bf16),
+            "seconds fp32 / bf16": f"{t32:.2f} / {t16:.2f}",
+        }
+        rows.append(row)
+        print(json.dumps(row))
+    worst_r = min(r["r(bf16, fp32)"] for r in rows)
+    worst_err = max(r["max |bf16 - fp32| / std(fp32)"] for r in rows)
+    target32 = float(np.mean([r["r(fp32, target)"] for r in rows]))
+    target16 = float(np.mean([r["r(bf16, target)"] for r in rows]))
+    print(f"{structure}, {len(rows)} test images: r(bf16, fp32) >= {worst_r:.6f}; max |bf16 - fp32| <= {worst_err:.4f} x std; "
+          f"mean r vs target fp32 {target32:.4f}, bf16 {target16:.4f}")
+    if not args.no_append:
+        C.append_row(
+            "bf16 against fp32 on a trained model (issue 15)",
+            ["date", "model", "images", "min r(bf16, fp32)", "max abs diff / std(fp32)", "mean r vs target fp32 / bf16", "command", "machine"],
+            [C.today(), f"{structure} (depth {card.architecture.depth}, width {card.architecture.width}), {args.device}", len(rows),
+             f"{worst_r:.6f}", f"{worst_err:.4f}", f"{target32:.4f} / {target16:.4f}", C.command_line(), C.machine()],
+        )
+
+
+if __name__ == "__main__":
+    main()
