@@ -10,11 +10,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-__all__ = ["Completeness", "completeness"]
+__all__ = ["Completeness", "chunk_ranges", "completeness"]
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,28 @@ async def _stored_keys(array: zarr.Array) -> set[str]:
     return {key[len(prefix):] async for key in array.store_path.store.list_prefix(prefix)}
 
 
+def chunk_ranges(array: zarr.Array, index: tuple[Any, ...]) -> list[range] | None:
+    """The chunk (or shard) indices along each axis that ``index`` touches; None when it is not basic indexing."""
+    grid = getattr(array, "shards", None) or array.chunks
+    index = index + (slice(None),) * (array.ndim - len(index))
+    out = []
+    for item, n, c in zip(index, array.shape, grid, strict=False):
+        if isinstance(item, (int, np.integer)):
+            i = int(item) % n if n else 0
+            out.append(range(i // c, i // c + 1))
+        elif isinstance(item, slice):
+            start, stop, _ = item.indices(n)
+            out.append(range(start // c, max(start // c, -(-stop // c))))
+        else:
+            return None
+    return out
+
+
 def completeness(array: zarr.Array, region: Sequence[slice]) -> Completeness:
     """Which chunks (or shards) of ``array`` under ``region`` (a unit-step slice per axis) are stored."""
-    grid = array.shards or array.chunks
-    ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(region, grid, strict=True)]
-    encode = array._async_array.metadata.encode_chunk_key  # the array's own key encoding ("c/0/1", "0.1", ...)
+    ranges = chunk_ranges(array, tuple(region))
+    assert ranges is not None  # slices are basic indexing
     stored = sync(_stored_keys(array))
-    keys = [encode(coords) for coords in itertools.product(*ranges)]
+    # the array's own key encoding ("c/0/1", "0.1", ...)
+    keys = [array.metadata.encode_chunk_key(coords) for coords in itertools.product(*ranges)]
     return Completeness(len(keys), tuple(k for k in keys if k not in stored))

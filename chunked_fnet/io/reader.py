@@ -19,6 +19,7 @@ import zarr
 from dask.base import tokenize
 
 from chunked_fnet.errors import ChunkedFnetError, OmeZarrError, one_line
+from chunked_fnet.io.completeness import chunk_ranges
 from chunked_fnet.io.ngff import ImageMetadata, parse_image_attrs
 from chunked_fnet.io.store import describe, is_url, open_store, redact
 
@@ -312,26 +313,9 @@ def _array_name(array: zarr.Array) -> str:
     return f"{describe(array.store).rstrip('/')}/{array.path.strip('/')}".rstrip("/")
 
 
-def _chunk_ranges(array: zarr.Array, index: tuple[Any, ...]) -> list[range] | None:
-    """The chunk (or shard) indices along each axis that ``index`` touches; None when it is not basic indexing."""
-    grid = getattr(array, "shards", None) or array.chunks
-    index = index + (slice(None),) * (array.ndim - len(index))
-    out = []
-    for item, n, c in zip(index, array.shape, grid, strict=False):
-        if isinstance(item, (int, np.integer)):
-            i = int(item) % n if n else 0
-            out.append(range(i // c, i // c + 1))
-        elif isinstance(item, slice):
-            start, stop, _ = item.indices(n)
-            out.append(range(start // c, max(start // c, -(-stop // c))))
-        else:
-            return None
-    return out
-
-
 def _bad_chunks(array: zarr.Array, index: tuple[Any, ...], limit: int = 256) -> list[str] | None:
     """Keys of the chunks under ``index`` that fail when read alone (None when that cannot be told)."""
-    ranges = _chunk_ranges(array, index)
+    ranges = chunk_ranges(array, index)
     if ranges is None or np.prod([len(r) for r in ranges]) > limit:
         return None
     grid = getattr(array, "shards", None) or array.chunks

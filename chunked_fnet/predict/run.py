@@ -94,6 +94,7 @@ def plan(
     parse_device(options.device)  # a misspelt device fails here, not in every task
     paths = [str(p) for p in models]
     cards, hashes = check_ensemble(paths)
+    multiple, width = max(c.architecture.multiple for c in cards), max(c.architecture.width for c in cards)
     frames = _selected_times(image, selection, options)
     level_array, level_meta, _ = open_level_array(source, level=selection.level)
     missing = _check_complete(level_array, level_meta.dims, selection, frames, store_channel, options)
@@ -117,8 +118,8 @@ def plan(
         times=times,
         stats=stats,
         grid=grid,
-        window=choose_window(options, grid.shape, max(c.architecture.multiple for c in cards), max(c.architecture.width for c in cards)),
-        model_width=max(c.architecture.width for c in cards),
+        window=choose_window(options, grid.shape, multiple, width),
+        model_width=width,
         models=tuple(paths),
         hashes=tuple(hashes),
         output_path=str(out),
@@ -246,27 +247,28 @@ def choose_window(
     return SlidingWindow(tuple(frame), tuple(patch), overlap, multiple, blend, pad_mode=options.pad_mode, align=blend == "band")
 
 
-def _fit_to_cluster(job: PredictJob, client: Client, recorded: dict[str, Any] | None) -> PredictJob:
+def _rewindow(job: PredictJob, **choice: Any) -> PredictJob:
+    """``job`` with its window chosen again (:func:`choose_window` keywords: budget, min_patches, recorded)."""
+    window = choose_window(job.options, job.grid.shape, job.window.multiple, job.model_width, **choice)
+    return dataclasses.replace(job, window=window)
+
+
+def _fit_to_cluster(job: PredictJob, client: Client) -> PredictJob:
     """With ``patch_shape: auto``, size the patch for the smallest worker (its memory per thread, or its
-    GPU's free memory) and for enough patches to keep every thread busy; on resume, the recorded one."""
+    GPU's free memory) and for enough patches to keep every thread busy."""
     if job.options.patch_shape != "auto":
         return job
-    budget, threads = PLANNING_BUDGET, 1
-    if recorded is None:
-        workers = client.scheduler_info().get("workers", {}).values()
-        shares = [w["memory_limit"] / max(1, w["nthreads"]) for w in workers if w.get("memory_limit")]
-        threads = sum(w["nthreads"] for w in workers) or 1
-        if shares:
-            budget = 0.5 * min(shares)  # the rest: the input box, the blocks' sums, the chunks being blended
-        if not job.options.device.startswith("cpu"):  # "auto" or an accelerator: the workers' GPUs, if any
-            free = [f for f in client.run(_free_gpu_memory).values() if f]
-            if free:
-                budget = 0.6 * min(free)
-    window = choose_window(
-        job.options, job.grid.shape, job.window.multiple, job.model_width, budget, math.ceil(threads / len(job.times)),
-        recorded=recorded,
-    )
-    return dataclasses.replace(job, window=window)
+    budget = PLANNING_BUDGET
+    workers = client.scheduler_info().get("workers", {}).values()
+    shares = [w["memory_limit"] / max(1, w["nthreads"]) for w in workers if w.get("memory_limit")]
+    threads = sum(w["nthreads"] for w in workers) or 1
+    if shares:
+        budget = 0.5 * min(shares)  # the rest: the input box, the blocks' sums, the chunks being blended
+    if not job.options.device.startswith("cpu"):  # "auto" or an accelerator: the workers' GPUs, if any
+        free = [f for f in client.run(_free_gpu_memory).values() if f]
+        if free:
+            budget = 0.6 * min(free)
+    return _rewindow(job, budget=budget, min_patches=math.ceil(threads / len(job.times)))
 
 
 def _free_gpu_memory() -> int | None:
@@ -296,7 +298,7 @@ class RunInterruptedError(ChunkedFnetError, RuntimeError):
     """The cluster went away mid-run (scheduler lost, run cancelled); finished chunks are recorded."""
 
 
-def _interrupted(job: PredictJob, client: Client, computed: int, what: str, lost: bool = True) -> RunInterruptedError:
+def _interrupted(job: PredictJob, client: Client, what: str, lost: bool = True) -> RunInterruptedError:
     address = getattr(client.scheduler, "address", None) or "the dask scheduler"
     done = len(Ledger(job.output_path).done())
     happened = f"lost its dask scheduler {address}" if lost else f"stopped on the dask scheduler {address}"
@@ -361,15 +363,15 @@ def predict(
         raise InputError("resume and overwrite exclude each other: resume keeps the finished chunks, overwrite deletes them")
     job = plan(image, models, out, options, series=series)
     recorded = (Ledger(job.output_path).read_record() or {}).get("window") if resume else None
-    if recorded is not None:
-        job = _fit_to_cluster(job, None, recorded)  # type: ignore[arg-type]
+    if recorded is not None and options.patch_shape == "auto":  # the interrupted run's choice, whatever this cluster would choose
+        job = _rewindow(job, recorded=recorded)
     done = _resume_state(job) if resume else None
     if done is None and not overwrite:
         _refuse_existing(job.output_path)
     context = nullcontext(client) if isinstance(client, Client) else local_client(client or ClusterSpec())
     with context as c:  # connected before the output is created: an unreachable scheduler leaves nothing behind
         if done is None:
-            job = _fit_to_cluster(job, c, None)
+            job = _fit_to_cluster(job, c)
             _create_or_leave_nothing(job, overwrite)
         summary = execute(job, c, skip=done or set(), progress=progress)
     return open_image(out), summary
@@ -422,7 +424,7 @@ def execute(job: PredictJob, client: Client, *, skip: Collection[str] = (), prog
                 finished = pending.next_batch(block=False)
                 if not finished:
                     if time.monotonic() - last > stall:
-                        raise _interrupted(job, client, computed, f"no chunk finished in {stall:g} s (stall_timeout)", lost=False)
+                        raise _interrupted(job, client, f"no chunk finished in {stall:g} s (stall_timeout)", lost=False)
                     time.sleep(0.05)
                     continue
                 last = time.monotonic()
@@ -440,9 +442,9 @@ def execute(job: PredictJob, client: Client, *, skip: Collection[str] = (), prog
                     bar.update(1)
         workers = len(client.scheduler_info().get("workers", {}))
     except (OSError, TimeoutError, asyncio.CancelledError) as exc:  # the connection itself went away
-        raise _interrupted(job, client, computed, f"{type(exc).__name__}: {exc}") from None
+        raise _interrupted(job, client, f"{type(exc).__name__}: {exc}") from None
     if cancelled:
-        raise _interrupted(job, client, computed, f"{cancelled} chunk tasks were cancelled")
+        raise _interrupted(job, client, f"{cancelled} chunk tasks were cancelled")
     if failures:
         failures.sort()  # in storage order, whatever order they failed in
         raise ChunksFailedError(

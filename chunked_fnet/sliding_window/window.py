@@ -168,7 +168,7 @@ class SlidingWindow:
         """The patch actually used (fitted to the frame)."""
         return self.grid.patch
 
-    @cached_property
+    @property
     def weights(self) -> np.ndarray:
         """The weights of a patch with neighbours on every side (of every patch, for the kinds other than ``band``)."""
         return self._weights(((False, False),) * 3 if self.blend == "band" else ())
@@ -195,8 +195,7 @@ class SlidingWindow:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for cached in ("weights", "_weights_cache"):  # properties of the other fields: rebuilt where they are used
-            state.pop(cached, None)
+        state.pop("_weights_cache", None)  # a property of the other fields: rebuilt where it is used
         return state
 
     def weight_sum(self, box: Box) -> np.ndarray:
