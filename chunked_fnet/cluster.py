@@ -26,12 +26,23 @@ class ClusterSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: Literal["local", "scheduler", "cuda", "slurm"] = "local"
     n_workers: int = Field(default_factory=lambda: max(1, min(2, os.cpu_count() or 1)), ge=1)
-    threads_per_worker: int = Field(1, ge=1)
+    threads_per_worker: int | None = Field(
+        None, ge=1,
+        description="task threads per worker; default 1 on CPU workers (torch uses them all); on GPU workers the "
+        "machine's cores per GPU, 2 to 8 (tasks read, z-score and copy in their blocks and blend and write their chunks "
+        "while one block's patches run on the GPU)",
+    )
     memory_limit: str | None = Field(None, description="per worker, e.g. '4GiB' (local/cuda)")
     address: str | None = Field(None, description="tcp://host:port of a running scheduler (kind: scheduler)")
     timeout: float = Field(10.0, gt=0, description="seconds to wait for a scheduler")
     jobqueue: dict[str, Any] = Field(default_factory=dict, description="dask_jobqueue.SLURMCluster keyword arguments")
     jobs: int = Field(1, ge=1, description="SLURM jobs to request")
+
+
+def _threads_per_gpu() -> int:
+    import torch
+
+    return min(8, max(2, (os.cpu_count() or 2) // max(1, torch.cuda.device_count())))
 
 
 def load_cluster_spec(path: str | Path) -> ClusterSpec:
@@ -56,7 +67,10 @@ def local_client(spec: ClusterSpec) -> Iterator[Client]:
             from dask_cuda import LocalCUDACluster
         except ImportError as exc:
             raise InputError("cluster kind 'cuda' needs dask-cuda: pip install 'chunked_fnet[cuda]'") from exc
-        cluster: Any = LocalCUDACluster(ip="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=spec.memory_limit or "auto")
+        cluster: Any = LocalCUDACluster(
+            ip="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=spec.memory_limit or "auto",
+            threads_per_worker=spec.threads_per_worker or _threads_per_gpu(),
+        )
     elif spec.kind == "slurm":
         try:
             from dask_jobqueue import SLURMCluster
@@ -67,7 +81,7 @@ def local_client(spec: ClusterSpec) -> Iterator[Client]:
     else:
         cluster = LocalCluster(
             n_workers=spec.n_workers,
-            threads_per_worker=spec.threads_per_worker,
+            threads_per_worker=spec.threads_per_worker or 1,
             processes=True,
             host="127.0.0.1",
             # the scheduler's HTTP endpoint (health, metrics) starts even without a dashboard: loopback, any free port

@@ -62,3 +62,19 @@ def test_auto_window_is_recorded_chunk_invariant_and_reused_on_resume(data) -> N
         resumed, summary = predict(image, models, root / "o1.zarr", options=PredictOptions(chunks=(4, 24, 40), **options), client=client, resume=True, progress=False)
     assert summary.chunks == 1
     np.testing.assert_allclose(resumed.values, outputs[0], atol=1e-5, rtol=0)
+
+
+def test_auto_patch_stays_within_32_bit_kernel_indexing_and_batches_share_the_budget() -> None:
+    """However much memory a GPU has, the largest activation of a patch (2 x width channels) stays
+    under 2**31 elements (cuDNN/oneDNN index with 32-bit integers); an explicit batch of several patches
+    with an auto patch shares the memory budget, and ``batch_size: auto`` means one auto patch at a time."""
+    from chunked_fnet.sliding_window.auto import MAX_TENSOR_ELEMENTS
+
+    patch, _ = auto_patch((64, 4096, 4096), 16, 32, 1e13)  # a 10 TB budget
+    assert 2 * 32 * patch[0] * patch[1] * patch[2] <= MAX_TENSOR_ELEMENTS
+    assert patch[1] >= 512  # still large
+    assert PredictOptions().patches_per_pass == 1
+    assert PredictOptions(patch_shape=(32, 64, 64)).patches_per_pass == 4
+    assert PredictOptions(batch_size=8).patches_per_pass == 8
+    with pytest.raises(ValueError, match="batch_size"):
+        PredictOptions(batch_size=0)

@@ -72,3 +72,29 @@ def test_input_dtypes_and_read_only_arrays() -> None:
     np.testing.assert_allclose(predict_volume(model, vol.astype(np.float64), **opts), reference, rtol=0, atol=1e-6)
     flipped = np.ascontiguousarray(vol[:, ::-1])[:, ::-1]  # a negative-stride view of the same values
     np.testing.assert_array_equal(predict_volume(model, flipped, **opts), reference)
+
+
+def test_device_thread_runs_every_forward_in_one_thread_with_the_same_result() -> None:
+    """A GPU worker's task threads hand their forward passes to the device's one thread (torch's cuDNN
+    algorithm cache is per thread); on the CPU the same path is taken when asked, and must not change
+    a value or the caller's module."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, vol = _model(), _volume()
+    seen: set[str] = set()
+    model.register_forward_hook(lambda *_: seen.add(threading.current_thread().name))
+    window = SlidingWindow(vol.shape[1:], (8, 16, 16), 0.25, multiple=4)
+    read = padded_reader(vol)
+    corners = list(window.grid.corners())
+    target = Box((0, 0, 0), vol.shape[1:])
+    inline = PatchRunner(model, batch_size=3).weighted_sums(window, read, corners, target)
+    assert seen == {threading.current_thread().name}
+    seen.clear()
+    threaded = PatchRunner(model, batch_size=3, device_thread=True)
+    halves = [corners[: len(corners) // 2], corners[len(corners) // 2 :]]
+    with ThreadPoolExecutor(2) as pool:  # two task threads at once, as on a worker
+        parts = list(pool.map(lambda cs: threaded.weighted_sums(window, read, cs, target), halves))
+    assert len(seen) == 1 and next(iter(seen)).startswith("chunked_fnet-cpu")
+    np.testing.assert_allclose(parts[0].values + parts[1].values, inline.values, rtol=0, atol=1e-5)
+    assert model.training and all(p.is_contiguous() for p in model.parameters())

@@ -195,7 +195,7 @@ def _runner(job: PredictJob) -> PatchRunner:
     device = str(resolve_device(job.options.device))
     ensemble = StackedEnsemble([cached_model(p, h, device) for p, h in zip(job.models, job.hashes, strict=True)])
     amp = autocast_dtype(job.options.precision, device)
-    return PatchRunner(ensemble, device, job.options.tta_flips, amp, batch_size=job.options.batch_size)
+    return PatchRunner(ensemble, device, job.options.tta_flips, amp, batch_size=job.options.patches_per_pass)
 
 
 def predict_block(job: PredictJob, task: BlockTask) -> tuple[WeightedSum, ...]:

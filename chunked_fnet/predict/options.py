@@ -29,7 +29,11 @@ class PredictOptions(BaseModel):
         description="weight that blends overlapping patches; auto: band (weight only tapers across the overlap) for "
         "overlaps in voxels, gaussian for fractions",
     )
-    batch_size: int = Field(4, ge=1, description="patches per forward pass; raise it on a GPU")
+    batch_size: int | Literal["auto"] = Field(
+        "auto",
+        description="patches per forward pass; auto: 1 with an auto patch (it already fills the memory budget), else 4. "
+        "With an auto patch an explicit batch shares the budget: each patch gets 1/batch_size of it",
+    )
     tta_flips: bool = Field(False, description="test-time augmentation: also predict the z, y and x flips, and average")
     chunks: tuple[int, int, int] = Field(
         (32, 256, 256), description="output chunk z, y, x on the output grid (see output_grid): one block and one chunk task each"
@@ -61,6 +65,20 @@ class PredictOptions(BaseModel):
         description="seconds without any chunk finishing after which the run stops, everything finished kept, with a --resume hint",
     )
 
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_is_positive(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 1:
+            raise ValueError(f"batch_size is a number of patches >= 1 or auto, got {value}")
+        return value
+
+    @property
+    def patches_per_pass(self) -> int:
+        """The batch size that ``auto`` stands for (see ``batch_size``)."""
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        return 1 if self.patch_shape == "auto" else 4
 
     @field_validator("overlap")
     @classmethod

@@ -255,19 +255,21 @@ def _rewindow(job: PredictJob, **choice: Any) -> PredictJob:
 
 def _fit_to_cluster(job: PredictJob, client: Client) -> PredictJob:
     """With ``patch_shape: auto``, size the patch for the smallest worker (its memory per thread, or its
-    GPU's free memory) and for enough patches to keep every thread busy."""
+    GPU's free memory: one block at a time runs on a GPU, in its own thread, see ``runner._DEVICE_THREADS``) and for enough
+    patches to keep every thread busy; a batch of several patches shares the budget."""
     if job.options.patch_shape != "auto":
         return job
     budget = PLANNING_BUDGET
-    workers = client.scheduler_info().get("workers", {}).values()
-    shares = [w["memory_limit"] / max(1, w["nthreads"]) for w in workers if w.get("memory_limit")]
-    threads = sum(w["nthreads"] for w in workers) or 1
+    workers = client.scheduler_info().get("workers", {})
+    shares = [w["memory_limit"] / max(1, w["nthreads"]) for w in workers.values() if w.get("memory_limit")]
+    threads = sum(w["nthreads"] for w in workers.values()) or 1
     if shares:
         budget = 0.5 * min(shares)  # the rest: the input box, the blocks' sums, the chunks being blended
     if not job.options.device.startswith("cpu"):  # "auto" or an accelerator: the workers' GPUs, if any
-        free = [f for f in client.run(_free_gpu_memory).values() if f]
-        if free:
-            budget = 0.6 * min(free)
+        free = {a: f for a, f in client.run(_free_gpu_memory).items() if f}
+        if free:  # one block at a time runs on a GPU: every GPU busy needs a patch each, not every thread
+            budget, threads = 0.6 * min(free.values()), len(free)
+    budget /= job.options.patches_per_pass
     return _rewindow(job, budget=budget, min_patches=math.ceil(threads / len(job.times)))
 
 

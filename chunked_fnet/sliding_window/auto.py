@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["AUTO_OVERLAP", "BYTES_PER_VOXEL_AND_CHANNEL", "auto_patch"]
+__all__ = ["AUTO_OVERLAP", "BYTES_PER_VOXEL_AND_CHANNEL", "MAX_TENSOR_ELEMENTS", "auto_patch"]
 
 #: Overlap (model voxels) between neighbouring patches: a 12-voxel rim on each side that gets no
 #: weight, and an 8-voxel raised-cosine ramp between (see ``window.band_profile``); a multiple of 16,
@@ -25,6 +25,11 @@ AUTO_OVERLAP = 32
 #: top level, measured for width 32 at 32x128x128 to 48x384x384 (771-800 bytes per voxel, i.e. ~25 per
 #: channel), plus room for the input box and the weighted sums.
 BYTES_PER_VOXEL_AND_CHANNEL = 32.0
+
+#: Largest tensor a kernel may be given: cuDNN's and oneDNN's 3-D convolutions index with 32-bit
+#: integers, and the U-Net's largest activation (the top level's skip concatenation) has 2 x width
+#: channels per voxel, so a patch stays under this many elements / (2 x width) voxels.
+MAX_TENSOR_ELEMENTS = 2**31 - 1
 
 
 def _up(n: int, m: int) -> int:
@@ -46,7 +51,7 @@ def auto_patch(
     """
     m = max(1, int(multiple))
     per_voxel = BYTES_PER_VOXEL_AND_CHANNEL * max(1, width)
-    max_voxels = max(budget_bytes / per_voxel, float(m**3))
+    max_voxels = max(min(budget_bytes / per_voxel, MAX_TENSOR_ELEMENTS / (2 * max(1, width))), float(m**3))
     z_full, y_full, x_full = (_up(n, m) for n in frame)
     overlap = _up(overlap, m)
     # z: the whole depth if a 2*overlap-wide y/x patch of it fits; else as deep as fits

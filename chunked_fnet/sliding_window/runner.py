@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -31,13 +32,31 @@ FlipSpec = bool | Literal["all"] | Sequence[Sequence[int]]
 
 
 def _as_tensor(data: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``data`` as a float32 tensor on ``device``: no copy for a float32 array on the CPU (views too)."""
+    """``data`` as a float32 tensor on ``device``: no copy for a float32 array on the CPU (views too).
+
+    To a GPU it goes through page-locked memory, asynchronously: the copy engine moves it while the
+    GPU still runs another task's patches (torch's pinned-memory cache keeps the staging buffer
+    until the copy has finished, and reuses it for the next block of the same size)."""
     data = np.asarray(data, dtype=np.float32)
     if any(st < 0 for st in data.strides) or any(st % data.itemsize for st in data.strides):
         data = np.ascontiguousarray(data)
     with warnings.catch_warnings():  # a read-only input is only ever read here
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(data).to(device)
+        host = torch.from_numpy(data)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
+def _use_exact_cuda_math(fp32: bool) -> None:
+    """cuDNN picks its fastest algorithm per patch shape (the window's patches all have one shape), and
+    float32 means float32: torch lets cuDNN convolutions round to TF32 by default (~1e-3 relative),
+    which would make a GPU's fp32 prediction differ from a CPU's. Process-wide torch flags, so set,
+    not restored: a process runs one precision per job."""
+    torch.backends.cudnn.benchmark = True
+    if fp32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def tta_flip_sets(tta_flips: FlipSpec) -> list[tuple[int, ...]]:
@@ -57,6 +76,24 @@ def tta_flip_sets(tta_flips: FlipSpec) -> list[tuple[int, ...]]:
     if not flips or any(a not in (0, 1, 2) for f in flips for a in f):
         raise InputError(f"tta_flips must be a bool, 'all' or a list of tuples of axes 0-2, got {tta_flips!r}")
     return flips
+
+
+#: One thread per accelerator runs every forward pass on it. The task threads of a GPU worker read,
+#: z-score and copy in their blocks, and blend and write their chunks, while this thread keeps the
+#: device busy: kernels of several threads would queue on the device's one default stream anyway,
+#: one block's activations are on the device at a time (the auto patch is sized for that), and
+#: torch's cuDNN algorithm cache (``cudnn.benchmark``) is per thread: with a forward pass in every
+#: task thread, each of them benchmarked every convolution again (measured on an H100: 8 task
+#: threads made an fp32 run ~90x slower than its forward passes).
+_DEVICE_THREADS: dict[str, ThreadPoolExecutor] = {}
+
+
+def _device_thread(device: torch.device) -> ThreadPoolExecutor:
+    with _EVAL_LOCK:
+        executor = _DEVICE_THREADS.get(str(device))
+        if executor is None:
+            executor = _DEVICE_THREADS[str(device)] = ThreadPoolExecutor(1, thread_name_prefix=f"chunked_fnet-{device}")
+        return executor
 
 
 #: id(module) -> (sessions using it now, its train flag before the first of them, whether the first
@@ -98,6 +135,7 @@ class PatchRunner:
         amp_dtype: torch.dtype | None = None,
         channels_last: bool | None = None,
         batch_size: int = 4,
+        device_thread: bool | None = None,
     ) -> None:
         self.models = list(model) if isinstance(model, (list, tuple)) else [model]
         if not self.models:
@@ -115,6 +153,8 @@ class PatchRunner:
         # (the paper's U-Net, batch 4 of 32x64x64: about 25 % less CPU time on an AVX-512 Xeon,
         # benchmarks/gpu_path.py); on CUDA it is left to the caller until measured
         self.channels_last = self.device.type == "cpu" if channels_last is None else bool(channels_last)
+        # the forward passes in the device's own thread (see _DEVICE_THREADS): default on accelerators
+        self.device_thread = self.device.type != "cpu" if device_thread is None else bool(device_thread)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -123,6 +163,8 @@ class PatchRunner:
         session using that module ends (dask runs several chunk tasks on one shared model in threads:
         none may change it back mid-run)."""
         modules = list({id(m): m for m in self.models if isinstance(m, torch.nn.Module)}.values())
+        if self.device.type == "cuda":
+            _use_exact_cuda_math(fp32=self.amp_dtype is None)
         with _EVAL_LOCK:
             for m in modules:
                 count, training, converted = _EVAL_USERS.get(id(m), (0, m.training, False))
@@ -183,17 +225,26 @@ class PatchRunner:
 
         The box holding the patches is read once and moved to the device once; patches are cut
         there and the sums stay there until complete (one copy in, one copy out), so a GPU never
-        waits for per-batch copies or for blending on the CPU.
+        waits for per-batch copies or for blending on the CPU. With ``device_thread`` the reading
+        and copying happen in the caller's thread and the forward passes in the device's thread.
         """
         if not corners:
             raise ValueError(f"no patches to evaluate for {target}")
-        grid = window.grid
-        box = grid.bounding_box(corners)
+        box = window.grid.bounding_box(corners)
         data = np.asarray(read(box.slices))
         if data.ndim != 4 or data.shape[1:] != box.shape:
             raise ValueError(f"the reader returned shape {data.shape} for {box}; expected (C, {', '.join(map(str, box.shape))})")
+        x = _as_tensor(data, self.device)
+        if self.device_thread:
+            sums = _device_thread(self.device).submit(self._sums, window, x, box, corners, target).result()
+        else:
+            sums = self._sums(window, x, box, corners, target)
+        return WeightedSum(target, sums.numpy() if self.device.type == "cpu" else np.array(sums))
+
+    def _sums(self, window: SlidingWindow, x: torch.Tensor, box: Box, corners: Sequence[Corner], target: Box) -> torch.Tensor:
+        """The weighted sums on the host (pinned memory when from a GPU, copied as soon as they are complete)."""
+        grid = window.grid
         with self.session():
-            x = _as_tensor(data, self.device)
             weights: dict[int, torch.Tensor] = {}  # one device copy per distinct weight array
             acc: torch.Tensor | None = None
             for i in range(0, len(corners), self.batch_size):
@@ -210,5 +261,11 @@ class PatchRunner:
                     if w is None:
                         w = weights[id(w_np)] = _as_tensor(w_np, self.device)
                     acc[(slice(None), *dst)] += w[src] * out[(slice(None), *src)]
+                del pred
             assert acc is not None
-            return WeightedSum(target, acc.cpu().numpy())
+            if self.device.type != "cuda":
+                return acc.cpu()
+            host = torch.empty(acc.shape, dtype=acc.dtype, pin_memory=True)
+            host.copy_(acc, non_blocking=True)  # page-locked: at the bus's speed, not a pageable copy's
+            torch.cuda.current_stream(self.device).synchronize()
+            return host
