@@ -11,3 +11,11 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A single-node SLURM on 127.0.0.1 for the whole session (``slurm_fixture.py``); skips where it cannot start."""
+    from slurm_fixture import start_slurm
+
+    yield from start_slurm()
