@@ -19,6 +19,7 @@ collects results). Appends a row to BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 from pathlib import Path
@@ -40,6 +41,8 @@ def main() -> None:
     parser.add_argument("--chunks", nargs=3, type=int, default=(32, 128, 128))
     parser.add_argument("--patch", nargs=3, type=int, default=(32, 64, 64))
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--defaults", action="store_true",
+                        help="the product's defaults instead of --patch/--batch/--chunks: PredictOptions() (patch, overlap, batch, precision auto)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-limit", default="2GiB", help="per worker")
     C.add_data_args(parser)
@@ -62,8 +65,11 @@ def main() -> None:
 
     images = {f: C.bench_input(data, *sized(f)) for f in args.factors}
     options = PredictOptions(patch_shape=tuple(args.patch), batch_size=args.batch, chunks=tuple(args.chunks), precision="fp32")
+    if args.defaults:
+        options = PredictOptions()
     out = data / "memory_out.zarr"
     results = {}
+    chosen: dict[int, str] = {}
     for f in args.factors:
         shutil.rmtree(out, ignore_errors=True)
         spec = ClusterSpec(n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory_limit)
@@ -73,6 +79,8 @@ def main() -> None:
             seconds = time.perf_counter() - start
             peaks = sorted(client.run(C.peak_rss_mib).values())
         nbytes = open_image(images[f]).nbytes
+        record = json.loads((out / ".chunked_fnet" / "run.json").read_text())
+        chosen[f] = f"window {record['window']['patch']} overlap {record['window']['overlap']}, {record['precision']['chosen']}"
         results[f] = (peaks, seconds, summary.chunks, nbytes)
         print(f"{f:>3}x: input {nbytes / 2**20:.0f} MiB, {summary.chunks} chunk tasks, {seconds:.0f} s; worker peak RSS "
               f"{', '.join(f'{p:.0f}' for p in peaks)} MiB; client {C.peak_rss_mib():.0f} MiB so far; {C.load_note()}", flush=True)
@@ -91,7 +99,8 @@ def main() -> None:
     if not args.no_append:
         row = C.append_row(SECTION, COLUMNS, [
             C.today(),
-            f"{args.arch} U-Net x{args.models}, {tuple(args.patch)}, {args.batch}, {tuple(args.chunks)}",
+            f"{args.arch} U-Net x{args.models}, " + (f"defaults ({'; '.join(f'{f}x: {c}' for f, c in chosen.items())}), chunks {options.chunks}"
+                                                      if args.defaults else f"{tuple(args.patch)}, {args.batch}, {tuple(args.chunks)}"),
             f"{base} per time point, {args.workers} x {args.memory_limit}" if args.grow == "t" else
             f"{base}, growing in y/x ({', '.join('x'.join(map(str, sized(f)[1])) for f in args.factors)}), {args.workers} x {args.memory_limit}",
             "; ".join(f"{f}x ({res[3] / 2**20:.0f} MiB in): {', '.join(f'{p:.0f}' for p in res[0])}" for f, res in results.items()),

@@ -25,7 +25,7 @@ from dask_cli import cli_cluster
 from factories import tiny_checkpoint
 
 STRUCTURES = ("dna", "er", "membrane")
-FLAGS = ["--patch", "8", "16", "16", "--chunks", "8", "16", "16", "--overlap", "0.25", "--no-progress"]
+FLAGS = ["--patch", "8", "16", "16", "--chunks", "8", "16", "16", "--overlap", "0.25", "--precision", "fp32", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], np
     root = tmp_path_factory.mktemp("cli_cluster")
     generate(SynthConfig(size_t=3, size_z=9, size_y=40, size_x=36, voxel_size=(0.4, 0.4, 0.4), chunks=(9, 20, 20)), root / "in.zarr", progress=False)
     models = [tiny_checkpoint(root / f"{s}.ckpt", s, seed=i) for i, s in enumerate(STRUCTURES)]
-    options = PredictOptions(patch_shape=(8, 16, 16), chunks=(8, 16, 16), overlap=0.25)
+    options = PredictOptions(patch_shape=(8, 16, 16), chunks=(8, 16, 16), overlap=0.25, precision="fp32")
     reference, _ = predict(root / "in.zarr", models, root / "reference.zarr", options=options, progress=False)
     return root / "in.zarr", models, reference.values
 
@@ -65,7 +65,7 @@ def test_cli_predict_on_dask_scheduler_and_dask_worker_processes(data, tmp_path:
     assert _snapshot(image) == before
 
 
-FINE = ["--patch", "8", "16", "16", "--chunks", "4", "8", "8", "--overlap", "0.25", "--no-progress"]
+FINE = ["--patch", "8", "16", "16", "--chunks", "4", "8", "8", "--overlap", "0.25", "--precision", "fp32", "--no-progress"]
 TOTAL_FINE = 3 * 3 * 5 * 5  # time points x chunks along z, y, x
 
 
@@ -147,7 +147,7 @@ def test_a_chunk_that_keeps_failing_is_named_after_the_others_are_written(data, 
     copy = tmp_path / "in.zarr"
     shutil.copytree(image, copy)
     out = tmp_path / "out.zarr"
-    options = PredictOptions(patch_shape=(8, 16, 16), chunks=(8, 16, 16), overlap=0.25, retries=1)
+    options = PredictOptions(patch_shape=(8, 16, 16), chunks=(8, 16, 16), overlap=0.25, retries=1, precision="fp32")
     job = plan(str(copy), models, str(out), options)  # frame statistics read before the fault
     create_output(job, overwrite=False)
     chunk = copy / "0" / "c" / "2" / "0" / "0" / "1" / "1"  # t=2, brightfield, z 0:9, y 20:40, x 20:36

@@ -35,7 +35,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     return root / "in.zarr", models
 
 
-OPTIONS = dict(patch_shape=(16, 16, 16), overlap=0.25, batch_size=3)
+OPTIONS = dict(patch_shape=(16, 16, 16), overlap=0.25, batch_size=3, precision="fp32")  # compared with float32 references
 
 
 def _reference(image: Path, models: list[Path], options: PredictOptions) -> np.ndarray:

@@ -21,8 +21,8 @@ from chunked_fnet.synth.dataset import SynthConfig, generate
 from dask_cli import cli_cluster
 from factories import tiny_checkpoint
 
-FLAGS = ["--patch", "8", "16", "16", "--chunks", "4", "8", "8", "--overlap", "0.25", "--no-progress"]
-OPTIONS = PredictOptions(patch_shape=(8, 16, 16), chunks=(4, 8, 8), overlap=0.25)
+FLAGS = ["--patch", "8", "16", "16", "--chunks", "4", "8", "8", "--overlap", "0.25", "--precision", "fp32", "--no-progress"]
+OPTIONS = PredictOptions(patch_shape=(8, 16, 16), chunks=(4, 8, 8), overlap=0.25, precision="fp32")
 
 
 @pytest.fixture(scope="module")

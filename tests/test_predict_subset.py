@@ -16,7 +16,7 @@ from chunked_fnet.predict import PredictOptions, predict
 from chunked_fnet.synth.dataset import SynthConfig, generate
 from factories import tiny_checkpoint
 
-OPTIONS = PredictOptions(patch_shape=(16, 16, 16), overlap=0.25, batch_size=2, chunks=(8, 16, 16))
+OPTIONS = PredictOptions(patch_shape=(16, 16, 16), overlap=0.25, batch_size=2, chunks=(8, 16, 16), precision="fp32")
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from slurm_fixture import Slurm
 ROOT = Path(__file__).resolve().parents[1]
 STRUCTURES = ("dna", "er")
 T = 4  # time points: enough chunks that a worker job can be cancelled while the run is computing
-FLAGS = ["--patch", "8", "16", "16", "--chunks", "4", "8", "8", "--overlap", "0.25", "--no-progress"]
+FLAGS = ["--patch", "8", "16", "16", "--chunks", "4", "8", "8", "--overlap", "0.25", "--precision", "fp32", "--no-progress"]
 TOTAL = T * 3 * 5 * 5  # time points x chunks along z, y, x
 JOBS = 2
 
@@ -37,7 +37,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], np
     root = tmp_path_factory.mktemp("slurm_data")
     generate(SynthConfig(size_t=T, size_z=9, size_y=40, size_x=36, voxel_size=(0.4, 0.4, 0.4), chunks=(9, 20, 20)), root / "in.zarr", progress=False)
     models = [tiny_checkpoint(root / f"{s}.ckpt", s, seed=i) for i, s in enumerate(STRUCTURES)]
-    options = PredictOptions(patch_shape=(8, 16, 16), chunks=(4, 8, 8), overlap=0.25)
+    options = PredictOptions(patch_shape=(8, 16, 16), chunks=(4, 8, 8), overlap=0.25, precision="fp32")
     reference, _ = predict(root / "in.zarr", models, root / "reference.zarr", options=options, progress=False)  # LocalCluster, 2 processes
     return root / "in.zarr", models, reference.values
 

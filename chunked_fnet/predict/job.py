@@ -58,6 +58,13 @@ class PredictJob:
     model_width: int = 32  # the ensemble's widest top level: what a patch's activations cost
     input_level: int = 0  # pyramid level read
     input_offset: tuple[int, int, int] = (0, 0, 0)  # z, y, x of the selection's first voxel in that level's array
+    # the run's precision as chosen on the client (predict/precision.py): {"chosen": "bf16", ...}
+    precision_choice: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+
+    @property
+    def precision(self) -> str:
+        """What the tasks compute in: the run's choice, else the option as given (``auto``: see ``autocast_dtype``)."""
+        return (self.precision_choice or {}).get("chosen", self.options.precision)
 
     def record(self) -> dict[str, Any]:
         """Everything that determines the output's values and layout (JSON), kept in the output for ``--resume``."""
@@ -69,6 +76,7 @@ class PredictJob:
             "frame_stats": [{"mean": s.mean, "std": s.std} for s in self.stats],
             "models": {"checkpoints": list(self.models), "sha256": list(self.hashes), "structures": list(self.structures)},
             "options": {k: v for k, v in self.options.model_dump(mode="json").items() if k not in RUNTIME_OPTIONS},
+            "precision": self.precision_choice or {"chosen": self.options.precision},
             "window": {"patch": list(self.window.patch_shape), "overlap": list(self.window.overlap_voxels),
                        "blend": self.window.blend, "align": self.window.align},
             "output": {"shape": list(self.output_shape), "scale": list(self.output_scale), "origin": list(self.origin)},
@@ -190,11 +198,16 @@ def _prepare_worker_process() -> None:
         _WORKER_READY = True
 
 
-def _runner(job: PredictJob) -> PatchRunner:
-    """The ensemble on this worker's device, each model loaded once per process."""
+_UNSET: Any = object()
+
+
+def _runner(job: PredictJob, amp: torch.dtype | None = _UNSET) -> PatchRunner:
+    """The ensemble on this worker's device, each model loaded once per process; computing in the run's
+    precision unless ``amp`` says otherwise (the precision measurement)."""
     device = str(resolve_device(job.options.device))
     ensemble = StackedEnsemble([cached_model(p, h, device) for p, h in zip(job.models, job.hashes, strict=True)])
-    amp = autocast_dtype(job.options.precision, device)
+    if amp is _UNSET:
+        amp = autocast_dtype(job.precision, device)
     return PatchRunner(ensemble, device, job.options.tta_flips, amp, batch_size=job.options.patches_per_pass)
 
 

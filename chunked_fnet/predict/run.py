@@ -41,6 +41,7 @@ from chunked_fnet.predict.ledger import Ledger, chunk_key, describe_chunk, diffe
 from chunked_fnet.preprocess.normalize import frame_stats
 from chunked_fnet.preprocess.resample import ModelGrid
 from chunked_fnet.sliding_window import SlidingWindow
+from chunked_fnet.predict.precision import choose_precision
 from chunked_fnet.sliding_window.auto import AUTO_OVERLAP, auto_patch
 
 
@@ -57,6 +58,8 @@ class RunSummary:
     voxels: int
     total_chunks: int = 0  # of the whole output; more than ``chunks`` when a resumed run skipped finished ones
     patch_evaluations: int = 0  # model patches evaluated (each global sliding-window patch of a frame once)
+    precision: str = ""  # what the model computed in, with the measurement behind an auto choice
+    patch: tuple[int, ...] = ()
 
     def __str__(self) -> str:
         rate = self.voxels / self.seconds if self.seconds else float("nan")
@@ -65,6 +68,8 @@ class RunSummary:
         return (
             f"wrote {self.output}: {self.chunks} chunk tasks on {self.workers} worker(s) in {self.seconds:.1f} s{resumed}, "
             f"{self.voxels / 1e6:.2f} M output voxels x structures, {rate / 1e6:.3f} M voxels/s, {self.patch_evaluations} patches evaluated"
+            + (f" of {'x'.join(map(str, self.patch))}" if self.patch else "")
+            + (f"; {self.precision}" if self.precision else "")
         )
 
 
@@ -364,9 +369,11 @@ def predict(
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other: resume keeps the finished chunks, overwrite deletes them")
     job = plan(image, models, out, options, series=series)
-    recorded = (Ledger(job.output_path).read_record() or {}).get("window") if resume else None
-    if recorded is not None and options.patch_shape == "auto":  # the interrupted run's choice, whatever this cluster would choose
-        job = _rewindow(job, recorded=recorded)
+    record = (Ledger(job.output_path).read_record() or {}) if resume else {}
+    if record.get("window") is not None and options.patch_shape == "auto":  # the interrupted run's choice, whatever this cluster would choose
+        job = _rewindow(job, recorded=record["window"])
+    if record.get("precision") is not None and options.precision == "auto":  # likewise: the interrupted run's measurement
+        job = dataclasses.replace(job, precision_choice=record["precision"])
     done = _resume_state(job) if resume else None
     if done is None and not overwrite:
         _refuse_existing(job.output_path)
@@ -374,6 +381,7 @@ def predict(
     with context as c:  # connected before the output is created: an unreachable scheduler leaves nothing behind
         if done is None:
             job = _fit_to_cluster(job, c)
+            job = dataclasses.replace(job, precision_choice=choose_precision(job, c))
             _create_or_leave_nothing(job, overwrite)
         summary = execute(job, c, skip=done or set(), progress=progress)
     return open_image(out), summary
@@ -458,5 +466,15 @@ def execute(job: PredictJob, client: Client, *, skip: Collection[str] = (), prog
         build_pyramid(job.output_path, progress=progress)
     return RunSummary(
         job.output_path, computed, workers, time.perf_counter() - start, voxels, total_chunks=total,
-        patch_evaluations=graph.patch_evaluations,
+        patch_evaluations=graph.patch_evaluations, precision=_describe_precision(job.precision_choice), patch=job.window.patch_shape,
     )
+
+
+def _describe_precision(choice: dict[str, Any] | None) -> str:
+    """``bf16 (auto: forward pass 5.1x as fast as fp32 on tcp://...)``, or just the precision."""
+    if not choice:
+        return ""
+    seconds = (choice.get("measured") or {}).get("seconds")
+    if not seconds:
+        return choice["chosen"] + (f" ({choice['why']})" if "why" in choice else "")
+    return f"{choice['chosen']} (auto: bf16's forward pass {seconds['fp32'] / seconds['bf16']:.2f}x as fast as fp32's here)"

@@ -4,9 +4,12 @@ A fully convolutional U-Net in eval mode gives the same output away from a patch
 the patch's size, so inference need not use the training patch (32x64x64 in the paper, which makes
 a sliding window with 25 % overlap evaluate every voxel ~2.4 times). The whole z-depth of a frame is
 taken where it fits and y/x grow until the activation memory of one patch reaches the budget; the
-overlap (model voxels) is what the network's zero padding spoils plus a blending ramp
-(``benchmarks/border_effect.py``: for the paper U-Net the difference from a whole-frame pass falls
-below 1e-3 of the output's std 10 voxels from a patch border, below 2e-4 from 12).
+overlap (model voxels) is what the network's zero padding spoils plus a blending ramp. That depth
+was measured on a *trained* model (``benchmarks/border_effect.py --checkpoint``: the CPU example's
+DNA U-Net differs from a whole-frame pass by less than 1e-2 of its std only from 35 voxels inward,
+1e-3 from 40; a randomly initialised paper U-Net, 12 voxels, understates it badly), and the seams
+it leaves were measured against the overlap (``benchmarks/seams_vs_overlap.py``: 0.69 std at 32
+voxels, 0.08 at 64, 0.011 at 80, 0.0016 at 96).
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from collections.abc import Sequence
 
 __all__ = ["AUTO_OVERLAP", "BYTES_PER_VOXEL_AND_CHANNEL", "MAX_TENSOR_ELEMENTS", "auto_patch"]
 
-#: Overlap (model voxels) between neighbouring patches: a 12-voxel rim on each side that gets no
-#: weight, and an 8-voxel raised-cosine ramp between (see ``window.band_profile``); a multiple of 16,
+#: Overlap (model voxels) between neighbouring patches: a 36-voxel rim on each side that gets no
+#: weight, and a 24-voxel raised-cosine ramp between (see ``window.band_profile``); a multiple of 16,
 #: so neighbours stay on one phase of the U-Net's down-sampling grid.
-AUTO_OVERLAP = 32
+AUTO_OVERLAP = 96
 
 #: Peak host memory of a float32 forward pass of the fnet U-Net per output voxel and per channel of its
 #: top level, measured for width 32 at 32x128x128 to 48x384x384 (771-800 bytes per voxel, i.e. ~25 per
@@ -58,6 +61,9 @@ def auto_patch(
     pz = z_full if z_full * (2 * overlap + m) ** 2 <= max_voxels else max(2 * overlap + m, _up(int(max_voxels / (2 * overlap + m) ** 2), m) - m)
     pz = min(pz, z_full)
     side = max(m, int(math.sqrt(max_voxels / pz)) // m * m)
+    # a budget too small for patches twice the overlap: neighbours share at most half a patch (the
+    # step stays at least half the patch), at the cost of a thinner clean rim
+    overlap = min(overlap, (side // 2) // m * m)
     oz = 0 if pz >= z_full else min(overlap, pz - m)
     counts = [_count(n, min(side, _up(n, m)), overlap) for n in frame[1:]]
     # enough patches to keep every thread busy: one more along the longer axis at a time
