@@ -37,12 +37,32 @@ class ClusterSpec(BaseModel):
     timeout: float = Field(10.0, gt=0, description="seconds to wait for a scheduler")
     jobqueue: dict[str, Any] = Field(default_factory=dict, description="dask_jobqueue.SLURMCluster keyword arguments")
     jobs: int = Field(1, ge=1, description="SLURM jobs to request")
+    worker_timeout: float = Field(
+        600.0, gt=0,
+        description="SLURM: seconds to wait for the first worker job to join before the run stops (a job that sbatch "
+        "rejected, or one still queued); the patch is then sized for the workers that joined",
+    )
 
 
 def _threads_per_gpu() -> int:
     import torch
 
     return min(8, max(2, (os.cpu_count() or 2) // max(1, torch.cuda.device_count())))
+
+
+def _wait_for_a_worker(client: Client, spec: ClusterSpec) -> None:
+    """Wait until a SLURM worker job has joined: until then nothing can run, and the automatic patch
+    would be sized without knowing the workers' memory. A job sbatch refused never joins: say so
+    instead of waiting for the run's stall timeout."""
+    try:
+        client.wait_for_workers(1, timeout=spec.worker_timeout)
+    except TimeoutError:
+        queue = spec.jobqueue.get("queue") or spec.jobqueue.get("partition") or "the default partition"
+        raise InputError(
+            f"no SLURM worker job joined within {spec.worker_timeout:g} s ({spec.jobs} job(s) asked of {queue}): sbatch may "
+            "have refused them (wrong partition, account or resources: dask-jobqueue's message above says why) or they are "
+            "still queued (squeue --me); fix the spec, or raise worker_timeout for a busy queue"
+        ) from None
 
 
 def load_cluster_spec(path: str | Path) -> ClusterSpec:
@@ -78,6 +98,10 @@ def local_client(spec: ClusterSpec) -> Iterator[Client]:
             raise InputError("cluster kind 'slurm' needs dask-jobqueue: pip install 'chunked_fnet[cluster]'") from exc
         cluster = SLURMCluster(**spec.jobqueue)
         cluster.scale(jobs=spec.jobs)
+        with cluster, Client(cluster) as client:
+            _wait_for_a_worker(client, spec)
+            yield client
+        return
     else:
         cluster = LocalCluster(
             n_workers=spec.n_workers,

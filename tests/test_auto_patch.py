@@ -78,3 +78,15 @@ def test_auto_patch_stays_within_32_bit_kernel_indexing_and_batches_share_the_bu
     assert PredictOptions(batch_size=8).patches_per_pass == 8
     with pytest.raises(ValueError, match="batch_size"):
         PredictOptions(batch_size=0)
+
+
+def test_one_frame_on_two_threads_is_cut_once_across_its_longer_axis_not_into_four() -> None:
+    """Patches need not be square: the fewest voxels evaluated among the cuts that fit the budget and
+    keep every thread busy (with a 96-voxel overlap, four patches of a 384^2 frame evaluate it 1.56x
+    over, two 1.25x)."""
+    patch, overlap = auto_patch((48, 384, 384), 16, 32, 6.4e9, min_patches=2)
+    window = SlidingWindow((48, 384, 384), patch, overlap, 16, "band", align=True)
+    assert window.grid.n_patches == 2 and window.grid.recompute_factor == pytest.approx(1.25)
+    assert patch[0] * patch[1] * patch[2] * 32 * 32 <= 6.4e9
+    patch, overlap = auto_patch((48, 200, 384), 16, 32, 6.4e9, min_patches=2)
+    assert overlap == (0, 0, AUTO_OVERLAP) and patch[1] == 208  # the cut goes across the longer axis, x

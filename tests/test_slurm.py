@@ -188,3 +188,21 @@ def test_the_slurm_example_runs_unchanged(slurm: Slurm, data, tmp_path: Path) ->
     for png in (tmp_path / "pred_overlay.png", tmp_path / "pred_timelapse.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, png
     assert list((tmp_path / "logs").glob("dask-worker-*.err")), "no worker job ran"
+
+
+def test_worker_jobs_that_never_start_end_the_run_with_a_clear_message(slurm: Slurm, data, tmp_path: Path) -> None:
+    """sbatch refuses jobs for a partition that does not exist: the run stops after the spec's
+    worker_timeout, naming the cause and what to check, and leaves no output behind."""
+    image, models, _ = data
+    spec_path, out = _spec(tmp_path, slurm), tmp_path / "out.zarr"
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["jobqueue"]["queue"] = "no_such_partition"
+    spec["worker_timeout"] = 15
+    spec_path.write_text(yaml.safe_dump(spec))
+    start = time.monotonic()
+    proc = _start_predict(image, models, out, spec_path, slurm)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "no SLURM worker job joined within 15 s (2 job(s) asked of no_such_partition)" in stderr, stderr[-3000:]
+    assert time.monotonic() - start < 90
+    assert not out.exists()

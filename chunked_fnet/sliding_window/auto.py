@@ -39,6 +39,11 @@ def _up(n: int, m: int) -> int:
     return m * math.ceil(n / m)
 
 
+def _covering(n: int, k: int, overlap: int, m: int) -> int:
+    """The smallest patch (a multiple of ``m``) that covers ``n`` voxels with ``k`` patches overlapping by ``overlap``."""
+    return _up(n, m) if k == 1 else _up(math.ceil((n - overlap) / k) + overlap, m)
+
+
 def _count(size: int, patch: int, overlap: int) -> int:
     return 1 if size <= patch else 1 + math.ceil((size - patch) / (patch - overlap))
 
@@ -65,17 +70,21 @@ def auto_patch(
     # step stays at least half the patch), at the cost of a thinner clean rim
     overlap = min(overlap, (side // 2) // m * m)
     oz = 0 if pz >= z_full else min(overlap, pz - m)
-    counts = [_count(n, min(side, _up(n, m)), overlap) for n in frame[1:]]
-    # enough patches to keep every thread busy: one more along the longer axis at a time
-    while _count(frame[0], pz, oz) * counts[0] * counts[1] < min_patches:
-        a = 0 if frame[1] / counts[0] >= frame[2] / counts[1] else 1
-        if frame[1 + a] / (counts[a] + 1) <= overlap + m:
-            break
-        counts[a] += 1
-    # the smallest patch that covers each axis with that many patches: no more recompute than needed
-    sizes = []
-    for n, k in zip(frame[1:], counts):
-        sizes.append(_up(n, m) if k == 1 else _up(math.ceil((n - overlap) / k) + overlap, m))
-    py, px = sizes
-    oy, ox = (0 if k == 1 else overlap for k in counts)
+    # y/x: the numbers of patches (ky, kx) whose smallest covering patches fit the budget, give every
+    # thread a patch, and evaluate the fewest voxels (patches need not be square: one frame on two
+    # threads is cut once, across its longer axis, not into four)
+    kz = _count(frame[0], pz, oz)
+    limits = [max(1, math.ceil(n / max(m, side - overlap)) + 1) for n in frame[1:]]
+    choices = []
+    for ky in range(1, limits[0] + 1):
+        for kx in range(1, limits[1] + 1):
+            py, px = _covering(frame[1], ky, overlap, m), _covering(frame[2], kx, overlap, m)
+            if (ky > 1 and py - overlap < m) or (kx > 1 and px - overlap < m):
+                continue  # neighbours would share more than they add
+            fits, busy = pz * py * px <= max_voxels, kz * ky * kx >= min_patches
+            # within the budget first, then enough patches, then the fewest voxels evaluated, then the fewest patches
+            choices.append(((not fits, not busy, ky * kx * py * px, ky * kx), ky, kx))
+    _, ky, kx = min(choices)
+    py, px = _covering(frame[1], ky, overlap, m), _covering(frame[2], kx, overlap, m)
+    oy, ox = (0 if k == 1 else overlap for k in (ky, kx))
     return (pz, py, px), (oz, oy, ox)
