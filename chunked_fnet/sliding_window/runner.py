@@ -122,8 +122,9 @@ class PatchRunner:
       ``torch.inference_mode``; the caller's mode and memory format are restored afterwards.
     - ``tta_flips``: test-time flip augmentation (:func:`tta_flip_sets`).
     - ``amp_dtype``: e.g. ``torch.bfloat16`` to run the model under autocast.
-    - ``channels_last``: ``torch.channels_last_3d`` activations; default on the CPU only, where it
-      saves about a quarter of the paper U-Net's time (benchmarks/gpu_path.py).
+    - ``channels_last``: ``torch.channels_last_3d`` activations; default on the CPU (about a quarter
+      of the paper U-Net's time saved) and on CUDA under autocast (a fifth), where measured.
+    - ``device_thread``: run the forward passes in the device's one thread (default on accelerators).
     - ``batch_size``: patches per forward pass.
     """
 
@@ -151,8 +152,12 @@ class PatchRunner:
         self.amp_dtype = amp_dtype
         # channels_last_3d: on the CPU, oneDNN's 3-D convolutions skip reordering every activation
         # (the paper's U-Net, batch 4 of 32x64x64: about 25 % less CPU time on an AVX-512 Xeon,
-        # benchmarks/gpu_path.py); on CUDA it is left to the caller until measured
-        self.channels_last = self.device.type == "cpu" if channels_last is None else bool(channels_last)
+        # benchmarks/gpu_path.py); on CUDA under bf16/fp16 autocast cuDNN's tensor-core kernels want
+        # it too (H100, a whole 64x512x512 frame in bf16: 318 against 254 M voxels/s, BENCHMARKS.md,
+        # GPU acceptance); fp32 on CUDA stays NCDHW, not yet measured
+        if channels_last is None:
+            channels_last = self.device.type == "cpu" or (self.device.type == "cuda" and amp_dtype is not None)
+        self.channels_last = bool(channels_last)
         # the forward passes in the device's own thread (see _DEVICE_THREADS): default on accelerators
         self.device_thread = self.device.type != "cpu" if device_thread is None else bool(device_thread)
 

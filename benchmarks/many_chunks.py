@@ -1,0 +1,134 @@
+"""What planning and submitting cost as a run grows to many output chunks (issue 18 item 3).
+
+    python benchmarks/many_chunks.py [--frames 1 10 100 1000] [--frame 8 80 80] [--chunks 8 8 8]
+
+A tiny U-Net (depth 2, width 4) on a synthetic time-lapse of ``--frames`` frames of ``--frame``
+voxels, written with ``--chunks`` output chunks (so frames x chunks-per-frame chunk tasks, plus as
+many block tasks), so that the model does not dominate and what is measured is the pipeline:
+
+- plan: ``plan()`` (reading the input's metadata and every frame's statistics) and the schedule;
+- submit: building the graph and handing it to the scheduler (``client.compute``), and the client's
+  memory growth meanwhile (RSS);
+- first chunk: seconds from the submission to the first finished chunk;
+- total, tasks/s (block + chunk tasks per second of the run), the scheduler's RSS after the run.
+
+The input is made cheaply: one synthetic frame (chunked_fnet.synth), rolled along x by a few voxels
+per time point. One fresh 2-worker LocalCluster per size. Appends a row per size to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+import _common as C
+
+
+def _rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def timelapse(data: Path, frames: int, shape: tuple[int, int, int]) -> str:
+    import zarr
+
+    from chunked_fnet.io.reader import open_image, select_channels
+    from chunked_fnet.io.writer import create_image, write_region
+
+    path = data / f"many_{frames}x{'x'.join(map(str, shape))}.zarr"
+    if path.exists():
+        return str(path)
+    base = select_channels(open_image(C.bench_input(data, 1, shape)), "brightfield").isel(t=0).values
+    create_image(path, shape=(frames, 1, *shape), chunks=(1, 1, *shape), dtype=base.dtype,
+                 scale={"t": 1.0, "c": 1.0, "z": 0.4, "y": 0.4, "x": 0.4}, channel_names=["brightfield"])
+    group = zarr.open_group(str(path), mode="r+")
+    for t in range(frames):
+        write_region(group, (slice(t, t + 1), slice(None), slice(None), slice(None), slice(None)), np.roll(base, 3 * t, axis=2)[None, None])
+    return str(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", nargs="+", type=int, default=(1, 10, 100, 1000))
+    parser.add_argument("--frame", nargs=3, type=int, default=(8, 80, 80))
+    parser.add_argument("--chunks", nargs=3, type=int, default=(8, 8, 8))
+    parser.add_argument("--workers", type=int, default=2)
+    C.add_data_args(parser)
+    args = parser.parse_args()
+
+    import dask
+    from distributed import as_completed
+
+    from chunked_fnet.cluster import ClusterSpec, local_client
+    from chunked_fnet.model import FnetUNet, ModelCard, UNetConfig, save_checkpoint
+    from chunked_fnet.predict import PredictOptions, plan
+    from chunked_fnet.predict.job import predict_block, write_chunk
+    from chunked_fnet.predict.ledger import chunk_key
+    from chunked_fnet.predict.run import create_output
+
+    data = Path(args.data)
+    data.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    torch.manual_seed(0)
+    model = FnetUNet(UNetConfig(depth=2, width=4))
+    card = ModelCard(structure="dna", architecture=model.config, voxel_size=(0.4, 0.4, 0.4),
+                     input={"modality": "brightfield", "channel": "brightfield"}, training={"dataset": "random init (benchmark)"})
+    checkpoint = str(save_checkpoint(data / "many_tiny.ckpt", model, card, overwrite=True))
+    frame = tuple(args.frame)
+    options = PredictOptions(patch_shape=(8, 16, 16), overlap=0.25, chunks=tuple(args.chunks), precision="fp32", device="cpu")
+    rows = []
+    for frames in args.frames:
+        image = timelapse(data, frames, frame)
+        out = data / "many_out.zarr"
+        shutil.rmtree(out, ignore_errors=True)
+        with local_client(ClusterSpec(n_workers=args.workers)) as client:
+            rss0 = _rss_mib()
+            start = time.perf_counter()
+            with dask.config.set(scheduler="synchronous"):
+                job = plan(image, [checkpoint], str(out), options)
+            graph = job.schedule()
+            planned = time.perf_counter() - start
+            create_output(job, overwrite=True)
+            # the graph as execute() builds it (predict.run.execute), timed up to the submission
+            start = time.perf_counter()
+            blocks = [dask.delayed(predict_block, pure=False, nout=len(b.pieces))(job, b, dask_key_name=f"b-{chunk_key(b.time_index, b.block)}")
+                      for b in graph.blocks]
+            chunks = [dask.delayed(write_chunk, pure=False)(job, c, *(blocks[r.block][r.piece] for r in c.sources),
+                                                            dask_key_name=f"c-{chunk_key(c.time_index, c.region)}") for c in graph.chunks]
+            futures = client.compute(chunks)
+            submitted = time.perf_counter() - start
+            rss_submit = _rss_mib() - rss0
+            first = None
+            for n, future in enumerate(as_completed(futures), 1):
+                if first is None:
+                    first = time.perf_counter() - start
+                future.release()
+            total = time.perf_counter() - start
+            scheduler_mib = client.run_on_scheduler(_rss_mib)
+        n_tasks = len(graph.blocks) + len(graph.chunks)
+        row = dict(frames=frames, chunks=len(graph.chunks), tasks=n_tasks, plan_s=planned, submit_s=submitted, client_MiB=rss_submit,
+                   first_chunk_s=first, total_s=total, tasks_per_s=n_tasks / total, scheduler_MiB=scheduler_mib)
+        rows.append(row)
+        print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+        shutil.rmtree(out, ignore_errors=True)
+        del blocks, chunks, futures
+    if not args.no_append:
+        for row in rows:
+            C.append_row(
+                "Many chunks: planning and submitting (issue 18 item 3)",
+                ["date", "frames x frame, chunks", "chunk tasks (all tasks)", "plan s", "submit s (client RSS +MiB)", "first chunk s",
+                 "total s, tasks/s", "scheduler RSS MiB", "command", "machine"],
+                [C.today(), f"{row['frames']} x {frame}, {tuple(args.chunks)}", f"{row['chunks']} ({row['tasks']})", f"{row['plan_s']:.1f}",
+                 f"{row['submit_s']:.1f} (+{row['client_MiB']:.0f})", f"{row['first_chunk_s']:.1f}",
+                 f"{row['total_s']:.0f}, {row['tasks_per_s']:.0f}", f"{row['scheduler_MiB']:.0f}", C.command_line(), C.machine()],
+            )
+
+
+if __name__ == "__main__":
+    main()
