@@ -19,3 +19,12 @@ def slurm():
     from slurm_fixture import start_slurm
 
     yield from start_slurm()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A moto S3 server on 127.0.0.1 for the whole session, reached through the AWS environment variables
+    (``s3_fixture.py``); skips where it cannot start."""
+    from s3_fixture import start_s3
+
+    yield from start_s3()

@@ -21,7 +21,7 @@ from dask.base import tokenize
 from chunked_fnet.errors import ChunkedFnetError, OmeZarrError, one_line
 from chunked_fnet.io.completeness import chunk_ranges
 from chunked_fnet.io.ngff import ImageMetadata, parse_image_attrs
-from chunked_fnet.io.store import describe, is_url, open_store, redact
+from chunked_fnet.io.store import describe, is_url, open_store, redact, refuse_url_credentials
 
 BF2RAW = "bioformats2raw.layout"
 _METADATA_FILES = ("zarr.json", ".zgroup", ".zattrs", ".zarray")
@@ -77,6 +77,8 @@ def _open_group(path: Any, storage_options: Mapping[str, Any] | None) -> zarr.Gr
             raise OmeZarrError(f"{where}: no such file or directory (expected an OME-Zarr image)")
         if not local.is_dir():
             raise OmeZarrError(f"{where} is a file, not an OME-Zarr directory")
+    elif is_url(path):
+        refuse_url_credentials(path)  # here, not only in open_store: the except clauses below would reword it
     store = None
     try:
         store = open_store(path, read_only=True, storage_options=storage_options)

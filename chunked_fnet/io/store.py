@@ -10,6 +10,8 @@ from typing import Any
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
+from chunked_fnet.errors import InputError
+
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
 # Not anchored at the start (and never spanning whitespace) so that a URL inside a message is redacted too.
 _CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@\s]+@")
@@ -18,6 +20,11 @@ _SECRET_QUERY = re.compile(
     r"(?i)([?&](?:x-(?:amz|goog)-[a-z-]*signature|x-(?:amz|goog)-credential|x-amz-security-token"
     r"|sig|signature|token|key|secret|password)=)[^&\s]+"
 )
+
+
+#: Object stores whose fsspec file systems take no user:password@ in a URL: s3fs, for one, reads it as
+#: part of the bucket name, and botocore's refusal quotes that name, secret and all, in a traceback.
+_NO_URL_CREDENTIALS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 
 
 def is_url(store: Any) -> bool:
@@ -41,6 +48,18 @@ def describe(store: Any) -> str:
     return redact(str(store))
 
 
+def refuse_url_credentials(url: str) -> None:
+    """Refuse ``s3://KEY:SECRET@bucket/...`` (and the like for gs://, az://) before any library sees it:
+    those file systems would not use the credentials and would print them in their error; they come
+    from the environment or the provider's config files (for S3: ``AWS_ACCESS_KEY_ID``, ``~/.aws``)."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in _NO_URL_CREDENTIALS and _CREDENTIALS.match(url):
+        raise InputError(
+            f"{redact(url)}: {scheme}:// URLs cannot carry credentials; give them in the environment or the "
+            "provider's config files (for S3: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials)"
+        )
+
+
 def open_store(store: Any, *, read_only: bool, storage_options: Mapping[str, Any] | None = None) -> Any:
     """A zarr store for a local path (``LocalStore``), an fsspec URL (``FsspecStore``) or a store object."""
     if isinstance(store, zarr.abc.store.Store):
@@ -48,5 +67,6 @@ def open_store(store: Any, *, read_only: bool, storage_options: Mapping[str, Any
     if isinstance(store, str) and store.startswith("file://"):
         store = store[len("file://") :]
     if is_url(store):
+        refuse_url_credentials(store)
         return FsspecStore.from_url(store, storage_options=dict(storage_options or {}), read_only=read_only)
     return LocalStore(Path(store), read_only=read_only)

@@ -26,7 +26,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from chunked_fnet.errors import InputError, one_line
 from chunked_fnet.io.atomic import write_bytes
-from chunked_fnet.io.store import redact
+from chunked_fnet.io.store import redact, refuse_url_credentials
 from chunked_fnet.sliding_window.box import Box
 
 LEDGER = ".chunked_fnet"
@@ -47,6 +47,7 @@ class Ledger:
     """Read and write the run record of one output store (a local path or an fsspec URL)."""
 
     def __init__(self, output: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        refuse_url_credentials(str(output))
         self.fs, root = fsspec.core.url_to_fs(str(output).removeprefix("file://"), **dict(storage_options or {}))
         self.output = root.rstrip("/")
         self.root = f"{self.output}/{LEDGER}"
