@@ -156,3 +156,27 @@ def test_output_on_the_input_grid_is_chunk_invariant_and_interpolates_the_model_
         factor = source.attrs["scale"]["zyx"[axis - 2]] / 0.4
         expected = interpolate_axis(expected, axis, np.arange(n) * factor)
     np.testing.assert_allclose(outputs[0], expected, atol=1e-5, rtol=0)
+
+
+def test_a_long_run_is_handed_to_the_scheduler_a_window_of_frames_at_a_time(setup, tmp_path: Path, monkeypatch) -> None:
+    """With a window of at most 5 chunks and 2 chunks per frame, the 3 frames go to the scheduler as
+    two frames, then the last one once chunks have finished; the output is the one-graph output."""
+    import chunked_fnet.predict.run as run
+
+    image, models = setup
+    options = PredictOptions(**OPTIONS, chunks=(13, 18, 31))  # 2 chunks per frame: 35 = 18 + 17
+    windows: list[list[int]] = []
+    more = run._FrameWindows.more
+
+    def recorded(self):  # noqa: ANN001, ANN202
+        futures = more(self)
+        windows.append(sorted({task.time_index for task in futures.values()}))
+        return futures
+
+    with local_client(ClusterSpec(n_workers=1)) as client:
+        whole, _ = predict(image, models, tmp_path / "one.zarr", options=options, client=client, progress=False)
+        monkeypatch.setattr(run, "WINDOW_CHUNKS", 5)
+        monkeypatch.setattr(run._FrameWindows, "more", recorded)
+        windowed, summary = predict(image, models, tmp_path / "windowed.zarr", options=options, client=client, progress=False)
+    assert windows == [[0, 1], [2]] and summary.chunks == summary.total_chunks == 6
+    np.testing.assert_array_equal(windowed.values, whole.values)
