@@ -53,21 +53,35 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from chunked_fnet.io.convert import convert_tiff
     from chunked_fnet.io.reader import open_image
+    from chunked_fnet.io.vendor import convert_vendor, is_tiff
 
-    out = convert_tiff(
-        args.source,
-        args.out,
+    options = dict(
         voxel_size=args.voxel_size,
         time_interval=args.time_interval,
         channel_names=args.channel_names,
-        axes=args.axes,
         chunks=args.chunks,
         version=args.version or "0.5",
         levels=args.levels or 1,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    print(describe_image(open_image(out)))
+    reader = args.reader if args.reader != "auto" else ("tiff" if is_tiff(args.source) else "bioio")
+    if reader == "tiff":
+        out = convert_tiff(args.source, args.out, axes=args.axes, **options)
+        print(describe_image(open_image(out)))
+        return 0
+    if args.axes is not None:
+        raise InputError("--axes relabels a TIFF's dimensions; bioio reads the axes of this file from its metadata")
+    import zarr
+
+    out = convert_vendor(args.source, args.out, **options)
+    n_series = len([k for k in zarr.open_group(str(out), mode="r").group_keys() if k.isdigit()])
+    if n_series == 0:  # one scene: a plain image
+        print(describe_image(open_image(out)))
+        return 0
+    print(f"{out}: a collection of {n_series} series, one per scene")
+    for key in range(n_series):
+        print(describe_image(open_image(out, series=key)))
     return 0
 
 
@@ -368,13 +382,20 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("convert", help="convert a TIFF / OME-TIFF stack to OME-Zarr")
-    p.add_argument("source", help="TIFF or OME-TIFF file")
+    p = sub.add_parser("convert", help="convert a TIFF / OME-TIFF stack or a vendor file (CZI, ND2, LIF, ... via bioio) to OME-Zarr")
+    p.add_argument("source", help="TIFF or OME-TIFF file; or any file bioio reads (CZI, ND2, LIF, ...: pip install 'chunked_fnet[vendor]')")
     p.add_argument("out", help="output OME-Zarr path")
     p.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"), help="µm; overrides the file's pixel sizes")
     p.add_argument("--time-interval", type=float, help="seconds per frame; overrides the file")
     p.add_argument("--channel-names", nargs="+", help="one name per channel; overrides the file")
     p.add_argument("--axes", help="axes of the TIFF series, e.g. TZCYX, when the file's guess is wrong")
+    p.add_argument(
+        "--reader",
+        choices=("auto", "tiff", "bioio"),
+        default="auto",
+        help="auto (default): tifffile for .tif/.tiff (first series), bioio for anything else (every scene; "
+        "several scenes make a collection OUT/0, OUT/1, ...); bioio also reads a multi-scene OME-TIFF",
+    )
     p.add_argument("--chunks", nargs=5, type=int, metavar=("T", "C", "Z", "Y", "X"))
     p.add_argument("--levels", type=int, help="pyramid levels")
     p.add_argument("--ngff-version", dest="version", choices=("0.4", "0.5"))

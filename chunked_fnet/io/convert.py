@@ -487,28 +487,37 @@ def convert_tiff(
             overwrite=overwrite,
         )
         try:
-            target = group["0"]
-            stored = da.store(lazy, target, lock=False, compute=False)
-            want_range = np.issubdtype(out_dtype, np.integer) or np.issubdtype(out_dtype, np.floating)
-            reductions = (
-                (da.nanmin(lazy, axis=(0, 2, 3, 4)), da.nanmax(lazy, axis=(0, 2, 3, 4))) if want_range else ()
-            )
-            workers = max(1, min(os.cpu_count() or 1, MAX_WORKERS))
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
-                if progress:
-                    with local_progress(f"converting {source.name}"):
-                        results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
-                else:
-                    results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
-            if want_range:
-                _set_windows(group, _windows(out_dtype, results[1], results[2]))
-            if levels > 1:
-                build_pyramid(group, progress=progress)
+            fill_image(group, lazy, levels=levels, progress=progress, label=f"converting {source.name}")
         except BaseException:
             _remove_partial(out)
             raise
     return Path(out)
+
+
+def fill_image(group: zarr.Group, lazy: da.Array, *, levels: int, progress: bool, label: str) -> None:
+    """Store the lazy ``(t, c, z, y, x)`` array into level 0 of the image ``group`` (from create_image).
+
+    Every dask block of ``lazy`` must cover whole chunks of the output (see :func:`_block_shape`):
+    blocks are stored by a local thread pool without locks. Display windows are set from the data
+    range, and ``levels > 1`` builds the block-mean pyramid. Removing a half-written output is the
+    caller's job.
+    """
+    out_dtype = lazy.dtype
+    stored = da.store(lazy, group["0"], lock=False, compute=False)
+    want_range = np.issubdtype(out_dtype, np.integer) or np.issubdtype(out_dtype, np.floating)
+    reductions = (da.nanmin(lazy, axis=(0, 2, 3, 4)), da.nanmax(lazy, axis=(0, 2, 3, 4))) if want_range else ()
+    workers = max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+        if progress:
+            with local_progress(label):
+                results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
+        else:
+            results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
+    if want_range:
+        _set_windows(group, _windows(out_dtype, results[1], results[2]))
+    if levels > 1:
+        build_pyramid(group, progress=progress)
 
 
 def _remove_partial(out: str | Path) -> None:

@@ -1,0 +1,312 @@
+"""Convert microscope vendor files (CZI, ND2, LIF, OME-TIFF, ...) into OME-Zarr through bioio.
+
+bioio and its format plugins are an optional extra (``pip install 'chunked_fnet[vendor]'``): they
+are imported only here, only when such a file is converted. Every scene of the file is converted:
+one scene becomes an OME-Zarr image at the output path (as :func:`convert_tiff` writes), several
+become a bioformats2raw-layout collection whose series ``0``, ``1``, ... are the scenes in file
+order, each named after its scene.
+
+Pixels are read lazily through bioio's dask arrays, regrouped into blocks that cover whole output
+chunks (at most :data:`~chunked_fnet.io.convert.BLOCK_BYTES` each, or one chunk row if larger)
+and stored by a local thread pool, so peak memory is a few blocks plus the source chunks being
+read. When the plugin's own chunks are larger than that budget (bioio-czi reads a whole Z stack
+per chunk by default), the file is reopened with plane-sized chunks where the plugin allows it.
+
+Physical sizes (µm), channel names and the time step (seconds) come from bioio, the time step also
+from the OME metadata's ``TimeIncrement``; the caller's arguments override them. Like the TIFF
+converter, a scene whose pixel size is nowhere recorded is refused rather than written with a
+made-up scale, and the input is opened read-only.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from chunked_fnet.errors import InputError, one_line
+from chunked_fnet.io.convert import (
+    BLOCK_BYTES,
+    _block_shape,
+    _check_voxel_size,
+    _remove_partial,
+    _unique_names,
+    default_chunks,
+    fill_image,
+)
+from chunked_fnet.io.store import describe, open_store
+from chunked_fnet.io.units import time_to_seconds
+from chunked_fnet.io.writer import _clear_existing, create_image
+
+__all__ = ["INSTALL_HINT", "TIFF_SUFFIXES", "VENDOR_SUFFIXES", "convert_vendor", "is_tiff"]
+
+INSTALL_HINT = "pip install 'chunked_fnet[vendor]'"
+#: Read by tifffile (:func:`convert_tiff`) unless bioio is asked for.
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
+#: Formats of the plugins in the ``vendor`` extra (bioio reads more with other plugins installed).
+VENDOR_SUFFIXES = (".czi", ".nd2", ".lif", ".ome.tif", ".ome.tiff")
+#: bioio dims that the output keeps; any other dim must have size 1.
+_KEPT = "TCZYXS"
+
+
+def is_tiff(source: str | Path) -> bool:
+    return Path(source).name.lower().endswith(TIFF_SUFFIXES)
+
+
+def _import_bioio() -> Any:
+    try:
+        import bioio
+    except ImportError as exc:
+        raise InputError(f"reading microscope vendor files needs bioio and its format plugins: {INSTALL_HINT}") from exc
+    return bioio
+
+
+def _image_name(source: Path) -> str:
+    name = source.name
+    for suffix in sorted((*VENDOR_SUFFIXES, *TIFF_SUFFIXES), key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or name
+    return source.stem or name
+
+
+def _open(bioio: Any, source: Path, **kwargs: Any) -> Any:
+    try:
+        return bioio.BioImage(source, **kwargs)
+    except Exception as exc:  # bioio and its plugins raise many kinds: name the file and say why
+        why = one_line(exc)
+        if len(why) > 600:
+            why = why[:600] + " ..."
+        hint = f" (the format plugins come with {INSTALL_HINT})" if "does not support" in why else ""
+        raise InputError(f"{source} could not be read by bioio{hint}: {type(exc).__name__}: {why}") from exc
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
+def _um(value: Any) -> float | None:
+    """A pixel size from bioio in µm, without the float noise of a metre -> µm conversion (0.10800000000000001)."""
+    v = _positive(value)
+    return float(f"{v:.12g}") if v is not None else None
+
+
+def _time_interval(img: Any, scene_index: int) -> float | None:
+    """Seconds between time points: bioio's interval, else the OME ``TimeIncrement`` of the scene."""
+    try:
+        value = img.time_interval
+    except Exception:
+        value = None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    seconds = _positive(value)
+    if seconds is not None:
+        return seconds
+    try:
+        with warnings.catch_warnings():  # translating vendor XML to OME warns about every odd field
+            warnings.simplefilter("ignore")
+            pixels = img.ome_metadata.images[scene_index].pixels
+        unit = getattr(pixels.time_increment_unit, "value", pixels.time_increment_unit) or "s"
+        return _positive(time_to_seconds(pixels.time_increment, unit))
+    except Exception:  # no OME metadata, or a plugin that cannot translate it
+        return None
+
+
+def _scene_array(img: Any, source: Path, scene: str) -> tuple[da.Array, list[str | None] | None]:
+    """The current scene as a lazy (t, c, z, y, x) array, with per-channel names when bioio has them."""
+    dims = img.dims
+    order = dims.order
+    sizes = dict(zip(order, dims.shape))
+    extra = {d: n for d, n in sizes.items() if d not in _KEPT and n > 1}
+    if extra:
+        raise InputError(
+            f"{source}, scene {scene!r}: dims {order} {tuple(dims.shape)}: the dimension(s) {extra} have no "
+            f"place in a (t, c, z, y, x) image (only T, C, Z, Y, X and samples S are converted)"
+        )
+    want = "TCZYX" + ("S" if "S" in order else "")
+    arr = img.get_image_dask_data(want)
+    try:
+        raw_names = [str(n) if n is not None else None for n in img.channel_names]
+    except Exception:
+        raw_names = None
+    if "S" in want:
+        t, c, z, y, x, s = arr.shape
+        arr = arr.transpose(0, 1, 5, 2, 3, 4)
+        if s > 1:  # each sample (e.g. R, G, B) of each channel is a channel of the output
+            arr = arr.rechunk({1: -1, 2: -1}).reshape(t, c * s, z, y, x)
+            if raw_names is not None and len(raw_names) == c:
+                raw_names = [f"{n}-{i}" if n else None for n in raw_names for i in range(s)]
+        else:
+            arr = arr[:, :, 0]
+    if raw_names is not None and len(raw_names) != arr.shape[1]:
+        raw_names = None
+    return arr, raw_names
+
+
+def _source_chunk_bytes(arr: da.Array) -> int:
+    return math.prod(max(c) for c in arr.chunks) * arr.dtype.itemsize
+
+
+def _warn_hidden_czi_scenes(source: Path, n_scenes: int) -> None:
+    """A CZI whose metadata lists fewer scenes than its pixel data holds: bioio-czi sees only the listed ones."""
+    if source.suffix.lower() != ".czi":
+        return
+    try:
+        from pylibCZIrw import czi as pyczi
+
+        with pyczi.open_czi(str(source)) as doc:
+            stored = len(doc.scenes_bounding_rectangle_no_pyramid)
+    except Exception:
+        return
+    if stored > n_scenes:
+        warnings.warn(
+            f"{source}: the pixel data holds {stored} scenes but the metadata lists {n_scenes}; "
+            f"bioio-czi reads (and this conversion writes) only {n_scenes}",
+            stacklevel=3,
+        )
+
+
+def convert_vendor(
+    source: str | Path,
+    out: str | Path,
+    *,
+    voxel_size: Sequence[float] | None = None,
+    time_interval: float | None = None,
+    channel_names: Sequence[str] | None = None,
+    chunks: Sequence[int] | None = None,
+    version: str = "0.5",
+    levels: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Convert every scene of a file bioio reads (CZI, ND2, LIF, OME-TIFF, ...) into OME-Zarr.
+
+    One scene: an image at ``out``. Several: a bioformats2raw collection, series ``i`` being scene
+    ``i``. Output dims are ``(t, c, z, y, x)``; ``voxel_size`` (z, y, x) µm, ``time_interval``
+    seconds and ``channel_names`` override the file for every scene; ``chunks`` is the
+    ``(t, c, z, y, x)`` output chunk shape (default :func:`default_chunks`). Raises
+    :class:`InputError` when bioio is missing, the file cannot be read or a scene lacks a pixel size,
+    and :class:`~chunked_fnet.errors.OutputExistsError` when ``out`` exists and ``overwrite`` is
+    False. Returns the output path.
+    """
+    source = Path(source)
+    if time_interval is not None and _positive(time_interval) is None:
+        raise InputError(f"time_interval must be a positive number of seconds, got {time_interval!r}")
+    user_voxel = _check_voxel_size(voxel_size) if voxel_size is not None else None
+    if chunks is not None:
+        try:
+            user_chunks = [int(c) for c in chunks]
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"chunks must be five integers (t, c, z, y, x), got {chunks!r}") from exc
+        if len(user_chunks) != 5 or any(c < 1 for c in user_chunks):
+            raise InputError(f"chunks must be five positive integers (t, c, z, y, x), got {tuple(chunks)}")
+    if not source.exists():
+        raise InputError(f"{source}: no such file")
+    if not source.is_file():
+        raise InputError(f"{source} is a directory, not an image file")
+    bioio = _import_bioio()
+    img = _open(bioio, source)
+    try:
+        scenes = list(img.scenes)
+    except Exception as exc:
+        raise InputError(f"{source}: bioio cannot list its scenes: {type(exc).__name__}: {one_line(exc)}") from exc
+    if not scenes:
+        raise InputError(f"{source}: bioio finds no image (scene) in the file")
+    _warn_hidden_czi_scenes(source, len(scenes))
+
+    # Plan every scene before writing anything: a refused scene leaves no half-made collection.
+    plans = []
+    for index, scene in enumerate(scenes):
+        try:
+            img.set_scene(index)
+            arr, file_names = _scene_array(img, source, scene)
+            pps = img.physical_pixel_sizes
+            file_sizes = {"z": _um(pps.Z), "y": _um(pps.Y), "x": _um(pps.X)}
+            file_interval = _time_interval(img, index)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"{source}, scene {scene!r}: bioio cannot read it: {type(exc).__name__}: {one_line(exc)}") from exc
+        T, C, Z, Y, X = arr.shape
+        sizes = dict(zip(("z", "y", "x"), user_voxel)) if user_voxel is not None else file_sizes
+        missing = [d for d in ("z", "y", "x") if sizes[d] is None and (d != "z" or Z > 1)]
+        if missing:
+            raise InputError(
+                f"{source}, scene {scene!r}: the file does not record the {'/'.join(missing)} pixel size; "
+                f"pass voxel_size=(z, y, x) in µm (--voxel-size Z Y X on the command line)"
+            )
+        scale = {"t": float(time_interval) if time_interval is not None else (file_interval or 1.0)}
+        scale.update({d: float(sizes[d]) if sizes[d] is not None else 1.0 for d in ("z", "y", "x")})
+        if channel_names is not None:
+            names = [str(n) for n in channel_names]
+            if len(names) != C:
+                raise InputError(f"{source}, scene {scene!r}: {len(names)} channel names {names} given for {C} channel(s)")
+            if len(set(names)) != len(names) or any(not n.strip() for n in names):
+                raise InputError(f"{source}: channel names must be unique and non-empty, got {names}")
+        elif file_names is not None:
+            names = _unique_names(file_names)
+        else:
+            names = [f"c{i}" for i in range(C)]
+        out_chunks = list(user_chunks if chunks is not None else default_chunks(arr.shape))
+        out_chunks = [min(c, n) for c, n in zip(out_chunks, arr.shape)]
+        plans.append((index, scene, scale, names, out_chunks, arr.shape, arr.dtype, _source_chunk_bytes(arr)))
+
+    # Plane-sized source chunks where the plugin's own are over the block budget (and it takes chunk_dims).
+    if any(p[-1] > BLOCK_BYTES for p in plans):
+        try:
+            img = bioio.BioImage(source, chunk_dims=["Y", "X", "S"] if "S" in img.dims.order else ["Y", "X"])
+        except Exception:
+            img = _open(bioio, source)
+
+    collection = len(plans) > 1
+    if collection:
+        _clear_existing(out, overwrite, describe(out), None)
+        attrs: dict[str, Any] = {"bioformats2raw.layout": 3}
+        if version == "0.5":
+            attrs = {"ome": {"version": "0.5", **attrs}}
+        zarr.create_group(open_store(out, read_only=False), zarr_format=3 if version == "0.5" else 2, attributes=attrs)
+    created = collection  # an existing output refused by create_image below is not ours to remove
+    try:
+        for index, scene, scale, names, out_chunks, shape, dtype, _ in plans:
+            img.set_scene(index)
+            arr, _names = _scene_array(img, source, scene)
+            if tuple(arr.shape) != tuple(shape):
+                raise InputError(f"{source}, scene {scene!r}: bioio gave shape {arr.shape}, first {shape}")
+            out_dtype = np.dtype(dtype)
+            out_dtype = out_dtype.newbyteorder("=") if out_dtype.byteorder not in ("=", "|") else out_dtype
+            if arr.dtype != out_dtype:
+                arr = arr.astype(out_dtype)
+            native = [max(c) for c in arr.chunks]
+            block = _block_shape(shape, out_chunks, native, out_dtype.itemsize, BLOCK_BYTES)
+            arr = arr.rechunk(tuple(block))  # blocks cover whole output chunks: lock-free stores
+            path = f"{out}/{index}" if collection else out
+            group = create_image(
+                path,
+                shape=shape,
+                chunks=out_chunks,
+                dtype=out_dtype,
+                scale=scale,
+                channel_names=names,
+                levels=levels,
+                version=version,
+                name=scene if collection else _image_name(source),
+                overwrite=overwrite or collection,
+            )
+            created = True
+            where = f"scene {index + 1}/{len(plans)} " if collection else ""
+            fill_image(group, arr, levels=levels, progress=progress, label=f"converting {source.name} {where}".rstrip())
+    except BaseException:
+        if created:
+            _remove_partial(out)
+        raise
+    return Path(out)
