@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """The C library, looked up once per process: ``find_library`` runs ``ldconfig -p`` in a subprocess
+    each time (with a call per task, a quarter of a small task's time: benchmarks/many_chunks.py)."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
