@@ -149,10 +149,19 @@ def test_output_plate_opens_with_ome_zarr_py(setup) -> None:
     assert plate.data[0].shape[-2:] == (2 * SHAPE[1], 2 * SHAPE[2])  # the plate's grid of wells, one field each
 
 
-def test_ngff_04_plates_are_read(tmp_path: Path) -> None:
+def test_ngff_04_plates_are_read_and_written(setup, tmp_path: Path) -> None:
     from ome_zarr.format import FormatV04
 
+    root, models, client, _ = setup
     _write_plate(tmp_path / "p4.zarr", FormatV04())
     plate = read_plate(str(tmp_path / "p4.zarr"))
     assert plate.version == "0.4" and len(plate.fields) == 6 and plate.select(["B/1"]) == [("B/1", "0"), ("B/1", "1")]
     assert open_image(tmp_path / "p4.zarr/A/1/1").attrs["translation"] == pytest.approx({"z": 0.0, "y": 1.2, "x": 2.0})
+    summary = predict_plate(tmp_path / "p4.zarr", models, tmp_path / "pred4.zarr", options=PredictOptions(**OPTIONS, version="0.4"),
+                            wells=["B/1"], client=client, progress=False)
+    assert summary.fields == ("B/1/0", "B/1/1") and not summary.refused
+    attrs = json.loads((tmp_path / "pred4.zarr/.zattrs").read_text())
+    assert attrs["plate"]["version"] == "0.4" and [w["path"] for w in attrs["plate"]["wells"]] == ["B/1"]
+    out = read_plate(str(tmp_path / "pred4.zarr"))
+    assert out.version == "0.4" and out.fields == (("B/1", "0"), ("B/1", "1"))
+    assert open_image(tmp_path / "pred4.zarr/B/1/1").attrs["ngff_version"] == "0.4"
