@@ -186,6 +186,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         spec = load_cluster_spec(args.cluster)
     else:
         spec = ClusterSpec(**({"n_workers": args.workers} if args.workers else {}))
+    from chunked_fnet.io.plate import is_plate
+
+    if is_plate(args.input):
+        return _predict_plate(args, options, spec)
+    if args.wells:
+        raise InputError(f"{args.input} is not an OME-Zarr plate; --wells selects wells of a plate")
     output, summary = predict(
         args.input, args.models, args.out, options=options, client=spec, series=args.series,
         overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
@@ -193,6 +199,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(summary)
     print(describe_image(output))
     print(f"view it: napari {args.out}  (napari-ome-zarr), or serve it and open it in neuroglancer")
+    return 0
+
+
+def _predict_plate(args: argparse.Namespace, options: Any, spec: Any) -> int:
+    """Every field of a plate (or of ``--wells``) into an output plate; exit status 2 when a field was refused."""
+    from chunked_fnet.predict import predict_plate
+
+    if args.series is not None:
+        raise InputError(f"{args.input} is a plate; choose wells with --wells, not --series")
+    summary = predict_plate(
+        args.input, args.models, args.out, options=options, wells=args.wells, client=spec,
+        overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+    )
+    print(summary)
+    print(f"view it: napari {args.out}  (napari-ome-zarr)")
+    if summary.refused:
+        print(f"chunked-fnet predict: error: {len(summary.refused)} field(s) of {args.input} refused, the others were predicted: "
+              + "; ".join(f"{k}: {v}" for k, v in summary.refused.items()), file=sys.stderr)
+        return 2
     return 0
 
 
@@ -420,11 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="chunked ensemble prediction of an OME-Zarr image on a dask cluster", add_later=_predict_option_flags)
-    p.add_argument("input", help="input OME-Zarr image (path or URL)")
+    p.add_argument("input", help="input OME-Zarr image or HCS plate (path or URL)")
     p.add_argument("--models", nargs="+", required=True, help="one checkpoint per structure (e.g. dna.ckpt er.ckpt)")
     p.add_argument("--out", required=True, help="output OME-Zarr (never overwritten without --overwrite)")
     p.add_argument("--config", help="YAML PredictOptions (flags override it)")
     p.add_argument("--series", help="image of a bioformats2raw collection")
+    p.add_argument("--wells", nargs="+", metavar="WELL", help="of an HCS plate input: predict only these wells (e.g. A/1 B/3; default: every well)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run into --out: compute only the chunks not yet recorded as done")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://127.0.0.1:8786")

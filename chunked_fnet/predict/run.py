@@ -359,12 +359,14 @@ class RunInterruptedError(ChunkedFnetError, RuntimeError):
     """The cluster went away mid-run (scheduler lost, run cancelled); finished chunks are recorded."""
 
 
-def _interrupted(job: PredictJob, client: Client, what: str, lost: bool = True) -> RunInterruptedError:
+def _interrupted(job: PredictJob | Sequence[PredictJob], client: Client, what: str, lost: bool = True, output: str | None = None) -> RunInterruptedError:
+    jobs = [job] if isinstance(job, PredictJob) else list(job)
     address = getattr(client.scheduler, "address", None) or "the dask scheduler"
-    done = len(Ledger(job.output_path).done())
+    done = sum(len(Ledger(j.output_path).done()) for j in jobs)
+    total = sum(j.n_chunks for j in jobs)
     happened = f"lost its dask scheduler {address}" if lost else f"stopped on the dask scheduler {address}"
     return RunInterruptedError(
-        f"the run into {redact(job.output_path)} {happened} ({redact(what)}); {done} of {job.n_chunks} chunks are written "
+        f"the run into {redact(output or jobs[0].output_path)} {happened} ({redact(what)}); {done} of {total} chunks are written "
         f"and recorded: rerun the same command with --resume (against a running scheduler) to compute only the rest"
     )
 
@@ -448,22 +450,56 @@ def execute(job: PredictJob, client: Client, *, skip: Collection[str] = (), prog
     ``options.retries`` retries does not stop the others: once every task has ended, the failures are
     raised together, naming each chunk, while everything else stays written and recorded.
 
-    The graph (:meth:`PredictJob.schedule`) goes to dask as one collection: ``dask.order`` runs each
-    chunk as soon as its blocks are done, so blocks' sums are held only along a moving front and
-    memory stays bounded however many frames and chunks there are.
+    The graph (:meth:`PredictJob.schedule`) goes to dask a window of whole frames at a time
+    (:class:`_FrameWindows`): ``dask.order`` runs each chunk as soon as its blocks are done, so blocks'
+    sums are held only along a moving front and memory stays bounded however many frames and chunks there are.
     """
+    return execute_many([job], client, skips=[skip], progress=progress)[0]
+
+
+def execute_many(
+    jobs: Sequence[PredictJob],
+    client: Client,
+    *,
+    skips: Sequence[Collection[str]] | None = None,
+    progress: bool = True,
+    labels: Sequence[str] | None = None,
+    output: str | None = None,
+) -> list[RunSummary]:
+    """Run several planned jobs (e.g. the fields of a plate) as one run: one progress bar, their tasks
+    handed to the scheduler job after job, a window of whole frames at a time, and one error at the end
+    naming every chunk that failed (prefixed with its job's label). Returns one summary per job."""
     start = time.perf_counter()
-    total = job.n_chunks
-    graph = job.schedule(set(skip))
-    submit = _FrameWindows(job, graph, client)
-    futures = submit.more()
-    voxels = 0
-    failures: list[tuple[tuple[int, ...], str]] = []
+    skips = list(skips) if skips is not None else [()] * len(jobs)
+    labels = [f"{label} " for label in labels] if labels is not None else [""] * len(jobs)
+    graphs = [job.schedule(set(skip)) for job, skip in zip(jobs, skips, strict=True)]
+    submitters = [_FrameWindows(job, graph, client) for job, graph in zip(jobs, graphs, strict=True)]
+    low_water = submitters[0].low_water if submitters else 1
+    current = 0
+    futures: dict[Any, tuple[int, Any]] = {}
+
+    def top_up() -> dict[Any, tuple[int, Any]]:
+        nonlocal current
+        new: dict[Any, tuple[int, Any]] = {}
+        while current < len(submitters) and (not new or len(futures) + len(new) < low_water):
+            if submitters[current].done:
+                current += 1
+                continue
+            new.update({f: (current, task) for f, task in submitters[current].more().items()})
+        return new
+
+    def all_submitted() -> bool:
+        return all(s.done for s in submitters)
+
+    futures.update(top_up())
+    voxels = [0] * len(jobs)
+    failures: list[tuple[tuple[Any, ...], str]] = []
     cancelled = 0
-    computed = len(graph.chunks)
-    stall = job.options.stall_timeout
+    computed = sum(len(g.chunks) for g in graphs)
+    stall = min(job.options.stall_timeout for job in jobs)
+    where = output or jobs[0].output_path
     try:
-        with tqdm(total=len(graph.chunks), desc="predict", unit="chunk", disable=not progress) as bar:
+        with tqdm(total=computed, desc="predict", unit="chunk", disable=not progress) as bar:
             # Finished chunks are never gathered, and their futures are released at once: a chunk's
             # result (a few timings) would otherwise live on its worker, and a worker lost later would
             # make dask recompute a finished chunk whose block inputs it had already forgotten, which
@@ -471,48 +507,55 @@ def execute(job: PredictJob, client: Client, *, skip: Collection[str] = (), prog
             # is its result. Polling (not a blocking iterator) bounds the wait for the next chunk.
             pending = as_completed(futures)
             last = time.monotonic()
-            while not (pending.is_empty() and submit.done):
-                if len(futures) < submit.low_water and not submit.done:
-                    new = submit.more()
+            while not (pending.is_empty() and all_submitted()):
+                if len(futures) < low_water and not all_submitted():
+                    new = top_up()
                     futures.update(new)
                     pending.update(new)
                 finished = pending.next_batch(block=False)
                 if not finished:
                     if time.monotonic() - last > stall:
-                        raise _interrupted(job, client, f"no chunk finished in {stall:g} s (stall_timeout)", lost=False)
+                        raise _interrupted(jobs, client, f"no chunk finished in {stall:g} s (stall_timeout)", lost=False, output=where)
                     time.sleep(0.05)
                     continue
                 last = time.monotonic()
                 for future in finished:
-                    task = futures.pop(future)
+                    j, task = futures.pop(future)
+                    job = jobs[j]
                     if future.status == "error":
                         ti, region = task.time_index, task.region
                         exc = future.exception()
-                        failures.append(((ti, *region.start), f"{describe_chunk(ti, region, job.times[ti])}: {type(exc).__name__}: {redact(str(exc))}"))
+                        failures.append(((j, ti, *region.start), f"{labels[j]}{describe_chunk(ti, region, job.times[ti])}: {type(exc).__name__}: {redact(str(exc))}"))
                     elif future.status == "cancelled":  # the scheduler was lost, or someone cancelled the run
                         cancelled += 1
                     else:
-                        voxels += task.region.size * len(job.models)
+                        voxels[j] += task.region.size * len(job.models)
                     future.release()
                     bar.update(1)
         workers = len(client.scheduler_info().get("workers", {}))
     except (OSError, TimeoutError, asyncio.CancelledError) as exc:  # the connection itself went away
-        raise _interrupted(job, client, f"{type(exc).__name__}: {exc}") from None
+        raise _interrupted(jobs, client, f"{type(exc).__name__}: {exc}", output=where) from None
     if cancelled:
-        raise _interrupted(job, client, f"{cancelled} chunk tasks were cancelled")
+        raise _interrupted(jobs, client, f"{cancelled} chunk tasks were cancelled", output=where)
     if failures:
         failures.sort()  # in storage order, whatever order they failed in
+        retries = jobs[0].options.retries
         raise ChunksFailedError(
-            f"{len(failures)} of {computed} chunks of {redact(job.output_path)} failed after {job.options.retries + 1} tries "
+            f"{len(failures)} of {computed} chunks of {redact(where)} failed after {retries + 1} tries "
             f"(the other {computed - len(failures)} are written; --resume computes only what is missing once the cause is fixed): "
             + "; ".join(text for _, text in failures[:5]) + (f"; ... {len(failures) - 5} more" if len(failures) > 5 else "")
         )
-    if job.options.levels > 1:
-        build_pyramid(job.output_path, progress=progress)
-    return RunSummary(
-        job.output_path, computed, workers, time.perf_counter() - start, voxels, total_chunks=total,
-        patch_evaluations=graph.patch_evaluations, precision=_describe_precision(job.precision_choice), patch=job.window.patch_shape,
-    )
+    for job in jobs:
+        if job.options.levels > 1:
+            build_pyramid(job.output_path, progress=progress)
+    seconds = time.perf_counter() - start
+    return [
+        RunSummary(
+            job.output_path, len(graph.chunks), workers, seconds, voxels[j], total_chunks=job.n_chunks,
+            patch_evaluations=graph.patch_evaluations, precision=_describe_precision(job.precision_choice), patch=job.window.patch_shape,
+        )
+        for j, (job, graph) in enumerate(zip(jobs, graphs, strict=True))
+    ]
 
 
 def _describe_precision(choice: dict[str, Any] | None) -> str:
