@@ -165,3 +165,21 @@ def test_ngff_04_plates_are_read_and_written(setup, tmp_path: Path) -> None:
     out = read_plate(str(tmp_path / "pred4.zarr"))
     assert out.version == "0.4" and out.fields == (("B/1", "0"), ("B/1", "1"))
     assert open_image(tmp_path / "pred4.zarr/B/1/1").attrs["ngff_version"] == "0.4"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # npe2's pydantic-v1 style fields
+def test_output_plate_opens_in_napari_through_napari_ome_zarr(setup) -> None:
+    """The output plate opens in napari (headless ViewerModel, the GUI's reader plugin): the plate's grid
+    of wells, one layer per structure, each as large as the wells' grid of fields."""
+    pytest.importorskip("napari", reason="napari is not installed (pip install -e '.[test]')")
+    pytest.importorskip("napari_ome_zarr", reason="napari-ome-zarr is not installed (pip install -e '.[test]')")
+    from napari.components import ViewerModel
+    from napari.plugins import _initialize_plugins
+
+    root, *_ = setup
+    _initialize_plugins()
+    layers = ViewerModel().open(str(root / "pred.zarr"), plugin="napari-ome-zarr")
+    assert len(layers) == 2  # dna, er
+    for layer in layers:
+        assert tuple(layer.data[0].shape[-2:]) == (2 * SHAPE[1], 2 * SHAPE[2])
+        assert np.isfinite(np.asarray(layer.data[0][(0,) * (layer.ndim - 2)])).all()
