@@ -279,6 +279,63 @@ def _check_voxel_size(voxel_size: Sequence[float]) -> tuple[float, float, float]
     return values  # type: ignore[return-value]
 
 
+def _check_time_interval(time_interval: Any) -> None:
+    """A caller's ``time_interval``: None, or a positive finite number of seconds."""
+    if time_interval is None:
+        return
+    try:
+        ok = math.isfinite(float(time_interval)) and float(time_interval) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"time_interval must be a positive number of seconds, got {time_interval!r}")
+
+
+def _check_chunks(chunks: Sequence[int] | None) -> list[int] | None:
+    """A caller's ``(t, c, z, y, x)`` output chunks as integers (None: the default)."""
+    if chunks is None:
+        return None
+    try:
+        values = [int(c) for c in chunks]
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"chunks must be five integers (t, c, z, y, x), got {chunks!r}") from exc
+    if len(values) != 5 or any(c < 1 for c in values):
+        raise InputError(f"chunks must be five positive integers (t, c, z, y, x), got {tuple(chunks)}")
+    return values
+
+
+def _physical_scale(
+    where: str, sizes: Mapping[str, float | None], size_z: int, time_interval: float | None, file_interval: float | None, why: str = ""
+) -> dict[str, float]:
+    """The output's t/z/y/x scale: the caller's time step, else the file's, else 1 s; the pixel sizes,
+    refusing a y/x size (or a z size of a stack) the file does not record (``why`` says where we looked)."""
+    missing = [d for d in ("z", "y", "x") if sizes[d] is None and (d != "z" or size_z > 1)]
+    if missing:
+        raise InputError(
+            f"{where}: the file does not record the {'/'.join(missing)} pixel size{why}; "
+            f"pass voxel_size=(z, y, x) in µm (--voxel-size Z Y X on the command line)"
+        )
+    scale = {"t": float(time_interval) if time_interval is not None else (file_interval or 1.0)}
+    scale.update({d: float(sizes[d]) if sizes[d] is not None else 1.0 for d in ("z", "y", "x")})  # type: ignore[arg-type]
+    return scale
+
+
+def _channel_names(
+    source: Path, where: str, given: Sequence[str] | None, from_file: Sequence[str | None] | None, n: int, detail: str = ""
+) -> list[str]:
+    """The caller's channel names (checked against the ``n`` channels), else the file's, else c0, c1, ..."""
+    if given is not None:
+        names = [str(c) for c in given]
+        if len(names) != n:
+            raise InputError(f"{where}: {len(names)} channel names {names} given for {n} channel(s){detail}")
+        if len(set(names)) != len(names) or any(not c.strip() for c in names):
+            raise InputError(f"{source}: channel names must be unique and non-empty, got {names}")
+        return names
+    if from_file is not None and len(from_file) == n:
+        return _unique_names(from_file)
+    return [f"c{i}" for i in range(n)]
+
+
 def _block_shape(
     shape: Sequence[int], out_chunks: Sequence[int], native: Sequence[int], itemsize: int, budget: int
 ) -> list[int]:
@@ -383,13 +440,7 @@ def convert_tiff(
     Returns the output path.
     """
     source = Path(source)
-    if time_interval is not None:
-        try:
-            ok = math.isfinite(float(time_interval)) and float(time_interval) > 0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise InputError(f"time_interval must be a positive number of seconds, got {time_interval!r}")
+    _check_time_interval(time_interval)
     user_voxel = _check_voxel_size(voxel_size) if voxel_size is not None else None
 
     with _open_tiff(source) as tif:
@@ -421,41 +472,11 @@ def convert_tiff(
         sizes = dict(meta.sizes)
         if user_voxel is not None:
             sizes = dict(zip(("z", "y", "x"), user_voxel))
-        missing = [d for d in ("z", "y", "x") if sizes[d] is None and (d != "z" or Z > 1)]
-        if missing:
-            known = {d: v for d, v in sizes.items() if v is not None}
-            raise InputError(
-                f"{source}: the file does not record the {'/'.join(missing)} pixel size "
-                f"(no OME-XML PhysicalSize or ImageJ calibration{'; found ' + str(known) + ' µm' if known else ''}); "
-                f"pass voxel_size=(z, y, x) in µm (--voxel-size Z Y X on the command line)"
-            )
-        scale = {"t": float(time_interval) if time_interval is not None else (meta.time_interval or 1.0)}
-        scale.update({d: float(sizes[d]) if sizes[d] is not None else 1.0 for d in ("z", "y", "x")})
-
-        if channel_names is not None:
-            names = [str(n) for n in channel_names]
-            if len(names) != C:
-                raise InputError(
-                    f"{source}: {len(names)} channel names {names} given for {C} channel(s) "
-                    f"(axes {src_axes}, shape {src_shape})"
-                )
-            if len(set(names)) != len(names) or any(not n.strip() for n in names):
-                raise InputError(f"{source}: channel names must be unique and non-empty, got {names}")
-        elif meta.channel_names is not None and len(meta.channel_names) == C:
-            names = _unique_names(meta.channel_names)
-        else:
-            names = [f"c{i}" for i in range(C)]
-
-        if chunks is None:
-            out_chunks = list(default_chunks(out_shape))
-        else:
-            try:
-                out_chunks = [int(c) for c in chunks]
-            except (TypeError, ValueError) as exc:
-                raise InputError(f"chunks must be five integers (t, c, z, y, x), got {chunks!r}") from exc
-            if len(out_chunks) != 5 or any(c < 1 for c in out_chunks):
-                raise InputError(f"chunks must be five positive integers (t, c, z, y, x), got {tuple(chunks)}")
-        out_chunks = [min(c, n) for c, n in zip(out_chunks, out_shape)]
+        known = {d: v for d, v in sizes.items() if v is not None}
+        why = f" (no OME-XML PhysicalSize or ImageJ calibration{'; found ' + str(known) + ' µm' if known else ''})"
+        scale = _physical_scale(str(source), sizes, Z, time_interval, meta.time_interval, why)
+        names = _channel_names(source, str(source), channel_names, meta.channel_names, C, f" (axes {src_axes}, shape {src_shape})")
+        out_chunks = [min(c, n) for c, n in zip(_check_chunks(chunks) or default_chunks(out_shape), out_shape)]
 
         dtype = np.dtype(series.dtype)
         out_dtype = dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") else dtype

@@ -35,9 +35,12 @@ from chunked_fnet.errors import InputError, one_line
 from chunked_fnet.io.convert import (
     BLOCK_BYTES,
     _block_shape,
+    _channel_names,
+    _check_chunks,
+    _check_time_interval,
     _check_voxel_size,
+    _physical_scale,
     _remove_partial,
-    _unique_names,
     default_chunks,
     fill_image,
 )
@@ -200,16 +203,9 @@ def convert_vendor(
     False. Returns the output path.
     """
     source = Path(source)
-    if time_interval is not None and _positive(time_interval) is None:
-        raise InputError(f"time_interval must be a positive number of seconds, got {time_interval!r}")
+    _check_time_interval(time_interval)
     user_voxel = _check_voxel_size(voxel_size) if voxel_size is not None else None
-    if chunks is not None:
-        try:
-            user_chunks = [int(c) for c in chunks]
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"chunks must be five integers (t, c, z, y, x), got {chunks!r}") from exc
-        if len(user_chunks) != 5 or any(c < 1 for c in user_chunks):
-            raise InputError(f"chunks must be five positive integers (t, c, z, y, x), got {tuple(chunks)}")
+    user_chunks = _check_chunks(chunks)
     if not source.exists():
         raise InputError(f"{source}: no such file")
     if not source.is_file():
@@ -239,26 +235,10 @@ def convert_vendor(
             raise InputError(f"{source}, scene {scene!r}: bioio cannot read it: {type(exc).__name__}: {one_line(exc)}") from exc
         T, C, Z, Y, X = arr.shape
         sizes = dict(zip(("z", "y", "x"), user_voxel)) if user_voxel is not None else file_sizes
-        missing = [d for d in ("z", "y", "x") if sizes[d] is None and (d != "z" or Z > 1)]
-        if missing:
-            raise InputError(
-                f"{source}, scene {scene!r}: the file does not record the {'/'.join(missing)} pixel size; "
-                f"pass voxel_size=(z, y, x) in µm (--voxel-size Z Y X on the command line)"
-            )
-        scale = {"t": float(time_interval) if time_interval is not None else (file_interval or 1.0)}
-        scale.update({d: float(sizes[d]) if sizes[d] is not None else 1.0 for d in ("z", "y", "x")})
-        if channel_names is not None:
-            names = [str(n) for n in channel_names]
-            if len(names) != C:
-                raise InputError(f"{source}, scene {scene!r}: {len(names)} channel names {names} given for {C} channel(s)")
-            if len(set(names)) != len(names) or any(not n.strip() for n in names):
-                raise InputError(f"{source}: channel names must be unique and non-empty, got {names}")
-        elif file_names is not None:
-            names = _unique_names(file_names)
-        else:
-            names = [f"c{i}" for i in range(C)]
-        out_chunks = list(user_chunks if chunks is not None else default_chunks(arr.shape))
-        out_chunks = [min(c, n) for c, n in zip(out_chunks, arr.shape)]
+        where = f"{source}, scene {scene!r}"
+        scale = _physical_scale(where, sizes, Z, time_interval, file_interval)
+        names = _channel_names(source, where, channel_names, file_names, C)  # file_names: C of them or None
+        out_chunks = [min(c, n) for c, n in zip(user_chunks or default_chunks(arr.shape), arr.shape)]
         plans.append((index, scene, scale, names, out_chunks, arr.shape, arr.dtype, _source_chunk_bytes(arr)))
 
     # Plane-sized source chunks where the plugin's own are over the block budget (and it takes chunk_dims).
