@@ -198,16 +198,12 @@ def _prepare_worker_process() -> None:
         _WORKER_READY = True
 
 
-_UNSET: Any = object()
-
-
-def _runner(job: PredictJob, amp: torch.dtype | None = _UNSET) -> PatchRunner:
+def _runner(job: PredictJob, precision: str | None = None) -> PatchRunner:
     """The ensemble on this worker's device, each model loaded once per process; computing in the run's
-    precision unless ``amp`` says otherwise (the precision measurement)."""
+    precision, or in ``precision`` (the precision measurement)."""
     device = str(resolve_device(job.options.device))
     ensemble = StackedEnsemble([cached_model(p, h, device) for p, h in zip(job.models, job.hashes, strict=True)])
-    if amp is _UNSET:
-        amp = autocast_dtype(job.precision, device)
+    amp = autocast_dtype(precision or job.precision, device)
     return PatchRunner(ensemble, device, job.options.tta_flips, amp, batch_size=job.options.patches_per_pass)
 
 

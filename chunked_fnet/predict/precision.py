@@ -30,7 +30,6 @@ MEASURE_PATCH = {"cpu": (16, 64, 64), "cuda": (64, 256, 256)}
 def time_precisions(job: Any, repeats: int = 3) -> dict[str, Any]:
     """Seconds of one forward pass of the job's ensemble in fp32 and in bf16 (the best of ``repeats``
     after a warm-up each, interleaved), on this process's device, as its tasks would run it."""
-    from chunked_fnet.device import autocast_dtype
     from chunked_fnet.predict.job import _prepare_worker_process, _runner
 
     _prepare_worker_process()
@@ -39,7 +38,7 @@ def time_precisions(job: Any, repeats: int = 3) -> dict[str, Any]:
     m = job.window.multiple
     shape = tuple(max(m, min(p, c) // m * m) for p, c in zip(job.window.patch_shape, cap, strict=True))
     x = torch.randn(1, 1, *shape, device=device)
-    runners = {p: _runner(job, amp=autocast_dtype(p, device)) for p in ("fp32", "bf16")}
+    runners = {p: _runner(job, precision=p) for p in ("fp32", "bf16")}
     best = {p: float("inf") for p in runners}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for p, runner in runners.items():  # warm-up: weights converted, kernels chosen
