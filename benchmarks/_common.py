@@ -248,6 +248,21 @@ def make_checkpoints(folder: str | Path, arch: str, n: int, voxel: float = 0.29)
     return paths
 
 
+def load_run(run: str | Path):  # noqa: ANN201
+    """A training run (``examples/train_cpu.py OUT --structures dna`` makes ``OUT/run_dna``): its
+    structure, model and card, its normalisation statistics and its test pairs, as the benchmarks that
+    measure a trained model read them."""
+    from chunked_fnet.model import load_checkpoint
+    from chunked_fnet.train.data import load_stats
+    from chunked_fnet.train.manifest import Pair
+
+    run = Path(run)
+    structure = next(run.glob("*.ckpt")).stem
+    model, card = load_checkpoint(run / f"{structure}.ckpt")
+    pairs = [Pair(**p) for p in json.loads((run / "split.json").read_text())["test"]]
+    return structure, model, card, load_stats(run / "stats.json"), pairs
+
+
 def prod(values: Sequence[int]) -> int:
     return int(math.prod(int(v) for v in values))
 

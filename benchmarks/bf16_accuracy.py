@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -33,18 +32,12 @@ def main() -> None:
     import torch
 
     from chunked_fnet.evaluate.metrics import pearson_r
-    from chunked_fnet.model import load_checkpoint
     from chunked_fnet.sliding_window import predict_volume
-    from chunked_fnet.train.data import PairReader, describe_pair, load_stats
-    from chunked_fnet.train.manifest import Pair
+    from chunked_fnet.train.data import PairReader, describe_pair
 
     torch.set_num_threads(C.cores())
-    run = Path(args.run)
-    structure = next(run.glob("*.ckpt")).stem
-    model, card = load_checkpoint(run / f"{structure}.ckpt")
+    structure, model, card, stats, pairs = C.load_run(args.run)
     model = model.inference_copy()
-    stats = load_stats(run / "stats.json")
-    pairs = [Pair(**p) for p in json.loads((run / "split.json").read_text())["test"]]
     rows = []
     for pair in pairs:
         x, y = PairReader(describe_pair(pair, stats), card.voxel_size).whole()

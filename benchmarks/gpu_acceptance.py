@@ -44,6 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
+from gpu_path import timed  # noqa: E402  (best of reps after warm-ups, synchronised)
 
 RESULTS: dict = {}
 SKIP: set[str] = set()
@@ -90,19 +91,6 @@ def sync() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def best_time(fn, reps: int = 3, warm: int = 1) -> float:  # noqa: ANN001
-    for _ in range(warm):
-        fn()
-    sync()
-    best = math.inf
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 class Utilisation:
@@ -232,7 +220,7 @@ def main() -> None:  # noqa: C901, PLR0915
             n = 8192 if cuda else 1024
             a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
             b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-            matmul = 2 * n**3 / best_time(lambda: torch.matmul(a, b), reps=5, warm=3) / 1e12
+            matmul = 2 * n**3 / timed(lambda: torch.matmul(a, b), sync, 5, warm=3) / 1e12
             del a, b
             entry["bf16_matmul_TFLOPs"] = matmul
             print(f"bf16 matmul {n}^3: {matmul:.1f} TFLOP/s", flush=True)
@@ -255,7 +243,7 @@ def main() -> None:  # noqa: C901, PLR0915
                 if cuda:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
-                seconds = best_time(step, reps=3, warm=2)
+                seconds = timed(step, sync, 3, warm=2)
                 tflops = flops * voxels / seconds / 1e12
                 variants[label] = {"seconds": seconds, "M_vox_s": voxels / seconds / 1e6, "TFLOPs": tflops,
                                    "fraction_of_bf16_matmul": tflops / matmul,
@@ -434,13 +422,13 @@ def main() -> None:  # noqa: C901, PLR0915
                         m(x)
                 return step
 
-            eager = best_time(run(model), reps=3, warm=2)
+            eager = timed(run(model), sync, 3, warm=2)
             start = time.perf_counter()
             compiled = torch.compile(model)
             run(compiled)()
             sync()
             entry["compile_seconds"] = time.perf_counter() - start
-            comp = best_time(run(compiled), reps=3, warm=1)
+            comp = timed(run(compiled), sync, 3, warm=1)
             entry.update(eager_bf16_seconds=eager, compiled_bf16_seconds=comp, speedup=eager / comp)
             print(f"  torch.compile: eager {eager:.3f} s, compiled {comp:.3f} s ({eager / comp:.2f}x), compile {entry['compile_seconds']:.0f} s", flush=True)
 

@@ -11,17 +11,15 @@ of the whole volume (which fits in memory here).
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
+import _common as C
+
 from chunked_fnet.evaluate.seams import seam_metrics
 from chunked_fnet.sliding_window import PatchRunner, SlidingWindow, padded_reader, partition, predict_volume
-from chunked_fnet.model import load_checkpoint
-from chunked_fnet.train.data import PairReader, describe_pair, load_stats
-from chunked_fnet.train.manifest import Pair
+from chunked_fnet.train.data import PairReader, describe_pair
 
 
 def main() -> None:
@@ -31,11 +29,9 @@ def main() -> None:
     parser.add_argument("--patch", nargs=3, type=int, default=(16, 64, 64))
     parser.add_argument("--overlap", type=float, default=0.25)
     args = parser.parse_args()
-    run = Path(args.run)
-    structure = next(run.glob("*.ckpt")).stem
-    model, card = load_checkpoint(run / f"{structure}.ckpt")
-    pair = Pair(**json.loads((run / "split.json").read_text())["test"][0])
-    x, _ = PairReader(describe_pair(pair, load_stats(run / "stats.json")), card.voxel_size).whole()
+    structure, model, card, stats, pairs = C.load_run(args.run)
+    pair = pairs[0]
+    x, _ = PairReader(describe_pair(pair, stats), card.voxel_size).whole()
     m = model.multiple
     crop = tuple(slice(0, n - n % m) for n in x.shape)  # the single pass needs sizes divisible by 2**depth
     volume = np.ascontiguousarray(x[crop])[None]

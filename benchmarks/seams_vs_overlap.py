@@ -40,9 +40,8 @@ import torch
 import _common as C
 
 from chunked_fnet.evaluate.seams import seam_metrics
-from chunked_fnet.model import load_checkpoint
 from chunked_fnet.sliding_window import SlidingWindow, predict_volume
-from chunked_fnet.train.data import PairReader, describe_pair, load_stats
+from chunked_fnet.train.data import PairReader, describe_pair
 from chunked_fnet.train.manifest import Pair
 
 
@@ -144,14 +143,11 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(C.cores())
-    run = Path(args.run)
-    structure = next(run.glob("*.ckpt")).stem
-    model, card = load_checkpoint(run / f"{structure}.ckpt")
+    structure, model, card, stats, test_pairs = C.load_run(args.run)
     model = model.eval()
     m = model.multiple
     print(f"{structure} model (depth {card.architecture.depth}, width {card.architecture.width}, multiple {m}), voxel {card.voxel_size}")
-    stats = load_stats(run / "stats.json")
-    pairs = [] if args.no_test else [Pair(**p) for p in json.loads((run / "split.json").read_text())["test"]]
+    pairs = [] if args.no_test else test_pairs
     if args.synth:
         image = C.bench_input(args.data, 1, tuple(args.synth))
         pairs.append(Pair(path=image, series=None, t=0, input_channel="brightfield", target_channel="dna", split=None))
