@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from chunked_fnet.errors import InputError
+from processes import stop
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -137,13 +138,7 @@ class Chromium:
                 ws.close()
             except Exception:  # noqa: BLE001 - closing after a failure
                 pass
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop(self.process, timeout=10)
         shutil.rmtree(self.profile, ignore_errors=True)
 
     def __enter__(self) -> Chromium:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from typing import Any
 
 import psutil
 import pytest
+
+from processes import free_port, stop
 
 #: What the fixture sets in os.environ (and removes what could point botocore elsewhere).
 AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
@@ -69,12 +70,6 @@ class S3Server:
         return [(c.laddr.ip, c.laddr.port) for p in procs for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _moto_server() -> str | None:
     beside = Path(sys.executable).with_name("moto_server")
     return str(beside) if beside.exists() else shutil.which("moto_server")
@@ -99,7 +94,7 @@ def start_s3() -> Iterator[S3Server]:
     if executable is None:
         pytest.skip("moto_server not found beside this Python or on PATH: pip install 'moto[server]'")
     folder = Path(tempfile.mkdtemp(prefix="chunked_fnet_s3_"))
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log = folder / "moto_server.log"
     with log.open("w") as out:
@@ -122,10 +117,5 @@ def start_s3() -> Iterator[S3Server]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        stop(process, timeout=30)
         shutil.rmtree(folder, ignore_errors=True)

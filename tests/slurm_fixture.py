@@ -26,6 +26,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from processes import free_port, stop
+
 PARTITION = "debug"
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scancel", "sinfo")
@@ -75,12 +77,6 @@ class Slurm:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in files)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _real_memory_mb() -> int:
     """5 % under what slurmd itself finds, so the node is never drained for having too little."""
     out = subprocess.run([_which("slurmd"), "-C"], capture_output=True, text=True, check=True, timeout=30).stdout
@@ -128,13 +124,7 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 def _stop(processes: dict[str, subprocess.Popen]) -> None:
     for proc in reversed(list(processes.values())):  # slurmd, slurmctld, then munged
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
+        stop(proc, timeout=15)
 
 
 def _wait(condition, timeout: float, what: str, slurm: Slurm) -> None:
@@ -189,7 +179,7 @@ def start_slurm() -> Iterator[Slurm]:
             key = munge / "munge.key"
             key.write_bytes(os.urandom(1024))
             key.chmod(0o400)
-            slurm.conf.write_text(_slurm_conf(folder, node, _free_port(), _free_port()))
+            slurm.conf.write_text(_slurm_conf(folder, node, free_port(), free_port()))
             # -F / -D: in the foreground, so each pid is the daemon's own
             start("munged", "-F", f"--socket={munge}/munge.socket", f"--key-file={key}", f"--pid-file={munge}/munged.pid",
                   f"--seed-file={munge}/munged.seed", "--num-threads=2")

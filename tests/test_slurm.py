@@ -109,6 +109,22 @@ def _listening_of_this_slurm(slurm: Slurm) -> dict[str, list[str]]:
     return found
 
 
+def _start_and_wait_for_both_jobs(
+    image: Path, models: list[Path], out: Path, spec: Path, slurm: Slurm, chunks: int
+) -> tuple[subprocess.Popen, set[str]]:
+    """The CLI prediction, started and watched until both worker jobs have run and ``chunks`` chunks
+    are written; returns the process and the ids of the SLURM jobs seen running."""
+    proc = _start_predict(image, models, out, spec, slurm)
+    running: set[str] = set()
+
+    def computing_on_both_jobs() -> bool:
+        running.update(slurm.jobs("running"))
+        return len(running) >= JOBS and _done(out) >= chunks
+
+    _wait_until(computing_on_both_jobs, proc, 180, f"{JOBS} running SLURM jobs and {chunks} chunks written")
+    return proc, running
+
+
 def _registered(logs: Path, job_id: str) -> str:
     """The scheduler address the dask worker of SLURM job ``job_id`` registered to, from its job log."""
     text = (logs / f"dask-worker-{job_id}.err").read_text()
@@ -120,14 +136,7 @@ def _registered(logs: Path, job_id: str) -> str:
 def test_every_worker_is_a_slurm_job_and_the_output_equals_a_local_cluster_run(slurm: Slurm, data, tmp_path: Path) -> None:
     image, models, reference = data
     spec, out = _spec(tmp_path, slurm), tmp_path / "out.zarr"
-    proc = _start_predict(image, models, out, spec, slurm)
-    running: set[str] = set()
-
-    def computing_on_both_jobs() -> bool:
-        running.update(slurm.jobs("running"))
-        return len(running) >= JOBS and _done(out) >= 5
-
-    _wait_until(computing_on_both_jobs, proc, 180, f"{JOBS} running SLURM jobs and 5 chunks written")
+    proc, running = _start_and_wait_for_both_jobs(image, models, out, spec, slurm, chunks=5)
     listening = _listening_of_this_slurm(slurm)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
@@ -151,14 +160,7 @@ def test_every_worker_is_a_slurm_job_and_the_output_equals_a_local_cluster_run(s
 def test_scancel_of_one_worker_job_mid_run_gives_the_same_output(slurm: Slurm, data, tmp_path: Path) -> None:
     image, models, reference = data
     spec, out = _spec(tmp_path, slurm), tmp_path / "out.zarr"
-    proc = _start_predict(image, models, out, spec, slurm)
-    running: set[str] = set()
-
-    def computing_on_both_jobs() -> bool:
-        running.update(slurm.jobs("running"))
-        return len(running) >= JOBS and _done(out) >= 10
-
-    _wait_until(computing_on_both_jobs, proc, 180, f"{JOBS} running SLURM jobs and 10 chunks written")
+    proc, running = _start_and_wait_for_both_jobs(image, models, out, spec, slurm, chunks=10)
     victim = sorted(running, key=int)[0]
     slurm.scancel(victim)
     done_at_cancel = _done(out)
