@@ -25,6 +25,10 @@ is rewritten after each):
 4. **Projection**: ``predict()`` of a 13-model ensemble (13 seeded paper U-Nets) on frames of
    64x1024x1024, bf16, if the budget allows; the time for 13 structures x 100 such frames projected
    from the measured per-frame time.
+6. **Training** (run before 5): the paper's settings (paper U-Net, batch 24, 32x64x64) with
+   ``train()`` in bf16 and fp32 and pytorch_fnet's loop rebuilt (benchmarks/train_speed.py): seconds
+   per iteration and the projected hours for 50,000 iterations (the paper: about 16 h on a Titan X).
+5. **torch.compile** of the inference model, last, against eager.
 """
 
 from __future__ import annotations
@@ -187,6 +191,7 @@ def main() -> None:  # noqa: C901, PLR0915
     parser.add_argument("--data", default="/tmp", help="where inputs, models and outputs are made (and removed at the end)")
     parser.add_argument("--append", action="store_true", help="add the rows to BENCHMARKS.md (and copy it to OUT)")
     parser.add_argument("--skip", nargs="*", default=[], help="section numbers to leave out, e.g. --skip 2 5")
+    parser.add_argument("--train-iterations", type=int, default=40, help="section 6: bf16 iterations (fp32 and pytorch_fnet: half)")
     args = parser.parse_args()
     SKIP.update(args.skip)
     out = Path(args.out)
@@ -410,6 +415,29 @@ def main() -> None:  # noqa: C901, PLR0915
             print(f"  {json.dumps({k: v for k, v in entry.items() if k != 'window'})}", flush=True)
             shutil.rmtree(path, ignore_errors=True)
 
+    # ------------------------------------------------------------------ 6. training speed (before 5: compile is long)
+    with section("6_training", out, 75, args.budget) as entry:
+        if entry is not None:
+            import train_speed as T
+
+            tdata = T._paired_data(data / "train", fovs=3, shape=(40, 256, 256))
+            n = args.train_iterations
+            runs = {
+                "chunked_fnet_bf16": lambda: T._run_chunked_fnet(tdata, n, args.device, "bf16", data / "train" / "bf16"),
+                "chunked_fnet_fp32": lambda: T._run_chunked_fnet(tdata, max(4, n // 2), args.device, "fp32", data / "train" / "fp32"),
+                "pytorch_fnet": lambda: T._run_pytorch_fnet(tdata, max(4, n // 2), args.device),
+            }
+            for name, run in runs.items():
+                if elapsed() > args.budget - 20:
+                    entry.setdefault("not_run", []).append(name)
+                    continue
+                _reset_peak()
+                result = run()
+                entry[name] = {"iteration_s": result["iteration_s"], "projected_hours_50k": 50_000 * result["iteration_s"] / 3600,
+                               "data_wait": result.get("data_wait"), "peak_GiB": _peak_gib()}
+                print(f"  train {name}: {result['iteration_s']:.4f} s/it, 50,000 it in {entry[name]['projected_hours_50k']:.2f} h", flush=True)
+                save(out)
+
     # ------------------------------------------------------------------ 5. torch.compile (last: its compile time is long)
     with section("5_torch_compile", out, 90, args.budget) as entry:
         if entry is not None:
@@ -456,7 +484,12 @@ def _peak_gib() -> float:
 
 def append_rows(args: argparse.Namespace) -> None:
     """One row in BENCHMARKS.md's GPU acceptance table, from RESULTS (the whole record: results.json)."""
-    r1, r2, r3, r4, r5 = (RESULTS.get(k, {}) for k in ("1_device_rates", "2_equal_to_cpu", "3_throughput", "4_projection", "5_torch_compile"))
+    r1, r2, r3, r4, r5, r6 = (
+        RESULTS.get(k, {}) for k in ("1_device_rates", "2_equal_to_cpu", "3_throughput", "4_projection", "5_torch_compile", "6_training")
+    )
+    training = "; ".join(
+        f"{k}: {v['iteration_s']:.3f} s/it, {v['projected_hours_50k']:.2f} h/50k" for k, v in r6.items() if isinstance(v, dict) and "iteration_s" in v
+    ) or r6.get("error", r6.get("skipped", "-"))
     variants = r1.get("bare_forward_whole_frame", {})
     equal = "; ".join(
         f"{k}: max {v['max_abs_diff']:.1e} ({v['max_diff_over_std']:.1e} std), r {v['pearson_r']:.7f}"
@@ -470,7 +503,8 @@ def append_rows(args: argparse.Namespace) -> None:
     C.append_row(
         "GPU acceptance runs (benchmarks/gpu_acceptance.sh)",
         ["date", "device", "bf16 matmul TFLOP/s", "bare forward, whole frame: TFLOP/s (fraction of matmul)", "equal to CPU",
-         "M output vox/s (medians)", "ratios", "predict details", "projection 13 x 100 x 64x1024x1024", "torch.compile (bf16)", "command", "machine"],
+         "M output vox/s (medians)", "ratios", "predict details", "projection 13 x 100 x 64x1024x1024", "torch.compile (bf16)",
+         "training, paper settings (s/it, projected h for 50,000 it)", "command", "machine"],
         [C.today(), C.gpu_name() or args.device, f"{r1.get('bf16_matmul_TFLOPs', float('nan')):.0f}",
          "; ".join(f"{k}: {v['TFLOPs']:.1f} ({100 * v['fraction_of_bf16_matmul']:.1f} %)" for k, v in variants.items()) or r1.get("error", "-"),
          equal or r2.get("error", r2.get("skipped", "-")),
@@ -479,7 +513,7 @@ def append_rows(args: argparse.Namespace) -> None:
          (f"{r4['projected_hours_13x100']:.2f} h ({r4['M_structure_vox_s']:.0f} M structure-vox/s, {r4['achieved_TFLOPs']:.0f} TFLOP/s, "
           f"window {r4['window']['patch']}, GPU {r4['gpu_util_mean_pct'] or 0:.0f} %)") if "projected_hours_13x100" in r4 else r4.get("error", r4.get("skipped", "-")),
          f"{r5['speedup']:.2f}x eager (compile {r5['compile_seconds']:.0f} s)" if "speedup" in r5 else r5.get("error", r5.get("skipped", "-")),
-         C.command_line(), C.machine()],
+         training, C.command_line(), C.machine()],
     )
 
 

@@ -13,6 +13,7 @@ import ctypes.util
 import functools
 import gc
 
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
@@ -48,3 +49,17 @@ def trim_heap() -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+
+
+def reuse_freed_memory(mmap_threshold: int = 1 << 36) -> bool:
+    """Keep freed blocks in the heap for the next allocation instead of unmapping them (glibc).
+
+    The opposite of :func:`bound_heap_growth`, for a loop that allocates the same large tensors every
+    iteration (a training step): by default glibc returns each large block to the system and faults
+    fresh zeroed pages in for the next one; measured here on the paper U-Net's bf16 training step
+    (batch 8), that is about half a million page faults per step and 15-25 % of its time.
+    """
+    libc = _libc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, mmap_threshold))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -99,13 +100,21 @@ def describe_image(image: Any) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from chunked_fnet.config import load_yaml_config
-    from chunked_fnet.train.trainer import TrainConfig, train
+    from chunked_fnet.train.trainer import load_train_configs, train_many
 
-    overrides = {"iterations": args.iterations, "output": args.output, "workers": args.workers, "device": args.device}
-    config = load_yaml_config(TrainConfig, args.config, overrides)
-    checkpoint = train(config, resume=args.resume, progress=not args.no_progress)
-    print(f"model: {checkpoint}\nlosses: {Path(config.output) / 'losses.csv'} ({Path(config.output) / 'losses.png'})")
+    overrides = {
+        "iterations": args.iterations, "output": args.output, "workers": args.workers, "device": args.device, "precision": args.precision,
+    }
+    configs = load_train_configs(args.config, overrides, structures=args.structures)
+    checkpoints = train_many(configs, resume=args.resume, progress=not args.no_progress)
+    for config, checkpoint in zip(configs, checkpoints, strict=True):
+        throughput = json.loads((Path(config.output) / "throughput.json").read_text())
+        print(f"{config.structure}: model {checkpoint}; losses {Path(config.output) / 'losses.csv'} ({Path(config.output) / 'losses.png'})")
+    if throughput.get("iterations"):
+        print(
+            f"{throughput['iterations_per_s']:.3g} iterations/s in {throughput['precision']} "
+            f"({len(configs)} structure(s) per iteration; {100 * throughput['data_wait_fraction']:.0f} % of the time waiting for data)"
+        )
     return 0
 
 
@@ -427,8 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("train", help="train one U-Net for one structure (see configs/train_*.yaml)")
-    p.add_argument("--config", required=True, help="YAML TrainConfig")
+    p = sub.add_parser("train", help="train one U-Net per structure (see configs/train_*.yaml)")
+    p.add_argument("--config", required=True, help="YAML TrainConfig (with a 'structures:' list: one run per structure, sharing the reading)")
+    p.add_argument(
+        "--structures", nargs="+", metavar="NAME",
+        help="train these structures in one run, each on the image channel of its name, into OUTPUT/NAME",
+    )
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="override the config's precision (auto: bf16 where native)")
     p.add_argument("--resume", action="store_true", help="continue the run in the config's output directory exactly")
     p.add_argument("--iterations", type=int, help="override the config's iterations")
     p.add_argument("--output", help="override the config's run directory")

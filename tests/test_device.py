@@ -55,7 +55,7 @@ def test_an_unknown_precision_is_refused() -> None:
 def test_training_and_prediction_use_the_same_choice() -> None:
     """The trainer and the prediction tasks call this module, not their own copies."""
     from chunked_fnet.predict import job
-    from chunked_fnet.train import trainer
+    from chunked_fnet.train import step, trainer
 
-    assert trainer.resolve_device is resolve_device and trainer.autocast_dtype is autocast_dtype
+    assert trainer.resolve_device is resolve_device and step.autocast_dtype is autocast_dtype
     assert job.resolve_device is resolve_device and job.autocast_dtype is autocast_dtype

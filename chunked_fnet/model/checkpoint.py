@@ -102,6 +102,7 @@ class Provenance(pydantic.BaseModel, extra="forbid"):
     patch_shape: tuple[int, ...] | None = None
     learning_rate: float | None = pydantic.Field(None, gt=0)
     loss: str | None = None
+    precision: str | None = None  # what the training steps computed in: fp32, bf16 (autocast), fp16
     versions: dict[str, str] = {}
     created: str | None = None  # ISO 8601, UTC
 

@@ -112,24 +112,40 @@ def load_stats(path: Path) -> dict[str, dict]:
 
 
 class PairReader:
-    """Reads z-scored, model-grid windows of a pair's input and target straight from its store."""
+    """Reads z-scored, model-grid windows of a pair's input and target(s) straight from its store.
 
-    def __init__(self, spec: PairSpec, model_scale: Sequence[float]) -> None:
-        self.spec = spec
-        self.grid = spec.grid(model_scale)
-        self.array, meta, _ = open_level_array(spec.path, series=spec.series)
+    Given several specs of the same image time point (one per structure, as a multi-structure run
+    has), the input is read and resampled once and each structure's target beside it.
+    """
+
+    def __init__(self, spec: PairSpec | Sequence[PairSpec], model_scale: Sequence[float]) -> None:
+        self.specs = (spec,) if isinstance(spec, PairSpec) else tuple(spec)
+        self.spec = self.specs[0]
+        if any((s.path, s.series, s.t, s.input_index) != (self.spec.path, self.spec.series, self.spec.t, self.spec.input_index) for s in self.specs):
+            raise ValueError(f"specs read together must share one input: {[s.name for s in self.specs]}")
+        self.grid = self.spec.grid(model_scale)
+        self.array, meta, _ = open_level_array(self.spec.path, series=self.spec.series)
         self.dims = meta.dims
 
     def _reader(self, channel: int) -> Callable[[tuple[slice, ...]], np.ndarray]:
         return window_reader(self.array, self.dims, self.spec.t, channel)
 
+    def window_stack(self, region: Sequence[slice]) -> tuple[np.ndarray, np.ndarray]:
+        """``(input (z, y, x), targets (structures, z, y, x))``, each z-scored with its frame statistics."""
+        x = self.spec.input_stats.apply(resample_window(self._reader(self.spec.input_index), self.grid, region))
+        ys = [s.target_stats.apply(resample_window(self._reader(s.target_index), self.grid, region)) for s in self.specs]
+        return x, np.stack(ys)
+
     def window(self, region: Sequence[slice]) -> tuple[np.ndarray, np.ndarray]:
-        x = resample_window(self._reader(self.spec.input_index), self.grid, region)
-        y = resample_window(self._reader(self.spec.target_index), self.grid, region)
-        return self.spec.input_stats.apply(x), self.spec.target_stats.apply(y)
+        """``(input, target)`` of the first spec, both ``(z, y, x)``."""
+        x, ys = self.window_stack(region)
+        return x, ys[0]
 
     def whole(self) -> tuple[np.ndarray, np.ndarray]:
         return self.window(tuple(slice(0, n) for n in self.grid.shape))
+
+    def whole_stack(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.window_stack(tuple(slice(0, n) for n in self.grid.shape))
 
 
 class PairCache:
@@ -162,18 +178,28 @@ class PairCache:
 
 
 class PatchDataset(torch.utils.data.Dataset):
-    """Sample ``i``: a random patch of a random training pair, both drawn from ``(seed, i)``."""
+    """Sample ``i``: a random patch of a random training pair, both drawn from ``(seed, i)``.
+
+    ``specs`` holds one :class:`PairSpec` per pair, or, to feed several structures' models from one
+    read of the input, one tuple per pair of its specs for each structure (same image, same order
+    of structures everywhere). A sample is ``(input (1, z, y, x), targets (structures, z, y, x))``.
+    The draw depends only on the pairs, the seed and ``i``, so a structure trained alone or beside
+    others sees the same patches.
+    """
 
     def __init__(
         self,
-        specs: Sequence[PairSpec],
+        specs: Sequence[PairSpec] | Sequence[Sequence[PairSpec]],
         model_scale: Sequence[float],
         patch_shape: Sequence[int],
         seed: int,
         length: int,
         cache_bytes: int = 2 * 2**30,
     ) -> None:
-        self.specs = list(specs)
+        self.sources = [(s,) if isinstance(s, PairSpec) else tuple(s) for s in specs]
+        self.specs = [source[0] for source in self.sources]
+        if len({len(source) for source in self.sources}) > 1:
+            raise ValueError("every pair needs a spec for each structure")
         self.model_scale = tuple(model_scale)
         self.patch_shape = tuple(int(p) for p in patch_shape)
         self.seed = int(seed)
@@ -200,24 +226,26 @@ class PatchDataset(torch.utils.data.Dataset):
         corner = tuple(int(rng.integers(0, n - p + 1)) for n, p in zip(shape, self.patch_shape, strict=True))
         return k, corner  # type: ignore[return-value]
 
-    def _reader(self, spec: PairSpec) -> PairReader:
-        reader = self._readers.get(spec.name)
+    def _reader(self, k: int) -> PairReader:
+        name = self.specs[k].name
+        reader = self._readers.get(name)
         if reader is None:
-            reader = self._readers[spec.name] = PairReader(spec, self.model_scale)
+            reader = self._readers[name] = PairReader(self.sources[k], self.model_scale)
         return reader
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         k, corner = self.draw(index)
-        spec = self.specs[k]
+        name = self.specs[k].name
         region = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_shape, strict=True))
-        reader = self._reader(spec)
-        whole_bytes = 2 * 4 * math.prod(reader.grid.shape)
-        cached = self.cache.get(spec.name)
+        reader = self._reader(k)
+        whole_bytes = (1 + len(self.sources[k])) * 4 * math.prod(reader.grid.shape)
+        cached = self.cache.get(name)
         if cached is None and self.cache.fits(whole_bytes):
-            cached = reader.whole()
-            self.cache.put(spec.name, cached)
+            cached = reader.whole_stack()
+            self.cache.put(name, cached)
         if cached is not None:
-            x, y = (np.ascontiguousarray(a[region]) for a in cached)
+            x, ys = cached[0][region], cached[1][(slice(None), *region)]
+            x, ys = np.ascontiguousarray(x), np.ascontiguousarray(ys)
         else:
-            x, y = reader.window(region)
-        return torch.from_numpy(x[None]), torch.from_numpy(y[None])
+            x, ys = reader.window_stack(region)
+        return torch.from_numpy(x[None]), torch.from_numpy(ys)

@@ -31,7 +31,7 @@ class ManifestEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     path: str
     input_channel: str | int = "brightfield"
-    target_channel: str | int
+    target_channel: str | int | None = None  # may be left to the training config (several structures per image)
     split: Literal["train", "test"] | None = None
     series: str | None = None
     time_points: tuple[int, ...] | None = None
@@ -46,7 +46,7 @@ class Pair(BaseModel):
     series: str | None
     t: int | None
     input_channel: str | int
-    target_channel: str | int
+    target_channel: str | int | None
     split: Literal["train", "test"] | None
 
     @property

@@ -1,18 +1,28 @@
-"""Train one fnet U-Net per structure, faithful to the paper by default, resumable exactly.
+"""Train one fnet U-Net per structure, faithful to the paper by default, resumable exactly, fast.
 
 A run directory holds everything: ``config.yaml`` (what was asked), ``split.json`` (which pairs
-train and test), ``stats.json`` (per-frame z-score statistics), ``losses.csv`` and ``losses.png``,
+train and test), ``stats.json`` (per-frame z-score statistics), ``training.json`` (how the steps
+compute: precision, memory layout, optimizer), ``losses.csv`` and ``losses.png``,
 ``checkpoints/latest`` (model + optimiser + iteration, rewritten atomically every
-``checkpoint_every`` iterations) and, at the end, ``<structure>.ckpt`` (the model for inference).
+``checkpoint_every`` iterations), ``throughput.json`` (iterations per second, time spent waiting for
+data) and, at the end, ``<structure>.ckpt`` (the model for inference).
+
+Several structures train in one run (:func:`train_many`; a config with ``structures:``): one U-Net
+each, every batch of bright-field patches read once and fed to all of them, each structure with its
+own ordinary run directory ``<output>/<structure>`` that ``evaluate`` and ``predict`` use as any other.
+Each model sees exactly the patches, initial weights and updates it would have seen trained alone.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import statistics
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,13 +30,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from chunked_fnet.device import Precision, autocast_dtype, resolve_device
+from chunked_fnet._memory import reuse_freed_memory
+from chunked_fnet.config import build
+from chunked_fnet.device import Precision, resolve_device
 from chunked_fnet.errors import InputError
-from chunked_fnet.io.atomic import atomic_dir
-from chunked_fnet.model import FnetUNet, ModelCard, UNetConfig, load_tensors, save_checkpoint, save_tensors
-from chunked_fnet.model.checkpoint import write_checkpoint_files
+from chunked_fnet.model import FnetUNet, ModelCard, UNetConfig, save_checkpoint
 from chunked_fnet.train.data import PairSpec, PatchDataset, convert_if_tiff, describe_pair, expand_pairs, load_stats, save_stats
 from chunked_fnet.train.manifest import Pair, read_manifest, split_pairs
+from chunked_fnet.train.state import load_training_state, save_training_state
+from chunked_fnet.train.step import TrainStep, training_precision
+
+__all__ = [
+    "StructureTarget", "TrainConfig", "load_train_configs", "load_training_state", "save_training_state", "train", "train_many",
+]
 
 
 class TrainConfig(BaseModel):
@@ -36,6 +52,7 @@ class TrainConfig(BaseModel):
     manifest: str = Field(description="YAML/CSV manifest of paired images")
     output: str = Field(description="run directory (created; never overwritten)")
     structure: str = Field(description="name of the target structure, e.g. 'dna'")
+    target_channel: str | int | None = Field(None, description="target channel of every image (default: the manifest's)")
     color: str = "FFFFFF"
     input_modality: str = "brightfield"
     model: UNetConfig = UNetConfig()
@@ -54,48 +71,63 @@ class TrainConfig(BaseModel):
     workers: int = Field(2, ge=0, description="DataLoader worker processes")
     prefetch: int = Field(4, ge=1, description="batches prefetched per worker")
     cache_mb: float = Field(2048, ge=0, description="per-worker cache of preprocessed pairs")
-    precision: Precision = "auto"
+    precision: Precision = Field("auto", description="auto: bf16 where the device computes it natively, else fp32")
+    compile: bool = Field(False, description="torch.compile the model (see benchmarks/train_speed.py before turning on)")
     device: str = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
 
 
+class StructureTarget(BaseModel):
+    """One structure of a multi-structure run: its name, viewer colour and target channel."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    structure: str
+    color: str = "FFFFFF"
+    target_channel: str | int | None = Field(None, description="default: the channel named like the structure")
+    model: UNetConfig | None = None
+    learning_rate: float | None = Field(None, gt=0)
+
+
 # Settings that may change on --resume without changing what the run computes.
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "workers", "prefetch", "cache_mb", "threads", "device", "output"}
+# Settings the structures of one run may set each for itself; every other one is shared, because
+# the structures share the patches (manifest, split, seed, patch, batch) and the loop (iterations, device).
+PER_STRUCTURE = {"output", "structure", "target_channel", "color", "model", "learning_rate", "betas", "checkpoint_every", "validate_every", "input_modality"}
+
+
+def load_train_configs(path: str | Path, overrides: Mapping[str, Any] | None = None, structures: Sequence[str] | None = None) -> list[TrainConfig]:
+    """The runs a training config file asks for: one, or with a ``structures:`` list (or ``structures``
+    given here) one per structure, each in ``<output>/<structure>``."""
+    from chunked_fnet.config import load_yaml_config
+
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    listed = raw.get("structures") if isinstance(raw, dict) else None
+    if listed is None and not structures:
+        return [load_yaml_config(TrainConfig, path, overrides)]
+    if structures:
+        listed = [{"structure": s} for s in structures]
+    if not isinstance(listed, list) or not listed:
+        raise InputError(f"config {path}: 'structures' must be a non-empty list of {{structure, color, target_channel}}")
+    base = {k: v for k, v in raw.items() if k != "structures"}
+    base.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if "output" not in base:
+        raise InputError(f"config {path}: missing required field 'output' (the folder that gets one run per structure)")
+    configs = []
+    for i, item in enumerate(listed):
+        target = build(StructureTarget, item if isinstance(item, dict) else {"structure": item}, f"config {path}, structures entry {i + 1}")
+        settings = {**base, "structure": target.structure, "color": target.color, "output": str(Path(base["output"]) / target.structure)}
+        settings["target_channel"] = target.target_channel if target.target_channel is not None else target.structure
+        settings.update({k: v for k, v in (("model", target.model), ("learning_rate", target.learning_rate)) if v is not None})
+        configs.append(build(TrainConfig, settings, f"config {path}, structure {target.structure!r}"))
+    names = [c.structure for c in configs]
+    if len(set(names)) != len(names):
+        raise InputError(f"config {path}: structures listed twice: {sorted({n for n in names if names.count(n) > 1})}")
+    return configs
 
 
 def _set_worker_threads(_: int) -> None:
     torch.set_num_threads(1)  # loader workers preprocess; the main process owns the cores
-
-
-def save_training_state(
-    run: Path, model: FnetUNet, optimizer: torch.optim.Optimizer, iteration: int, card: ModelCard
-) -> None:
-    """Model, optimizer and iteration as ``checkpoints/latest``, swapped in whole: a crash keeps the previous one."""
-    target = run / "checkpoints" / "latest"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    state = optimizer.state_dict()
-    tensors = {f"{idx}.{key}": value for idx, entry in state["state"].items() for key, value in entry.items() if torch.is_tensor(value)}
-    with atomic_dir(target) as tmp:
-        write_checkpoint_files(tmp, model, card)
-        save_tensors(tmp / "optimizer.safetensors", tensors, {"param_groups": json.dumps(state["param_groups"])})
-        (tmp / "state.json").write_text(json.dumps({"iteration": iteration}))
-
-
-def load_training_state(run: Path, model: FnetUNet, optimizer: torch.optim.Optimizer) -> int:
-    from chunked_fnet.model import load_checkpoint
-
-    latest = run / "checkpoints" / "latest"
-    if not (latest / "state.json").exists():
-        raise InputError(f"{run}: nothing to resume (no checkpoints/latest/state.json)")
-    loaded, _ = load_checkpoint(latest)
-    model.load_state_dict(loaded.state_dict())
-    tensors, metadata = load_tensors(latest / "optimizer.safetensors")
-    state: dict = {"state": {}, "param_groups": json.loads(metadata["param_groups"])}
-    for name, value in tensors.items():
-        idx, key = name.split(".", 1)
-        state["state"].setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict(state)
-    return int(json.loads((latest / "state.json").read_text())["iteration"])
 
 
 def _check_resume(run: Path, config: TrainConfig) -> None:
@@ -109,6 +141,10 @@ def _check_resume(run: Path, config: TrainConfig) -> None:
         raise InputError(f"{run}: cannot resume with different settings ({'; '.join(diffs)})")
 
 
+def _with_target(pair: Pair, config: TrainConfig) -> Pair:
+    return pair if config.target_channel is None else pair.model_copy(update={"target_channel": config.target_channel})
+
+
 def prepare_run(config: TrainConfig, resume: bool) -> tuple[Path, list[PairSpec], list[PairSpec]]:
     """Create (or reopen) the run directory, fix the split and the per-frame statistics."""
     run = Path(config.output)
@@ -118,6 +154,13 @@ def prepare_run(config: TrainConfig, resume: bool) -> tuple[Path, list[PairSpec]
         _check_resume(run, config)
     elif run.exists() and any(run.iterdir()):
         raise InputError(f"{run} already exists and is not empty; choose a new output or pass --resume")
+    if config.target_channel is None and not (run / "split.json").exists():
+        untargeted = [i + 1 for i, e in enumerate(read_manifest(config.manifest)) if e.target_channel is None]
+        if untargeted:
+            raise InputError(
+                f"manifest {config.manifest}: entry {untargeted[0]} (and {len(untargeted) - 1} more) names no target_channel; "
+                f"name it there or as target_channel in the config for structure {config.structure!r}"
+            )
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False))
     split_file = run / "split.json"
@@ -128,6 +171,7 @@ def prepare_run(config: TrainConfig, resume: bool) -> tuple[Path, list[PairSpec]
     else:
         entries = [convert_if_tiff(e, run) for e in read_manifest(config.manifest)]
         train, test = split_pairs(expand_pairs(entries), config.n_train, config.split_seed)
+        train, test = [_with_target(p, config) for p in train], [_with_target(p, config) for p in test]
         split_file.write_text(json.dumps({"train": [p.model_dump() for p in train], "test": [p.model_dump() for p in test]}, indent=1))
     stats = load_stats(run / "stats.json")
     train_specs = [describe_pair(p, stats) for p in tqdm(train, desc="image statistics (train)", leave=False, disable=not sys.stderr.isatty())]
@@ -137,7 +181,7 @@ def prepare_run(config: TrainConfig, resume: bool) -> tuple[Path, list[PairSpec]
 
 
 def model_card(
-    config: TrainConfig, iterations: int, input_channel: str | int, metrics: dict[str, float] | None = None
+    config: TrainConfig, iterations: int, input_channel: str | int, metrics: dict[str, float] | None = None, precision: str | None = None
 ) -> ModelCard:
     from chunked_fnet import __version__
 
@@ -146,7 +190,7 @@ def model_card(
         architecture=config.model,
         voxel_size=config.voxel_size,
         input={"modality": config.input_modality, "channel": input_channel},
-        target_channel=config.structure,
+        target_channel=config.target_channel if config.target_channel is not None else config.structure,
         normalization={"method": "zscore", "per": "image"},
         color=config.color,
         training={
@@ -157,19 +201,21 @@ def model_card(
             "patch_shape": list(config.patch_shape),
             "learning_rate": config.learning_rate,
             "loss": "mse",
+            "precision": precision,
             "versions": {"chunked_fnet": __version__, "torch": torch.__version__, "numpy": np.__version__},
         },
         metrics=metrics or {},
     )
 
 
-def _validation_loss(model: FnetUNet, batch: Sequence[tuple[torch.Tensor, torch.Tensor]], device: torch.device, autocast: torch.dtype | None) -> float:
+def _validation_loss(step: TrainStep, batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    model = step.model
     model.eval()
     total, count = 0.0, 0
-    with torch.inference_mode(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+    with torch.inference_mode(), torch.autocast(step.device.type, dtype=step.autocast, enabled=step.autocast is not None):
         for x, y in batch:
-            pred = model(x.to(device))
-            total += float(torch.nn.functional.mse_loss(pred.float(), y.to(device), reduction="sum"))
+            pred = model(step.to_device(x))
+            total += float(torch.nn.functional.mse_loss(pred.float(), y.to(step.device), reduction="sum"))
             count += y.numel()
     model.train()
     return total / max(count, 1)
@@ -183,73 +229,165 @@ def _read_losses(path: Path, upto: int) -> list[list[str]]:
     return [r for r in rows if int(r[0]) <= upto]
 
 
+def _check_shared(configs: Sequence[TrainConfig]) -> None:
+    first = configs[0]
+    for c in configs[1:]:
+        diffs = [k for k in TrainConfig.model_fields if k not in PER_STRUCTURE and getattr(c, k) != getattr(first, k)]
+        if diffs:
+            raise InputError(
+                f"structures {first.structure!r} and {c.structure!r} differ in {diffs}; structures trained in one run share "
+                "the patches and the loop, so those settings must be equal (train them in separate runs otherwise)"
+            )
+    outputs = [Path(c.output).resolve() for c in configs]
+    if len(set(outputs)) != len(outputs):
+        raise InputError(f"structures of one run need distinct output folders, got {[c.output for c in configs]}")
+
+
+def _run_precision(run: Path, config: TrainConfig, device: torch.device, resume: bool) -> str:
+    """The precision the run computes in: on resume the recorded one, so a resumed run continues as it began."""
+    record = run / "training.json"
+    if resume and record.exists():
+        return str(json.loads(record.read_text())["precision"])
+    return training_precision(config.precision, device)
+
+
+class _Timer:
+    """Wall time per iteration and the part of it spent waiting for the loader: is data the bottleneck?"""
+
+    def __init__(self) -> None:
+        self.steps: list[float] = []
+        self.wait = 0.0
+        self.mark = time.perf_counter()
+
+    def loaded(self) -> None:
+        self.wait += time.perf_counter() - self.mark
+
+    def stepped(self) -> None:
+        now = time.perf_counter()
+        self.steps.append(now - self.mark)
+        self.mark = now
+
+    def summary(self) -> dict[str, float | int]:
+        if not self.steps:
+            return {"iterations": 0}
+        warm = self.steps[1:] or self.steps  # the first iteration builds kernels and fills the loader
+        return {
+            "iterations": len(self.steps),
+            "seconds": round(sum(self.steps), 3),
+            "first_iteration_s": round(self.steps[0], 4),
+            "median_iteration_s": round(statistics.median(warm), 4),
+            "iterations_per_s": round(1 / statistics.median(warm), 4),
+            "data_wait_fraction": round(self.wait / sum(self.steps), 4),
+        }
+
+
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Train a model; returns the path of the final checkpoint (``<run>/<structure>.ckpt``)."""
-    run, train_specs, test_specs = prepare_run(config, resume)
-    input_channel = read_manifest(config.manifest)[0].input_channel
-    device = resolve_device(config.device)
-    autocast = autocast_dtype(config.precision, device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    model = FnetUNet(config.model).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=config.betas)
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast == torch.float16)
-    start = load_training_state(run, model, optimizer) if resume else 0
-    if start >= config.iterations:
-        print(f"{run}: already trained {start} iterations (asked for {config.iterations})", file=sys.stderr)
+    return train_many([config], resume=resume, progress=progress)[0]
 
-    cache_bytes = int(config.cache_mb * 2**20)
-    dataset = PatchDataset(train_specs, config.voxel_size, config.patch_shape, config.seed, config.iterations * config.batch_size, cache_bytes)
-    validation = []
-    if test_specs and config.validation_patches:
-        val_set = PatchDataset(test_specs, config.voxel_size, config.patch_shape, config.seed + 1, config.validation_patches, cache_bytes)
+
+def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress: bool = True) -> list[Path]:
+    """Train one model per config in one loop over one stream of patches (see the module doc);
+    returns each structure's final checkpoint."""
+    if not configs:
+        raise InputError("no structures to train")
+    _check_shared(configs)
+    first = configs[0]
+    prepared = [prepare_run(c, resume) for c in configs]
+    runs = [run for run, _, _ in prepared]
+    if any([s.name for s in p[1]] != [s.name for s in prepared[0][1]] for p in prepared):
+        raise InputError(f"the runs {[str(r) for r in runs]} were split differently; they cannot train together")
+    input_channel = read_manifest(first.manifest)[0].input_channel
+    device = resolve_device(first.device)
+    precisions = {_run_precision(run, c, device, resume) for run, c in zip(runs, configs, strict=True)}
+    if len(precisions) > 1:
+        raise InputError(f"the runs {[str(r) for r in runs]} were trained in different precisions {sorted(precisions)}; resume them separately")
+    precision = precisions.pop()
+    reuse_freed_memory()  # every step allocates the same large tensors: keep them rather than fault in new pages
+    if first.threads:
+        torch.set_num_threads(first.threads)
+
+    steps, starts = [], []
+    for run, c in zip(runs, configs, strict=True):
+        torch.manual_seed(c.seed)  # each structure starts from the weights it would have alone
+        step = TrainStep(FnetUNet(c.model), device, precision, learning_rate=c.learning_rate, betas=c.betas, compile=c.compile)
+        starts.append(load_training_state(run, step.model, step.optimizer) if resume else 0)
+        step.match_layouts()
+        steps.append(step)
+        (run / "training.json").write_text(json.dumps({**step.describe(), "structures_in_run": [x.structure for x in configs]}, indent=1))
+    start = min(starts)
+    for run, c, s in zip(runs, configs, starts, strict=True):
+        if s >= c.iterations:
+            print(f"{run}: already trained {s} iterations (asked for {c.iterations})", file=sys.stderr)
+
+    cache_bytes = int(first.cache_mb * 2**20)
+    sources = list(zip(*(specs for _, specs, _ in prepared), strict=True))
+    dataset = PatchDataset(sources, first.voxel_size, first.patch_shape, first.seed, first.iterations * first.batch_size, cache_bytes)
+    validation: list[tuple[torch.Tensor, torch.Tensor]] = []
+    test_sources = list(zip(*(specs for _, _, specs in prepared), strict=True))
+    if test_sources and first.validation_patches:
+        val_set = PatchDataset(test_sources, first.voxel_size, first.patch_shape, first.seed + 1, first.validation_patches, cache_bytes)
         items = [val_set[i] for i in range(len(val_set))]
         validation = [
-            (torch.stack([x for x, _ in items[i : i + config.batch_size]]), torch.stack([y for _, y in items[i : i + config.batch_size]]))
-            for i in range(0, len(items), config.batch_size)
+            (torch.stack([x for x, _ in items[i : i + first.batch_size]]), torch.stack([y for _, y in items[i : i + first.batch_size]]))
+            for i in range(0, len(items), first.batch_size)
         ]
-    batches = [list(range(i * config.batch_size, (i + 1) * config.batch_size)) for i in range(start, config.iterations)]
+    batches = [list(range(i * first.batch_size, (i + 1) * first.batch_size)) for i in range(start, first.iterations)]
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=batches,
-        num_workers=config.workers,
-        prefetch_factor=config.prefetch if config.workers else None,
-        worker_init_fn=_set_worker_threads if config.workers else None,
+        num_workers=first.workers,
+        prefetch_factor=first.prefetch if first.workers else None,
+        worker_init_fn=_set_worker_threads if first.workers else None,
         pin_memory=device.type == "cuda",
+        persistent_workers=False,
     )
 
-    losses_path = run / "losses.csv"
-    rows = _read_losses(losses_path, start)  # a crash after the last checkpoint left rows to drop
-    with losses_path.open("w", newline="") as f:
-        csv.writer(f, lineterminator="\n").writerows([["iteration", "train_loss", "val_loss"], *rows])
-    model.train()
-    bar = tqdm(total=config.iterations, initial=start, desc=f"train {config.structure}", unit="it", disable=not progress)
-    with losses_path.open("a", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        for iteration, (x, y) in enumerate(loader, start=start + 1):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                loss = torch.nn.functional.mse_loss(model(x).float(), y)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            val = ""
-            if validation and iteration % config.validate_every == 0:  # a fixed schedule: resume-invariant
-                val = f"{_validation_loss(model, validation, device, autocast):.6g}"
-            value = float(loss.detach())
-            writer.writerow([iteration, f"{value:.6g}", val])
-            f.flush()
+    files = []
+    for run, s in zip(runs, starts, strict=True):
+        rows = _read_losses(run / "losses.csv", s)  # a crash after the last checkpoint left rows to drop
+        with (run / "losses.csv").open("w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows([["iteration", "train_loss", "val_loss"], *rows])
+        files.append((run / "losses.csv").open("a", newline=""))
+    writers = [csv.writer(f, lineterminator="\n") for f in files]
+    label = first.structure if len(configs) == 1 else f"{len(configs)} structures"
+    bar = tqdm(total=first.iterations, initial=start, desc=f"train {label}", unit="it", disable=not progress)
+    timer = _Timer()
+    try:
+        for iteration, (x, ys) in enumerate(loader, start=start + 1):
+            timer.loaded()
+            shown = {}
+            for k, (run, c, step) in enumerate(zip(runs, configs, steps, strict=True)):
+                if iteration <= starts[k]:
+                    continue  # this structure's checkpoint is ahead (a crash between two structures' saves)
+                value = float(step(x, ys[:, k : k + 1]))
+                val = ""
+                if validation and iteration % c.validate_every == 0:  # a fixed schedule: resume-invariant
+                    val = f"{_validation_loss(step, [(vx, vy[:, k : k + 1]) for vx, vy in validation]):.6g}"
+                writers[k].writerow([iteration, f"{value:.6g}", val])
+                files[k].flush()
+                shown[c.structure if len(configs) > 1 else "loss"] = f"{value:.4f}"
+                if val:
+                    shown["val" if len(configs) == 1 else f"val_{c.structure}"] = val
+                if iteration % c.checkpoint_every == 0 or iteration == c.iterations:
+                    save_training_state(run, step.model, step.optimizer, iteration, model_card(c, iteration, input_channel, precision=precision))
+            timer.stepped()
             bar.update(1)
-            bar.set_postfix(loss=f"{value:.4f}", **({"val": val} if val else {}))
-            if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
-                save_training_state(run, model, optimizer, iteration, model_card(config, iteration, input_channel))
-    bar.close()
-    final = run / f"{config.structure}.ckpt"
-    save_checkpoint(final, model.cpu(), model_card(config, max(start, config.iterations), input_channel), overwrite=True)
-    plot_losses(losses_path, run / "losses.png", title=f"{config.structure}: training loss")
-    return final
+            bar.set_postfix(**shown)
+    finally:
+        bar.close()
+        for f in files:
+            f.close()
+    summary = {**timer.summary(), "structures_in_run": len(configs), "precision": precision}
+    finals = []
+    for run, c, step, s in zip(runs, configs, steps, starts, strict=True):
+        (run / "throughput.json").write_text(json.dumps({**summary, **step.describe()}, indent=1))
+        final = run / f"{c.structure}.ckpt"
+        model = step.model.cpu().to(memory_format=torch.contiguous_format)
+        save_checkpoint(final, model, model_card(c, max(s, c.iterations), input_channel, precision=precision), overwrite=True)
+        plot_losses(run / "losses.csv", run / "losses.png", title=f"{c.structure}: training loss")
+        finals.append(final)
+    return finals
 
 
 def plot_losses(csv_path: Path, png_path: Path, title: str = "loss") -> None:

@@ -1,0 +1,358 @@
+"""Training speed: chunked_fnet's trainer against pytorch_fnet's training loop, bf16 against fp32, and
+several structures in one run against one run each.
+
+    python benchmarks/train_speed.py speed              # paper settings, 3 measured iterations, 2 rounds
+    python benchmarks/train_speed.py curve              # fp32 vs bf16 loss curves, CPU-example settings
+    python benchmarks/train_speed.py multi              # 3 structures in one run vs 3 runs
+    python benchmarks/train_speed.py speed --device cuda --iterations 30   # on a GPU
+
+``speed``: the paper's settings (paper U-Net, batch 24, 32x64x64 patches, Adam lr 1e-3, MSE) on
+paired synthetic images, three ways, each a fresh subprocess, rounds interleaved (A B C A B C):
+
+* ``pytorch_fnet``: its training loop rebuilt faithfully here (its recursive U-Net with BN and ReLU
+  modules, its N(0, 0.02) initialisation, ``Model.train_on_batch``: ``net.train()``, ``zero_grad``,
+  forward, MSE, backward, ``Adam.step``, ``loss.item()``; float32, default memory layout, torch's
+  default Adam implementation) fed by a ``BufferedPatchDataset``-like buffer: whole z-scored
+  images in memory, random patches sliced and stacked in the main process between steps;
+* ``chunked_fnet fp32`` and ``chunked_fnet bf16``: :func:`chunked_fnet.train.trainer.train` itself
+  (loader workers reading patches from the OME-Zarr store while the step runs), precision pinned.
+
+An iteration's time is the median over the iterations after the first (which builds kernels).
+Projected hours = 50,000 x that. Appends a row to BENCHMARKS.md.
+
+``curve``: the CPU example's settings (configs/train_cpu_example.yaml: depth 3, width 16, batch 8,
+16x64x64, 450 iterations) trained in fp32 and in bf16 from the same seed on the same data; reports
+the final validation loss of each (and their ratio) and the test split's Pearson r and normalised
+error, and plots both curves (benchmarks/results/train_bf16_curve.png).
+
+``multi``: dna, nuclear_envelope and membrane (CPU-example model) trained in one run
+(``train_many``) against three separate runs of the same settings: wall time and patches read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common as C
+
+SECTION = "Training speed (issue 17)"
+COLUMNS = [
+    "date", "settings", "device", "pytorch_fnet loop s/it", "chunked_fnet fp32 s/it", "chunked_fnet bf16 s/it",
+    "bf16 / pytorch_fnet speed-up", "bf16 / fp32 speed-up", "data wait (bf16)", "projected h for 50,000 it (pytorch_fnet, fp32, bf16)",
+    "noise", "command", "machine",
+]
+CURVE_SECTION = "Training in bf16 against fp32: loss curves (issue 17)"
+CURVE_COLUMNS = [
+    "date", "settings", "fp32 final val loss", "bf16 final val loss", "bf16 / fp32", "test r fp32, bf16", "test norm. error fp32, bf16",
+    "wall fp32, bf16", "command", "machine",
+]
+MULTI_SECTION = "Several structures in one training run (issue 17)"
+MULTI_COLUMNS = ["date", "settings", "structures", "one run: wall, patches read", "separate runs: wall, patches read", "one run / separate (wall)", "command", "machine"]
+METHODS = ("pytorch_fnet", "chunked_fnet_fp32", "chunked_fnet_bf16")
+COMPILED = "chunked_fnet_bf16_compiled"  # --compile: also torch.compile'd (its first iteration compiles)
+PAPER = {"model": {"depth": 4, "width": 32}, "patch_shape": [32, 64, 64], "batch_size": 24}
+
+
+# ------------------------------------------------------------------------ pytorch_fnet, rebuilt
+def _pytorch_fnet_net(depth: int = 4, mult_chan: int = 32):  # noqa: ANN202
+    """pytorch_fnet's ``fnet_nn_3d`` network, written from its published architecture: a recursive
+    U-Net whose levels are ``SubNet2Conv`` blocks (conv3-BN-ReLU twice), a stride-2 conv + BN + ReLU
+    down, a stride-2 transposed conv + BN + ReLU up, concatenation, and a final conv3 to one channel."""
+    import torch
+    from torch import nn
+
+    def two_convs(n_in: int, n_out: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv3d(n_in, n_out, 3, padding=1), nn.BatchNorm3d(n_out), nn.ReLU(),
+            nn.Conv3d(n_out, n_out, 3, padding=1), nn.BatchNorm3d(n_out), nn.ReLU(),
+        )
+
+    class Level(nn.Module):
+        def __init__(self, n_in: int, n_out: int, depth: int) -> None:
+            super().__init__()
+            self.depth = depth
+            self.more = two_convs(n_in, n_out)
+            if depth > 0:
+                self.less = two_convs(2 * n_out, n_out)
+                self.down = nn.Sequential(nn.Conv3d(n_out, n_out, 2, stride=2), nn.BatchNorm3d(n_out), nn.ReLU())
+                self.up = nn.Sequential(nn.ConvTranspose3d(2 * n_out, n_out, 2, stride=2), nn.BatchNorm3d(n_out), nn.ReLU())
+                self.sub = Level(n_out, 2 * n_out, depth - 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.more(x)
+            if self.depth == 0:
+                return x
+            return self.less(torch.cat((x, self.up(self.sub(self.down(x)))), 1))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rec = Level(1, mult_chan, depth)
+            self.out = nn.Conv3d(mult_chan, 1, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.rec(x))
+
+    net = Net()
+    for m in net.modules():  # its _weights_init
+        if type(m).__name__.startswith("Conv"):
+            m.weight.data.normal_(0.0, 0.02)
+        elif "BatchNorm" in type(m).__name__:
+            m.weight.data.normal_(1.0, 0.02)
+            m.bias.data.fill_(0)
+    return net
+
+
+def _run_pytorch_fnet(data: Path, iterations: int, device: str) -> dict:
+    import numpy as np
+    import torch
+
+    from chunked_fnet.train.data import PairReader, describe_pair, expand_pairs
+    from chunked_fnet.train.manifest import read_manifest, split_pairs
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    train_pairs, _ = split_pairs(expand_pairs(read_manifest(data / "manifest.yaml")), 30, 0)
+    buffer = [PairReader(describe_pair(p), (0.29, 0.29, 0.29)).whole() for p in train_pairs]  # z-scored, model grid
+    net = _pytorch_fnet_net().to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    patch, batch = PAPER["patch_shape"], PAPER["batch_size"]
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        xs, ys = [], []
+        for _ in range(batch):  # BufferedPatchDataset.get_batch: random image of the buffer, random corner
+            x, y = buffer[int(rng.integers(len(buffer)))]
+            c = [int(rng.integers(0, n - p + 1)) for n, p in zip(x.shape, patch, strict=True)]
+            region = tuple(slice(a, a + p) for a, p in zip(c, patch, strict=True))
+            xs.append(x[region][None])
+            ys.append(y[region][None])
+        x_batch = torch.tensor(np.stack(xs), dtype=torch.float32, device=device)
+        y_batch = torch.tensor(np.stack(ys), dtype=torch.float32, device=device)
+        net.train()
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(net(x_batch), y_batch)
+        loss.backward()
+        optimizer.step()
+        loss.item()
+        times.append(time.perf_counter() - start)
+    return {"iteration_s": statistics.median(times[1:] or times), "times": times}
+
+
+def _run_chunked_fnet(data: Path, iterations: int, device: str, precision: str, out: Path, compile: bool = False) -> dict:
+    from chunked_fnet.train.trainer import TrainConfig, train
+
+    config = TrainConfig(
+        manifest=str(data / "manifest.yaml"), output=str(out), structure="dna", iterations=iterations, precision=precision,
+        device=device, validation_patches=0, checkpoint_every=10**6, compile=compile, **PAPER,
+    )
+    train(config, progress=False)
+    record = json.loads((out / "throughput.json").read_text())
+    return {"iteration_s": record["median_iteration_s"], "data_wait": record["data_wait_fraction"], "record": record}
+
+
+def _one(args: argparse.Namespace) -> None:
+    """Child process: one method, one measurement, a JSON line on stdout."""
+    data = Path(args.data)
+    if args.method == "pytorch_fnet":
+        result = _run_pytorch_fnet(data, args.iterations, args.device)
+    else:
+        precision = args.method.split("_")[2]
+        with tempfile.TemporaryDirectory() as tmp:
+            result = _run_chunked_fnet(data, args.iterations, args.device, precision, Path(tmp) / "run", compile=args.method == COMPILED)
+    print("RESULT " + json.dumps(result))
+
+
+def _paired_data(folder: Path, fovs: int, shape: tuple[int, int, int], structures: tuple[str, ...] = ("dna",)) -> Path:
+    import yaml
+
+    from chunked_fnet.synth.dataset import SynthConfig, generate
+
+    if not (folder / "synth.zarr").exists():
+        generate(SynthConfig(size_t=1, size_z=shape[0], size_y=shape[1], size_x=shape[2], fovs=fovs), folder / "synth.zarr", progress=False)
+    images = [{"path": f"synth.zarr/{i}", "input_channel": "brightfield", **({"target_channel": "dna"} if structures == ("dna",) else {})} for i in range(fovs)]
+    (folder / "manifest.yaml").write_text(yaml.safe_dump({"images": images}))
+    return folder
+
+
+# ------------------------------------------------------------------------------------ sections
+def speed(args: argparse.Namespace) -> None:
+    data = _paired_data(Path(args.workdir) / "speed", fovs=4, shape=(40, 256, 256))
+    methods = METHODS + ((COMPILED,) if args.compile else ())
+    results: dict[str, list[dict]] = {m: [] for m in methods}
+    for r in range(args.rounds):
+        for method in methods:
+            cmd = [sys.executable, __file__, "_one", "--method", method, "--data", str(data), "--iterations", str(args.iterations), "--device", args.device]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not line:
+                sys.exit(f"{method} failed:\n{proc.stderr[-3000:]}")
+            results[method].append(json.loads(line[0][7:]))
+            print(f"round {r + 1} {method}: {results[method][-1]['iteration_s']:.3f} s/it ({C.load_note()})", flush=True)
+    s = {m: C.median([x["iteration_s"] for x in results[m]]) for m in METHODS}
+    pf, f32, b16 = s["pytorch_fnet"], s["chunked_fnet_fp32"], s["chunked_fnet_bf16"]
+    wait = C.median([x["data_wait"] for x in results["chunked_fnet_bf16"]])
+    noise = ", ".join(f"{m} ±{C.spread([x['iteration_s'] for x in results[m]]):.0%}" for m in METHODS) + f"; {C.load_note()}"
+    hours = ", ".join(f"{50_000 * v / 3600:.1f}" for v in (pf, f32, b16))
+    settings = f"paper U-Net, batch 24, 32x64x64, {args.iterations} it ({args.iterations - 1} timed) x {args.rounds} rounds"
+    if args.compile:
+        compiled = C.median([x["iteration_s"] for x in results[COMPILED]])
+        first = C.median([x["record"]["first_iteration_s"] for x in results[COMPILED]])
+        noise += f"; torch.compile: {compiled:.2f} s/it ({b16 / compiled:.2f}x eager bf16), first iteration (compiling) {first:.0f} s"
+    row = C.append_row(SECTION, COLUMNS, [
+        C.today(), settings, args.device, f"{pf:.2f}", f"{f32:.2f}", f"{b16:.2f}", f"**{pf / b16:.2f}x**", f"{f32 / b16:.2f}x",
+        f"{wait:.1%}", hours, noise, C.command_line(), C.machine(),
+    ])
+    print(row)
+    _save(args, "train_speed", {"seconds_per_iteration": s, "rounds": results})
+
+
+def curve(args: argparse.Namespace) -> None:
+    import yaml
+
+    from chunked_fnet.config import load_yaml_config
+    from chunked_fnet.evaluate.report import evaluate_run, summarize
+    from chunked_fnet.train.trainer import TrainConfig, train
+
+    data = _paired_data(Path(args.workdir) / "curve", fovs=12, shape=(32, 256, 256))
+    runs, walls, summaries = {}, {}, {}
+    for precision in ("fp32", "bf16"):
+        run = Path(args.workdir) / "curve" / f"run_{precision}"
+        config = load_yaml_config(
+            TrainConfig, C.ROOT / "configs" / "train_cpu_example.yaml",
+            {"manifest": str(data / "manifest.yaml"), "output": str(run), "structure": "dna", "precision": precision,
+             **({"iterations": args.iterations} if args.iterations else {})},
+        )
+        start = time.perf_counter()
+        train(config, resume=(run / "config.yaml").exists(), progress=False)
+        walls[precision] = time.perf_counter() - start
+        runs[precision] = run
+        summaries[precision] = summarize(evaluate_run(run, progress=False))[("dna", "test")]
+        print(f"{precision}: {walls[precision] / 60:.1f} min, test r {summaries[precision]['pearson_r']:.3f}", flush=True)
+    val = {p: _final_val(runs[p]) for p in runs}
+    _plot_curves(runs, C.ROOT / "benchmarks" / "results" / "train_bf16_curve.png")
+    settings = f"CPU example (depth 3, width 16, batch 8, 16x64x64, {yaml.safe_load((runs['fp32'] / 'config.yaml').read_text())['iterations']} it), synthetic DNA"
+    row = C.append_row(CURVE_SECTION, CURVE_COLUMNS, [
+        C.today(), settings, f"{val['fp32']:.4g}", f"{val['bf16']:.4g}", f"**{val['bf16'] / val['fp32']:.3f}**",
+        f"{summaries['fp32']['pearson_r']:.3f}, {summaries['bf16']['pearson_r']:.3f}",
+        f"{summaries['fp32']['normalized_error']:.3f}, {summaries['bf16']['normalized_error']:.3f}",
+        f"{walls['fp32'] / 60:.1f} min, {walls['bf16'] / 60:.1f} min", C.command_line(), C.machine(),
+    ])
+    print(row)
+    _save(args, "train_bf16_curve", {"final_val_loss": val, "test": summaries, "wall_s": walls})
+
+
+def _final_val(run: Path) -> float:
+    import csv
+
+    with (run / "losses.csv").open() as f:
+        vals = [float(r["val_loss"]) for r in csv.DictReader(f) if r["val_loss"]]
+    return vals[-1]
+
+
+def _plot_curves(runs: dict[str, Path], png: Path) -> None:
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    for (precision, run), color in zip(runs.items(), ("C0", "C3"), strict=True):
+        with (run / "losses.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        it = [int(r["iteration"]) for r in rows]
+        tr = [float(r["train_loss"]) for r in rows]
+        w = max(1, len(tr) // 30)
+        smooth = [statistics.fmean(tr[max(0, i - w + 1) : i + 1]) for i in range(len(tr))]
+        ax.plot(it, smooth, color=color, lw=1.2, label=f"{precision} train (mean of {w})")
+        val = [(int(r["iteration"]), float(r["val_loss"])) for r in rows if r["val_loss"]]
+        ax.plot(*zip(*val), "o--", color=color, ms=3, lw=0.8, label=f"{precision} validation")
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("MSE (z-scored units)")
+    ax.set_title("DNA, CPU-example settings: bf16 autocast against fp32")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    plt.close(fig)
+
+
+def multi(args: argparse.Namespace) -> None:
+    from chunked_fnet.train import data as train_data
+    from chunked_fnet.train.trainer import TrainConfig, train_many
+
+    structures = ("dna", "nuclear_envelope", "membrane")
+    data = _paired_data(Path(args.workdir) / "multi", fovs=6, shape=(32, 256, 256), structures=structures)
+    reads = {"n": 0}
+    original = train_data.PatchDataset.__getitem__
+
+    def counted(self, i):  # noqa: ANN001, ANN202
+        reads["n"] += 1
+        return original(self, i)
+
+    train_data.PatchDataset.__getitem__ = counted  # workers=0 below, so the count sees every read
+    base = dict(
+        manifest=str(data / "manifest.yaml"), model={"depth": 3, "width": 16}, patch_shape=(16, 64, 64), batch_size=8,
+        iterations=args.iterations or 60, n_train=5, validation_patches=0, checkpoint_every=10**6, workers=0, precision=args.precision,
+    )
+    walls, counts = {}, {}
+    for mode in ("together", "separate"):
+        out = Path(args.workdir) / "multi" / mode
+        configs = [TrainConfig(**base, output=str(out / s), structure=s, target_channel=s) for s in structures]
+        reads["n"] = 0
+        start = time.perf_counter()
+        if mode == "together":
+            train_many(configs, progress=False)
+        else:
+            for c in configs:
+                train_many([c], progress=False)
+        walls[mode], counts[mode] = time.perf_counter() - start, reads["n"]
+        print(f"{mode}: {walls[mode]:.1f} s, {counts[mode]} patches read", flush=True)
+    settings = f"CPU-example model, batch 8, 16x64x64, {base['iterations']} it, {args.precision}, in-process loader"
+    row = C.append_row(MULTI_SECTION, MULTI_COLUMNS, [
+        C.today(), settings, ", ".join(structures), f"{walls['together']:.0f} s, {counts['together']}",
+        f"{walls['separate']:.0f} s, {counts['separate']}", f"**{walls['together'] / walls['separate']:.2f}**", C.command_line(), C.machine(),
+    ])
+    print(row)
+    _save(args, "train_multi", {"wall_s": walls, "patches_read": counts})
+
+
+def _save(args: argparse.Namespace, name: str, payload: dict) -> None:
+    out = C.ROOT / "benchmarks" / "results" / f"{name}_{C.today()}.json"
+    out.write_text(json.dumps({"command": C.command_line(), "machine": C.machine(), **payload}, indent=1, default=str))
+    print(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="section", required=True)
+    for name in ("speed", "curve", "multi"):
+        p = sub.add_parser(name)
+        p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "chunked_fnet_train_speed"))
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--iterations", type=int, default=4 if name == "speed" else None)
+        p.add_argument("--rounds", type=int, default=2)
+        p.add_argument("--precision", default="bf16")
+        p.add_argument("--compile", action="store_true", help="speed: also time torch.compile (bf16)")
+    one = sub.add_parser("_one")
+    one.add_argument("--method", choices=(*METHODS, COMPILED), required=True)
+    one.add_argument("--data", required=True)
+    one.add_argument("--iterations", type=int, required=True)
+    one.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    {"speed": speed, "curve": curve, "multi": multi, "_one": _one}[args.section](args)
+
+
+if __name__ == "__main__":
+    main()
