@@ -62,6 +62,16 @@ def _min_size(halo: int, multiple: int) -> int:
     return multiple * (2 * halo // multiple + 1)
 
 
+def _test_shape(min_size: int, step: int, scales: Sequence[float]) -> tuple[int, int, int]:
+    """Per axis the smallest valid size ``min + k * step`` that bioimageio.spec's check of the test output
+    accepts: it compares ``size * scale / scale`` to the size exactly, in floating point (24 * 0.4 / 0.4 is
+    24.000000000000004)."""
+    def exact(n: int, s: float) -> bool:
+        return n * s / s == n
+
+    return tuple(next(n for n in range(min_size, min_size + 64 * step, step) if exact(n, s)) for s in scales)  # type: ignore[return-value]
+
+
 def _check_card(path: Path, card: ModelCard) -> None:
     arch = card.architecture
     if arch.dims != 3 or arch.in_channels != 1 or arch.out_channels != 1:
@@ -215,7 +225,7 @@ def export_bioimageio(
     step = arch.multiple
     min_size = _min_size(halo, step)
     eps = 1e-6
-    x = _test_input((min_size,) * 3, sample, card)
+    x = _test_input(_test_shape(min_size, step, card.voxel_size), sample, card)
     with torch.no_grad():
         y = model(torch.from_numpy(_zscore(x, eps))).numpy()
 
@@ -225,7 +235,8 @@ def export_bioimageio(
         torch.save(model.state_dict(), tmp / "weights.pt")
         with warnings.catch_warnings():  # FnetUNet.check_input's size checks are traced as constants: that is wanted
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            traced = torch.jit.trace(model, torch.zeros(1, 1, *(min_size,) * 3), check_trace=False)
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates tracing; bioimage.io reads torchscript
+            traced = torch.jit.trace(model, torch.zeros(1, 1, *x.shape[2:]), check_trace=False)
         traced.save(str(tmp / "weights.torchscript.pt"))
         np.save(tmp / "test_input.npy", x)
         np.save(tmp / "test_output.npy", y)
