@@ -486,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-bioimageio", help="write a checkpoint as a bioimage.io model package (.zip, model spec 0.5)")
     p.add_argument("checkpoint", help="checkpoint folder, e.g. dna.ckpt")
     p.add_argument("out", help="output package, e.g. dna_bioimageio.zip (never overwritten without --overwrite)")
-    p.add_argument("--sample", help="OME-Zarr image whose first frame's centre becomes the test input (default: a seeded random volume)")
+    p.add_argument("--sample", help="OME-Zarr image whose first frame's centre becomes the test input, mirrored where thinner than the network takes (default: a seeded random volume)")
     p.add_argument("--author", action="append", metavar="NAME", help="an author's name (repeat for several; default: the current user)")
     p.add_argument("--license", default="CC-BY-4.0", help="SPDX license id of the weights (default CC-BY-4.0)")
     p.add_argument("--halo", type=int, help="model voxels a tile's output is cropped by where tiles meet (default: the U-Net's receptive field, at most 36)")

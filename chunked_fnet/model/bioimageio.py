@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -303,9 +302,3 @@ def load_package_model(path: str | os.PathLike, device: str = "cpu") -> tuple[to
         raise InputError(f"{path}: could not load its {info.weights} weights ({type(exc).__name__}: {one_line(exc)[:400]})") from None
     return PackageModule(network, info).to(device).eval(), info
 
-
-def check_member_shapes(info: PackageInfo, patch: Sequence[int]) -> None:
-    """Refuse a patch the package does not take (sizes ``min + k * step``)."""
-    for name, p, lo, st in zip(SPACE, patch, info.min_shape, info.step, strict=True):
-        if p < lo or (p - lo) % st:
-            raise InputError(f"{info.path}: takes {name} sizes {lo} + k * {st}; the patch has {p}")

@@ -99,13 +99,18 @@ def _test_input(shape: Sequence[int], sample: str | os.PathLike | None, card: Mo
     frame = spatial_frame(image, 0, c)
     scale = image.attrs["scale"]
     grid = ModelGrid(tuple(frame.shape), (scale["z"], scale["y"], scale["x"]), card.voxel_size)  # type: ignore[arg-type]
-    if any(g < s for g, s in zip(grid.shape, shape, strict=True)):
-        raise InputError(
-            f"{sample}: {tuple(grid.shape)} voxels at the model's voxel size {card.voxel_size} µm (z, y, x); "
-            f"the test input needs at least {tuple(shape)}"
-        )
-    region = tuple(slice((g - s) // 2, (g - s) // 2 + s) for g, s in zip(grid.shape, shape, strict=True))
-    return resample_window(lambda w: frame[w].values, grid, region)[None, None].astype(np.float32)
+    region = tuple(slice(max(0, (g - s) // 2), max(0, (g - s) // 2) + min(g, s)) for g, s in zip(grid.shape, shape, strict=True))
+    values = resample_window(lambda w: frame[w].values, grid, region)
+    # a z-stack thinner than the network's minimum input: mirrored, as the pipeline pads frames past their edges
+    pad = [((s - n) // 2, s - n - (s - n) // 2) for n, s in zip(values.shape, shape, strict=True)]
+    single = [p if n == 1 else (0, 0) for p, n in zip(pad, values.shape, strict=True)]  # one plane: nothing to mirror
+    values = np.pad(values, single, mode="edge")
+    pad = [(0, 0) if sp != (0, 0) else p for p, sp in zip(pad, single, strict=True)]
+    while any(sum(p) for p in pad):
+        step = [(min(a, n - 1), min(b, n - 1)) for (a, b), n in zip(pad, values.shape, strict=True)]
+        values = np.pad(values, step, mode="reflect")
+        pad = [(a - c, b - d) for (a, b), (c, d) in zip(pad, step, strict=True)]
+    return values[None, None].astype(np.float32)
 
 
 def _zscore(x: np.ndarray, eps: float) -> np.ndarray:
@@ -203,7 +208,7 @@ def export_bioimageio(
 ) -> Path:
     """Write ``checkpoint`` as the bioimage.io model package ``out`` (a .zip); returns its path.
 
-    ``sample``: an OME-Zarr image whose first frame's centre becomes the test input (default: a seeded
+    ``sample``: an OME-Zarr image whose first frame's centre (mirrored where too thin) becomes the test input (default: a seeded
     random volume); ``authors``: names (default: the current user); ``halo``: model voxels to crop
     where tiles meet (default :func:`default_halo`). Refuses an existing ``out`` unless ``overwrite``.
     """
