@@ -157,6 +157,20 @@ def cmd_import_fnet(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_bioimageio(args: argparse.Namespace) -> int:
+    from chunked_fnet.model.bioimageio_export import export_bioimageio
+
+    try:
+        import bioimageio.spec  # noqa: F401
+    except ImportError:
+        raise InputError("export-bioimageio needs bioimageio.core: pip install 'chunked_fnet[bioimageio]'") from None
+    out = export_bioimageio(
+        args.checkpoint, args.out, sample=args.sample, authors=args.author or (), license=args.license, halo=args.halo, overwrite=args.overwrite,
+    )
+    print(f"{out}: bioimage.io model package; check it with: bioimageio test {out}")
+    return 0
+
+
 #: PredictOptions fields whose flags are not (only) ``--field-name``: the spellings scripts already use.
 PREDICT_FLAGS = {
     "input_channel": ("--input-channel", "--channel"),
@@ -460,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="chunked ensemble prediction of an OME-Zarr image on a dask cluster", add_later=_predict_option_flags)
     p.add_argument("input", help="input OME-Zarr image or HCS plate (path or URL)")
-    p.add_argument("--models", nargs="+", required=True, help="one checkpoint per structure (e.g. dna.ckpt er.ckpt)")
+    p.add_argument("--models", nargs="+", required=True, help="one checkpoint or bioimage.io package (.zip) per structure (e.g. dna.ckpt er_bioimageio.zip)")
     p.add_argument("--out", required=True, help="output OME-Zarr (never overwritten without --overwrite)")
     p.add_argument("--config", help="YAML PredictOptions (flags override it)")
     p.add_argument("--series", help="image of a bioformats2raw collection")
@@ -482,6 +496,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--color", default="FFFFFF", help="hex colour for viewers")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_import_fnet)
+
+    p = sub.add_parser("export-bioimageio", help="write a checkpoint as a bioimage.io model package (.zip, model spec 0.5)")
+    p.add_argument("checkpoint", help="checkpoint folder, e.g. dna.ckpt")
+    p.add_argument("out", help="output package, e.g. dna_bioimageio.zip (never overwritten without --overwrite)")
+    p.add_argument("--sample", help="OME-Zarr image whose first frame's centre becomes the test input, mirrored where thinner than the network takes (default: a seeded random volume)")
+    p.add_argument("--author", action="append", metavar="NAME", help="an author's name (repeat for several; default: the current user)")
+    p.add_argument("--license", default="CC-BY-4.0", help="SPDX license id of the weights (default CC-BY-4.0)")
+    p.add_argument("--halo", type=int, help="model voxels a tile's output is cropped by where tiles meet (default: the U-Net's receptive field, at most 36)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    p.set_defaults(func=cmd_export_bioimageio)
 
     p = sub.add_parser("info", help="describe an OME-Zarr image")
     p.add_argument("path")

@@ -1,18 +1,40 @@
 """The ensemble a chunk task runs: every structure's model on the same input patch, outputs stacked as
-channels, each model loaded once per worker process (keyed by its checkpoint's content hash)."""
+channels, each model loaded once per worker process (keyed by its file's content hash).
+
+A member is a chunked_fnet checkpoint (a ``.ckpt`` directory) or a bioimage.io model package (a
+``.zip``, :mod:`chunked_fnet.model.bioimageio`); :class:`Member` is what planning needs of either.
+"""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from chunked_fnet.errors import InputError
-from chunked_fnet.model import FnetUNet, ModelCard, checkpoint_hash, load_checkpoint
+from chunked_fnet.model import checkpoint_hash, load_checkpoint
+from chunked_fnet.model.bioimageio import is_package, load_package_model, package_hash
 
-_CACHE: dict[tuple[str, str], FnetUNet] = {}
+_CACHE: dict[tuple[str, str], torch.nn.Module] = {}
 _LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Member:
+    """One ensemble model as planning sees it (sizes on the model grid, z, y, x)."""
+
+    path: str
+    structure: str
+    color: str
+    voxel_size: tuple[float, float, float]  # µm
+    multiple: int  # every patch size must be a multiple of this
+    min_patch: tuple[int, int, int]  # the smallest patch it takes
+    halo: tuple[int, int, int] = (0, 0, 0)  # output rim it declares invalid (bioimage.io packages)
+    width: int = 32  # top-level channels: what a patch's activations cost
+    eps: float = 0.0  # a package's z-scoring epsilon: (x - mean) / (std + eps)
 
 
 class StackedEnsemble(torch.nn.Module):
@@ -26,39 +48,67 @@ class StackedEnsemble(torch.nn.Module):
         return torch.cat([m(x) for m in self.members], dim=1)
 
 
-def cached_model(path: str, digest: str, device: str) -> FnetUNet:
-    """Load a checkpoint once per process and device, as an inference copy (batch norm folded into
-    the convolutions: :meth:`FnetUNet.inference_copy`); later calls return the same module."""
+def _load(path: str, device: str) -> torch.nn.Module:
+    """An inference copy: a checkpoint's U-Net with batch norm folded into the convolutions
+    (:meth:`FnetUNet.inference_copy`), or a package's network behind the runner's layout."""
+    if is_package(path):
+        return load_package_model(path, device=device)[0]
+    return load_checkpoint(path, device=device)[0].inference_copy()
+
+
+def cached_model(path: str, digest: str, device: str) -> torch.nn.Module:
+    """Load a checkpoint or package once per process and device; later calls return the same module."""
     key = (digest, device)
     with _LOCK:
         model = _CACHE.get(key)
         if model is None:
-            model = load_checkpoint(path, device=device)[0].inference_copy()
+            model = _load(path, device)
             _CACHE[key] = model
     return model
 
 
-def check_ensemble(paths: Sequence[str]) -> tuple[list[ModelCard], list[str]]:
-    """Cards and content hashes of the ensemble's checkpoints, refusing combinations that cannot run together.
 
-    Each checkpoint is loaded once here (on CPU), so a truncated file or weights that do not fit the
-    card's architecture stop the run before any worker starts, with the file named.
-    """
+def _member(path: str) -> Member:
+    """Load the model once (on CPU), so a broken file stops the run before any worker starts, with the file named."""
+    if is_package(path):
+        _, info = load_package_model(path)
+        step = math.lcm(*info.step)
+        return Member(
+            path, info.structure, info.color, info.voxel_size, step, info.min_shape, info.halo, info.width, info.eps,
+        )
+    card = load_checkpoint(path)[1]
+    arch = card.architecture
+    if arch.in_channels != 1:
+        raise InputError(f"{path}: model takes {arch.in_channels} input channels; only single-channel transmitted-light input is supported")
+    if arch.dims != 3:
+        raise InputError(f"{path}: a {arch.dims}D model; chunked prediction runs 3D models")
+    m = arch.multiple
+    return Member(path, card.structure, card.color, tuple(card.voxel_size), m, (m, m, m), width=arch.width)  # type: ignore[arg-type]
+
+
+def check_ensemble(paths: Sequence[str]) -> tuple[list[Member], list[str]]:
+    """The ensemble's members and content hashes, refusing combinations that cannot run together."""
     if not paths:
-        raise InputError("no models given; pass one checkpoint per structure (--models dna.ckpt ...)")
-    cards = [load_checkpoint(p)[1] for p in paths]
-    names = [c.structure for c in cards]
+        raise InputError("no models given; pass one checkpoint or bioimage.io package per structure (--models dna.ckpt ...)")
+    members = [_member(p) for p in paths]
+    names = [m.structure for m in members]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(f"two ensemble models predict the same structure {dupes}: {list(paths)}; each output channel needs its own name")
-    for p, c in zip(paths, cards, strict=True):
-        if c.architecture.in_channels != 1:
-            raise InputError(f"{p}: model takes {c.architecture.in_channels} input channels; only single-channel transmitted-light input is supported")
-        if c.architecture.dims != 3:
-            raise InputError(f"{p}: a {c.architecture.dims}D model; chunked prediction runs 3D models")
-        if c.voxel_size != cards[0].voxel_size:
+    first = members[0]
+    for m in members[1:]:
+        if not all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(m.voxel_size, first.voxel_size, strict=True)):
             raise InputError(
-                f"ensemble models were trained at different voxel sizes ({paths[0]}: {cards[0].voxel_size} µm, {p}: {c.voxel_size} µm); "
+                f"ensemble models were trained at different voxel sizes ({first.path}: {first.voxel_size} µm, {m.path}: {m.voxel_size} µm); "
                 "predict them in separate runs"
             )
-    return cards, [checkpoint_hash(p) for p in paths]
+    return members, [package_hash(p) if is_package(p) else checkpoint_hash(p) for p in paths]
+
+
+def window_constraints(members: Sequence[Member]) -> tuple[int, tuple[int, int, int], tuple[int, int, int], int]:
+    """``(multiple, min_patch, halo, width)`` every member accepts: patch sizes a multiple of every
+    member's step, at least every member's minimum (rounded up to that multiple), the widest halo."""
+    multiple = math.lcm(*(m.multiple for m in members))
+    low = tuple(multiple * math.ceil(max(m.min_patch[a] for m in members) / multiple) for a in range(3))
+    halo = tuple(max(m.halo[a] for m in members) for a in range(3))
+    return multiple, low, halo, max(m.width for m in members)  # type: ignore[return-value]

@@ -36,7 +36,8 @@ def time_precisions(job: Any, repeats: int = 3) -> dict[str, Any]:
     device = resolve_device(job.options.device)
     cap = MEASURE_PATCH.get(device.type, MEASURE_PATCH["cuda"])
     m = job.window.multiple
-    shape = tuple(max(m, min(p, c) // m * m) for p, c in zip(job.window.patch_shape, cap, strict=True))
+    low = job.window.min_patch  # a bioimage.io package may take nothing smaller
+    shape = tuple(max(m, lo, min(p, c) // m * m) for p, c, lo in zip(job.window.patch_shape, cap, low, strict=True))
     x = torch.randn(1, 1, *shape, device=device)
     runners = {p: _runner(job, precision=p) for p in ("fp32", "bf16")}
     best = {p: float("inf") for p in runners}

@@ -34,15 +34,16 @@ from chunked_fnet.io.completeness import completeness
 from chunked_fnet.io.reader import Selection, channel_index, locate, open_image, open_level_array, spatial_frame
 from chunked_fnet.io.store import is_url, redact
 from chunked_fnet.io.writer import build_pyramid, create_image
-from chunked_fnet.predict.ensemble import check_ensemble
+from chunked_fnet.predict.ensemble import Member, check_ensemble, window_constraints
 from chunked_fnet.predict.job import PredictJob, predict_block, write_chunk
 from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.predict.ledger import Ledger, chunk_key, describe_chunk, differences
-from chunked_fnet.preprocess.normalize import frame_stats
+from chunked_fnet.preprocess.normalize import FrameStats, frame_stats
 from chunked_fnet.preprocess.resample import ModelGrid
 from chunked_fnet.sliding_window import SlidingWindow
 from chunked_fnet.predict.precision import choose_precision
 from chunked_fnet.sliding_window.auto import AUTO_OVERLAP, auto_patch
+from chunked_fnet.sliding_window.window import min_band_overlap
 
 
 class ChunksFailedError(ChunkedFnetError, RuntimeError):
@@ -98,8 +99,8 @@ def plan(
     store_channel = selection.channels[channel] if "c" in image.dims else selection.channels[0]
     parse_device(options.device)  # a misspelt device fails here, not in every task
     paths = [str(p) for p in models]
-    cards, hashes = check_ensemble(paths)
-    multiple, width = max(c.architecture.multiple for c in cards), max(c.architecture.width for c in cards)
+    members, hashes = check_ensemble(paths)
+    multiple, min_patch, halo, width = window_constraints(members)
     frames = _selected_times(image, selection, options)
     level_array, level_meta, _ = open_level_array(source, level=selection.level)
     missing = _check_complete(level_array, level_meta.dims, selection, frames, store_channel, options)
@@ -108,10 +109,11 @@ def plan(
         frame_stats(spatial_frame(image, i, channel), f"{source} t={t} channel {name!r}", options.nonfinite)
         for i, t in frames
     )
+    _check_eps(members, stats, frames, source)
     times = tuple(t for _, t in frames)
     scale = image.attrs["scale"]
     zyx = tuple(selection.size[d] for d in ("z", "y", "x"))
-    grid = ModelGrid(zyx, (scale["z"], scale["y"], scale["x"]), tuple(cards[0].voxel_size))  # type: ignore[arg-type]
+    grid = ModelGrid(zyx, (scale["z"], scale["y"], scale["x"]), tuple(members[0].voxel_size))  # type: ignore[arg-type]
     tscale = scale.get("t", 1.0)
     first = {d: float(np.atleast_1d(image[d].values)[0]) for d in ("z", "y", "x")}
     t0 = float(np.atleast_1d(image["t"].values)[frames[0][0]]) if "t" in image.coords else 0.0
@@ -123,14 +125,14 @@ def plan(
         times=times,
         stats=stats,
         grid=grid,
-        window=choose_window(options, grid.shape, multiple, width),
+        window=choose_window(options, grid.shape, multiple, width, min_patch=min_patch, halo=halo),
         model_width=width,
         models=tuple(paths),
         hashes=tuple(hashes),
         output_path=str(out),
         options=options,
-        structures=tuple(c.structure for c in cards),
-        colors=tuple(c.color for c in cards),
+        structures=tuple(m.structure for m in members),
+        colors=tuple(m.color for m in members),
         origin=(t0, first["z"], first["y"], first["x"]),
         time_scale=tscale,
         time_unit=image.attrs["units"].get("t") or "second",
@@ -141,6 +143,22 @@ def plan(
         input_level=selection.level,
         input_offset=tuple(selection.start[d] for d in ("z", "y", "x")),  # type: ignore[arg-type]
     )
+
+
+#: How much a package's z-scoring epsilon may change the z-scores, relative, before a run is refused:
+#: the pipeline divides by the frame's std, a package by std + eps.
+EPS_TOLERANCE = 1e-6
+
+
+def _check_eps(members: Sequence[Member], stats: Sequence[FrameStats], frames: Sequence[tuple[int, int | None]], source: str) -> None:
+    """Refuse frames so flat that a package's ``eps`` would change its z-scores measurably."""
+    for m in members:
+        for s, (_, t) in zip(stats, frames, strict=True):
+            if m.eps and m.eps / (s.std + m.eps) > EPS_TOLERANCE:
+                raise InputError(
+                    f"{source} t={t}: its standard deviation {s.std:g} is so small that {m.path}'s z-scoring (x - mean) / (std + {m.eps:g}) "
+                    "differs from the whole-frame z-scores chunked prediction uses by more than 1e-6; rescale the image"
+                )
 
 
 def _check_complete(
@@ -234,27 +252,39 @@ PLANNING_BUDGET = 2 * 2**30
 
 def choose_window(
     options: PredictOptions, frame: Sequence[int], multiple: int, width: int, budget: float = PLANNING_BUDGET, min_patches: int = 1,
-    recorded: dict[str, Any] | None = None,
+    recorded: dict[str, Any] | None = None, min_patch: Sequence[int] = (1, 1, 1), halo: Sequence[int] = (0, 0, 0),
 ) -> SlidingWindow:
     """The sliding window of a run: explicit options as given; ``auto`` patch and overlap from
-    :func:`~chunked_fnet.sliding_window.auto.auto_patch` (or, on resume, from the run record)."""
+    :func:`~chunked_fnet.sliding_window.auto.auto_patch` (or, on resume, from the run record).
+
+    ``min_patch`` and ``halo`` come from the models (bioimage.io packages declare both): an auto patch
+    is at least ``min_patch``, an auto overlap wide enough that the band blend gives the halo no weight.
+    """
+    low = tuple(int(v) for v in min_patch)
+    auto_overlap = max(AUTO_OVERLAP, *(min_band_overlap(h, multiple) for h in halo))
     if recorded is not None and options.patch_shape == "auto":
         patch, overlap = tuple(recorded["patch"]), tuple(recorded["overlap"])
     elif options.patch_shape == "auto":
-        patch, overlap = auto_patch(frame, multiple, width, budget, min_patches)
+        patch, overlap = auto_patch(frame, multiple, width, budget, min_patches, overlap=auto_overlap)
+        patch = tuple(max(p, lo) for p, lo in zip(patch, low))
+        overlap = tuple(0 if p >= n else o for p, o, n in zip(patch, overlap, frame))
     else:
         patch = options.patch_shape
-        overlap = tuple(0 if p >= n else min(AUTO_OVERLAP, p - multiple) for p, n in zip(patch, frame))
+        overlap = tuple(0 if p >= n else min(auto_overlap, p - multiple) for p, n in zip(patch, frame))
     if options.overlap != "auto":
         overlap = options.overlap
     voxels = options.overlap == "auto" or options.overlap >= 1
     blend = options.blend if options.blend != "auto" else ("band" if voxels else "gaussian")
-    return SlidingWindow(tuple(frame), tuple(patch), overlap, multiple, blend, pad_mode=options.pad_mode, align=blend == "band")
+    return SlidingWindow(
+        tuple(frame), tuple(patch), overlap, multiple, blend, pad_mode=options.pad_mode, align=blend == "band",
+        min_patch=low, halo=tuple(int(h) for h in halo),  # type: ignore[arg-type]
+    )
 
 
 def _rewindow(job: PredictJob, **choice: Any) -> PredictJob:
     """``job`` with its window chosen again (:func:`choose_window` keywords: budget, min_patches, recorded)."""
-    window = choose_window(job.options, job.grid.shape, job.window.multiple, job.model_width, **choice)
+    w = job.window
+    window = choose_window(job.options, job.grid.shape, w.multiple, job.model_width, min_patch=w.min_patch, halo=w.halo, **choice)
     return dataclasses.replace(job, window=window)
 
 

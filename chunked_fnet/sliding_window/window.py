@@ -24,7 +24,9 @@ from chunked_fnet.errors import InputError
 from chunked_fnet.sliding_window.box import Box
 from chunked_fnet.sliding_window.grid import Corner, PatchGrid, overlap_voxels, triple
 
-__all__ = ["MIN_WEIGHT", "BlendKind", "PadMode", "SlidingWindow", "WeightedSum", "blend_weights", "fit_patch"]
+__all__ = [
+    "MIN_WEIGHT", "BlendKind", "PadMode", "SlidingWindow", "WeightedSum", "band_margin", "blend_weights", "fit_patch", "min_band_overlap",
+]
 
 BlendKind = Literal["band", "gaussian", "cosine", "linear", "constant"]
 PadMode = Literal["reflect", "symmetric", "edge", "constant"]
@@ -59,8 +61,7 @@ def band_profile(n: int, overlap: int, first: bool, last: bool) -> np.ndarray:
     w = np.ones(n)
     if overlap < 2:
         return w
-    ramp = max(1, overlap // 4)
-    margin = (overlap - ramp) // 2
+    margin = band_margin(overlap)
     ramp = overlap - 2 * margin  # margin + ramp + margin == overlap: the neighbour's ramp mirrors this one
     u = np.arange(overlap, dtype=np.float64)
     side = np.where(u < margin, 0.0, np.where(u >= margin + ramp, 1.0, 0.5 * (1 - np.cos(np.pi * (u - margin + 0.5) / ramp))))
@@ -69,6 +70,23 @@ def band_profile(n: int, overlap: int, first: bool, last: bool) -> np.ndarray:
     if not last:
         w[n - overlap :] = np.minimum(w[n - overlap :], side[::-1])
     return w
+
+
+def band_margin(overlap: int) -> int:
+    """The voxels at each side of a ``band`` patch that get no weight where it has a neighbour: the
+    outer rim of an ``overlap`` (the rest, about a quarter of it, is the ramp)."""
+    if overlap < 2:
+        return 0
+    return (overlap - max(1, overlap // 4)) // 2
+
+
+def min_band_overlap(halo: int, multiple: int = 1) -> int:
+    """The smallest overlap (a multiple of ``multiple``) whose ``band`` margin covers ``halo`` voxels."""
+    m = max(1, int(multiple))
+    overlap = m * math.ceil(max(0, 2 * halo) / m)
+    while band_margin(overlap) < halo:
+        overlap += m
+    return overlap
 
 
 def blend_weights(patch_shape: Sequence[int], kind: BlendKind = "gaussian", sigma_scale: float | Sequence[float] = 0.125) -> np.ndarray:
@@ -87,9 +105,10 @@ def blend_weights(patch_shape: Sequence[int], kind: BlendKind = "gaussian", sigm
     return np.maximum(w / w.max(), MIN_WEIGHT).astype(np.float32)
 
 
-def fit_patch(patch: Sequence[int], shape: Sequence[int], multiple: int = 16) -> tuple[int, int, int]:
-    """Check ``patch`` is divisible by ``multiple`` (the network's down-sampling factor) and shrink each
-    axis longer than the frame's to the smallest multiple covering that axis."""
+def fit_patch(patch: Sequence[int], shape: Sequence[int], multiple: int = 16, minimum: Sequence[int] = (1, 1, 1)) -> tuple[int, int, int]:
+    """Check ``patch`` is divisible by ``multiple`` (the network's down-sampling factor) and at least
+    ``minimum`` (the smallest input the networks take), and shrink each axis longer than the frame's
+    to the smallest multiple covering that axis, but not below ``minimum``."""
     patch = tuple(int(p) for p in patch)
     shape = tuple(int(n) for n in shape)
     if len(patch) != 3 or len(shape) != 3:
@@ -100,7 +119,10 @@ def fit_patch(patch: Sequence[int], shape: Sequence[int], multiple: int = 16) ->
     bad = [p for p in patch if p % m]
     if bad:
         raise InputError(f"patch {patch} must be divisible by {m} along every axis (the network's down-sampling factor); {bad} are not")
-    return tuple(p if n >= p else min(p, m * math.ceil(n / m)) for p, n in zip(patch, shape))  # type: ignore[return-value]
+    small = [(p, lo) for p, lo in zip(patch, minimum) if p < lo]
+    if small:
+        raise InputError(f"patch {patch} is smaller than the models take, at least {tuple(minimum)} (z, y, x)")
+    return tuple(p if n >= p else max(lo, min(p, m * math.ceil(n / m))) for p, n, lo in zip(patch, shape, minimum))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -129,7 +151,10 @@ class SlidingWindow:
     choose the weights (:func:`blend_weights`, or ``band``: :func:`band_profile`, which needs no
     weight at a frame border and so depends on where a patch lies); ``pad_mode`` how the frame is
     padded past its end; ``align`` keeps every patch on a multiple of the step
-    (:func:`~chunked_fnet.sliding_window.grid.patch_starts`). The grid is built once; weights once
+    (:func:`~chunked_fnet.sliding_window.grid.patch_starts`); ``min_patch`` is the smallest patch the
+    networks take (a multiple of ``multiple``); ``halo`` the rim of a patch's output that a network
+    declares invalid: where patches meet, their overlap must give it no weight (``band``: the margin
+    covers it) or, for the other blends, hold it twice over. The grid is built once; weights once
     per process (left out when pickled, so a task receives a few numbers, not patch-sized arrays).
     """
 
@@ -141,6 +166,8 @@ class SlidingWindow:
     sigma_scale: float = 0.125
     pad_mode: PadMode = "reflect"
     align: bool = False
+    min_patch: tuple[int, int, int] = (1, 1, 1)
+    halo: tuple[int, int, int] = (0, 0, 0)
     grid: PatchGrid = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -152,12 +179,28 @@ class SlidingWindow:
         if self.pad_mode not in ("reflect", "symmetric", "edge", "constant"):
             raise InputError(f"unknown pad_mode {self.pad_mode!r}; expected reflect, symmetric, edge or constant")
         overlap = self.overlap if isinstance(self.overlap, (int, float)) else tuple(float(o) for o in self.overlap)
-        patch = fit_patch(self.patch, shape, self.multiple)
+        patch = fit_patch(self.patch, shape, self.multiple, self.min_patch)
         object.__setattr__(self, "frame_shape", shape)
         object.__setattr__(self, "overlap", overlap)
         object.__setattr__(self, "grid", PatchGrid(shape, patch, overlap, self.align))
+        self._check_halo()
         if self.blend != "band":
             blend_weights((1, 1, 1), self.blend, self.sigma_scale)  # refuse a bad kind or scale now, not in a task
+
+    def _check_halo(self) -> None:
+        """Refuse an overlap that would blend in a network's declared-invalid rim where patches meet."""
+        for axis, (n, p, o, h) in enumerate(zip(self.frame_shape, self.grid.patch, self.overlap_voxels, self.halo)):
+            if h <= 0 or n <= p:  # one patch along this axis: no patch meets another
+                continue
+            if self.blend == "band" and band_margin(o) < h:
+                raise InputError(
+                    f"the overlap {o} along {'zyx'[axis]} leaves a rim of {band_margin(o)} voxels without weight, less than the models' "
+                    f"halo {h}; use an overlap of at least {min_band_overlap(h, self.multiple)} voxels (and a patch larger than it)"
+                )
+            if self.blend != "band" and o < 2 * h:
+                raise InputError(
+                    f"the overlap {o} along {'zyx'[axis]} is less than twice the models' halo {h}; use an overlap of at least {2 * h} voxels"
+                )
 
     @property
     def overlap_voxels(self) -> tuple[int, int, int]:
