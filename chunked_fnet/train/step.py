@@ -81,6 +81,8 @@ class TrainStep:
             self.model.parameters(), lr=learning_rate, betas=betas, fused=_fused_adam_supported(device) or None
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast == torch.float16)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # one patch shape all run long: let cuDNN pick its fastest kernels once
         self.forward = torch.compile(self.model) if compile else self.model
 
     def describe(self) -> dict[str, object]:
