@@ -111,10 +111,12 @@ def _pytorch_fnet_net(depth: int = 4, mult_chan: int = 32):  # noqa: ANN202
     return net
 
 
-def _run_pytorch_fnet(data: Path, iterations: int, device: str) -> dict:
+def _run_pytorch_fnet(data: Path, iterations: int, device: str, threads: int | None = None) -> dict:
     import numpy as np
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     from chunked_fnet.train.data import PairReader, describe_pair, expand_pairs
     from chunked_fnet.train.manifest import read_manifest, split_pairs
 
@@ -147,12 +149,14 @@ def _run_pytorch_fnet(data: Path, iterations: int, device: str) -> dict:
     return {"iteration_s": statistics.median(times[1:] or times), "times": times}
 
 
-def _run_chunked_fnet(data: Path, iterations: int, device: str, precision: str, out: Path, compile: bool = False) -> dict:
+def _run_chunked_fnet(
+    data: Path, iterations: int, device: str, precision: str, out: Path, compile: bool = False, threads: int | None = None
+) -> dict:
     from chunked_fnet.train.trainer import TrainConfig, train
 
     config = TrainConfig(
         manifest=str(data / "manifest.yaml"), output=str(out), structure="dna", iterations=iterations, precision=precision,
-        device=device, validation_patches=0, checkpoint_every=10**6, compile=compile, **PAPER,
+        device=device, validation_patches=0, checkpoint_every=10**6, compile=compile, threads=threads, **PAPER,
     )
     train(config, progress=False)
     record = json.loads((out / "throughput.json").read_text())
@@ -163,11 +167,13 @@ def _one(args: argparse.Namespace) -> None:
     """Child process: one method, one measurement, a JSON line on stdout."""
     data = Path(args.data)
     if args.method == "pytorch_fnet":
-        result = _run_pytorch_fnet(data, args.iterations, args.device)
+        result = _run_pytorch_fnet(data, args.iterations, args.device, args.threads)
     else:
         precision = args.method.split("_")[2]
         with tempfile.TemporaryDirectory() as tmp:
-            result = _run_chunked_fnet(data, args.iterations, args.device, precision, Path(tmp) / "run", compile=args.method == COMPILED)
+            result = _run_chunked_fnet(
+                data, args.iterations, args.device, precision, Path(tmp) / "run", compile=args.method == COMPILED, threads=args.threads
+            )
     print("RESULT " + json.dumps(result))
 
 
@@ -191,6 +197,7 @@ def speed(args: argparse.Namespace) -> None:
     for r in range(args.rounds):
         for method in methods:
             cmd = [sys.executable, __file__, "_one", "--method", method, "--data", str(data), "--iterations", str(args.iterations), "--device", args.device]
+            cmd += ["--threads", str(args.threads)] if args.threads else []
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not line:
@@ -203,6 +210,7 @@ def speed(args: argparse.Namespace) -> None:
     noise = ", ".join(f"{m} ±{C.spread([x['iteration_s'] for x in results[m]]):.0%}" for m in METHODS) + f"; {C.load_note()}"
     hours = ", ".join(f"{50_000 * v / 3600:.1f}" for v in (pf, f32, b16))
     settings = f"paper U-Net, batch 24, 32x64x64, {args.iterations} it ({args.iterations - 1} timed) x {args.rounds} rounds"
+    settings += f", torch threads {args.threads}" if args.threads else ", torch threads: all cores"
     if args.compile:
         compiled = C.median([x["iteration_s"] for x in results[COMPILED]])
         first = C.median([x["record"]["first_iteration_s"] for x in results[COMPILED]])
@@ -345,11 +353,13 @@ def main() -> None:
         p.add_argument("--rounds", type=int, default=2)
         p.add_argument("--precision", default="bf16")
         p.add_argument("--compile", action="store_true", help="speed: also time torch.compile (bf16)")
+        p.add_argument("--threads", type=int, help="torch threads of every method (default: all cores)")
     one = sub.add_parser("_one")
     one.add_argument("--method", choices=(*METHODS, COMPILED), required=True)
     one.add_argument("--data", required=True)
     one.add_argument("--iterations", type=int, required=True)
     one.add_argument("--device", default="cpu")
+    one.add_argument("--threads", type=int)
     args = parser.parse_args()
     {"speed": speed, "curve": curve, "multi": multi, "_one": _one}[args.section](args)
 

@@ -317,7 +317,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 
     with open_view(
         args.prediction, args.input, input_channel=args.channel, input_series=args.series, layout=args.layout,
-        windows=args.windows, port=args.port,
+        windows=args.windows, port=args.port, proxy=args.proxy,
     ) as session:
         for layer in layer_summary(session.state):
             print(f"layer {layer['name']!r}: {layer['source']}" + (f" channel {layer['channel'][0]:g}" if layer["channel"] else ""))
@@ -529,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", choices=("data", "file"), default="data",
                    help="display ranges from the data (default) or the files' omero windows")
     p.add_argument("--port", type=int, default=0, help="port of the store server (default: any free one)")
+    p.add_argument(
+        "--proxy", action="store_true",
+        help="serve s3:// (or other remote) stores through 127.0.0.1 with this machine's credentials: private buckets",
+    )
     p.add_argument("--client", help="neuroglancer client for the printed state URL (default: the public demo client)")
     p.add_argument("--no-browser", action="store_true", help="print the URLs only; do not open a browser")
     p.add_argument("--seconds", type=float, help="stop after this many seconds instead of waiting for Ctrl-C")

@@ -13,7 +13,7 @@ import zarr
 from chunked_fnet import open_image
 from chunked_fnet.cli import main
 from chunked_fnet.cluster import ClusterSpec, local_client
-from chunked_fnet.errors import InputError, OutputExistsError
+from chunked_fnet.errors import InputError, OmeZarrError, OutputExistsError
 from chunked_fnet.io.plate import read_plate
 from chunked_fnet.predict import PredictOptions, predict, predict_plate
 from factories import tiny_checkpoint
@@ -183,3 +183,34 @@ def test_output_plate_opens_in_napari_through_napari_ome_zarr(setup) -> None:
     for layer in layers:
         assert tuple(layer.data[0].shape[-2:]) == (2 * SHAPE[1], 2 * SHAPE[2])
         assert np.isfinite(np.asarray(layer.data[0][(0,) * (layer.ndim - 2)])).all()
+
+
+def test_a_plate_is_viewed_one_field_at_a_time_in_neuroglancer(setup) -> None:
+    """neuroglancer has no plate layout: ``view`` takes a field of the output plate (with the same field
+    of the input plate), and a plate or well path given whole is refused with the path to give."""
+    from browser import Chromium, find_chromium, layer_problems, wait_for_neuroglancer
+
+    from chunked_fnet.viz.neuroglancer import describe_source, open_view
+
+    root, *_ = setup
+    with pytest.raises(OmeZarrError, match=r"pred.zarr is an HCS plate \(3 wells: A/1, A/2, B/1\), not one image; open one field of it, e.g. .*pred.zarr/A/1/0"):
+        open_view(root / "pred.zarr")
+    with pytest.raises(OmeZarrError, match=r"pred.zarr/A/1 is a well of an HCS plate \(fields 0, 1\), not one image; open one field, e.g. .*pred.zarr/A/1/0"):
+        open_view(root / "pred.zarr/A/1")
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it where apt-get works")
+    field = "B/1/1"
+    pred = describe_source(root / "pred.zarr" / field, "")
+    with open_view(root / "pred.zarr" / field, root / "plate.zarr" / field) as session, Chromium(binary) as chrome:
+        chrome.navigate(session.viewer_url)
+        status = wait_for_neuroglancer(chrome, timeout=90)
+        assert [layer["name"] for layer in status["layers"]] == ["input: brightfield", "dna", "er"]
+        assert layer_problems(status) == []
+        for layer in status["layers"]:
+            assert [s["state"] for s in layer["sources"]] == ["loaded"] and layer["renderLayers"] >= 1, layer
+            source = layer["sources"][0]
+            for dim in ("z", "y", "x"):  # the field's own translation, as its metadata says
+                i = source["names"].index(dim)
+                lo, hi = source["lower"][i] * source["scales"][i], source["upper"][i] * source["scales"][i]
+                assert (lo, hi) == pytest.approx(tuple(v * 1e-6 for v in pred.extent(dim)), rel=1e-6, abs=1e-12), (layer["name"], dim)

@@ -207,3 +207,43 @@ def test_info_and_figure_read_http_stores(data, http_root: str, tmp_path: Path) 
         result = _cli("figure", kind, pred, "--input", inp, "--out", str(png))
         assert result.returncode == 0, result.stderr
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_view_proxy_serves_a_private_bucket_through_loopback(s3, data, s3_run) -> None:
+    """``view --proxy``: the browser reads the bucket's keys from 127.0.0.1, where this process reads
+    them with its AWS credentials (the bucket need not be public); byte ranges and missing keys as a
+    web server answers them; neuroglancer (headless Chromium, where installed) loads every layer."""
+    import urllib.error
+    import urllib.request
+
+    from browser import Chromium, find_chromium, layer_problems, wait_for_neuroglancer
+
+    from chunked_fnet.viz.neuroglancer import layer_summary, open_view
+
+    fs = s3.fs()
+    with open_view(f"s3://{BUCKET}/out.zarr", data["input"], proxy=True) as session:
+        base = session.server.url
+        sources = {layer["name"]: layer["source"] for layer in layer_summary(session.state)}
+        assert sources["dna"] == f"zarr3://{base}/prediction/" and sources["input: brightfield"] == f"zarr3://{base}/input/"
+        meta = f"{BUCKET}/out.zarr/zarr.json"
+        with urllib.request.urlopen(f"{base}/prediction/zarr.json") as r:
+            assert r.read() == fs.cat_file(meta) and r.headers["Content-Type"] == "application/json"
+        ranged = urllib.request.Request(f"{base}/prediction/zarr.json", headers={"Range": "bytes=5-24"})
+        with urllib.request.urlopen(ranged) as r:
+            assert r.status == 206 and r.read() == fs.cat_file(meta)[5:25]
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"{base}/prediction/no/such/key")
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"{base}/prediction/../in.zarr/zarr.json")
+        binary = find_chromium()
+        if binary is None:
+            pytest.skip("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it where apt-get works")
+        with Chromium(binary) as chrome:
+            chrome.navigate(session.viewer_url)
+            status = wait_for_neuroglancer(chrome, timeout=90)
+            assert [layer["name"] for layer in status["layers"]] == ["input: brightfield", "dna", "er"]
+            assert layer_problems(status) == []
+            assert all([s["state"] for s in layer["sources"]] == ["loaded"] for layer in status["layers"]), status["layers"]
+        chunk_reads = [p for m, p, code in session.server.requests if m == "GET" and code in (200, 206) and "/c/" in p]
+        assert any(p.startswith("/prediction/") for p in chunk_reads) and any(p.startswith("/input/") for p in chunk_reads)
+        assert s3.secret not in json.dumps(session.state.to_json())

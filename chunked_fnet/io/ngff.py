@@ -175,6 +175,15 @@ def parse_image_attrs(attrs: Mapping[str, Any], where: str, multiscale_index: in
         ome = attrs
         ms = attrs.get("multiscales")
         version = str(ms[0].get("version", "")) if isinstance(ms, list) and ms and isinstance(ms[0], Mapping) else ""
+    if "multiscales" not in ome and isinstance(ome.get("plate"), Mapping):
+        wells = [str(w.get("path")) for w in ome["plate"].get("wells", []) if isinstance(w, Mapping)]
+        shown = ", ".join(wells[:4]) + (", ..." if len(wells) > 4 else "")
+        example = f"; open one field of it, e.g. {where}/{wells[0]}/0" if wells else ""
+        raise OmeZarrError(f"{where} is an HCS plate ({len(wells)} wells: {shown}), not one image{example} (predict takes whole plates)")
+    if "multiscales" not in ome and isinstance(ome.get("well"), Mapping):
+        fields = [str(f.get("path")) for f in ome["well"].get("images", []) if isinstance(f, Mapping)]
+        example = f", e.g. {where}/{fields[0]}" if fields else ""
+        raise OmeZarrError(f"{where} is a well of an HCS plate (fields {', '.join(fields)}), not one image; open one field{example}")
     if "multiscales" not in ome:
         keys = sorted(attrs)
         raise OmeZarrError(

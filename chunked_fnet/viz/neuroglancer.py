@@ -22,7 +22,7 @@ from chunked_fnet.io.reader import open_image, read_metadata
 from chunked_fnet.io.store import is_url
 from chunked_fnet.io.units import metres, seconds
 from chunked_fnet.viz.display import FULL_PERCENTILES, STRUCTURE_PERCENTILES, percentile_window
-from chunked_fnet.viz.serve import StoreServer
+from chunked_fnet.viz.serve import RemoteStore, StoreServer
 
 #: OME-NGFF versions the neuroglancer client (2.41) reads, and the zarr format each must be stored in
 #: (its zarr driver accepts OME 0.4 and 0.5, and 0.5 only in zarr v3); both our writer's versions.
@@ -291,19 +291,27 @@ def open_view(
     layout: str = "4panel",
     windows: str = "data",
     port: int = 0,
+    proxy: bool = False,
 ) -> ViewSession:
-    """Serve the stores on 127.0.0.1 and start a neuroglancer viewer showing them (see :func:`build_state`)."""
+    """Serve the stores on 127.0.0.1 and start a neuroglancer viewer showing them (see :func:`build_state`).
+
+    Remote stores are handed to neuroglancer as URLs (it fetches them itself: public buckets, web
+    servers), or with ``proxy`` served through 127.0.0.1 with this process's credentials (private buckets).
+    """
     try:
         import neuroglancer
     except ImportError as exc:
         raise InputError("viewing needs the neuroglancer package: pip install 'chunked_fnet[viz]'") from exc
 
     images: dict[str, ImageSource] = {}
-    stores: dict[str, Path] = {}
+    stores: dict[str, Path | RemoteStore] = {}
     for name, path, series in (("prediction", prediction, None), ("input", input_image, input_series)):
         if path is None:
             continue
-        if is_url(path):
+        if is_url(path) and proxy:
+            stores[name] = RemoteStore.from_url(str(path).rstrip("/") + (f"/{series}" if series is not None else ""))
+            images[name] = describe_source(path, "", series=series)
+        elif is_url(path):
             if not str(path).startswith(REMOTE_SCHEMES):
                 raise InputError(f"{path}: neuroglancer reads {', '.join(REMOTE_SCHEMES)} URLs or local stores, not this one")
             url = str(path).rstrip("/") + "/" + (f"{series}/" if series is not None else "")

@@ -8,6 +8,10 @@ same module, and a full web framework would be a large dependency for about a hu
 handler binds to loopback only, serves only the folders it is given (never their parents, never a
 directory listing, never a file that a symbolic link inside a store leads to outside it) and never
 writes. A malformed or absurdly long ``Range`` header is answered 416, not with an error.
+
+A store may also be an object-store prefix (:class:`RemoteStore`): its keys are then read through
+fsspec with this process's credentials (the AWS environment or config files for ``s3://``), so a
+browser sees a private bucket through 127.0.0.1 without ever holding a credential.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import threading
 import urllib.parse
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from chunked_fnet.errors import InputError
 
@@ -64,6 +70,52 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     return start, end
 
 
+@dataclass(frozen=True)
+class RemoteStore:
+    """A store under ``root`` (``bucket/path/to/store.zarr``) of an fsspec file system, read on demand."""
+
+    fs: Any
+    root: str
+
+    @classmethod
+    def from_url(cls, url: str) -> RemoteStore:
+        from fsspec.core import url_to_fs
+
+        from chunked_fnet.io.store import refuse_url_credentials
+
+        refuse_url_credentials(url)
+        fs, root = url_to_fs(url)
+        return cls(fs, root.rstrip("/"))
+
+    def size(self, rest: list[str]) -> int | None:
+        try:
+            info = self.fs.info("/".join([self.root, *rest]))
+        except (FileNotFoundError, PermissionError, OSError):
+            return None
+        return int(info["size"]) if info.get("type") == "file" else None
+
+    def read(self, rest: list[str], start: int, end: int) -> bytes:
+        return self.fs.cat_file("/".join([self.root, *rest]), start=start, end=end + 1)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One key to answer: a local file, or a key of a remote store."""
+
+    name: str
+    path: Path | None = None
+    remote: RemoteStore | None = None
+    rest: tuple[str, ...] = ()
+
+    def size(self) -> int | None:
+        if self.remote is not None:
+            return self.remote.size(list(self.rest))
+        try:
+            return self.path.stat().st_size  # type: ignore[union-attr]
+        except OSError:  # removed or replaced since it was resolved (a store may be rewritten while viewed)
+            return None
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
@@ -91,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def _resolve(self) -> Path | None:
+    def _resolve(self) -> _Target | None:
         """The file a request path names, or None: first component picks a store, the rest lies inside it.
 
         The file's real path (symbolic links followed) must lie inside the store's real root too: a
@@ -105,10 +157,12 @@ class _Handler(BaseHTTPRequestHandler):
         if any(p in (".", "..") or "\\" in p or "\0" in p for p in rest):
             return None
         root = self.server.roots[parts[0]]  # already resolved by StoreServer
+        if isinstance(root, RemoteStore):
+            return _Target(rest[-1], remote=root, rest=tuple(rest))
         real = Path(os.path.realpath(root.joinpath(*rest)))
         if not real.is_relative_to(root) or real == root:
             return None
-        return real if real.is_file() else None
+        return _Target(real.name, path=real) if real.is_file() else None
 
     def do_OPTIONS(self) -> None:  # noqa: N802 - http.server's naming
         extra = {"Content-Type": "text/plain"}
@@ -124,12 +178,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, body: bool) -> None:
         target = self._resolve()
-        if target is None:
-            self._empty(HTTPStatus.NOT_FOUND)
-            return
-        try:
-            size = target.stat().st_size
-        except OSError:  # removed or replaced since _resolve (a store may be rewritten while it is viewed)
+        size = target.size() if target is not None else None
+        if target is None or size is None:
             self._empty(HTTPStatus.NOT_FOUND)
             return
         wanted = parse_range(self.headers.get("Range"), size)
@@ -138,12 +188,23 @@ class _Handler(BaseHTTPRequestHandler):
             return
         start, end = wanted if isinstance(wanted, tuple) else (0, size - 1)
         length = end - start + 1 if size else 0
+        data = b""
+        if target.remote is not None and body and length:
+            try:  # fetched before the headers: a failed read is a clean 502, not a short body
+                data = target.remote.read(list(target.rest), start, end)
+            except OSError:
+                self._empty(HTTPStatus.BAD_GATEWAY)
+                return
+            if len(data) != length:
+                self._empty(HTTPStatus.BAD_GATEWAY)
+                return
         self.send_response(HTTPStatus.PARTIAL_CONTENT if isinstance(wanted, tuple) else HTTPStatus.OK)
         self._cors()
-        if target.name in _JSON_NAMES or target.suffix == ".json":
+        name = target.name
+        if name in _JSON_NAMES or name.endswith(".json"):
             content_type = "application/json"
         else:
-            content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+            content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         self.send_header("Content-Type", content_type)
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Cache-Control", "no-cache")  # a store may be rewritten while it is viewed
@@ -154,15 +215,18 @@ class _Handler(BaseHTTPRequestHandler):
         if not body or not length:
             return
         try:
-            with target.open("rb") as f:
+            if target.remote is not None:
+                self.wfile.write(data)
+                return
+            with target.path.open("rb") as f:  # type: ignore[union-attr]
                 f.seek(start)
                 left = length
                 while left > 0:
-                    data = f.read(min(BLOCK, left))
-                    if not data:
+                    chunk = f.read(min(BLOCK, left))
+                    if not chunk:
                         break
-                    self.wfile.write(data)
-                    left -= len(data)
+                    self.wfile.write(chunk)
+                    left -= len(chunk)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the browser gave up on this request (e.g. the view moved on)
         except OSError:
@@ -173,7 +237,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, roots: Mapping[str, Path], port: int, verbose: bool) -> None:
+    def __init__(self, roots: Mapping[str, Path | RemoteStore], port: int, verbose: bool) -> None:
         self.roots = dict(roots)
         self.verbose = verbose
         self.requests: deque[tuple[str, str, int]] = deque(maxlen=100_000)
@@ -181,16 +245,19 @@ class _Server(ThreadingHTTPServer):
 
 
 class StoreServer:
-    """Serve each ``stores[name]`` folder at ``http://127.0.0.1:PORT/name/`` from a background thread.
+    """Serve each ``stores[name]`` folder (or :class:`RemoteStore`) at ``http://127.0.0.1:PORT/name/`` from a background thread.
 
     Use as a context manager, or call :meth:`close`. ``port=0`` picks a free port.
     """
 
-    def __init__(self, stores: Mapping[str, str | Path], port: int = 0, verbose: bool = False) -> None:
-        roots: dict[str, Path] = {}
+    def __init__(self, stores: Mapping[str, str | Path | RemoteStore], port: int = 0, verbose: bool = False) -> None:
+        roots: dict[str, Path | RemoteStore] = {}
         for name, folder in stores.items():
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (".", ".."):
                 raise InputError(f"store name {name!r}: use letters, digits, '_', '-' or '.' only (it becomes a URL path)")
+            if isinstance(folder, RemoteStore):
+                roots[name] = folder
+                continue
             path = Path(folder).expanduser().resolve()
             if not path.is_dir():
                 raise InputError(f"{folder}: not a folder; expected a local OME-Zarr store to serve")
