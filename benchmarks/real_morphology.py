@@ -18,6 +18,7 @@ import argparse
 import importlib.metadata
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def figure(slices: dict[tuple[str, str], dict[str, np.ndarray]], path: Path) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="real_morphology_run", help="working folder (datasets and runs)")
+    parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "chunked_fnet_bench" / "real_morphology"), help="working folder (datasets and runs; reused when there)")
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per training")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
