@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "chunked_fnet_bench" / "real_morphology"), help="working folder (datasets and runs; reused when there)")
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per training")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (weights and patches; the data stay the same)")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--structures", nargs="+", default=list(STRUCTURES), choices=STRUCTURES)
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "real_morphology.json"))
@@ -147,6 +148,7 @@ def main() -> None:
                     "iterations": args.iterations,
                     "threads": args.threads,
                     "workers": 0,
+                    "seed": args.seed,
                 },
             )
             t0 = time.perf_counter()
@@ -185,7 +187,7 @@ def main() -> None:
             "phantom": {"generator": "chunked_fnet.synth (SynthConfig seed 0) on the same grid", "shape_zyx": list(shape)},
             "split": "2 x 2 lateral tiles of 128 x 128 voxels; tiles 0-2 train, tile 3 test",
         },
-        "training": {"config": "configs/train_cpu_example.yaml", "iterations": args.iterations, "threads": args.threads, "workers": 0},
+        "training": {"config": "configs/train_cpu_example.yaml", "iterations": args.iterations, "threads": args.threads, "workers": 0, "seed": args.seed},
         "results": results,
     }
     results_path = Path(args.results)
@@ -203,7 +205,7 @@ def main() -> None:
             _common.append_row(
                 SECTION,
                 COLUMNS,
-                [record["date"], f"{label}, 60x128x128 at 0.29x0.26x0.26 µm", f"depth 3 width 16, (16, 64, 64), 8, {args.iterations}", *cells, walls, record["command"], f"{record['machine']} ({record['load']})"],
+                [record["date"], f"{label}, 60x128x128 at 0.29x0.26x0.26 µm", f"depth 3 width 16, (16, 64, 64), 8, {args.iterations}, seed {args.seed}", *cells, walls, record["command"], f"{record['machine']} ({record['load']})"],
             )
 
 
