@@ -94,7 +94,7 @@ def load_stack() -> RealStack:
 
 
 def structures(stack: RealStack, *, cap_um: float = 1.5, below_um: float = 1.0, reach_um: float = 6.0) -> dict[str, np.ndarray]:
-    """Densities in [0, 1] on the stack's grid, with the keys :func:`render.refractive_index` reads.
+    """Densities on the stack's grid (0 to 1; chromatin to 1.2, as the phantom's), keyed as :func:`render.refractive_index` reads them.
 
     Nuclei, chromatin and envelope come from the real labels and intensity; cell bodies and membranes are
     derived from the nuclear footprints (see the module docstring). No nucleoli, mitochondria or ER: the
