@@ -64,6 +64,13 @@ def build(model: type[M], data: Mapping[str, Any], where: str) -> M:
 
 def load_yaml_config(model: type[M], path: str | Path, overrides: Mapping[str, Any] | None = None) -> M:
     """Read ``path`` (YAML mapping) into ``model``, applying ``overrides`` (non-None values) on top."""
+    data = read_yaml_mapping(path)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return build(model, data, f"config {path}")
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The settings mapping of a YAML config file, or an :class:`InputError` saying why it is not one."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file {path} does not exist")
@@ -73,5 +80,4 @@ def load_yaml_config(model: type[M], path: str | Path, overrides: Mapping[str, A
         raise InputError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise InputError(f"config file {path}: expected a mapping of settings, got {type(data).__name__}")
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return build(model, data, f"config {path}")
+    return data

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from chunked_fnet._memory import reuse_freed_memory
-from chunked_fnet.config import build
+from chunked_fnet.config import build, read_yaml_mapping
 from chunked_fnet.device import Precision, resolve_device
 from chunked_fnet.errors import InputError
 from chunked_fnet.model import FnetUNet, ModelCard, UNetConfig, save_checkpoint
@@ -98,13 +98,11 @@ PER_STRUCTURE = {"output", "structure", "target_channel", "color", "model", "lea
 def load_train_configs(path: str | Path, overrides: Mapping[str, Any] | None = None, structures: Sequence[str] | None = None) -> list[TrainConfig]:
     """The runs a training config file asks for: one, or with a ``structures:`` list (or ``structures``
     given here) one per structure, each in ``<output>/<structure>``."""
-    from chunked_fnet.config import load_yaml_config
-
     path = Path(path)
-    raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-    listed = raw.get("structures") if isinstance(raw, dict) else None
+    raw = read_yaml_mapping(path)
+    listed = raw.get("structures")
     if listed is None and not structures:
-        return [load_yaml_config(TrainConfig, path, overrides)]
+        return [build(TrainConfig, {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}, f"config {path}")]
     if structures:
         listed = [{"structure": s} for s in structures]
     if not isinstance(listed, list) or not listed:
@@ -340,7 +338,6 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
         prefetch_factor=first.prefetch if first.workers else None,
         worker_init_fn=_set_worker_threads if first.workers else None,
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
     )
 
     files = []

@@ -90,7 +90,7 @@ class RemoteStore:
     def size(self, rest: list[str]) -> int | None:
         try:
             info = self.fs.info("/".join([self.root, *rest]))
-        except (FileNotFoundError, PermissionError, OSError):
+        except OSError:  # missing key, no permission, the endpoint unreachable: answered 404
             return None
         return int(info["size"]) if info.get("type") == "file" else None
 
