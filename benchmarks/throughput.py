@@ -1,8 +1,8 @@
 """predict() at the product's defaults against MONAI's sliding window and against the model's own limit.
 
-    python benchmarks/throughput.py [--shape 48 384 384] [--reps 2] [--precision fp32] [--no-append]
+    python benchmarks/throughput.py [--shape 48 384 384] [--frames 1] [--reps 2] [--precision fp32] [--no-append]
 
-Side by side in one run, interleaved, on one frame of the paper's U-Net (seeded random weights), all
+Side by side in one run, interleaved, on ``--frames`` time points (default one frame) of the paper's U-Net (seeded random weights), all
 fp32 by default (``--precision bf16`` for every method; the CPU autocasts convolutions to bf16):
 
 - ``predict``: ``chunked_fnet.predict.predict`` with ``PredictOptions()`` (patch ``auto``: chosen
@@ -13,6 +13,10 @@ fp32 by default (``--precision bf16`` for every method; the CPU autocasts convol
   z-scored frame in memory;
 - ``bare``: the model's own forward pass over the whole (z-scored) frame at once, torch threads = 2:
   the limit no tiling can beat on this machine.
+
+Every method first runs ``--warmup`` untimed rounds (a process's first pass at a shape builds oneDNN's
+kernels and maps its memory; a long run pays that once per worker). MONAI and the bare forward take the frames one after the other (each frame z-scored on its own, as
+predict does); predict gets them all at once, as a time-lapse.
 
 Reports output voxels per second of each, and predict's ratios to MONAI and to the bare forward.
 """
@@ -33,7 +37,9 @@ import _common as C
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", nargs=3, type=int, default=(48, 384, 384))
+    parser.add_argument("--frames", type=int, default=1, help="time points (a time-lapse of this many frames)")
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (every method): kernels built, memory mapped")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--workers", type=int, default=2)
     C.add_data_args(parser)
@@ -48,20 +54,23 @@ def main() -> None:
     from chunked_fnet.predict import PredictOptions, predict
 
     data = Path(args.data)
-    image = C.bench_input(data, 1, tuple(args.shape))
+    image = C.bench_input(data, args.frames, tuple(args.shape))
     checkpoint = C.make_checkpoints(data / "models", "default", 1)[0]
-    bf = select_channels(open_image(image), "brightfield").isel(t=0).values.astype(np.float32)
-    frame = torch.from_numpy(((bf - bf.mean()) / bf.std()).astype(np.float32))[None, None]
-    voxels = int(np.prod(args.shape))
+    frames = []
+    for t in range(args.frames):
+        bf = select_channels(open_image(image), "brightfield").isel(t=t).values.astype(np.float32)
+        frames.append(torch.from_numpy(((bf - bf.mean()) / bf.std()).astype(np.float32))[None, None])
+    voxels = args.frames * int(np.prod(args.shape))
     bf16 = args.precision == "bf16"
     model = load_checkpoint(checkpoint)[0].inference_copy().eval().to(memory_format=torch.channels_last_3d)
-    x_cl = frame.contiguous(memory_format=torch.channels_last_3d)
+    x_cl = [frame.contiguous(memory_format=torch.channels_last_3d) for frame in frames]
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else (lambda: torch.autocast("cpu", enabled=False))
     times: dict[str, list[float]] = {"predict": [], "monai": [], "bare": []}
     window = None
     with local_client(ClusterSpec(n_workers=args.workers, threads_per_worker=1)) as client:
         options = PredictOptions(precision=args.precision, device="cpu")
-        for rep in range(args.reps):
+        cold: dict[str, float] = {}
+        for rep in range(-args.warmup, args.reps):
             for method in ("predict", "monai", "bare"):
                 torch.set_num_threads(2)
                 start = time.perf_counter()
@@ -75,12 +84,18 @@ def main() -> None:
                 elif method == "monai":
                     plain = load_checkpoint(checkpoint)[0].eval()
                     with torch.inference_mode(), autocast():
-                        sliding_window_inference(frame, roi_size=(32, 64, 64), sw_batch_size=4, predictor=plain, overlap=0.25, mode="gaussian")
+                        for frame in frames:
+                            sliding_window_inference(frame, roi_size=(32, 64, 64), sw_batch_size=4, predictor=plain, overlap=0.25, mode="gaussian")
                 else:
                     with torch.inference_mode(), autocast():
-                        model(x_cl)
-                times[method].append(time.perf_counter() - start)
-                print(f"rep {rep + 1}: {method} {times[method][-1]:.1f} s", flush=True)
+                        for x in x_cl:
+                            model(x)
+                seconds = time.perf_counter() - start
+                if rep < 0:
+                    cold.setdefault(method, seconds)
+                else:
+                    times[method].append(seconds)
+                print(f"{'warm-up' if rep < 0 else 'rep'} {rep + 1}: {method} {seconds:.1f} s", flush=True)
     rate = {k: voxels / C.median(v) / 1e6 for k, v in times.items()}
     vs_monai, vs_bare = rate["predict"] / rate["monai"], rate["predict"] / rate["bare"]
     print(f"M output voxels/s: predict {rate['predict']:.4f}, MONAI {rate['monai']:.4f}, bare forward {rate['bare']:.4f}")
@@ -90,9 +105,11 @@ def main() -> None:
             "Throughput at the defaults: predict() vs MONAI vs the bare forward (issue 15)",
             ["date", "frame, model, precision", "predict M vox/s (window chosen)", "MONAI M vox/s", "bare forward M vox/s",
              "predict / MONAI", "predict / bare", "noise", "command", "machine"],
-            [C.today(), f"{tuple(args.shape)}, paper U-Net, {args.precision}", f"{rate['predict']:.4f} ({window})", f"{rate['monai']:.4f}",
+            [C.today(), f"{args.frames} x {tuple(args.shape)}, paper U-Net, {args.precision}", f"{rate['predict']:.4f} ({window})", f"{rate['monai']:.4f}",
              f"{rate['bare']:.4f}", f"{vs_monai:.2f}", f"{vs_bare:.2f}",
-             f"median of {args.reps} interleaved rounds; spread " + ", ".join(f"{k} {C.fmt_spread(v)}" for k, v in times.items()) + f"; {C.load_note()}",
+             f"median of {args.reps} interleaved rounds after {args.warmup} untimed"
+             + (" (first round: " + ", ".join(f"{k} {v:.1f} s" for k, v in cold.items()) + ")" if cold else "")
+             + "; spread " + ", ".join(f"{k} {C.fmt_spread(v)}" for k, v in times.items()) + f"; {C.load_note()}",
              C.command_line(), C.machine()],
         )
 

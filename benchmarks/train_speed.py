@@ -224,6 +224,9 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def curve(args: argparse.Namespace) -> None:
+    """fp32 and bf16 from the same seed, for each of ``--seeds``: a single pair differs by as much as two
+    fp32 runs of different seeds do (at a few hundred iterations the last validation point still
+    swings), so the comparison is made over seeds, beside fp32's own spread between seeds."""
     import yaml
 
     from chunked_fnet.config import load_yaml_config
@@ -231,31 +234,51 @@ def curve(args: argparse.Namespace) -> None:
     from chunked_fnet.train.trainer import TrainConfig, train
 
     data = _paired_data(Path(args.workdir) / "curve", fovs=12, shape=(32, 256, 256))
-    runs, walls, summaries = {}, {}, {}
-    for precision in ("fp32", "bf16"):
-        run = Path(args.workdir) / "curve" / f"run_{precision}"
-        config = load_yaml_config(
-            TrainConfig, C.ROOT / "configs" / "train_cpu_example.yaml",
-            {"manifest": str(data / "manifest.yaml"), "output": str(run), "structure": "dna", "precision": precision,
-             **({"iterations": args.iterations} if args.iterations else {})},
-        )
-        start = time.perf_counter()
-        train(config, resume=(run / "config.yaml").exists(), progress=False)
-        walls[precision] = time.perf_counter() - start
-        runs[precision] = run
-        summaries[precision] = summarize(evaluate_run(run, progress=False))[("dna", "test")]
-        print(f"{precision}: {walls[precision] / 60:.1f} min, test r {summaries[precision]['pearson_r']:.3f}", flush=True)
-    val = {p: _final_val(runs[p]) for p in runs}
-    _plot_curves(runs, C.ROOT / "benchmarks" / "results" / "train_bf16_curve.png")
-    settings = f"CPU example (depth 3, width 16, batch 8, 16x64x64, {yaml.safe_load((runs['fp32'] / 'config.yaml').read_text())['iterations']} it), synthetic DNA"
+    runs: dict[tuple[str, int], Path] = {}
+    walls: dict[tuple[str, int], float] = {}
+    summaries: dict[tuple[str, int], dict] = {}
+    for seed in args.seeds:
+        for precision in ("fp32", "bf16"):
+            name = f"run_{precision}" + (f"_seed{seed}" if seed else "") + (f"_val{args.validation_patches}" if args.validation_patches else "")
+            run = Path(args.workdir) / "curve" / name
+            overrides = {"manifest": str(data / "manifest.yaml"), "output": str(run), "structure": "dna", "precision": precision, "seed": seed}
+            overrides |= {"iterations": args.iterations} if args.iterations else {}
+            overrides |= {"validation_patches": args.validation_patches} if args.validation_patches else {}
+            if args.threads:
+                overrides["threads"] = args.threads
+            config = load_yaml_config(TrainConfig, C.ROOT / "configs" / "train_cpu_example.yaml", overrides)
+            start = time.perf_counter()
+            train(config, resume=(run / "config.yaml").exists(), progress=False)
+            key = (precision, seed)
+            walls[key], runs[key] = time.perf_counter() - start, run
+            summaries[key] = summarize(evaluate_run(run, progress=False))[("dna", "test")]
+            print(f"seed {seed} {precision}: {walls[key] / 60:.1f} min, final val {_final_val(run):.4f}, "
+                  f"test r {summaries[key]['pearson_r']:.3f} ({C.load_note()})", flush=True)
+    val = {k: _final_val(r) for k, r in runs.items()}
+    mean = {p: statistics.fmean(val[(p, s)] for s in args.seeds) for p in ("fp32", "bf16")}
+    ratios = [val[("bf16", s)] / val[("fp32", s)] for s in args.seeds]
+    fp32_spread = max(val[("fp32", s)] for s in args.seeds) / min(val[("fp32", s)] for s in args.seeds)
+    first = args.seeds[0]
+    _plot_curves({p: runs[(p, first)] for p in ("fp32", "bf16")}, C.ROOT / "benchmarks" / "results" / "train_bf16_curve.png")
+    iterations = yaml.safe_load((runs[("fp32", first)] / "config.yaml").read_text())["iterations"]
+    patches = yaml.safe_load((runs[("fp32", first)] / "config.yaml").read_text())["validation_patches"]
+    settings = (f"CPU example (depth 3, width 16, batch 8, 16x64x64, {iterations} it, {patches} validation patches), synthetic DNA, "
+                f"seeds {', '.join(map(str, args.seeds))}")
+    if len(args.seeds) > 1:
+        settings += (f" (val loss columns: mean over seeds); per seed bf16/fp32 {', '.join(f'{r:.3f}' for r in ratios)}; fp32 between seeds max/min {fp32_spread:.3f}")
+    fmt = lambda p, k: ", ".join(f"{summaries[(p, s)][k]:.3f}" for s in args.seeds)  # noqa: E731
     row = C.append_row(CURVE_SECTION, CURVE_COLUMNS, [
-        C.today(), settings, f"{val['fp32']:.4g}", f"{val['bf16']:.4g}", f"**{val['bf16'] / val['fp32']:.3f}**",
-        f"{summaries['fp32']['pearson_r']:.3f}, {summaries['bf16']['pearson_r']:.3f}",
-        f"{summaries['fp32']['normalized_error']:.3f}, {summaries['bf16']['normalized_error']:.3f}",
-        f"{walls['fp32'] / 60:.1f} min, {walls['bf16'] / 60:.1f} min", C.command_line(), C.machine(),
+        C.today(), settings, f"{mean['fp32']:.4g}", f"{mean['bf16']:.4g}", f"**{mean['bf16'] / mean['fp32']:.3f}**",
+        f"{fmt('fp32', 'pearson_r')}; {fmt('bf16', 'pearson_r')}", f"{fmt('fp32', 'normalized_error')}; {fmt('bf16', 'normalized_error')}",
+        f"{sum(walls[(p, s)] for p, s in walls if p == 'fp32') / 60:.1f} min, {sum(walls[(p, s)] for p, s in walls if p == 'bf16') / 60:.1f} min",
+        C.command_line(), C.machine() + f" ({C.load_note()})",
     ])
     print(row)
-    _save(args, "train_bf16_curve", {"final_val_loss": val, "test": summaries, "wall_s": walls})
+    _save(args, "train_bf16_curve", {
+        "final_val_loss": {f"{p} seed {s}": v for (p, s), v in val.items()},
+        "test": {f"{p} seed {s}": v for (p, s), v in summaries.items()},
+        "wall_s": {f"{p} seed {s}": v for (p, s), v in walls.items()},
+    })
 
 
 def _final_val(run: Path) -> float:
@@ -354,6 +377,9 @@ def main() -> None:
         p.add_argument("--precision", default="bf16")
         p.add_argument("--compile", action="store_true", help="speed: also time torch.compile (bf16)")
         p.add_argument("--threads", type=int, help="torch threads of every method (default: all cores)")
+        if name == "curve":
+            p.add_argument("--seeds", nargs="+", type=int, default=[0], help="train both precisions from each of these seeds")
+            p.add_argument("--validation-patches", type=int, help="held-out patches per validation (default: the config's 16)")
     one = sub.add_parser("_one")
     one.add_argument("--method", choices=(*METHODS, COMPILED), required=True)
     one.add_argument("--data", required=True)

@@ -25,6 +25,7 @@ from chunked_fnet.device import autocast_dtype, resolve_device
 from chunked_fnet.io.reader import open_level_array, window_reader
 from chunked_fnet.io.writer import open_for_writing, write_region
 from chunked_fnet.predict.ensemble import StackedEnsemble, cached_model
+from chunked_fnet.predict.shipping import JobRef, resolve_job
 from chunked_fnet.predict.ledger import Ledger, chunk_key
 from chunked_fnet.predict.options import RUNTIME_OPTIONS, PredictOptions
 from chunked_fnet.predict.schedule import BlockTask, ChunkTask, Schedule, schedule
@@ -207,12 +208,13 @@ def _runner(job: PredictJob, precision: str | None = None) -> PatchRunner:
     return PatchRunner(ensemble, device, job.options.tta_flips, amp, batch_size=job.options.patches_per_pass)
 
 
-def predict_block(job: PredictJob, task: BlockTask) -> tuple[WeightedSum, ...]:
+def predict_block(job: PredictJob | JobRef, task: BlockTask) -> tuple[WeightedSum, ...]:
     """Evaluate the patches ``task.block`` owns, once each; return their weighted sums over ``task.pieces``.
 
     Each piece is its own array (copied out), so the block's full sums are freed when the task ends
     and every consumer receives only its own voxels.
     """
+    job = resolve_job(job)
     _prepare_worker_process()
     corners, extent = job.window.owned(task.block)
     if extent is None:  # the schedule only plans blocks that own patches
@@ -225,9 +227,10 @@ def predict_block(job: PredictJob, task: BlockTask) -> tuple[WeightedSum, ...]:
     return pieces
 
 
-def write_chunk(job: PredictJob, task: ChunkTask, *pieces: WeightedSum) -> dict[str, float]:
+def write_chunk(job: PredictJob | JobRef, task: ChunkTask, *pieces: WeightedSum) -> dict[str, float]:
     """Finish one output chunk (all structures) of one time point from its pieces, write it, record it."""
     start = time.perf_counter()
+    job = resolve_job(job)
     _prepare_worker_process()
     if len(pieces) != len(task.sources):
         raise RuntimeError(f"chunk {task.region} expected {len(task.sources)} pieces, got {len(pieces)}")

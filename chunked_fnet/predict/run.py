@@ -36,6 +36,7 @@ from chunked_fnet.io.store import is_url, redact
 from chunked_fnet.io.writer import build_pyramid, create_image
 from chunked_fnet.predict.ensemble import Member, check_ensemble, window_constraints
 from chunked_fnet.predict.job import PredictJob, predict_block, write_chunk
+from chunked_fnet.predict.shipping import JobRef, shipped
 from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.predict.ledger import Ledger, chunk_key, describe_chunk, differences
 from chunked_fnet.preprocess.normalize import FrameStats, frame_stats
@@ -249,6 +250,15 @@ def create_output(job: PredictJob, overwrite: bool) -> None:
 #: The memory one patch may use while planning, before the workers' own memory is known.
 PLANNING_BUDGET = 2 * 2**30
 
+#: The share of a worker thread's memory that one patch's forward pass may take (estimated at 32 bytes
+#: per voxel and channel, above the 25 measured): dask's own memory target (0.6, where a worker starts
+#: spilling), so that with the rest (the interpreter and the model, ~0.7 GB; the input box, the sums
+#: and the pieces: tens of MB) a worker stays under dask's spill and pause thresholds (0.7, 0.8).
+#: It was 0.5, which cut a 48x384x384 frame (7.1 M voxels: 5.4 GiB measured in fp32, one thread) in
+#: two on a 2-worker LocalCluster of a 24 GiB machine even in a time-lapse (one frame per worker),
+#: evaluating 25 % of it twice (benchmarks/throughput.py --frames).
+PATCH_MEMORY_FRACTION = 0.6
+
 
 def choose_window(
     options: PredictOptions, frame: Sequence[int], multiple: int, width: int, budget: float = PLANNING_BUDGET, min_patches: int = 1,
@@ -299,7 +309,7 @@ def _fit_to_cluster(job: PredictJob, client: Client) -> PredictJob:
     shares = [w["memory_limit"] / max(1, w["nthreads"]) for w in workers.values() if w.get("memory_limit")]
     threads = sum(w["nthreads"] for w in workers.values()) or 1
     if shares:
-        budget = 0.5 * min(shares)  # the rest: the input box, the blocks' sums, the chunks being blended
+        budget = PATCH_MEMORY_FRACTION * min(shares)
     if not job.options.device.startswith("cpu"):  # "auto" or an accelerator: the workers' GPUs, if any
         free = {a: f for a, f in client.run(_free_gpu_memory).items() if f}
         if free:  # one block at a time runs on a GPU: every GPU busy needs a patch each, not every thread
@@ -342,8 +352,9 @@ class _FrameWindows:
     """Hands a job's tasks to the scheduler a window of frames at a time (frames are independent:
     a chunk only needs the blocks of its own frame), in storage order."""
 
-    def __init__(self, job: PredictJob, graph: Any, client: Client, window: int | None = None) -> None:
+    def __init__(self, job: PredictJob, graph: Any, client: Client, ref: JobRef, window: int | None = None) -> None:
         self.job, self.graph, self.client, self.window = job, graph, client, window or WINDOW_CHUNKS
+        self.ref = ref  # what the tasks carry instead of the job (see predict/shipping.py)
         self.low_water = max(1, self.window // 2)
         self.token = uuid.uuid4().hex[:8]  # two runs on one cluster must never share a task key
         self.chunks_of: dict[int, list[int]] = {}
@@ -367,11 +378,7 @@ class _FrameWindows:
             frames.append(self.frames[self.next])
             count += len(self.chunks_of[self.frames[self.next]])
             self.next += 1
-        graph, token = self.graph, self.token
-        # the job (its frame statistics grow with the number of frames: 37 KB at 1,000 frames) is one
-        # key of the graph that every task depends on: dask sends it to each worker once, instead of
-        # pickling it into every task (1.1 ms to unpickle per task at 1,000 frames)
-        job = dask.delayed(self.job, name=f"cfnet-job-{token}", traverse=False)
+        graph, token, job = self.graph, self.token, self.ref
         blocks = {
             i: dask.delayed(predict_block, pure=False, nout=len(graph.blocks[i].pieces))(
                 job, graph.blocks[i], dask_key_name=f"cfnet-block-{token}-{chunk_key(graph.blocks[i].time_index, graph.blocks[i].block)}"
@@ -507,7 +514,15 @@ def execute_many(
     skips = list(skips) if skips is not None else [()] * len(jobs)
     labels = [f"{label} " for label in labels] if labels is not None else [""] * len(jobs)
     graphs = [job.schedule(set(skip)) for job, skip in zip(jobs, skips, strict=True)]
-    submitters = [_FrameWindows(job, graph, client) for job, graph in zip(jobs, graphs, strict=True)]
+    with shipped(client, jobs) as refs:
+        return _execute_shipped(jobs, graphs, refs, client, start, skips, progress, labels, output)
+
+
+def _execute_shipped(
+    jobs: Sequence[PredictJob], graphs: Sequence[Any], refs: Sequence[JobRef], client: Client, start: float,
+    skips: Sequence[Collection[str]], progress: bool, labels: Sequence[str], output: str | None,
+) -> list[RunSummary]:
+    submitters = [_FrameWindows(job, graph, client, ref) for job, graph, ref in zip(jobs, graphs, refs, strict=True)]
     low_water = submitters[0].low_water if submitters else 1
     current = 0
     futures: dict[Any, tuple[int, Any]] = {}
