@@ -514,14 +514,27 @@ def execute_many(
     skips = list(skips) if skips is not None else [()] * len(jobs)
     labels = [f"{label} " for label in labels] if labels is not None else [""] * len(jobs)
     graphs = [job.schedule(set(skip)) for job, skip in zip(jobs, skips, strict=True)]
-    with shipped(client, jobs) as refs:
-        return _execute_shipped(jobs, graphs, refs, client, start, skips, progress, labels, output)
+    with shipped(client, jobs) as refs:  # the jobs stay on the workers only while their tasks run
+        workers, voxels = _run_tasks(jobs, graphs, refs, client, progress, labels, output)
+    for job in jobs:
+        if job.options.levels > 1:
+            build_pyramid(job.output_path, progress=progress)
+    seconds = time.perf_counter() - start
+    return [
+        RunSummary(
+            job.output_path, len(graph.chunks), workers, seconds, voxels[j], total_chunks=job.n_chunks,
+            patch_evaluations=graph.patch_evaluations, precision=_describe_precision(job.precision_choice), patch=job.window.patch_shape,
+        )
+        for j, (job, graph) in enumerate(zip(jobs, graphs, strict=True))
+    ]
 
 
-def _execute_shipped(
-    jobs: Sequence[PredictJob], graphs: Sequence[Any], refs: Sequence[JobRef], client: Client, start: float,
-    skips: Sequence[Collection[str]], progress: bool, labels: Sequence[str], output: str | None,
-) -> list[RunSummary]:
+def _run_tasks(
+    jobs: Sequence[PredictJob], graphs: Sequence[Any], refs: Sequence[JobRef], client: Client, progress: bool, labels: Sequence[str],
+    output: str | None,
+) -> tuple[int, list[int]]:
+    """Submit the jobs' tasks a window at a time and wait for them; returns the workers at the end and
+    the output voxels written per job. Failures and a lost cluster are raised as :func:`execute_many` says."""
     submitters = [_FrameWindows(job, graph, client, ref) for job, graph, ref in zip(jobs, graphs, refs, strict=True)]
     low_water = submitters[0].low_water if submitters else 1
     current = 0
@@ -594,17 +607,7 @@ def _execute_shipped(
             f"(the other {computed - len(failures)} are written; --resume computes only what is missing once the cause is fixed): "
             + "; ".join(text for _, text in failures[:5]) + (f"; ... {len(failures) - 5} more" if len(failures) > 5 else "")
         )
-    for job in jobs:
-        if job.options.levels > 1:
-            build_pyramid(job.output_path, progress=progress)
-    seconds = time.perf_counter() - start
-    return [
-        RunSummary(
-            job.output_path, len(graph.chunks), workers, seconds, voxels[j], total_chunks=job.n_chunks,
-            patch_evaluations=graph.patch_evaluations, precision=_describe_precision(job.precision_choice), patch=job.window.patch_shape,
-        )
-        for j, (job, graph) in enumerate(zip(jobs, graphs, strict=True))
-    ]
+    return workers, voxels
 
 
 def _describe_precision(choice: dict[str, Any] | None) -> str:

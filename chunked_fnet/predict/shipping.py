@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -43,9 +43,6 @@ class _RunJobs(WorkerPlugin):
     def __init__(self, name: str, jobs: Sequence[PredictJob]) -> None:
         self.name = name
         self.jobs = list(jobs)
-
-    def setup(self, worker: Any) -> None:  # the jobs came with the plugin; nothing to start
-        pass
 
 
 def resolve_job(job: PredictJob | JobRef) -> PredictJob:
