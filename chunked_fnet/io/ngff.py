@@ -166,6 +166,24 @@ def _omero(
     return {"channels": channels, "rdefs": {"model": "color"}}
 
 
+def _not_an_image(ome: Mapping[str, Any], attrs: Mapping[str, Any], where: str) -> OmeZarrError:
+    """Why a group without 'multiscales' is not an image: an HCS plate or well (with the path of one of
+    its fields to open instead), or not OME-Zarr at all."""
+    if isinstance(ome.get("plate"), Mapping):
+        wells = [str(w.get("path")) for w in ome["plate"].get("wells", []) if isinstance(w, Mapping)]
+        shown = ", ".join(wells[:4]) + (", ..." if len(wells) > 4 else "")
+        example = f"; open one field of it, e.g. {where}/{wells[0]}/0" if wells else ""
+        return OmeZarrError(f"{where} is an HCS plate ({len(wells)} wells: {shown}), not one image{example} (predict takes whole plates)")
+    if isinstance(ome.get("well"), Mapping):
+        fields = [str(f.get("path")) for f in ome["well"].get("images", []) if isinstance(f, Mapping)]
+        example = f", e.g. {where}/{fields[0]}" if fields else ""
+        return OmeZarrError(f"{where} is a well of an HCS plate (fields {', '.join(fields)}), not one image; open one field{example}")
+    return OmeZarrError(
+        f"{where} is a zarr group but not an OME-Zarr image: its attributes have no 'multiscales' "
+        f"(found keys {sorted(attrs)}); expected NGFF 0.4 (.zattrs 'multiscales') or 0.5 (zarr.json 'ome')"
+    )
+
+
 def parse_image_attrs(attrs: Mapping[str, Any], where: str, multiscale_index: int = 0) -> ImageMetadata:
     """Read NGFF 0.4 or 0.5 image attributes; raise :class:`OmeZarrError` naming ``where`` if unusable."""
     if "ome" in attrs and isinstance(attrs["ome"], Mapping):
@@ -175,21 +193,8 @@ def parse_image_attrs(attrs: Mapping[str, Any], where: str, multiscale_index: in
         ome = attrs
         ms = attrs.get("multiscales")
         version = str(ms[0].get("version", "")) if isinstance(ms, list) and ms and isinstance(ms[0], Mapping) else ""
-    if "multiscales" not in ome and isinstance(ome.get("plate"), Mapping):
-        wells = [str(w.get("path")) for w in ome["plate"].get("wells", []) if isinstance(w, Mapping)]
-        shown = ", ".join(wells[:4]) + (", ..." if len(wells) > 4 else "")
-        example = f"; open one field of it, e.g. {where}/{wells[0]}/0" if wells else ""
-        raise OmeZarrError(f"{where} is an HCS plate ({len(wells)} wells: {shown}), not one image{example} (predict takes whole plates)")
-    if "multiscales" not in ome and isinstance(ome.get("well"), Mapping):
-        fields = [str(f.get("path")) for f in ome["well"].get("images", []) if isinstance(f, Mapping)]
-        example = f", e.g. {where}/{fields[0]}" if fields else ""
-        raise OmeZarrError(f"{where} is a well of an HCS plate (fields {', '.join(fields)}), not one image; open one field{example}")
     if "multiscales" not in ome:
-        keys = sorted(attrs)
-        raise OmeZarrError(
-            f"{where} is a zarr group but not an OME-Zarr image: its attributes have no 'multiscales' "
-            f"(found keys {keys}); expected NGFF 0.4 (.zattrs 'multiscales') or 0.5 (zarr.json 'ome')"
-        )
+        raise _not_an_image(ome, attrs, where)
     if version not in SUPPORTED_VERSIONS:
         raise OmeZarrError(
             f"{where}: OME-NGFF version {version or '(missing)'!r} is not supported; "
