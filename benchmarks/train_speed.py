@@ -23,7 +23,10 @@ Projected hours = 50,000 x that. Appends a row to BENCHMARKS.md.
 ``curve``: the CPU example's settings (configs/train_cpu_example.yaml: depth 3, width 16, batch 8,
 16x64x64, 450 iterations) trained in fp32 and in bf16 from the same seed on the same data; reports
 the final validation loss of each (and their ratio) and the test split's Pearson r and normalised
-error, and plots both curves (benchmarks/results/train_bf16_curve.png).
+error, and plots both curves (benchmarks/results/train_bf16_curve.png). ``--last K`` makes the final
+validation loss the mean of the last K validations (with a constant learning rate the last iterate
+swings). A run already in ``--workdir`` is resumed up to ``--iterations`` (resume is exact), so a longer
+curve continues the shorter one instead of training it again.
 
 ``multi``: dna, nuclear_envelope and membrane (CPU-example model) trained in one run
 (``train_many``) against three separate runs of the same settings: wall time and patches read.
@@ -252,9 +255,9 @@ def curve(args: argparse.Namespace) -> None:
             key = (precision, seed)
             walls[key], runs[key] = time.perf_counter() - start, run
             summaries[key] = summarize(evaluate_run(run, progress=False))[("dna", "test")]
-            print(f"seed {seed} {precision}: {walls[key] / 60:.1f} min, final val {_final_val(run):.4f}, "
+            print(f"seed {seed} {precision}: {walls[key] / 60:.1f} min, final val {_final_val(run, args.last):.4f}, "
                   f"test r {summaries[key]['pearson_r']:.3f} ({C.load_note()})", flush=True)
-    val = {k: _final_val(r) for k, r in runs.items()}
+    val = {k: _final_val(r, args.last) for k, r in runs.items()}
     mean = {p: statistics.fmean(val[(p, s)] for s in args.seeds) for p in ("fp32", "bf16")}
     ratios = [val[("bf16", s)] / val[("fp32", s)] for s in args.seeds]
     fp32_spread = max(val[("fp32", s)] for s in args.seeds) / min(val[("fp32", s)] for s in args.seeds)
@@ -263,7 +266,7 @@ def curve(args: argparse.Namespace) -> None:
     iterations = yaml.safe_load((runs[("fp32", first)] / "config.yaml").read_text())["iterations"]
     patches = yaml.safe_load((runs[("fp32", first)] / "config.yaml").read_text())["validation_patches"]
     settings = (f"CPU example (depth 3, width 16, batch 8, 16x64x64, {iterations} it, {patches} validation patches), synthetic DNA, "
-                f"seeds {', '.join(map(str, args.seeds))}")
+                f"seeds {', '.join(map(str, args.seeds))}" + (f"; final val loss = mean of the last {args.last} validations" if args.last > 1 else ""))
     if len(args.seeds) > 1:
         settings += (f" (val loss columns: mean over seeds); per seed bf16/fp32 {', '.join(f'{r:.3f}' for r in ratios)}; fp32 between seeds max/min {fp32_spread:.3f}")
     fmt = lambda p, k: ", ".join(f"{summaries[(p, s)][k]:.3f}" for s in args.seeds)  # noqa: E731
@@ -276,17 +279,27 @@ def curve(args: argparse.Namespace) -> None:
     print(row)
     _save(args, "train_bf16_curve", {
         "final_val_loss": {f"{p} seed {s}": v for (p, s), v in val.items()},
+        "last": args.last,
+        "val_curves": {f"{p} seed {s}": _val_curve(r) for (p, s), r in runs.items()},
         "test": {f"{p} seed {s}": v for (p, s), v in summaries.items()},
         "wall_s": {f"{p} seed {s}": v for (p, s), v in walls.items()},
     })
 
 
-def _final_val(run: Path) -> float:
+def _final_val(run: Path, last: int = 1) -> float:
+    """The mean of the run's last ``last`` validation losses (1: the final one)."""
     import csv
 
     with (run / "losses.csv").open() as f:
         vals = [float(r["val_loss"]) for r in csv.DictReader(f) if r["val_loss"]]
-    return vals[-1]
+    return statistics.fmean(vals[-last:])
+
+
+def _val_curve(run: Path) -> dict[int, float]:
+    import csv
+
+    with (run / "losses.csv").open() as f:
+        return {int(r["iteration"]): float(r["val_loss"]) for r in csv.DictReader(f) if r["val_loss"]}
 
 
 def _plot_curves(runs: dict[str, Path], png: Path) -> None:
@@ -380,6 +393,7 @@ def main() -> None:
         if name == "curve":
             p.add_argument("--seeds", nargs="+", type=int, default=[0], help="train both precisions from each of these seeds")
             p.add_argument("--validation-patches", type=int, help="held-out patches per validation (default: the config's 16)")
+            p.add_argument("--last", type=int, default=1, help="the final validation loss is the mean of the last this many validations")
     one = sub.add_parser("_one")
     one.add_argument("--method", choices=(*METHODS, COMPILED), required=True)
     one.add_argument("--data", required=True)

@@ -1,8 +1,10 @@
-"""Small things many tests make: a tiny, randomly initialised fnet checkpoint with a complete card."""
+"""Small things many tests make: a tiny, randomly initialised fnet checkpoint with a complete card, and
+a cluster whose workers are on two hosts."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -22,3 +24,18 @@ def tiny_checkpoint(
         training={"dataset": "random init", "iterations": 0, "seed": seed, "batch_size": 1, "patch_shape": [8, 16, 16], "learning_rate": 0.001},
     )
     return save_checkpoint(path, model, card)
+
+
+@contextlib.contextmanager
+def two_host_client(memory_limit: str = "1GiB") -> Iterator:
+    """A client of a real cluster whose two single-thread worker processes sit on two hosts, as the
+    scheduler sees them: 127.0.0.1 and 127.0.0.2 (both loopback), like two SLURM nodes."""
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+
+    workers = {
+        f"host{i}": {"cls": Nanny, "options": {"host": host, "nthreads": 1, "memory_limit": memory_limit, "dashboard_address": None}}
+        for i, host in enumerate(("127.0.0.1", "127.0.0.2"))
+    }
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+        yield client

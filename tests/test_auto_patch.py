@@ -16,7 +16,7 @@ from chunked_fnet.predict.shipping import JobRef, resolve_job
 from chunked_fnet.sliding_window import SlidingWindow
 from chunked_fnet.sliding_window.auto import AUTO_OVERLAP, auto_patch
 from chunked_fnet.synth.dataset import SynthConfig, generate
-from factories import tiny_checkpoint
+from factories import tiny_checkpoint, two_host_client
 
 
 def test_auto_patch_takes_the_whole_depth_and_as_much_y_x_as_memory_allows() -> None:
@@ -48,9 +48,9 @@ def _record(out: Path) -> dict:
 def test_auto_window_is_recorded_chunk_invariant_and_reused_on_resume(data) -> None:
     root, image, models = data
     outputs = []
-    options = dict(time=(0, 1), precision="fp32")  # one frame on two worker threads: auto cuts it into two patches
+    options = dict(time=(0, 1), precision="fp32")  # one frame on two hosts: auto cuts it into two patches
     for k, chunks in enumerate([(9, 224, 72), (4, 24, 40)]):
-        with local_client(ClusterSpec(n_workers=2, memory_limit="1GiB")) as client:
+        with two_host_client("1GiB") as client:
             out, _ = predict(image, models, root / f"o{k}.zarr", options=PredictOptions(chunks=chunks, **options), client=client, progress=False)
         window = _record(root / f"o{k}.zarr")["window"]
         expected_patch, expected_overlap = auto_patch((9, 224, 72), 4, 4, PATCH_MEMORY_FRACTION * 2**30, min_patches=2)
@@ -96,13 +96,13 @@ def test_one_frame_on_two_threads_is_cut_once_across_its_longer_axis_not_into_fo
 
 def test_the_blocks_of_one_frame_start_one_on_each_worker_and_the_job_leaves_with_the_run(data) -> None:
     """Tasks carry a reference to the job, which a worker plugin holds on every worker: the two blocks of
-    a one-frame run go one to each idle worker at once (with the job as a key of the graph, the
+    a one-frame run on two hosts go one to each idle worker at once (with the job as a key of the graph, the
     scheduler put both on the worker holding it, and the other worker got one only by work stealing,
     0.4-1.9 s later on a paper U-Net), and no plugin is left on the workers after the run."""
     from distributed import get_task_stream
 
     root, image, models = data
-    with local_client(ClusterSpec(n_workers=2, memory_limit="1GiB")) as client:
+    with two_host_client("1GiB") as client:
         with get_task_stream(client) as stream:
             predict(image, models, root / "ship.zarr", options=PredictOptions(time=(0, 1), precision="fp32", chunks=(9, 112, 72)), client=client, progress=False)
         blocks = [t for t in stream.data if str(t["key"]).startswith("cfnet-block")]
@@ -113,3 +113,39 @@ def test_the_blocks_of_one_frame_start_one_on_each_worker_and_the_job_leaves_wit
         # a task whose run has ended (its plugin gone) says so instead of failing on a missing key
         with pytest.raises(RuntimeError, match="has no plugin 'chunked_fnet-run-gone': the run that submitted this task has ended"):
             client.submit(resolve_job, JobRef("chunked_fnet-run-gone", 0), pure=False).result()
+
+
+def test_one_frame_on_one_host_is_one_block_on_all_its_threads_with_the_same_output(data) -> None:
+    """On one host (a 2-worker LocalCluster), a frame that fits is not cut into a patch per thread, which
+    would evaluate the overlap twice: it is one patch, and its block runs on both threads (torch's); the
+    output equals a one-thread run's."""
+    import torch
+    from distributed import get_task_stream
+
+    root, image, models = data
+    options = PredictOptions(time=(0, 1), precision="fp32", chunks=(9, 112, 72))
+    with local_client(ClusterSpec(n_workers=2, memory_limit="1GiB")) as client:
+        def in_task_thread(worker: str, fn, *args):  # torch's thread count is per calling thread: ask the task thread
+            return client.submit(fn, *args, workers=[worker], allow_other_workers=False, pure=False).result()
+
+        for worker in client.scheduler_info()["workers"]:
+            in_task_thread(worker, torch.set_num_threads, 1)
+        with get_task_stream(client) as stream:
+            out, summary = predict(image, models, root / "host.zarr", options=options, client=client, progress=False)
+        blocks = [t for t in stream.data if str(t["key"]).startswith("cfnet-block")]
+        assert len(blocks) == 1 and summary.patch == (12, 224, 72)  # the whole frame (z on the U-Net's multiple of 4)
+        assert in_task_thread(blocks[0]["worker"], torch.get_num_threads) == 2
+    with local_client(ClusterSpec(n_workers=1, memory_limit="1GiB")) as client:
+        single, _ = predict(image, models, root / "host1.zarr", options=options, client=client, progress=False)
+    np.testing.assert_allclose(out.values, single.values, atol=1e-5, rtol=0)
+
+
+def test_block_threads_share_the_task_threads_among_blocks_at_most_a_host_each() -> None:
+    from chunked_fnet.predict.run import block_threads
+
+    with local_client(ClusterSpec(n_workers=2, threads_per_worker=1)) as client:
+        assert [block_threads(client, b) for b in (1, 2, 5)] == [2, 1, 1]
+    with local_client(ClusterSpec(n_workers=1, threads_per_worker=2)) as client:
+        assert [block_threads(client, b) for b in (1, 2, 4)] == [2, 1, 1]  # not 2 x 2 threads for two blocks at once
+    with two_host_client() as client:
+        assert [block_threads(client, b) for b in (1, 2)] == [1, 1]  # a block never gets another host's threads

@@ -61,6 +61,9 @@ class PredictJob:
     input_offset: tuple[int, int, int] = (0, 0, 0)  # z, y, x of the selection's first voxel in that level's array
     # the run's precision as chosen on the client (predict/precision.py): {"chosen": "bf16", ...}
     precision_choice: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    # torch threads per block on a CPU worker, chosen on the client for this cluster (run.block_threads);
+    # None: the worker's own task threads. Not in the record: it changes the speed, not the values.
+    block_threads: int | None = field(default=None, hash=False, compare=False)
 
     @property
     def precision(self) -> str:
@@ -178,9 +181,9 @@ def _back_to_input_grid(model_values: np.ndarray, window: Box, grid: ModelGrid, 
 _WORKER_READY = False
 
 
-def _prepare_worker_process() -> None:
-    """Per worker process, once: one torch intra-op thread per dask worker thread, and a heap that
-    returns large freed arrays to the system, however the worker was started.
+def _prepare_worker_process(threads: int | None = None) -> None:
+    """In a worker process: ``threads`` torch intra-op threads (default: one per dask worker thread), and
+    once, a heap that returns large freed arrays to the system, however the worker was started.
 
     torch otherwise starts a thread per core in every worker process (N workers on N cores would run
     N*N threads), and glibc would keep each task's freed window buffers, raising every later peak.
@@ -189,7 +192,7 @@ def _prepare_worker_process() -> None:
     try:
         from distributed import get_worker
 
-        threads = get_worker().state.nthreads
+        threads = threads or get_worker().state.nthreads
     except ValueError:  # not inside a dask worker: leave the caller's process alone
         return
     if torch.get_num_threads() != threads:
@@ -197,6 +200,11 @@ def _prepare_worker_process() -> None:
     if not _WORKER_READY:
         bound_heap_growth()
         _WORKER_READY = True
+
+
+def _torch_threads(job: PredictJob) -> int | None:
+    """The run's torch threads per task on a CPU worker (see ``run.block_threads``); None on an accelerator."""
+    return job.block_threads if resolve_device(job.options.device).type == "cpu" else None
 
 
 def _runner(job: PredictJob, precision: str | None = None) -> PatchRunner:
@@ -215,7 +223,7 @@ def predict_block(job: PredictJob | JobRef, task: BlockTask) -> tuple[WeightedSu
     and every consumer receives only its own voxels.
     """
     job = resolve_job(job)
-    _prepare_worker_process()
+    _prepare_worker_process(_torch_threads(job))
     corners, extent = job.window.owned(task.block)
     if extent is None:  # the schedule only plans blocks that own patches
         raise RuntimeError(f"block {task.block} of the model grid owns no patch")
@@ -231,7 +239,7 @@ def write_chunk(job: PredictJob | JobRef, task: ChunkTask, *pieces: WeightedSum)
     """Finish one output chunk (all structures) of one time point from its pieces, write it, record it."""
     start = time.perf_counter()
     job = resolve_job(job)
-    _prepare_worker_process()
+    _prepare_worker_process(_torch_threads(job))
     if len(pieces) != len(task.sources):
         raise RuntimeError(f"chunk {task.region} expected {len(task.sources)} pieces, got {len(pieces)}")
     blended = job.window.blend_pieces(task.model_box, pieces)

@@ -300,22 +300,41 @@ def _rewindow(job: PredictJob, **choice: Any) -> PredictJob:
 
 def _fit_to_cluster(job: PredictJob, client: Client) -> PredictJob:
     """With ``patch_shape: auto``, size the patch for the smallest worker (its memory per thread, or its
-    GPU's free memory: one block at a time runs on a GPU, in its own thread, see ``runner._DEVICE_THREADS``) and for enough
-    patches to keep every thread busy; a batch of several patches shares the budget."""
+    GPU's free memory: one block at a time runs on a GPU, in its own thread, see ``runner._DEVICE_THREADS``)
+    and for enough patches to keep every GPU, or every CPU host, busy; a batch of several patches shares the budget.
+
+    CPU threads are not counted: a frame is not cut to give each thread a patch, since the cut evaluates
+    the overlap twice (one 48x384x384 frame in two: 1.25x), while a block given a host's idle threads
+    (:func:`block_threads`) runs its convolutions on all of them at the bare forward's own speed."""
     if job.options.patch_shape != "auto":
         return job
     budget = PLANNING_BUDGET
     workers = client.scheduler_info().get("workers", {})
     shares = [w["memory_limit"] / max(1, w["nthreads"]) for w in workers.values() if w.get("memory_limit")]
-    threads = sum(w["nthreads"] for w in workers.values()) or 1
+    busy = len({w.get("host") for w in workers.values()}) or 1  # CPU: a block per host at least
     if shares:
         budget = PATCH_MEMORY_FRACTION * min(shares)
     if not job.options.device.startswith("cpu"):  # "auto" or an accelerator: the workers' GPUs, if any
         free = {a: f for a, f in client.run(_free_gpu_memory).items() if f}
-        if free:  # one block at a time runs on a GPU: every GPU busy needs a patch each, not every thread
-            budget, threads = 0.6 * min(free.values()), len(free)
+        if free:  # one block at a time runs on a GPU: every GPU busy needs a patch each
+            budget, busy = 0.6 * min(free.values()), len(free)
     budget /= job.options.patches_per_pass
-    return _rewindow(job, budget=budget, min_patches=math.ceil(threads / len(job.times)))
+    return _rewindow(job, budget=budget, min_patches=math.ceil(busy / len(job.times)))
+
+
+def block_threads(client: Client, blocks: int) -> int:
+    """torch threads for each block task on a CPU worker of a run of ``blocks`` block tasks: the
+    cluster's task threads shared among the blocks, at most one host's.
+
+    With fewer blocks than threads (one frame on a 2-worker LocalCluster: one block), the threads
+    left idle by dask are given to the blocks' convolutions; with more, one each, so that workers with
+    several task threads do not run threads x threads of them. GPU workers ignore it."""
+    per_host: dict[Any, int] = {}
+    for w in client.scheduler_info().get("workers", {}).values():
+        per_host[w.get("host")] = per_host.get(w.get("host"), 0) + int(w["nthreads"])
+    if not per_host or blocks < 1:
+        return 1
+    return max(1, min(sum(per_host.values()) // blocks, min(per_host.values())))
 
 
 def _free_gpu_memory() -> int | None:
@@ -514,6 +533,8 @@ def execute_many(
     skips = list(skips) if skips is not None else [()] * len(jobs)
     labels = [f"{label} " for label in labels] if labels is not None else [""] * len(jobs)
     graphs = [job.schedule(set(skip)) for job, skip in zip(jobs, skips, strict=True)]
+    threads = block_threads(client, sum(len(g.blocks) for g in graphs))
+    jobs = [dataclasses.replace(job, block_threads=threads) for job in jobs]
     with shipped(client, jobs) as refs:  # the jobs stay on the workers only while their tasks run
         workers, voxels = _run_tasks(jobs, graphs, refs, client, progress, labels, output)
     for job in jobs:

@@ -55,7 +55,7 @@ def auto_patch(
 
     ``budget_bytes`` is what one patch's forward pass may use (a worker thread's share of its memory,
     or the free memory of its GPU); ``min_patches`` asks for at least that many patches per frame,
-    so that a single frame still keeps every worker thread busy.
+    so that a single frame still keeps every GPU (or CPU host) busy.
     """
     m = max(1, int(multiple))
     per_voxel = BYTES_PER_VOXEL_AND_CHANNEL * max(1, width)
