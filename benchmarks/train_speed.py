@@ -28,6 +28,11 @@ validation loss the mean of the last K validations (with a constant learning rat
 swings). A run already in ``--workdir`` is resumed up to ``--iterations`` (resume is exact), so a longer
 curve continues the shorter one instead of training it again.
 
+``heldout`` (after ``curve``): each final model of the curve's runs (``--seeds``) scored on ``--patches``
+held-out patches (the test split's images; the first 16 are the runs' own validation patches), in fp32
+and in bf16 autocast whatever it trained in, so that both precisions' models get the same measurement:
+a run's own validation loss (16 patches, in its own precision) swings by more than the 5 % asked for.
+
 ``multi``: dna, nuclear_envelope and membrane (CPU-example model) trained in one run
 (``train_many``) against three separate runs of the same settings: wall time and patches read.
 """
@@ -56,6 +61,11 @@ CURVE_SECTION = "Training in bf16 against fp32: loss curves (issue 17)"
 CURVE_COLUMNS = [
     "date", "settings", "fp32 final val loss", "bf16 final val loss", "bf16 / fp32", "test r fp32, bf16", "test norm. error fp32, bf16",
     "wall fp32, bf16", "command", "machine",
+]
+HELDOUT_SECTION = "Training in bf16 against fp32: the final models on held-out patches (issue 17)"
+HELDOUT_COLUMNS = [
+    "date", "settings", "per seed: fp32-trained, bf16-trained (fp32 evaluation)", "bf16 / fp32 per seed", "bf16 / fp32 of the means",
+    "fp32 between seeds max/min", "evaluated in bf16 instead: bf16 / fp32 of the means", "command", "machine",
 ]
 MULTI_SECTION = "Several structures in one training run (issue 17)"
 MULTI_COLUMNS = ["date", "settings", "structures", "one run: wall, patches read", "separate runs: wall, patches read", "one run / separate (wall)", "command", "machine"]
@@ -295,6 +305,59 @@ def _final_val(run: Path, last: int = 1) -> float:
     return statistics.fmean(vals[-last:])
 
 
+def _held_out_loss(run: Path, patches: int, precision: str) -> float:
+    """The MSE of ``run``'s final model over ``patches`` held-out patches of its test split (the draw of its
+    validation patches, continued), computed in ``precision``."""
+    import torch
+    import yaml
+
+    from chunked_fnet.model import load_checkpoint
+    from chunked_fnet.train.data import PatchDataset, describe_pair, load_stats
+    from chunked_fnet.train.manifest import Pair
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    stats = load_stats(run / "stats.json")
+    test = [describe_pair(Pair(**p), stats) for p in json.loads((run / "split.json").read_text())["test"]]
+    patches_ = PatchDataset([(spec,) for spec in test], tuple(config["voxel_size"]), tuple(config["patch_shape"]), config["seed"] + 1, patches, 0)
+    model = load_checkpoint(run / f"{config['structure']}.ckpt")[0].eval()
+    total, count = 0.0, 0
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        for i in range(0, patches, 8):
+            items = [patches_[j] for j in range(i, min(patches, i + 8))]
+            x, y = torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
+            total += float(torch.nn.functional.mse_loss(model(x).float(), y, reduction="sum"))
+            count += y.numel()
+    return total / count
+
+
+def heldout(args: argparse.Namespace) -> None:
+    """The curve's final models (fp32- and bf16-trained, per seed) on the same held-out patches."""
+    import yaml
+
+    runs = {(p, s): Path(args.workdir) / "curve" / (f"run_{p}" + (f"_seed{s}" if s else "")) for p in ("fp32", "bf16") for s in args.seeds}
+    missing = [str(r) for r in runs.values() if not (r / "losses.csv").exists()]
+    if missing:
+        raise SystemExit(f"no curve runs at {missing}: run `train_speed.py curve --seeds {' '.join(map(str, args.seeds))}` first")
+    loss = {(p, s, e): _held_out_loss(r, args.patches, e) for (p, s), r in runs.items() for e in ("fp32", "bf16")}
+    for (p, s, e), v in sorted(loss.items()):
+        print(f"seed {s}, trained {p}, evaluated {e}: {v:.4f}", flush=True)
+    mean = lambda p, e: statistics.fmean(loss[(p, s, e)] for s in args.seeds)  # noqa: E731
+    ratios = [loss[("bf16", s, "fp32")] / loss[("fp32", s, "fp32")] for s in args.seeds]
+    fp32 = [loss[("fp32", s, "fp32")] for s in args.seeds]
+    iterations = {yaml.safe_load((r / "config.yaml").read_text())["iterations"] for r in runs.values()}
+    row = C.append_row(HELDOUT_SECTION, HELDOUT_COLUMNS, [
+        C.today(),
+        f"CPU example (depth 3, width 16, batch 8, 16x64x64, {'/'.join(map(str, sorted(iterations)))} it), synthetic DNA, seeds "
+        f"{', '.join(map(str, args.seeds))}; {args.patches} held-out patches of the test split",
+        "; ".join(f"{loss[('fp32', s, 'fp32')]:.4f}, {loss[('bf16', s, 'fp32')]:.4f}" for s in args.seeds),
+        ", ".join(f"{r:.3f}" for r in ratios), f"**{mean('bf16', 'fp32') / mean('fp32', 'fp32'):.3f}**",
+        f"{max(fp32) / min(fp32):.3f}", f"{mean('bf16', 'bf16') / mean('fp32', 'bf16'):.3f}",
+        C.command_line(), C.machine(),
+    ])
+    print(row)
+    _save(args, "train_bf16_heldout", {"patches": args.patches, "loss": {f"trained {p}, seed {s}, evaluated {e}": v for (p, s, e), v in loss.items()}})
+
+
 def _val_curve(run: Path) -> dict[int, float]:
     import csv
 
@@ -381,7 +444,7 @@ def _save(args: argparse.Namespace, name: str, payload: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="section", required=True)
-    for name in ("speed", "curve", "multi"):
+    for name in ("speed", "curve", "heldout", "multi"):
         p = sub.add_parser(name)
         p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "chunked_fnet_train_speed"))
         p.add_argument("--device", default="cpu")
@@ -390,8 +453,11 @@ def main() -> None:
         p.add_argument("--precision", default="bf16")
         p.add_argument("--compile", action="store_true", help="speed: also time torch.compile (bf16)")
         p.add_argument("--threads", type=int, help="torch threads of every method (default: all cores)")
-        if name == "curve":
+        if name in ("curve", "heldout"):
             p.add_argument("--seeds", nargs="+", type=int, default=[0], help="train both precisions from each of these seeds")
+        if name == "heldout":
+            p.add_argument("--patches", type=int, default=256, help="held-out patches each final model is scored on")
+        if name == "curve":
             p.add_argument("--validation-patches", type=int, help="held-out patches per validation (default: the config's 16)")
             p.add_argument("--last", type=int, default=1, help="the final validation loss is the mean of the last this many validations")
     one = sub.add_parser("_one")
@@ -401,7 +467,7 @@ def main() -> None:
     one.add_argument("--device", default="cpu")
     one.add_argument("--threads", type=int)
     args = parser.parse_args()
-    {"speed": speed, "curve": curve, "multi": multi, "_one": _one}[args.section](args)
+    {"speed": speed, "curve": curve, "heldout": heldout, "multi": multi, "_one": _one}[args.section](args)
 
 
 if __name__ == "__main__":
