@@ -298,11 +298,7 @@ def curve(args: argparse.Namespace) -> None:
 
 def _final_val(run: Path, last: int = 1) -> float:
     """The mean of the run's last ``last`` validation losses (1: the final one)."""
-    import csv
-
-    with (run / "losses.csv").open() as f:
-        vals = [float(r["val_loss"]) for r in csv.DictReader(f) if r["val_loss"]]
-    return statistics.fmean(vals[-last:])
+    return statistics.fmean(list(_val_curve(run).values())[-last:])
 
 
 def _held_out_loss(run: Path, patches: int, precision: str) -> float:
@@ -359,6 +355,7 @@ def heldout(args: argparse.Namespace) -> None:
 
 
 def _val_curve(run: Path) -> dict[int, float]:
+    """Iteration -> validation loss of ``run`` (losses.csv, in iteration order)."""
     import csv
 
     with (run / "losses.csv").open() as f:

@@ -311,7 +311,7 @@ def _fit_to_cluster(job: PredictJob, client: Client) -> PredictJob:
     budget = PLANNING_BUDGET
     workers = client.scheduler_info().get("workers", {})
     shares = [w["memory_limit"] / max(1, w["nthreads"]) for w in workers.values() if w.get("memory_limit")]
-    busy = len({w.get("host") for w in workers.values()}) or 1  # CPU: a block per host at least
+    busy = len(_threads_per_host(workers)) or 1  # CPU: a block per host at least
     if shares:
         budget = PATCH_MEMORY_FRACTION * min(shares)
     if not job.options.device.startswith("cpu"):  # "auto" or an accelerator: the workers' GPUs, if any
@@ -329,12 +329,18 @@ def block_threads(client: Client, blocks: int) -> int:
     With fewer blocks than threads (one frame on a 2-worker LocalCluster: one block), the threads
     left idle by dask are given to the blocks' convolutions; with more, one each, so that workers with
     several task threads do not run threads x threads of them. GPU workers ignore it."""
-    per_host: dict[Any, int] = {}
-    for w in client.scheduler_info().get("workers", {}).values():
-        per_host[w.get("host")] = per_host.get(w.get("host"), 0) + int(w["nthreads"])
+    per_host = _threads_per_host(client.scheduler_info().get("workers", {}))
     if not per_host or blocks < 1:
         return 1
     return max(1, min(sum(per_host.values()) // blocks, min(per_host.values())))
+
+
+def _threads_per_host(workers: dict[str, dict[str, Any]]) -> dict[Any, int]:
+    """Task threads per host of the scheduler's ``workers`` (worker processes on one machine share its cores)."""
+    per_host: dict[Any, int] = {}
+    for w in workers.values():
+        per_host[w.get("host")] = per_host.get(w.get("host"), 0) + int(w["nthreads"])
+    return per_host
 
 
 def _free_gpu_memory() -> int | None:
