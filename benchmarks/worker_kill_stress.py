@@ -79,7 +79,7 @@ def main() -> None:
     from distributed import Client
 
     from chunked_fnet.predict import PredictOptions, predict
-    from chunked_fnet.predict.run import RunInterruptedError
+    from chunked_fnet.predict.submit import RunInterruptedError
 
     work = Path(tempfile.mkdtemp(prefix="kill_stress_"))
     image = C.synth_input(Path(args.data) / "kill_stress_input.zarr", 2, (9, 40, 36), voxel=0.4)

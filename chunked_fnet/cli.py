@@ -120,8 +120,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from chunked_fnet.evaluate.report import evaluate_run, summarize, write_report
+    from chunked_fnet.predict import PredictOptions
 
-    rows = [row for run in args.runs for row in evaluate_run(run, overlap=args.overlap, progress=not args.no_progress)]
+    options = PredictOptions(precision=args.precision)
+    rows = [row for run in args.runs for row in evaluate_run(run, options=options, progress=not args.no_progress)]
     table, figure = write_report(rows, args.out)
     print(f"{'structure':<18}{'split':<7}{'n':>3}  {'norm. error':>12}  {'Pearson r':>10}")
     for (structure, split), m in sorted(summarize(rows).items()):
@@ -290,7 +292,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"trained {structure} ({args.iterations} iterations, {time.perf_counter() - start:.0f} s): {models[-1]}")
     with local_client(ClusterSpec(n_workers=2)) as client:
         output, run = predict(
-            paths[-1], models, out / "prediction.zarr", options=PredictOptions(patch_shape=(16, 64, 64), chunks=(32, 96, 96)),
+            paths[-1], models, out / "prediction.zarr", options=PredictOptions(chunks=(32, 96, 96)),
             client=client, progress=progress,
         )
     print(run)
@@ -468,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="normalised error and Pearson r of trained runs on their train/test splits")
     p.add_argument("runs", nargs="+", help="training run directories")
     p.add_argument("--out", required=True, help="folder for metrics.csv and metrics.png")
-    p.add_argument("--overlap", type=float, default=0.25, help="patch overlap of the tiled predictor")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="what the models compute in (auto: as predict chooses it; the window is predict's too)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 

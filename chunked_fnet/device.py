@@ -53,3 +53,14 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
     if torch.device(device).type != "cuda" or precision == "fp32":
         return None
     return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 convolutions in hardware (not by emulation through fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        cpu = torch.cpu
+        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(getattr(cpu, name, lambda: False)() for name in checks)
+    return False

@@ -11,8 +11,8 @@ import pytest
 
 from chunked_fnet.cluster import ClusterSpec, local_client
 from chunked_fnet.predict import PredictOptions, predict
-from chunked_fnet.predict.run import PATCH_MEMORY_FRACTION
-from chunked_fnet.predict.shipping import JobRef, resolve_job
+from chunked_fnet.predict.policy import PATCH_MEMORY_FRACTION, Hardware, ModelConstraints, resolve_policy
+from chunked_fnet.predict.shipping import JobRef, resolve_run
 from chunked_fnet.sliding_window import SlidingWindow
 from chunked_fnet.sliding_window.auto import AUTO_OVERLAP, auto_patch
 from chunked_fnet.synth.dataset import SynthConfig, generate
@@ -54,7 +54,8 @@ def test_auto_window_is_recorded_chunk_invariant_and_reused_on_resume(data) -> N
             out, _ = predict(image, models, root / f"o{k}.zarr", options=PredictOptions(chunks=chunks, **options), client=client, progress=False)
         window = _record(root / f"o{k}.zarr")["window"]
         expected_patch, expected_overlap = auto_patch((9, 224, 72), 4, 4, PATCH_MEMORY_FRACTION * 2**30, min_patches=2)
-        assert window == {"patch": list(expected_patch), "overlap": list(expected_overlap), "blend": "band", "align": True}
+        assert {k: window[k] for k in ("patch", "overlap", "blend", "align")} == {
+            "patch": list(expected_patch), "overlap": list(expected_overlap), "blend": "band", "align": True}
         assert expected_overlap[1] == AUTO_OVERLAP and expected_patch[1] < 224  # two patches along y, blended across 96 voxels
         outputs.append(out.values)
     np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5, rtol=0)
@@ -75,9 +76,12 @@ def test_auto_patch_stays_within_32_bit_kernel_indexing_and_batches_share_the_bu
     patch, _ = auto_patch((64, 4096, 4096), 16, 32, 1e13)  # a 10 TB budget
     assert 2 * 32 * patch[0] * patch[1] * patch[2] <= MAX_TENSOR_ELEMENTS
     assert patch[1] >= 512  # still large
-    assert PredictOptions().patches_per_pass == 1
-    assert PredictOptions(patch_shape=(32, 64, 64)).patches_per_pass == 4
-    assert PredictOptions(batch_size=8).patches_per_pass == 8
+    def batch(**options):  # noqa: ANN003, ANN202
+        return resolve_policy(PredictOptions(**options), (48, 384, 384), ModelConstraints(), Hardware(12e9)).batch_size
+
+    assert batch() == 1 and batch(patch_shape=(32, 64, 64), overlap=0.25) == 4 and batch(batch_size=8) == 8
+    one, eight = (resolve_policy(PredictOptions(batch_size=b), (48, 2048, 2048), ModelConstraints(), Hardware(12e9)) for b in (1, 8))
+    assert np.prod(eight.window.patch_shape) < np.prod(one.window.patch_shape)  # eight patches share one patch's budget
     with pytest.raises(ValueError, match="batch_size"):
         PredictOptions(batch_size=0)
 
@@ -112,7 +116,7 @@ def test_the_blocks_of_one_frame_start_one_on_each_worker_and_the_job_leaves_wit
         assert all(names == [] for names in left.values()), left
         # a task whose run has ended (its plugin gone) says so instead of failing on a missing key
         with pytest.raises(RuntimeError, match="has no plugin 'chunked_fnet-run-gone': the run that submitted this task has ended"):
-            client.submit(resolve_job, JobRef("chunked_fnet-run-gone", 0), pure=False).result()
+            client.submit(resolve_run, JobRef("chunked_fnet-run-gone", 0), pure=False).result()
 
 
 def test_one_frame_on_one_host_is_one_block_on_all_its_threads_with_the_same_output(data) -> None:
@@ -133,7 +137,7 @@ def test_one_frame_on_one_host_is_one_block_on_all_its_threads_with_the_same_out
         with get_task_stream(client) as stream:
             out, summary = predict(image, models, root / "host.zarr", options=options, client=client, progress=False)
         blocks = [t for t in stream.data if str(t["key"]).startswith("cfnet-block")]
-        assert len(blocks) == 1 and summary.patch == (12, 224, 72)  # the whole frame (z on the U-Net's multiple of 4)
+        assert len(blocks) == 1 and summary.policy.window.patch_shape == (12, 224, 72)  # the whole frame (z on the U-Net's multiple of 4)
         assert in_task_thread(blocks[0]["worker"], torch.get_num_threads) == 2
     with local_client(ClusterSpec(n_workers=1, memory_limit="1GiB")) as client:
         single, _ = predict(image, models, root / "host1.zarr", options=options, client=client, progress=False)
@@ -141,11 +145,21 @@ def test_one_frame_on_one_host_is_one_block_on_all_its_threads_with_the_same_out
 
 
 def test_block_threads_share_the_task_threads_among_blocks_at_most_a_host_each() -> None:
-    from chunked_fnet.predict.run import block_threads
+    """The policy gives each block task the cluster's task threads divided by the run's blocks, never more
+    than one host's; the cluster's facts say how many threads each host has."""
+    from chunked_fnet.predict.prepare import cluster_hardware
+
+    def threads(hardware: Hardware, frames: int) -> int:  # one block per frame: a whole-frame patch
+        return resolve_policy(PredictOptions(), (9, 64, 64), ModelConstraints(4, (4, 4, 4), width=4), hardware, frames=frames).block_threads
 
     with local_client(ClusterSpec(n_workers=2, threads_per_worker=1)) as client:
-        assert [block_threads(client, b) for b in (1, 2, 5)] == [2, 1, 1]
+        two_workers = cluster_hardware(client, "cpu")
     with local_client(ClusterSpec(n_workers=1, threads_per_worker=2)) as client:
-        assert [block_threads(client, b) for b in (1, 2, 4)] == [2, 1, 1]  # not 2 x 2 threads for two blocks at once
+        two_threads = cluster_hardware(client, "cpu")
     with two_host_client() as client:
-        assert [block_threads(client, b) for b in (1, 2)] == [1, 1]  # a block never gets another host's threads
+        two_hosts = cluster_hardware(client, "cpu")
+    assert two_workers.threads_per_host == two_threads.threads_per_host == (2,) and two_hosts.threads_per_host == (1, 1)
+    assert two_hosts.busy == 2 and two_workers.busy == 1  # a CPU host each, not a thread each
+    assert [threads(two_workers, b) for b in (1, 2, 5)] == [2, 1, 1]
+    assert [threads(two_threads, b) for b in (1, 2, 4)] == [2, 1, 1]  # not 2 x 2 threads for two blocks at once
+    assert [threads(two_hosts, b) for b in (1, 2)] == [1, 1]  # a block never gets another host's threads

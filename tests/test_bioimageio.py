@@ -20,7 +20,7 @@ from chunked_fnet.errors import InputError  # noqa: E402
 from chunked_fnet.cluster import ClusterSpec, local_client  # noqa: E402
 from chunked_fnet.io.writer import create_image, open_for_writing, write_region  # noqa: E402
 from chunked_fnet.model.bioimageio import _load_description, _network, load_package_model, read_package  # noqa: E402
-from chunked_fnet.predict import PredictOptions, plan, predict  # noqa: E402
+from chunked_fnet.predict import Hardware, PredictOptions, plan, predict  # noqa: E402
 from chunked_fnet.predict.ensemble import check_ensemble  # noqa: E402
 from chunked_fnet.synth.dataset import SynthConfig, generate  # noqa: E402
 from chunked_fnet.train.trainer import TrainConfig, train  # noqa: E402
@@ -89,14 +89,14 @@ def test_export_refuses_an_existing_package(exported: Path, trained: tuple[Path,
     assert "already exists" in capsys.readouterr().err and exported.read_bytes() == before
 
 
-OPTIONS = dict(patch_shape=(28, 40, 40), precision="fp32", chunks=(8, 24, 24))  # auto overlap: 38 voxels where patches meet
+OPTIONS = dict(patch_shape=(28, 40, 40), overlap=38, precision="fp32", chunks=(8, 24, 24))  # its band margin covers the halo
 
 
 def test_package_predicts_as_its_checkpoint(exported: Path, trained: tuple[Path, Path], client, tmp_path: Path) -> None:
     ckpt, image = trained
     options = PredictOptions(**OPTIONS)
-    job = plan(str(image), [exported], "unused", options)
-    assert job.window.grid.n_patches > 1 and job.window.halo == (11,) * 3  # patches meet: the halo matters
+    window = plan(str(image), [exported], "unused", options).resolve_policy(Hardware()).window
+    assert window.grid.n_patches > 1 and window.halo == (11,) * 3  # patches meet: the halo matters
     from_zip, _ = predict(image, [exported], tmp_path / "zip.zarr", options=options, client=client, progress=False)
     from_ckpt, _ = predict(image, [ckpt], tmp_path / "ckpt.zarr", options=options, client=client, progress=False)
     assert list(from_zip["c"].values) == ["dna"] and from_zip.attrs["scale"] == from_ckpt.attrs["scale"]
@@ -107,10 +107,10 @@ def test_package_predicts_as_its_checkpoint(exported: Path, trained: tuple[Path,
 def test_halo_and_minimum_are_enforced(exported: Path, trained: tuple[Path, Path]) -> None:
     image = str(trained[1])
     with pytest.raises(InputError, match=r"less than the models' halo 11; use an overlap of at least 30"):
-        plan(image, [exported], "unused", PredictOptions(**{**OPTIONS, "overlap": 16}))
+        plan(image, [exported], "unused", PredictOptions(**{**OPTIONS, "overlap": 16})).resolve_policy(Hardware())
     with pytest.raises(InputError, match=r"smaller than the models take, at least \(24, 24, 24\)"):
-        plan(image, [exported], "unused", PredictOptions(**{**OPTIONS, "patch_shape": (16, 40, 40)}))
-    auto = plan(image, [exported], "unused", PredictOptions())
+        plan(image, [exported], "unused", PredictOptions(**{**OPTIONS, "patch_shape": (16, 40, 40)})).resolve_policy(Hardware())
+    auto = plan(image, [exported], "unused", PredictOptions()).resolve_policy(Hardware())
     assert all(p >= 24 and p % 2 == 0 for p in auto.window.patch_shape)
 
 

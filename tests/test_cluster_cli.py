@@ -141,7 +141,7 @@ def test_a_chunk_that_keeps_failing_is_named_after_the_others_are_written(data, 
     after their retries, the run reports them by coordinates, every other chunk is written and
     recorded, and a resume once the input is readable again computes only the failed ones."""
     from chunked_fnet.cluster import ClusterSpec, local_client
-    from chunked_fnet.predict import ChunksFailedError, create_output, execute, plan
+    from chunked_fnet.predict import ChunksFailedError, Hardware, create_output, execute, plan
 
     image, models, reference = data
     copy = tmp_path / "in.zarr"
@@ -149,13 +149,14 @@ def test_a_chunk_that_keeps_failing_is_named_after_the_others_are_written(data, 
     out = tmp_path / "out.zarr"
     options = PredictOptions(patch_shape=(8, 16, 16), chunks=(8, 16, 16), overlap=0.25, retries=1, precision="fp32")
     job = plan(str(copy), models, str(out), options)  # frame statistics read before the fault
-    create_output(job, overwrite=False)
+    policy = job.resolve_policy(Hardware())
+    create_output(job, policy)
     chunk = copy / "0" / "c" / "2" / "0" / "0" / "1" / "1"  # t=2, brightfield, z 0:9, y 20:40, x 20:36
     good_bytes = chunk.read_bytes()
     chunk.write_bytes(b"\x00garbage" * 7)
     with local_client(ClusterSpec(n_workers=2)) as client:
         with pytest.raises(ChunksFailedError) as info:
-            execute(job, client, progress=False)
+            execute(job, policy, client, progress=False)
     message = str(info.value)
     print(message[:200])
     total = 3 * 2 * 3 * 3

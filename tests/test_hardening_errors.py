@@ -31,7 +31,7 @@ from chunked_fnet.predict.ledger import Ledger
 from chunked_fnet.synth.dataset import SynthConfig, generate
 
 FLAGS = ["--patch", "8", "16", "16", "--chunks", "8", "16", "16", "--workers", "1", "--no-progress"]
-OPTIONS = PredictOptions(patch_shape=(8, 16, 16), chunks=(8, 16, 16))
+OPTIONS = PredictOptions(patch_shape=(8, 16, 16), overlap=0.25, chunks=(8, 16, 16))
 CHUNK = "0/c/0/0/0/0/0"  # t=0, channel 0 (brightfield, the channel predicted from), first z/y/x chunk
 
 
@@ -109,16 +109,17 @@ def test_damaged_chunk_read_by_a_worker_is_picklable_and_named(work, tmp_path: P
     copy = pickle.loads(pickle.dumps(caught.value))  # dask ships it from worker to client this way
     assert type(copy) is OmeZarrError and str(copy) == message and isinstance(copy, ChunkedFnetError)
 
-    from chunked_fnet.predict.run import create_output, execute, plan
+    from chunked_fnet.predict import Hardware, create_output, execute, plan
 
     chunk.write_bytes(good)
     job = plan(image, [model], tmp_path / "o.zarr", OPTIONS.model_copy(update={"retries": 0}))
+    policy = job.resolve_policy(Hardware())
     chunk.write_bytes(good[:7])
     before = _snapshot(image)
     with local_client(ClusterSpec(n_workers=1)) as client:
-        create_output(job, overwrite=False)
+        create_output(job, policy)
         with pytest.raises(ChunkedFnetError) as failed:
-            execute(job, client, progress=False)
+            execute(job, policy, client, progress=False)
     text = str(failed.value)
     assert "\n" not in text and f"OmeZarrError: {image}/{CHUNK}: chunk cannot be decoded" in text, text
     assert "--resume" in text and _snapshot(image) == before

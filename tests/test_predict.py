@@ -18,7 +18,7 @@ from chunked_fnet.sliding_window import predict_volume
 from chunked_fnet.model import load_checkpoint
 from chunked_fnet.predict import PredictOptions, plan, predict
 from chunked_fnet.predict.ensemble import StackedEnsemble
-from chunked_fnet.predict.job import ModelGridFrame
+from chunked_fnet.predict.job import model_grid_frame
 from chunked_fnet.synth.dataset import SynthConfig, generate
 from factories import tiny_checkpoint
 
@@ -44,7 +44,7 @@ def _reference(image: Path, models: list[Path], options: PredictOptions) -> np.n
     ensemble = StackedEnsemble([load_checkpoint(p)[0] for p in models])
     frames = []
     for ti, t in enumerate(job.times):
-        frame = ModelGridFrame.of(job, ti)
+        frame = model_grid_frame(job, ti)
         whole = frame[(slice(None), *(slice(0, n) for n in job.grid.shape))]
         frames.append(predict_volume(ensemble, whole, patch=options.patch_shape, overlap=options.overlap, batch_size=1, multiple=4))
     return np.stack(frames)
@@ -61,7 +61,7 @@ def test_chunk_and_worker_invariance_equals_global_sliding_window(setup, tmp_pat
         assert out.data.chunksize == (1, 1, *(min(c, n) for c, n in zip(chunks, out.shape[2:])))
         assert summary.workers == workers and summary.chunks == 3 * np.prod([-(-n // c) for n, c in zip(out.shape[2:], chunks)])
         # every patch of the global sliding window ran once per frame, whatever the chunks: no halo recompute
-        assert summary.patch_evaluations == 3 * plan(str(image), models, "unused", options).window.grid.n_patches
+        assert summary.patch_evaluations == 3 * summary.policy.window.grid.n_patches
         outputs.append(out.values)
     reference = _reference(image, models, PredictOptions(**OPTIONS))
     assert outputs[0].shape == reference.shape == (3, 3, 13, 35, 31)
@@ -115,7 +115,7 @@ def test_cli_predict_on_local_worker_processes(setup, tmp_path: Path) -> None:
     out = tmp_path / "cli.zarr"
     result = subprocess.run(
         [sys.executable, "-m", "chunked_fnet", "predict", str(image), "--models", *map(str, models), "--out", str(out),
-         "--patch", "16", "16", "16", "--chunks", "13", "32", "32", "--time", "0", "1", "--workers", "2", "--no-progress"],
+         "--patch", "16", "16", "16", "--overlap", "0.25", "--chunks", "13", "32", "32", "--time", "0", "1", "--workers", "2", "--no-progress"],
         capture_output=True, text=True, check=False, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -158,15 +158,15 @@ def test_output_on_the_input_grid_is_chunk_invariant_and_interpolates_the_model_
     np.testing.assert_allclose(outputs[0], expected, atol=1e-5, rtol=0)
 
 
-def test_a_long_run_is_handed_to_the_scheduler_a_window_of_frames_at_a_time(setup, tmp_path: Path, monkeypatch) -> None:
-    """With a window of at most 5 chunks and 2 chunks per frame, the 3 frames go to the scheduler as
+def test_a_long_run_is_handed_to_the_scheduler_a_batch_of_frames_at_a_time(setup, tmp_path: Path, monkeypatch) -> None:
+    """With a batch of at most 5 chunks and 2 chunks per frame, the 3 frames go to the scheduler as
     two frames, then the last one once chunks have finished; the output is the one-graph output."""
-    import chunked_fnet.predict.run as run
+    import chunked_fnet.predict.submit as run
 
     image, models = setup
     options = PredictOptions(**OPTIONS, chunks=(13, 18, 31))  # 2 chunks per frame: 35 = 18 + 17
     windows: list[list[int]] = []
-    more = run._FrameWindows.more
+    more = run.FrameBatches.more
 
     def recorded(self):  # noqa: ANN001, ANN202
         futures = more(self)
@@ -175,8 +175,8 @@ def test_a_long_run_is_handed_to_the_scheduler_a_window_of_frames_at_a_time(setu
 
     with local_client(ClusterSpec(n_workers=1)) as client:
         whole, _ = predict(image, models, tmp_path / "one.zarr", options=options, client=client, progress=False)
-        monkeypatch.setattr(run, "WINDOW_CHUNKS", 5)
-        monkeypatch.setattr(run._FrameWindows, "more", recorded)
+        monkeypatch.setattr(run, "BATCH_CHUNKS", 5)
+        monkeypatch.setattr(run.FrameBatches, "more", recorded)
         windowed, summary = predict(image, models, tmp_path / "windowed.zarr", options=options, client=client, progress=False)
     assert windows == [[0, 1], [2]] and summary.chunks == summary.total_chunks == 6
     np.testing.assert_array_equal(windowed.values, whole.values)

@@ -22,7 +22,7 @@ from chunked_fnet.io.writer import create_image, open_for_writing, write_region
 from chunked_fnet.predict import PredictOptions, predict
 from factories import tiny_checkpoint
 
-OPTIONS = PredictOptions(patch_shape=(8, 16, 16), chunks=(8, 16, 16), precision="fp32")
+OPTIONS = PredictOptions(patch_shape=(8, 16, 16), overlap=0.25, chunks=(8, 16, 16), precision="fp32")
 
 
 def _write(path: Path, data: np.ndarray, dims=("t", "c", "z", "y", "x"), scale=None, names=("brightfield",)) -> Path:

@@ -166,18 +166,19 @@ def test_a_run_that_stops_progressing_ends_after_stall_timeout_and_resumes(data,
     ``stall_timeout`` seconds in one line naming the output and --resume; the resume then finishes."""
     from distributed import Client, LocalCluster
 
-    from chunked_fnet.predict import create_output, execute, plan
-    from chunked_fnet.predict.run import RunInterruptedError
+    from chunked_fnet.predict import Hardware, create_output, execute, plan
+    from chunked_fnet.predict.submit import RunInterruptedError
 
     image, models, reference = data
     out = tmp_path / "out.zarr"
     options = OPTIONS.model_copy(update={"stall_timeout": 2.0})
     job = plan(str(image), models, str(out), options)  # statistics on this process's threads: the cluster below cannot run anything
-    create_output(job, overwrite=False)
+    policy = job.resolve_policy(Hardware())
+    create_output(job, policy)
     with LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
         start = time.monotonic()
         with pytest.raises(RunInterruptedError, match=r"stopped on the dask scheduler .*no chunk finished in 2 s \(stall_timeout\)\); 0 of 225 chunks are written and recorded: rerun the same command with --resume") as info:
-            execute(job, client, progress=False)
+            execute(job, policy, client, progress=False)
         assert time.monotonic() - start < 60 and "\n" not in str(info.value)
     # stall_timeout is a runtime option: the resume may (and, on a busy machine starting a fresh cluster, should) allow more
     resumed, summary = predict(image, models, out, options=OPTIONS, resume=True, progress=False)

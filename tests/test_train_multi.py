@@ -16,7 +16,8 @@ from chunked_fnet.errors import InputError
 from chunked_fnet.model import load_checkpoint
 from chunked_fnet.synth.dataset import SynthConfig, generate
 from chunked_fnet.train import data as train_data
-from chunked_fnet.train.step import TrainStep, bf16_is_native, training_precision
+from chunked_fnet.device import bf16_is_native
+from chunked_fnet.train.step import TrainStep, training_precision
 from chunked_fnet.train.trainer import TrainConfig, load_train_configs, train, train_many
 
 STRUCTURES = ("dna", "membrane")

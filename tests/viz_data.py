@@ -85,7 +85,7 @@ def _build(root: Path) -> None:
     with local_client(ClusterSpec(n_workers=1)) as client:
         predict(
             root / "input.zarr", models, root / "prediction.zarr",
-            options=PredictOptions(patch_shape=(8, 16, 16), chunks=(12, 16, 16)), client=client, progress=False,
+            options=PredictOptions(patch_shape=(8, 16, 16), overlap=0.25, chunks=(12, 16, 16)), client=client, progress=False,
         )
 
 

@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 
 from chunked_fnet.errors import InputError
 from chunked_fnet.evaluate.metrics import normalized_error, pearson_r
+from chunked_fnet.predict.options import PredictOptions
+from chunked_fnet.predict.policy import Hardware, ModelConstraints, resolve_policy
 from chunked_fnet.sliding_window import predict_volume
 from chunked_fnet.model import load_checkpoint
 from chunked_fnet.train.data import PairReader, describe_pair, load_stats
@@ -26,16 +28,19 @@ from chunked_fnet.train.manifest import Pair
 FIELDS = ["structure", "split", "image", "normalized_error", "pearson_r"]
 
 
-def evaluate_run(
-    run: str | Path, *, overlap: float = 0.25, batch_size: int = 4, progress: bool = True
-) -> list[dict[str, object]]:
-    """Metrics of one run's final model on every image of its train and test splits."""
+def evaluate_run(run: str | Path, *, options: PredictOptions | None = None, progress: bool = True) -> list[dict[str, object]]:
+    """Metrics of one run's final model on every image of its train and test splits, each predicted
+    whole with the run policy's window and precision for this process (``options``: the defaults, as
+    ``chunked-fnet predict`` would choose them for the same model and frame)."""
     run = Path(run)
     if not (run / "config.yaml").exists() or not (run / "split.json").exists():
         raise InputError(f"{run}: not a training run (expected config.yaml and split.json in it)")
     config = yaml.safe_load((run / "config.yaml").read_text())
     ckpt = run / f"{config['structure']}.ckpt"
     model, card = load_checkpoint(ckpt)
+    options = options or PredictOptions()
+    hardware = Hardware.here(options.device)
+    constraints = ModelConstraints(model.multiple, (model.multiple,) * 3, width=model.config.width)
     split = json.loads((run / "split.json").read_text())
     stats = load_stats(run / "stats.json")
     rows: list[dict[str, object]] = []
@@ -43,9 +48,8 @@ def evaluate_run(
     for name, pair in tqdm(jobs, desc=f"evaluate {card.structure}", disable=not progress, leave=False):
         spec = describe_pair(pair, stats)
         x, y = PairReader(spec, card.voxel_size).whole()
-        pred = predict_volume(
-            model, x[None], patch=tuple(config["patch_shape"]), overlap=overlap, batch_size=batch_size, multiple=model.multiple
-        )[0]
+        policy = resolve_policy(options, x.shape, constraints, hardware)
+        pred = predict_volume(model.to(hardware.device), x[None], device=hardware.device, policy=policy)[0]
         rows.append(
             {
                 "structure": card.structure,

@@ -103,12 +103,3 @@ def check_ensemble(paths: Sequence[str]) -> tuple[list[Member], list[str]]:
                 "predict them in separate runs"
             )
     return members, [package_hash(p) if is_package(p) else checkpoint_hash(p) for p in paths]
-
-
-def window_constraints(members: Sequence[Member]) -> tuple[int, tuple[int, int, int], tuple[int, int, int], int]:
-    """``(multiple, min_patch, halo, width)`` every member accepts: patch sizes a multiple of every
-    member's step, at least every member's minimum (rounded up to that multiple), the widest halo."""
-    multiple = math.lcm(*(m.multiple for m in members))
-    low = tuple(multiple * math.ceil(max(m.min_patch[a] for m in members) / multiple) for a in range(3))
-    halo = tuple(max(m.halo[a] for m in members) for a in range(3))
-    return multiple, low, halo, max(m.width for m in members)  # type: ignore[return-value]

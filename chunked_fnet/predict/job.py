@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,8 @@ from chunked_fnet.device import autocast_dtype, resolve_device
 from chunked_fnet.io.reader import open_level_array, window_reader
 from chunked_fnet.io.writer import open_for_writing, write_region
 from chunked_fnet.predict.ensemble import StackedEnsemble, cached_model
-from chunked_fnet.predict.shipping import JobRef, resolve_job
+from chunked_fnet.predict.policy import Hardware, ModelConstraints, RunPolicy, resolve_policy
+from chunked_fnet.predict.shipping import JobRef, resolve_run
 from chunked_fnet.predict.ledger import Ledger, chunk_key
 from chunked_fnet.predict.options import RUNTIME_OPTIONS, PredictOptions
 from chunked_fnet.predict.schedule import BlockTask, ChunkTask, Schedule, schedule
@@ -45,32 +47,21 @@ class PredictJob:
     times: tuple[int | None, ...]  # time indices into the input level's array
     stats: tuple[FrameStats, ...]  # per entry of ``times``
     grid: ModelGrid  # the selected (z, y, x) extent of the input and the models' grid over it
-    window: SlidingWindow  # the global sliding window of one frame on the model grid, for every task
     models: tuple[str, ...]
     hashes: tuple[str, ...]
     output_path: str
     options: PredictOptions
+    constraints: ModelConstraints = ModelConstraints()  # what every model accepts (patch multiple, minimum, halo)
     structures: tuple[str, ...] = ()  # output channel names, from the model cards
     colors: tuple[str, ...] = ()
     origin: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # t, z, y, x of the first output voxel
     time_scale: float = 1.0
     time_unit: str = "second"
     input_info: dict[str, Any] = field(default_factory=dict, hash=False)  # shape, dtype, scale, ... for the run record
-    model_width: int = 32  # the ensemble's widest top level: what a patch's activations cost
     input_level: int = 0  # pyramid level read
     input_offset: tuple[int, int, int] = (0, 0, 0)  # z, y, x of the selection's first voxel in that level's array
-    # the run's precision as chosen on the client (predict/precision.py): {"chosen": "bf16", ...}
-    precision_choice: dict[str, Any] | None = field(default=None, hash=False, compare=False)
-    # torch threads per block on a CPU worker, chosen on the client for this cluster (run.block_threads);
-    # None: the worker's own task threads. Not in the record: it changes the speed, not the values.
-    block_threads: int | None = field(default=None, hash=False, compare=False)
 
-    @property
-    def precision(self) -> str:
-        """What the tasks compute in: the run's choice, else the option as given (``auto``: see ``autocast_dtype``)."""
-        return (self.precision_choice or {}).get("chosen", self.options.precision)
-
-    def record(self) -> dict[str, Any]:
+    def record(self, policy: RunPolicy) -> dict[str, Any]:
         """Everything that determines the output's values and layout (JSON), kept in the output for ``--resume``."""
         return {
             "input": {"path": self.input_path, "series": self.series, "dims": list(self.input_dims),
@@ -80,9 +71,7 @@ class PredictJob:
             "frame_stats": [{"mean": s.mean, "std": s.std} for s in self.stats],
             "models": {"checkpoints": list(self.models), "sha256": list(self.hashes), "structures": list(self.structures)},
             "options": {k: v for k, v in self.options.model_dump(mode="json").items() if k not in RUNTIME_OPTIONS},
-            "precision": self.precision_choice or {"chosen": self.options.precision},
-            "window": {"patch": list(self.window.patch_shape), "overlap": list(self.window.overlap_voxels),
-                       "blend": self.window.blend, "align": self.window.align},
+            **policy.record(),
             "output": {"shape": list(self.output_shape), "scale": list(self.output_scale), "origin": list(self.origin)},
         }
 
@@ -111,10 +100,26 @@ class PredictJob:
             return self.options.chunks
         return tuple(max(1, math.ceil(c * f)) for c, f in zip(self.options.chunks, self.grid.factor, strict=True))  # type: ignore[return-value]
 
-    def schedule(self, skip: Sequence[str] | set[str] = ()) -> Schedule:
-        """The block and chunk tasks of this job (chunks whose ledger key is in ``skip`` left out)."""
+    @cached_property
+    def input_array(self) -> Any:
+        """The input level's read-only zarr array, opened once per process for the run: the job that the
+        workers hold for a run's duration keeps it (left out when pickled), and :func:`plan` hands over its own."""
+        return open_level_array(self.input_path, level=self.input_level, series=self.series)[0]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("input_array", None)  # an open store: each process opens its own
+        return state
+
+    def resolve_policy(self, hardware: Hardware, recorded: dict[str, Any] | None = None) -> RunPolicy:
+        """This job's run policy on ``hardware`` (:func:`~chunked_fnet.predict.policy.resolve_policy`)."""
+        return resolve_policy(self.options, self.grid.shape, self.constraints, hardware, frames=len(self.times),
+                              block_shape=self.block_shape, recorded=recorded)
+
+    def schedule(self, window: SlidingWindow, skip: Sequence[str] | set[str] = ()) -> Schedule:
+        """The block and chunk tasks of this job with ``window`` (chunks whose ledger key is in ``skip`` left out)."""
         return schedule(
-            self.window.grid,
+            window.grid,
             output_shape=self.spatial_shape,
             output_chunks=self.options.chunks,
             block_shape=self.block_shape,
@@ -139,15 +144,6 @@ class ModelGridFrame:
         self.shape = (1, *grid.shape)
         self._read = window_reader(array, dims, t, channel, offset)
 
-    @classmethod
-    def of(cls, job: PredictJob, time_index: int) -> ModelGridFrame:
-        """Frame ``time_index`` of ``job``'s input selection, read from its store."""
-        array, _, _ = open_level_array(job.input_path, level=job.input_level, series=job.series)
-        return cls(
-            array, job.input_dims, job.times[time_index], job.channel_index, job.stats[time_index], job.grid,
-            job.options.nonfinite, job.input_offset,
-        )
-
     def _read_source(self, window: tuple[slice, ...]) -> np.ndarray:
         values = self._read(window)
         finite = np.isfinite(values)
@@ -161,6 +157,14 @@ class ModelGridFrame:
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
         region = key[1:]
         return self.stats.apply(resample_window(self._read_source, self.grid, region))[None]
+
+
+def model_grid_frame(job: PredictJob, time_index: int) -> ModelGridFrame:
+    """Frame ``time_index`` of ``job``'s input selection, read from its store."""
+    return ModelGridFrame(
+        job.input_array, job.input_dims, job.times[time_index], job.channel_index, job.stats[time_index], job.grid,
+        job.options.nonfinite, job.input_offset,
+    )
 
 
 def _back_to_input_grid(model_values: np.ndarray, window: Box, grid: ModelGrid, region: Box) -> np.ndarray:
@@ -202,47 +206,46 @@ def _prepare_worker_process(threads: int | None = None) -> None:
         _WORKER_READY = True
 
 
-def _torch_threads(job: PredictJob) -> int | None:
-    """The run's torch threads per task on a CPU worker (see ``run.block_threads``); None on an accelerator."""
-    return job.block_threads if resolve_device(job.options.device).type == "cpu" else None
-
-
-def _runner(job: PredictJob, precision: str | None = None) -> PatchRunner:
-    """The ensemble on this worker's device, each model loaded once per process; computing in the run's
-    precision, or in ``precision`` (the precision measurement)."""
+def ensemble_runner(job: PredictJob, policy: RunPolicy) -> PatchRunner:
+    """The ensemble on this worker's device, each model loaded once per process, computing as the policy says."""
     device = str(resolve_device(job.options.device))
     ensemble = StackedEnsemble([cached_model(p, h, device) for p, h in zip(job.models, job.hashes, strict=True)])
-    amp = autocast_dtype(precision or job.precision, device)
-    return PatchRunner(ensemble, device, job.options.tta_flips, amp, batch_size=job.options.patches_per_pass)
+    return PatchRunner(ensemble, device, job.options.tta_flips, autocast_dtype(policy.precision, device), batch_size=policy.batch_size)
 
 
-def predict_block(job: PredictJob | JobRef, task: BlockTask) -> tuple[WeightedSum, ...]:
+def _torch_threads(job: PredictJob, policy: RunPolicy) -> int | None:
+    """The run's torch threads per task on a CPU worker; None on an accelerator."""
+    return policy.block_threads if resolve_device(job.options.device).type == "cpu" else None
+
+
+def predict_block(run: JobRef | tuple[PredictJob, RunPolicy], task: BlockTask) -> tuple[WeightedSum, ...]:
     """Evaluate the patches ``task.block`` owns, once each; return their weighted sums over ``task.pieces``.
 
     Each piece is its own array (copied out), so the block's full sums are freed when the task ends
     and every consumer receives only its own voxels.
     """
-    job = resolve_job(job)
-    _prepare_worker_process(_torch_threads(job))
-    corners, extent = job.window.owned(task.block)
+    job, policy = resolve_run(run)
+    _prepare_worker_process(_torch_threads(job, policy))
+    window = policy.window
+    corners, extent = window.owned(task.block)
     if extent is None:  # the schedule only plans blocks that own patches
         raise RuntimeError(f"block {task.block} of the model grid owns no patch")
-    frame = ModelGridFrame.of(job, task.time_index)
-    sums = _runner(job).weighted_sums(job.window, padded_reader(frame, job.window.pad_mode), corners, extent)
+    frame = model_grid_frame(job, task.time_index)
+    sums = ensemble_runner(job, policy).weighted_sums(window, padded_reader(frame, window.pad_mode), corners, extent)
     pieces = tuple(sums.crop(piece) for piece in task.pieces)
     del sums, frame
     trim_heap()
     return pieces
 
 
-def write_chunk(job: PredictJob | JobRef, task: ChunkTask, *pieces: WeightedSum) -> dict[str, float]:
+def write_chunk(run: JobRef | tuple[PredictJob, RunPolicy], task: ChunkTask, *pieces: WeightedSum) -> dict[str, float]:
     """Finish one output chunk (all structures) of one time point from its pieces, write it, record it."""
     start = time.perf_counter()
-    job = resolve_job(job)
-    _prepare_worker_process(_torch_threads(job))
+    job, policy = resolve_run(run)
+    _prepare_worker_process(_torch_threads(job, policy))
     if len(pieces) != len(task.sources):
         raise RuntimeError(f"chunk {task.region} expected {len(task.sources)} pieces, got {len(pieces)}")
-    blended = job.window.blend_pieces(task.model_box, pieces)
+    blended = policy.window.blend_pieces(task.model_box, pieces)
     if job.options.output_grid == "input":
         blended = _back_to_input_grid(blended, task.model_box, job.grid, task.region)
     out = open_for_writing(job.output_path)
@@ -254,11 +257,11 @@ def write_chunk(job: PredictJob | JobRef, task: ChunkTask, *pieces: WeightedSum)
     return timings
 
 
-def run_in_process(job: PredictJob, skip: Sequence[str] | set[str] = ()) -> int:
+def run_in_process(job: PredictJob, policy: RunPolicy, skip: Sequence[str] | set[str] = ()) -> int:
     """Run every task of ``job`` in this process, one after the other, without dask (benchmarks,
     debugging); returns the number of chunks written. Blocks are computed first, then the chunks."""
-    plan = job.schedule(skip)
-    pieces = [predict_block(job, block) for block in plan.blocks]
+    plan = job.schedule(policy.window, skip)
+    pieces = [predict_block((job, policy), block) for block in plan.blocks]
     for chunk in plan.chunks:
-        write_chunk(job, chunk, *(pieces[ref.block][ref.piece] for ref in chunk.sources))
+        write_chunk((job, policy), chunk, *(pieces[ref.block][ref.piece] for ref in chunk.sources))
     return len(plan.chunks)

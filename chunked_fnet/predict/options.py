@@ -17,7 +17,9 @@ class PredictOptions(BaseModel):
     patch_shape: tuple[int, int, int] | Literal["auto"] = Field(
         "auto",
         description="model patch z, y, x on the model grid (multiples of the U-Net's down-sampling), or auto: the whole "
-        "z-depth and y/x as large as the smallest worker's memory allows, chosen once per run and kept in its run record",
+        "z-depth and y/x as large as the smallest worker's memory allows, chosen once per run and kept in its run record. "
+        "An explicit patch too small for the overlap the models need (each voxel evaluated over 2x) is refused, "
+        "naming the smallest that works, unless an overlap is given too",
     )
     overlap: float | Literal["auto"] = Field(
         "auto",
@@ -45,8 +47,8 @@ class PredictOptions(BaseModel):
     device: str = Field("auto", description="torch device: auto (CUDA when torch sees one, else cpu), cpu, cuda, cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="auto: bf16 autocast where a measurement on one worker shows its forward pass at least 1.25x as fast as "
-        "fp32's (AMX/AVX512-BF16 CPUs, GPUs), else fp32; chosen once per run and kept in its run record",
+        description="auto: bf16 autocast where every worker computes bf16 natively (AMX/AVX512-BF16 CPUs, CUDA), else fp32; "
+        "chosen once per run, kept in its run record and the output's attributes",
     )
     pad_mode: Literal["reflect", "symmetric", "edge"] = Field(
         "reflect", description="how the frame is extended past its edges for the patches that cross them"
@@ -75,13 +77,6 @@ class PredictOptions(BaseModel):
         if value != "auto" and value < 1:
             raise ValueError(f"batch_size is a number of patches >= 1 or auto, got {value}")
         return value
-
-    @property
-    def patches_per_pass(self) -> int:
-        """The batch size that ``auto`` stands for (see ``batch_size``)."""
-        if self.batch_size != "auto":
-            return int(self.batch_size)
-        return 1 if self.patch_shape == "auto" else 4
 
     @field_validator("overlap")
     @classmethod

@@ -10,9 +10,7 @@ the others are predicted, and the summary lists the refusals (the CLI then exits
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,19 +20,12 @@ from chunked_fnet.cluster import ClusterSpec, local_client
 from chunked_fnet.errors import ChunkedFnetError, InputError, OutputExistsError, one_line
 from chunked_fnet.io.plate import create_plate, join, read_plate
 from chunked_fnet.io.store import is_url, redact
-from chunked_fnet.io.writer import _clear_existing
+from chunked_fnet.io.writer import _clear_existing as clear_existing
+from chunked_fnet.predict.submit import RunSummary
 from chunked_fnet.predict.ledger import Ledger, differences
 from chunked_fnet.predict.options import PredictOptions
-from chunked_fnet.predict.precision import choose_precision
-from chunked_fnet.predict.run import (
-    RunSummary,
-    _create_or_leave_nothing,
-    _fit_to_cluster,
-    _resume_state,
-    _rewindow,
-    execute_many,
-    plan,
-)
+from chunked_fnet.predict.plan import plan
+from chunked_fnet.predict.run import run_jobs
 
 
 @dataclass(frozen=True)
@@ -108,31 +99,15 @@ def predict_plate(
             raise InputError(f"cannot resume {redact(out)}: it was started with other fields or another plate; " + "; ".join(diff))
     elif ledger.output_exists() and not overwrite:
         raise OutputExistsError(f"{redact(out)} already exists; pass --overwrite to replace it, or --resume to finish an interrupted run")
-    skips: list[set[str] | None] = []
-    for i, job in enumerate(jobs):
-        field_record = (Ledger(job.output_path).read_record() or {}) if resume else {}
-        if field_record.get("window") is not None and options.patch_shape == "auto":
-            job = _rewindow(job, recorded=field_record["window"])
-        if field_record.get("precision") is not None and options.precision == "auto":
-            job = dataclasses.replace(job, precision_choice=field_record["precision"])
-        jobs[i] = job
-        skips.append(_resume_state(job) if resume else None)
-    context = nullcontext(client) if isinstance(client, Client) else local_client(client or ClusterSpec())
-    with context as c:  # connected before anything is written: an unreachable scheduler leaves nothing behind
+
+    def create() -> None:  # once every field is checked, before the first field is created
         if overwrite and not is_url(out):
-            _clear_existing(out, True, out, None)  # removes only a zarr store
+            clear_existing(out, True, out, None)  # removes only a zarr store
         elif overwrite and ledger.output_exists():
             ledger.fs.rm(ledger.output, recursive=True)
-        recorded_choice = next((j.precision_choice for j, s in zip(jobs, skips, strict=True) if s is not None), None)
         create_plate(out, info, [tuple(n.rsplit("/", 1)) for n in names], options.version)  # type: ignore[misc]
         ledger.write_record(record)
-        for i, job in enumerate(jobs):
-            if skips[i] is None:  # a field not started yet: size its patch, choose its precision, create it
-                job = _fit_to_cluster(job, c)
-                recorded_choice = recorded_choice or choose_precision(job, c)  # measured once per run
-                job = dataclasses.replace(job, precision_choice=recorded_choice)
-                _create_or_leave_nothing(job, False)
-                jobs[i] = job
-        runs = execute_many(jobs, c, skips=[s or set() for s in skips], progress=progress, labels=names, output=out)
+
+    runs = run_jobs(jobs, client, resume=resume, overwrite=overwrite, progress=progress, labels=names, output=out, before_create=create)
     return PlateSummary(out, tuple(names), tuple(runs), refused)
 

@@ -1,7 +1,7 @@
 """Getting a run's job to the workers: once to each worker, as a dask worker plugin.
 
-Every task of a run needs the :class:`~chunked_fnet.predict.job.PredictJob` (the models, the window,
-every frame's statistics: 37 KB at 1,000 frames). Pickled into every task it cost 1.1 ms per task;
+Every task of a run needs the :class:`~chunked_fnet.predict.job.PredictJob` (the models, every frame's
+statistics: 37 KB at 1,000 frames) and the run's :class:`~chunked_fnet.predict.policy.RunPolicy`. Pickled into every task it cost 1.1 ms per task;
 as one key of the graph that the tasks depend on, the scheduler placed every task with no other input
 (the block tasks) on the one worker that held that key, and the other workers got theirs only when
 work stealing moved them: a one-frame run waited 0.4-1.9 s with one of two workers idle
@@ -23,30 +23,31 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from chunked_fnet.predict.job import PredictJob
+    from chunked_fnet.predict.policy import RunPolicy
 
-__all__ = ["JobRef", "resolve_job", "shipped"]
+__all__ = ["JobRef", "resolve_run", "shipped"]
 
 
 @dataclass(frozen=True)
 class JobRef:
-    """Stands for job ``index`` of the run whose plugin is ``plugin`` on the worker that runs the task."""
+    """Stands for job ``index`` (and its policy) of the run whose plugin is ``plugin`` on the worker that runs the task."""
 
     plugin: str
     index: int
 
 
 class _RunJobs(WorkerPlugin):
-    """Holds a run's jobs on every worker (dask sends it to workers that join later, too)."""
+    """Holds a run's jobs and their policies on every worker (dask sends it to workers that join later, too)."""
 
     idempotent = True
 
-    def __init__(self, name: str, jobs: Sequence[PredictJob]) -> None:
+    def __init__(self, name: str, runs: Sequence[tuple[PredictJob, RunPolicy]]) -> None:
         self.name = name
-        self.jobs = list(jobs)
+        self.runs = list(runs)
 
 
-def resolve_job(job: PredictJob | JobRef) -> PredictJob:
-    """The job itself: ``job`` unless it is a :class:`JobRef`, then the one its plugin holds on this worker."""
+def resolve_run(job: tuple[PredictJob, RunPolicy] | JobRef) -> tuple[PredictJob, RunPolicy]:
+    """The job and its policy: ``job`` unless it is a :class:`JobRef`, then the pair its plugin holds on this worker."""
     if not isinstance(job, JobRef):
         return job
     from distributed import get_worker
@@ -55,16 +56,16 @@ def resolve_job(job: PredictJob | JobRef) -> PredictJob:
     plugin = worker.plugins.get(job.plugin)
     if plugin is None:
         raise RuntimeError(f"worker {worker.address} has no plugin {job.plugin!r}: the run that submitted this task has ended")
-    return plugin.jobs[job.index]
+    return plugin.runs[job.index]
 
 
 @contextmanager
-def shipped(client: Client, jobs: Sequence[PredictJob]) -> Iterator[list[JobRef]]:
-    """Register the jobs on every worker for the duration of a run; yields their references."""
+def shipped(client: Client, runs: Sequence[tuple[PredictJob, RunPolicy]]) -> Iterator[list[JobRef]]:
+    """Register the jobs and their policies on every worker for the duration of a run; yields their references."""
     name = f"chunked_fnet-run-{uuid.uuid4().hex[:8]}"
-    client.register_plugin(_RunJobs(name, jobs), name=name)
+    client.register_plugin(_RunJobs(name, runs), name=name)
     try:
-        yield [JobRef(name, i) for i in range(len(jobs))]
+        yield [JobRef(name, i) for i in range(len(runs))]
     finally:
         if client.status == "running":  # a lost scheduler would make this wait for it; its error is the one to report
             try:

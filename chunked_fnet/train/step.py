@@ -17,28 +17,17 @@ from __future__ import annotations
 
 import torch
 
-from chunked_fnet.device import autocast_dtype
+from chunked_fnet.device import autocast_dtype, bf16_is_native
 from chunked_fnet.errors import InputError
 
-__all__ = ["TrainStep", "bf16_is_native", "training_precision"]
-
-
-def bf16_is_native(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 convolutions in hardware (not by emulation through fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        cpu = torch.cpu
-        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-        return any(getattr(cpu, name, lambda: False)() for name in checks)
-    return False
+__all__ = ["TrainStep", "training_precision"]
 
 
 def training_precision(precision: str, device: torch.device) -> str:
     """The precision a run trains in: as configured, or for ``auto`` bf16 where it is native, else fp32.
 
-    (Prediction's ``auto`` measures instead, on the run's workers; a training run is long enough that
-    the hardware rule suffices, and ``benchmarks/train_speed.py`` shows its loss curve matches fp32.)
+    (Prediction's ``auto`` follows the same rule, on every worker: ``predict/policy.py``;
+    ``benchmarks/train_speed.py`` shows the bf16 loss curve matches fp32's.)
     """
     autocast_dtype(precision, device)  # refuses unknown names with the shared message
     if precision != "auto":

@@ -1,0 +1,177 @@
+"""Plan a prediction job: check the input selection and the models, compute every frame's statistics,
+and describe the job (:class:`~chunked_fnet.predict.job.PredictJob`): its input, its models and its
+output. Nothing here depends on the cluster; what a run chooses is the policy's (``policy.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from chunked_fnet.device import parse_device
+from chunked_fnet.errors import InputError
+from chunked_fnet.io.completeness import completeness
+from chunked_fnet.io.reader import Selection, channel_index, locate, open_image, open_level_array, spatial_frame
+from chunked_fnet.io.store import is_url, redact
+from chunked_fnet.predict.ensemble import Member, check_ensemble
+from chunked_fnet.predict.job import PredictJob
+from chunked_fnet.predict.options import PredictOptions
+from chunked_fnet.predict.policy import ModelConstraints
+from chunked_fnet.preprocess.normalize import FrameStats, frame_stats
+from chunked_fnet.preprocess.resample import ModelGrid
+
+__all__ = ["EPS_TOLERANCE", "plan"]
+
+
+def plan(
+    image: str | Path | xr.DataArray,
+    models: Sequence[str | Path],
+    out: str | Path,
+    options: PredictOptions,
+    *,
+    series: str | None = None,
+) -> PredictJob:
+    """Check inputs and models, compute per-frame statistics, and describe the job.
+
+    ``image`` is an OME-Zarr path or a DataArray from :func:`chunked_fnet.open_image`, at any pyramid
+    level, maybe subset with ``isel``/``sel``: exactly its time points and its z/y/x extent are
+    predicted, and the output's origin is the subset's physical origin.
+    """
+    if not isinstance(image, xr.DataArray):
+        image = open_image(str(image), series=series)
+    selection = locate(image)
+    source = selection.source
+    _refuse_output_inside_input(source, str(out))
+    if "z" not in selection.start:
+        raise InputError(f"{source}: the models are 3D; the image has no z axis (dims {list(image.dims)})")
+    channel = _input_channel(image, selection, options)
+    store_channel = selection.channels[channel] if "c" in image.dims else selection.channels[0]
+    parse_device(options.device)  # a misspelt device fails here, not in every task
+    paths = [str(p) for p in models]
+    members, hashes = check_ensemble(paths)
+    frames = _selected_times(image, selection, options)
+    level_array, level_meta, _ = open_level_array(source, level=selection.level)
+    missing = _check_complete(level_array, level_meta.dims, selection, frames, store_channel, options)
+    name = options.input_channel if "c" in image.dims else image["c"].item() if "c" in image.coords else 0
+    stats = tuple(
+        frame_stats(spatial_frame(image, i, channel), f"{source} t={t} channel {name!r}", options.nonfinite)
+        for i, t in frames
+    )
+    _check_eps(members, stats, frames, source)
+    times = tuple(t for _, t in frames)
+    scale = image.attrs["scale"]
+    zyx = tuple(selection.size[d] for d in ("z", "y", "x"))
+    grid = ModelGrid(zyx, (scale["z"], scale["y"], scale["x"]), tuple(members[0].voxel_size))  # type: ignore[arg-type]
+    tscale = scale.get("t", 1.0)
+    first = {d: float(np.atleast_1d(image[d].values)[0]) for d in ("z", "y", "x")}
+    t0 = float(np.atleast_1d(image["t"].values)[frames[0][0]]) if "t" in image.coords else 0.0
+    job = PredictJob(
+        input_path=source,
+        series=None,
+        input_dims=tuple(level_meta.dims),
+        channel_index=store_channel,
+        times=times,
+        stats=stats,
+        grid=grid,
+        models=tuple(paths),
+        hashes=tuple(hashes),
+        output_path=str(out),
+        options=options,
+        constraints=ModelConstraints.of(members),
+        structures=tuple(m.structure for m in members),
+        colors=tuple(m.color for m in members),
+        origin=(t0, first["z"], first["y"], first["x"]),
+        time_scale=tscale,
+        time_unit=image.attrs["units"].get("t") or "second",
+        input_info={
+            "shape": list(level_array.shape), "dtype": str(image.dtype), "scale": dict(scale),
+            "translation": dict(image.attrs["translation"]), "missing_chunks_filled": missing,
+        },
+        input_level=selection.level,
+        input_offset=tuple(selection.start[d] for d in ("z", "y", "x")),  # type: ignore[arg-type]
+    )
+    job.__dict__["input_array"] = level_array  # the store this process just opened: the tasks run in process read it too
+    return job
+
+
+#: How much a package's z-scoring epsilon may change the z-scores, relative, before a run is refused:
+#: the pipeline divides by the frame's std, a package by std + eps.
+EPS_TOLERANCE = 1e-6
+
+
+def _check_eps(members: Sequence[Member], stats: Sequence[FrameStats], frames: Sequence[tuple[int, int | None]], source: str) -> None:
+    """Refuse frames so flat that a package's ``eps`` would change its z-scores measurably."""
+    for m in members:
+        for s, (_, t) in zip(stats, frames, strict=True):
+            if m.eps and m.eps / (s.std + m.eps) > EPS_TOLERANCE:
+                raise InputError(
+                    f"{source} t={t}: its standard deviation {s.std:g} is so small that {m.path}'s z-scoring (x - mean) / (std + {m.eps:g}) "
+                    "differs from the whole-frame z-scores chunked prediction uses by more than 1e-6; rescale the image"
+                )
+
+
+def _check_complete(
+    array: Any, dims: Sequence[str], selection: Selection, frames: list[tuple[int, int | None]], channel: int, options: PredictOptions
+) -> int:
+    """Refuse (or, with ``missing_chunks="fill"``, count) input chunks that the run reads but the store lacks."""
+    region = []
+    for d in dims:
+        if d == "t":
+            region.append(slice(frames[0][1], frames[-1][1] + 1))
+        elif d == "c":
+            region.append(slice(channel, channel + 1))
+        else:
+            region.append(slice(selection.start[d], selection.start[d] + selection.size[d]))
+    report = completeness(array, region)
+    if report.missing and options.missing_chunks == "fail":
+        raise InputError(
+            report.describe(f"{selection.source} level {selection.level}")
+            + "; the store is incomplete (an interrupted copy?): complete it, or, if its writer leaves chunks equal to the fill value "
+            f"unwritten on purpose, pass --missing-chunks fill (they are read as {array.fill_value})"
+        )
+    return len(report.missing)
+
+
+def _input_channel(image: xr.DataArray, selection: Selection, options: PredictOptions) -> int:
+    """The transmitted-light channel, as an index into ``image``'s channels (0 when there is no c axis)."""
+    if "c" in image.dims:
+        return channel_index(image, options.input_channel, "input (transmitted-light)")
+    if "c" in selection.dropped and "input_channel" in options.model_fields_set:
+        held, wanted = str(image["c"].item()), str(options.input_channel)
+        if wanted not in (held, str(selection.channels[0])):
+            raise InputError(f"{selection.source}: the DataArray holds only channel {held!r}, but input_channel is {wanted!r}")
+    return 0
+
+
+def _selected_times(image: xr.DataArray, selection: Selection, options: PredictOptions) -> list[tuple[int, int | None]]:
+    """(index into ``image``'s t axis, index into the store's t axis) of each frame to predict."""
+    if "t" not in selection.start:
+        if options.time is not None and options.time != (0, 1):
+            raise InputError(f"{selection.source}: time range {list(options.time)} given, but the image has no t axis")
+        return [(0, None)]
+    n_t = selection.size["t"]
+    lo, hi = options.time if options.time is not None else (0, n_t)
+    if not 0 <= lo < hi <= n_t:
+        raise InputError(f"{selection.source}: time range [{lo}, {hi}) is outside the image's 0..{n_t} time points")
+    return [(i, selection.start["t"] + i) for i in range(lo, hi)]
+
+
+def _refuse_output_inside_input(image_path: str, out: str) -> None:
+    """Writing the prediction into the input store (or over it) would modify the input."""
+    if is_url(out) or is_url(image_path):
+        root = image_path.split("?")[0].rstrip("/")
+        inside = out.split("?")[0].rstrip("/") == root or out.startswith(root + "/")
+    else:
+        top = Path(image_path.removeprefix("file://")).resolve()
+        # an image inside a collection (bioformats2raw, plate): the whole collection is the input store
+        while any((top.parent / m).exists() for m in ("zarr.json", ".zgroup", ".zattrs")):
+            top = top.parent
+        target = Path(out.removeprefix("file://")).resolve()
+        inside = target == top or top in target.parents
+        root = str(top)
+    if inside:
+        raise InputError(f"output {redact(out)} is inside the input store {redact(root)}; write the prediction somewhere else")

@@ -1,0 +1,153 @@
+"""Prepare a run of planned jobs on a cluster: read the cluster's facts, restore an interrupted run's
+record, resolve each job's policy (once per run), and create the outputs.
+
+The order matters: every check that can refuse a run happens before anything is written, and an
+output whose creation fails part way is removed again, so a rerun with the cause fixed starts clean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from distributed import Client
+
+import chunked_fnet
+from chunked_fnet.errors import ChunkedFnetError, InputError, OutputExistsError
+from chunked_fnet.io.store import redact
+from chunked_fnet.io.writer import create_image, open_for_writing
+from chunked_fnet.predict.job import PredictJob
+from chunked_fnet.predict.ledger import Ledger, differences
+from chunked_fnet.predict.policy import PATCH_MEMORY_FRACTION, Hardware, RunPolicy
+
+__all__ = ["cluster_hardware", "create_output", "prepare"]
+
+
+def cluster_hardware(client: Client, device: str) -> Hardware:
+    """The facts of the cluster's workers: the smallest patch budget (memory per task thread, or a GPU's
+    total memory: one block at a time runs on a GPU, in its own thread), the patches that keep every GPU
+    (or CPU host) busy, task threads per host, and whether every worker computes bf16 natively.
+
+    CPU threads are not counted as patches: a frame is not cut to give each thread a patch, since the cut
+    evaluates the overlap twice (one 48x384x384 frame in two: 1.25x), while a block given a host's idle
+    threads runs its convolutions on all of them at the bare forward's own speed."""
+    workers = client.scheduler_info().get("workers", {})
+    if not workers:  # nothing to ask yet (batch-system workers still queued): what any worker can take
+        return Hardware(device="unknown")
+    per_host: dict[Any, int] = {}
+    for w in workers.values():
+        per_host[w.get("host")] = per_host.get(w.get("host"), 0) + int(w["nthreads"])
+    shares = [w["memory_limit"] / max(1, w["nthreads"]) for w in workers.values() if w.get("memory_limit")]
+    budget = PATCH_MEMORY_FRACTION * min(shares) if shares else Hardware().patch_budget
+    facts = client.run(_device_facts, device)
+    gpus = [f["memory"] for f in facts.values() if f["type"] == "cuda"]
+    kind = "cuda" if gpus else "cpu"
+    if gpus:
+        budget = PATCH_MEMORY_FRACTION * min(gpus)
+    native = all(f["native_bf16"] for f in facts.values())
+    return Hardware(budget, len(gpus) or len(per_host), tuple(per_host.values()), kind, native)
+
+
+def _device_facts(device: str) -> dict[str, Any]:
+    """On a worker: the device it computes on, its total memory (GPU), and whether bf16 is native there."""
+    import torch
+
+    from chunked_fnet.device import bf16_is_native, resolve_device
+
+    dev = resolve_device(device)
+    memory = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else 0
+    return {"type": dev.type, "memory": memory, "native_bf16": bf16_is_native(dev)}
+
+
+def prepare(
+    jobs: Sequence[PredictJob], client: Client, *, resume: bool, overwrite: bool,
+) -> tuple[list[RunPolicy], list[set[str] | None]]:
+    """Each job's policy and, on resume, the chunks its interrupted run finished (None: a new output).
+
+    Refuses before anything is written: an existing output without ``overwrite`` or ``resume``; a resume
+    of an output that is no prediction, or was started with other input, models or parameters. A job's
+    policy is resolved once, from the cluster's facts, or on resume from its run record (the interrupted
+    run's window and precision, whatever this cluster would choose)."""
+    hardware = cluster_hardware(client, jobs[0].options.device) if jobs else Hardware()
+    policies, skips = [], []
+    for job in jobs:
+        recorded = Ledger(job.output_path).read_record() if resume else None
+        policy = job.resolve_policy(hardware, recorded)
+        skips.append(_finished_chunks(job, policy, recorded) if resume else None)
+        if skips[-1] is None and not overwrite and Ledger(job.output_path).output_exists():
+            raise OutputExistsError(
+                f"{redact(job.output_path)} already exists; pass --overwrite to replace it, or --resume to finish an interrupted run"
+            )
+        policies.append(policy)
+    return policies, skips
+
+
+def _finished_chunks(job: PredictJob, policy: RunPolicy, recorded: dict[str, Any] | None) -> set[str] | None:
+    """Chunks already done by an interrupted run into ``job.output_path``; None when there is no output yet.
+
+    Refuses when the output is not a chunked_fnet prediction or was started with other input, models
+    or parameters: finishing it with different settings would give an output no single run produces.
+    """
+    ledger = Ledger(job.output_path)
+    if recorded is None:
+        if not ledger.output_exists():
+            return None  # nothing was started: a resume is a first run
+        raise InputError(
+            f"cannot resume {redact(job.output_path)}: it holds no run record (.chunked_fnet/run.json), so it was not "
+            "started by chunked-fnet predict; choose another --out"
+        )
+    diff = differences(recorded, job.record(policy))
+    if diff:
+        raise InputError(
+            f"cannot resume {redact(job.output_path)}: it was started with other settings; "
+            + "; ".join(diff)
+            + " (run again with the same input, models and parameters, or pass --overwrite to start over)"
+        )
+    return ledger.done()
+
+
+def create_output(job: PredictJob, policy: RunPolicy, overwrite: bool = False) -> None:
+    """The empty output image: a named, coloured channel per structure, overlaying the input; its
+    provenance (models, window, precision) in the image's attributes; its run record."""
+    create_image(
+        job.output_path,
+        shape=job.output_shape,
+        dims=("t", "c", "z", "y", "x"),
+        chunks=(1, 1, *job.options.chunks),
+        dtype=job.options.dtype,
+        scale={"t": job.time_scale, **dict(zip(("z", "y", "x"), job.output_scale, strict=True))},
+        translation=dict(zip(("t", "z", "y", "x"), job.origin, strict=True)),
+        units={"t": job.time_unit},
+        channel_names=list(job.structures),
+        channel_colors=list(job.colors),
+        channel_windows=[{"min": -10.0, "max": 10.0, "start": -1.0, "end": 4.0} for _ in job.structures],
+        levels=job.options.levels,
+        version=job.options.version,
+        name=f"chunked_fnet prediction of {Path(job.input_path).name}",
+        overwrite=overwrite,
+    )
+    open_for_writing(job.output_path).attrs["chunked_fnet"] = {
+        "version": chunked_fnet.__version__,
+        "models": {"structures": list(job.structures), "sha256": list(job.hashes)},
+        "tta_flips": job.options.tta_flips,
+        **policy.record(),
+    }
+    Ledger(job.output_path).write_record(job.record(policy))
+
+
+def create_or_leave_nothing(job: PredictJob, policy: RunPolicy, overwrite: bool) -> None:
+    """Create the output; if that fails part way (disk full, permissions), remove what was made, so the
+    rerun with the cause fixed does not meet a half-made store that "already exists"."""
+    try:
+        create_output(job, policy, overwrite)
+    except BaseException as exc:
+        ledger = Ledger(job.output_path)
+        if ledger.output_exists():
+            ledger.fs.rm(ledger.output, recursive=True)
+        if isinstance(exc, OSError):
+            raise ChunkedFnetError(
+                f"could not create the output {redact(job.output_path)}: {exc.strerror or exc}; nothing was left behind, "
+                "rerun once the cause is fixed"
+            ) from None
+        raise

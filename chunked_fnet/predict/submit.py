@@ -1,0 +1,264 @@
+"""Submit a run's tasks to dask and follow them: a batch of whole frames at a time, one progress bar,
+failures gathered and reported together, a lost or stalled cluster ended in one line with the
+``--resume`` hint; then the pyramids and one summary per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+from distributed import Client, as_completed
+from tqdm.auto import tqdm
+
+from chunked_fnet.errors import ChunkedFnetError
+from chunked_fnet.io.store import redact
+from chunked_fnet.io.writer import build_pyramid
+from chunked_fnet.predict.job import PredictJob, predict_block, write_chunk
+from chunked_fnet.predict.ledger import Ledger, chunk_key, describe_chunk
+from chunked_fnet.predict.policy import RunPolicy
+from chunked_fnet.predict.shipping import JobRef, shipped
+
+__all__ = ["ChunksFailedError", "RunInterruptedError", "RunSummary", "execute", "execute_many"]
+
+
+class ChunksFailedError(ChunkedFnetError, RuntimeError):
+    """Some chunk tasks failed after their retries; every other chunk was written and recorded."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    output: str
+    chunks: int  # computed by this run
+    workers: int
+    seconds: float
+    voxels: int
+    total_chunks: int = 0  # of the whole output; more than ``chunks`` when a resumed run skipped finished ones
+    patch_evaluations: int = 0  # model patches evaluated (each global sliding-window patch of a frame once)
+    policy: RunPolicy | None = None  # what the run chose: window, precision (and why), recompute factor
+
+    @property
+    def precision(self) -> str:
+        """What the models computed in, and why (``bf16 (auto: bf16 is native on every cpu worker)``)."""
+        return f"{self.policy.precision} ({self.policy.reason})" if self.policy else ""
+
+    @property
+    def recompute(self) -> float:
+        """Model-voxel evaluations per output voxel (1.0: every voxel evaluated once)."""
+        return self.policy.recompute if self.policy else float("nan")
+
+    def __str__(self) -> str:
+        rate = self.voxels / self.seconds if self.seconds else float("nan")
+        skipped = self.total_chunks - self.chunks
+        resumed = f" ({skipped} of {self.total_chunks} were already done)" if skipped > 0 else ""
+        return (
+            f"wrote {self.output}: {self.chunks} chunk tasks on {self.workers} worker(s) in {self.seconds:.1f} s{resumed}, "
+            f"{self.voxels / 1e6:.2f} M output voxels x structures, {rate / 1e6:.3f} M voxels/s, {self.patch_evaluations} patches evaluated"
+            + (f" of {'x'.join(map(str, self.policy.window.patch_shape))} (each voxel evaluated {self.recompute:.2f}x)"
+               f"; {self.precision}" if self.policy else "")
+        )
+
+
+#: Chunk tasks handed to the scheduler at a time: a run of any length is submitted a batch of whole
+#: frames at a time, topped up as chunks finish. One graph of every chunk cost time superlinear in
+#: its size before the first chunk ran (benchmarks/many_chunks.py, 2-core CPU: 10^3 chunks submitted
+#: in 1.6 s, 10^4 in 36 s, the first chunk finished after 65 s), and held every task in the scheduler.
+BATCH_CHUNKS = 1024
+
+
+class FrameBatches:
+    """Hands a job's tasks to the scheduler a batch of frames at a time (frames are independent:
+    a chunk only needs the blocks of its own frame), in storage order."""
+
+    def __init__(self, job: PredictJob, graph: Any, client: Client, ref: JobRef, batch: int | None = None) -> None:
+        self.job, self.graph, self.client, self.batch = job, graph, client, batch or BATCH_CHUNKS
+        self.ref = ref  # what the tasks carry instead of the job (see predict/shipping.py)
+        self.low_water = max(1, self.batch // 2)
+        self.token = uuid.uuid4().hex[:8]  # two runs on one cluster must never share a task key
+        self.chunks_of: dict[int, list[int]] = {}
+        self.blocks_of: dict[int, list[int]] = {}
+        for i, c in enumerate(graph.chunks):
+            self.chunks_of.setdefault(c.time_index, []).append(i)
+        for i, b in enumerate(graph.blocks):
+            self.blocks_of.setdefault(b.time_index, []).append(i)
+        self.frames = sorted(self.chunks_of)
+        self.next = 0
+
+    @property
+    def done(self) -> bool:
+        return self.next >= len(self.frames)
+
+    def more(self) -> dict[Any, Any]:
+        """Futures (-> their ChunkTask) of the next frames: at least one frame, up to ``batch`` chunks."""
+        frames: list[int] = []
+        count = 0
+        while not self.done and (not frames or count + len(self.chunks_of[self.frames[self.next]]) <= self.batch):
+            frames.append(self.frames[self.next])
+            count += len(self.chunks_of[self.frames[self.next]])
+            self.next += 1
+        graph, token, job = self.graph, self.token, self.ref
+        blocks = {
+            i: dask.delayed(predict_block, pure=False, nout=len(graph.blocks[i].pieces))(
+                job, graph.blocks[i], dask_key_name=f"cfnet-block-{token}-{chunk_key(graph.blocks[i].time_index, graph.blocks[i].block)}"
+            )
+            for t in frames for i in self.blocks_of.get(t, [])
+        }
+        tasks = [graph.chunks[i] for t in frames for i in self.chunks_of[t]]
+        chunks = [
+            dask.delayed(write_chunk, pure=False)(
+                job, c, *(blocks[ref.block][ref.piece] for ref in c.sources),
+                dask_key_name=f"cfnet-chunk-{token}-{chunk_key(c.time_index, c.region)}",
+            )
+            for c in tasks
+        ]
+        return dict(zip(self.client.compute(chunks, retries=self.job.options.retries), tasks, strict=True))
+
+
+class RunInterruptedError(ChunkedFnetError, RuntimeError):
+    """The cluster went away mid-run (scheduler lost, run cancelled); finished chunks are recorded."""
+
+
+def _interrupted(job: PredictJob | Sequence[PredictJob], client: Client, what: str, lost: bool = True, output: str | None = None) -> RunInterruptedError:
+    jobs = [job] if isinstance(job, PredictJob) else list(job)
+    address = getattr(client.scheduler, "address", None) or "the dask scheduler"
+    done = sum(len(Ledger(j.output_path).done()) for j in jobs)
+    total = sum(j.n_chunks for j in jobs)
+    happened = f"lost its dask scheduler {address}" if lost else f"stopped on the dask scheduler {address}"
+    return RunInterruptedError(
+        f"the run into {redact(output or jobs[0].output_path)} {happened} ({redact(what)}); {done} of {total} chunks are written "
+        f"and recorded: rerun the same command with --resume (against a running scheduler) to compute only the rest"
+    )
+
+
+def execute(job: PredictJob, policy: RunPolicy, client: Client, *, skip: Collection[str] = (), progress: bool = True) -> RunSummary:
+    """Run the tasks of a planned job whose output exists (see :func:`~chunked_fnet.predict.prepare.create_output`).
+
+    Chunks named in ``skip`` (their ledger keys) are not computed. A chunk that still fails after
+    ``options.retries`` retries does not stop the others: once every task has ended, the failures are
+    raised together, naming each chunk, while everything else stays written and recorded.
+
+    The graph (:meth:`PredictJob.schedule`) goes to dask a batch of whole frames at a time
+    (:class:`FrameBatches`): ``dask.order`` runs each chunk as soon as its blocks are done, so blocks'
+    sums are held only along a moving front and memory stays bounded however many frames and chunks there are.
+    """
+    return execute_many([job], [policy], client, skips=[skip], progress=progress)[0]
+
+
+def execute_many(
+    jobs: Sequence[PredictJob],
+    policies: Sequence[RunPolicy],
+    client: Client,
+    *,
+    skips: Sequence[Collection[str]] | None = None,
+    progress: bool = True,
+    labels: Sequence[str] | None = None,
+    output: str | None = None,
+) -> list[RunSummary]:
+    """Run several planned jobs (e.g. the fields of a plate) as one run: one progress bar, their tasks
+    handed to the scheduler job after job, a batch of whole frames at a time, and one error at the end
+    naming every chunk that failed (prefixed with its job's label). Returns one summary per job."""
+    start = time.perf_counter()
+    skips = list(skips) if skips is not None else [()] * len(jobs)
+    labels = [f"{label} " for label in labels] if labels is not None else [""] * len(jobs)
+    graphs = [job.schedule(policy.window, set(skip)) for job, policy, skip in zip(jobs, policies, skips, strict=True)]
+    with shipped(client, list(zip(jobs, policies, strict=True))) as refs:  # the jobs stay on the workers only while their tasks run
+        workers, voxels = _run_tasks(jobs, graphs, refs, client, progress, labels, output)
+    for job in jobs:
+        if job.options.levels > 1:
+            build_pyramid(job.output_path, progress=progress)
+    seconds = time.perf_counter() - start
+    return [
+        RunSummary(
+            job.output_path, len(graph.chunks), workers, seconds, voxels[j], total_chunks=job.n_chunks,
+            patch_evaluations=graph.patch_evaluations, policy=policy,
+        )
+        for j, (job, policy, graph) in enumerate(zip(jobs, policies, graphs, strict=True))
+    ]
+
+
+def _run_tasks(
+    jobs: Sequence[PredictJob], graphs: Sequence[Any], refs: Sequence[JobRef], client: Client, progress: bool, labels: Sequence[str],
+    output: str | None,
+) -> tuple[int, list[int]]:
+    """Submit the jobs' tasks a batch at a time and wait for them; returns the workers at the end and
+    the output voxels written per job. Failures and a lost cluster are raised as :func:`execute_many` says."""
+    submitters = [FrameBatches(job, graph, client, ref) for job, graph, ref in zip(jobs, graphs, refs, strict=True)]
+    low_water = submitters[0].low_water if submitters else 1
+    current = 0
+    futures: dict[Any, tuple[int, Any]] = {}
+
+    def top_up() -> dict[Any, tuple[int, Any]]:
+        nonlocal current
+        new: dict[Any, tuple[int, Any]] = {}
+        while current < len(submitters) and (not new or len(futures) + len(new) < low_water):
+            if submitters[current].done:
+                current += 1
+                continue
+            new.update({f: (current, task) for f, task in submitters[current].more().items()})
+        return new
+
+    def all_submitted() -> bool:
+        return all(s.done for s in submitters)
+
+    futures.update(top_up())
+    voxels = [0] * len(jobs)
+    failures: list[tuple[tuple[Any, ...], str]] = []
+    cancelled = 0
+    computed = sum(len(g.chunks) for g in graphs)
+    stall = min(job.options.stall_timeout for job in jobs)
+    where = output or jobs[0].output_path
+    try:
+        with tqdm(total=computed, desc="predict", unit="chunk", disable=not progress) as bar:
+            # Finished chunks are never gathered, and their futures are released at once: a chunk's
+            # result (a few timings) would otherwise live on its worker, and a worker lost later would
+            # make dask recompute a finished chunk whose block inputs it had already forgotten, which
+            # could wait forever ("Couldn't gather 1 keys, rescheduling"). The chunk's ledger marker
+            # is its result. Polling (not a blocking iterator) bounds the wait for the next chunk.
+            pending = as_completed(futures)
+            last = time.monotonic()
+            while not (pending.is_empty() and all_submitted()):
+                if len(futures) < low_water and not all_submitted():
+                    new = top_up()
+                    futures.update(new)
+                    pending.update(new)
+                finished = pending.next_batch(block=False)
+                if not finished:
+                    if time.monotonic() - last > stall:
+                        raise _interrupted(jobs, client, f"no chunk finished in {stall:g} s (stall_timeout)", lost=False, output=where)
+                    time.sleep(0.05)
+                    continue
+                last = time.monotonic()
+                for future in finished:
+                    j, task = futures.pop(future)
+                    job = jobs[j]
+                    if future.status == "error":
+                        ti, region = task.time_index, task.region
+                        exc = future.exception()
+                        failures.append(((j, ti, *region.start), f"{labels[j]}{describe_chunk(ti, region, job.times[ti])}: {type(exc).__name__}: {redact(str(exc))}"))
+                    elif future.status == "cancelled":  # the scheduler was lost, or someone cancelled the run
+                        cancelled += 1
+                    else:
+                        voxels[j] += task.region.size * len(job.models)
+                    future.release()
+                    bar.update(1)
+        workers = len(client.scheduler_info().get("workers", {}))
+    except (OSError, TimeoutError, asyncio.CancelledError) as exc:  # the connection itself went away
+        raise _interrupted(jobs, client, f"{type(exc).__name__}: {exc}", output=where) from None
+    if cancelled:
+        raise _interrupted(jobs, client, f"{cancelled} chunk tasks were cancelled", output=where)
+    if failures:
+        failures.sort()  # in storage order, whatever order they failed in
+        retries = jobs[0].options.retries
+        raise ChunksFailedError(
+            f"{len(failures)} of {computed} chunks of {redact(where)} failed after {retries + 1} tries "
+            f"(the other {computed - len(failures)} are written; --resume computes only what is missing once the cause is fixed): "
+            + "; ".join(text for _, text in failures[:5]) + (f"; ... {len(failures) - 5} more" if len(failures) > 5 else "")
+        )
+    return workers, voxels
+
+

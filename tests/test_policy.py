@@ -1,0 +1,140 @@
+"""The run policy (chunked_fnet/predict/policy.py): one decision of a run's window, precision and threads,
+no trap in an explicit window, the recompute factor reported, the same output from the same command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+import zarr
+
+from chunked_fnet.cluster import ClusterSpec, local_client
+from chunked_fnet.device import bf16_is_native
+from chunked_fnet.errors import InputError
+from chunked_fnet.predict import Hardware, ModelConstraints, PredictOptions, plan, predict, resolve_policy
+from chunked_fnet.synth.dataset import SynthConfig, generate
+from factories import tiny_checkpoint
+
+DEMO_MODELS = ModelConstraints(4, (4, 4, 4), width=8)  # the demo's depth-2, width-8 U-Nets
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("policy")
+    generate(SynthConfig(size_t=2, size_z=9, size_y=80, size_x=72, voxel_size=(0.4, 0.4, 0.4), chunks=(9, 40, 40)), root / "in.zarr", progress=False)
+    return root, root / "in.zarr", [tiny_checkpoint(root / "dna.ckpt"), tiny_checkpoint(root / "er.ckpt", "er", seed=1)]
+
+
+def _record(out: Path) -> dict:
+    return json.loads((out / ".chunked_fnet" / "run.json").read_text())
+
+
+def test_the_demos_old_explicit_window_is_refused_naming_the_smallest_patch_that_works() -> None:
+    """16x64x64 on the demo's 32x160x160 frame with a 96-voxel overlap had a 4x4x4 step (250x recompute)."""
+    with pytest.raises(InputError, match=r"patch_shape \[16, 64, 64\] is too small .* the smallest patch that works is \[(\d+), (\d+), (\d+)\].*"
+                       r"use patch_shape auto") as info:
+        resolve_policy(PredictOptions(patch_shape=(16, 64, 64)), (32, 160, 160), DEMO_MODELS, Hardware())
+    assert "\n" not in str(info.value)
+    smallest = tuple(int(v) for v in str(info.value).split("smallest patch that works is [")[1].split("]")[0].split(","))
+    works = resolve_policy(PredictOptions(patch_shape=smallest), (32, 160, 160), DEMO_MODELS, Hardware())
+    assert works.recompute <= 2.0
+    # the defaults evaluate the frame once, as one patch
+    auto = resolve_policy(PredictOptions(), (32, 160, 160), DEMO_MODELS, Hardware())
+    assert auto.window.patch_shape == (32, 160, 160) and auto.recompute == 1.0
+    # an explicit patch and overlap is the user's trade-off: it runs, with a one-line warning of its cost
+    with pytest.warns(UserWarning, match=r"evaluates every voxel \d+\.\d times"):
+        costly = resolve_policy(PredictOptions(patch_shape=(16, 64, 64), overlap=0.25), (32, 160, 160), DEMO_MODELS, Hardware())
+    assert costly.recompute > 2.0
+    # a patch large enough for the overlap is taken as given
+    fine = resolve_policy(PredictOptions(patch_shape=(32, 256, 256)), (32, 400, 400), DEMO_MODELS, Hardware())
+    assert fine.window.patch_shape == (32, 256, 256) and fine.window.overlap_voxels == (0, 96, 96) and fine.recompute <= 2.0
+
+
+def test_the_recompute_factor_and_the_choices_are_in_the_summary_the_record_and_the_image(data) -> None:
+    root, image, models = data
+    out = root / "summary.zarr"
+    with local_client(ClusterSpec(n_workers=1)) as client:
+        _, summary = predict(image, models, out, options=PredictOptions(chunks=(9, 40, 40)), client=client, progress=False)
+    assert summary.recompute == pytest.approx(summary.policy.window.grid.recompute_factor)
+    assert f"each voxel evaluated {summary.recompute:.2f}x" in str(summary) and summary.precision in str(summary)
+    record = _record(out)
+    assert record["window"]["recompute"] == pytest.approx(summary.recompute, abs=1e-4)
+    attrs = zarr.open_group(str(out), mode="r").attrs["chunked_fnet"]
+    assert attrs["precision"] == record["precision"] and attrs["window"] == record["window"]
+    assert attrs["models"]["sha256"] == record["models"]["sha256"] and attrs["models"]["structures"] == ["dna", "er"]
+
+
+def test_the_same_command_twice_writes_bit_identical_outputs_at_the_defaults(data) -> None:
+    root, image, models = data
+    outputs = []
+    for k in range(2):
+        with local_client(ClusterSpec(n_workers=2)) as client:
+            out, summary = predict(image, models, root / f"same{k}.zarr", options=PredictOptions(chunks=(9, 40, 40)), client=client, progress=False)
+        outputs.append(out.values)
+        assert summary.chunks == 2 * 2 * 2
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert _record(root / "same0.zarr")["precision"] == _record(root / "same1.zarr")["precision"]
+
+
+def test_auto_precision_is_the_hardware_rule_computed_by_every_task_and_kept_on_resume(data) -> None:
+    root, image, models = data
+    expected = "bf16" if bf16_is_native(torch.device("cpu")) else "fp32"
+    options = dict(chunks=(9, 40, 40))
+    out = root / "auto.zarr"
+    with local_client(ClusterSpec(n_workers=1)) as client:
+        auto, summary = predict(image, models, out, options=PredictOptions(**options), client=client, progress=False)
+        assert _record(out)["precision"]["chosen"] == expected and summary.precision.startswith(f"{expected} (auto: ")
+        chosen, _ = predict(image, models, root / "chosen.zarr", options=PredictOptions(precision=expected, **options), client=client, progress=False)
+        other = "fp32" if expected == "bf16" else "bf16"
+        different, _ = predict(image, models, root / "other.zarr", options=PredictOptions(precision=other, **options), client=client, progress=False)
+        np.testing.assert_array_equal(auto.values, chosen.values)  # the tasks computed in the chosen precision
+        assert np.abs(auto.values - different.values).max() > 1e-4  # and the two precisions differ visibly
+        assert _record(root / "chosen.zarr")["precision"] == {"chosen": expected, "why": "explicit"}
+        # a resume computes in the recorded precision (edited here to the other one), whatever the hardware rule says
+        record = _record(out)
+        record["precision"] = {"chosen": other, "why": "edited by the test"}
+        (out / ".chunked_fnet" / "run.json").write_text(json.dumps(record))
+        (out / ".chunked_fnet" / "done" / "t0-z0-y0-x0").unlink()
+        zarr.open_group(str(out), mode="r+")["0"][0, :, 0:9, 0:40, 0:40] = 0
+        resumed, summary = predict(image, models, out, options=PredictOptions(**options), client=client, resume=True, progress=False)
+    assert summary.chunks == 1 and summary.precision == f"{other} (edited by the test)"
+    np.testing.assert_array_equal(resumed.values[0, :, 0:9, 0:40, 0:40], different.values[0, :, 0:9, 0:40, 0:40])
+    np.testing.assert_array_equal(resumed.values[0, ..., 40:], auto.values[0, ..., 40:])  # the rest untouched
+    np.testing.assert_array_equal(resumed.values[1], auto.values[1])
+    shutil.rmtree(root / "other.zarr")
+
+
+def test_predict_predict_volume_and_evaluate_choose_the_same_window(data, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same models on the same frame: one window, whichever entry point asks."""
+    import chunked_fnet.evaluate.report as report
+    from chunked_fnet.model import load_checkpoint
+    from chunked_fnet.predict.job import model_grid_frame
+    from chunked_fnet.sliding_window import predict_volume
+    from chunked_fnet.train.trainer import TrainConfig, train
+
+    root, image, _ = data
+    (root / "manifest.yaml").write_text(yaml.safe_dump({"images": [
+        {"path": str(image), "input_channel": "brightfield", "target_channel": "dna", "time_points": [t]} for t in (0, 1)]}))
+    ckpt = train(TrainConfig(manifest=str(root / "manifest.yaml"), output=str(root / "run"), structure="dna", model={"depth": 2, "width": 4},
+                             voxel_size=(0.4, 0.4, 0.4), patch_shape=(8, 16, 16), batch_size=2, iterations=2, n_train=1,
+                             checkpoint_every=2, validate_every=2, validation_patches=0, workers=0), progress=False)
+    seen = []
+    monkeypatch.setattr(report, "predict_volume", lambda model, x, **kw: (seen.append(kw["policy"]), predict_volume(model, x, **kw))[1])
+    report.evaluate_run(root / "run", progress=False)
+    assert len(seen) == 2
+    job = plan(str(image), [ckpt], "unused", PredictOptions())
+    chunked = job.resolve_policy(Hardware.here())
+    with local_client(ClusterSpec(n_workers=1)) as client:
+        _, summary = predict(image, [ckpt], root / "same_window.zarr", options=PredictOptions(), client=client, progress=False)
+    frame = model_grid_frame(job, 0)[(slice(None), *(slice(0, n) for n in job.grid.shape))]
+    model = load_checkpoint(ckpt)[0]
+    in_memory = predict_volume(model, frame, multiple=model.multiple, policy=chunked)
+    np.testing.assert_array_equal(predict_volume(model, frame, multiple=model.multiple, amp_dtype=torch.bfloat16 if chunked.precision == "bf16" else None),
+                                  in_memory)  # predict_volume's defaults are the policy's window
+    for policy in (*seen, summary.policy):
+        assert policy.window == chunked.window and policy.precision == chunked.precision
