@@ -130,9 +130,27 @@ def build_image_attrs(
     attrs: dict[str, Any] = {"multiscales": [multiscale]}
     if channel_names is not None:
         attrs["omero"] = _omero(channel_names, channel_colors, channel_windows)
-    if version == "0.5":
-        return {"ome": {"version": "0.5", **attrs}}
-    return attrs
+    return ngff_attrs(version, **attrs)
+
+
+def ngff_attrs(version: str, **metadata: Any) -> dict[str, Any]:
+    """Group attributes holding NGFF ``metadata`` the way ``version`` stores them: 0.5 under ``ome``
+    (with the version), 0.4 at the top level (its version lives inside multiscales, plate or well)."""
+    return {"ome": {"version": "0.5", **metadata}} if version == "0.5" else dict(metadata)
+
+
+def ngff_metadata(attrs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The NGFF version ("" when unstated) and metadata (without the version) of a group's attributes,
+    whichever of 0.4 and 0.5 wrote them: the inverse of :func:`ngff_attrs`."""
+    if isinstance(attrs.get("ome"), Mapping):
+        meta = dict(attrs["ome"])
+        return str(meta.pop("version", "")), meta
+    for key in ("multiscales", "plate", "well"):
+        obj = attrs.get(key)
+        obj = obj[0] if isinstance(obj, list) and obj else obj
+        if isinstance(obj, Mapping) and "version" in obj:
+            return str(obj["version"]), dict(attrs)
+    return "", dict(attrs)
 
 
 def _omero(
@@ -186,13 +204,7 @@ def _not_an_image(ome: Mapping[str, Any], attrs: Mapping[str, Any], where: str) 
 
 def parse_image_attrs(attrs: Mapping[str, Any], where: str, multiscale_index: int = 0) -> ImageMetadata:
     """Read NGFF 0.4 or 0.5 image attributes; raise :class:`OmeZarrError` naming ``where`` if unusable."""
-    if "ome" in attrs and isinstance(attrs["ome"], Mapping):
-        ome = attrs["ome"]
-        version = str(ome.get("version", ""))
-    else:
-        ome = attrs
-        ms = attrs.get("multiscales")
-        version = str(ms[0].get("version", "")) if isinstance(ms, list) and ms and isinstance(ms[0], Mapping) else ""
+    version, ome = ngff_metadata(attrs)
     if "multiscales" not in ome:
         raise _not_an_image(ome, attrs, where)
     if version not in SUPPORTED_VERSIONS:

@@ -25,6 +25,7 @@ from chunked_fnet.io.ngff import (
     build_image_attrs,
     canonical_order,
     check_dims,
+    ngff_attrs,
     parse_image_attrs,
 )
 from chunked_fnet.io.store import describe, is_url, open_store, redact
@@ -123,7 +124,7 @@ def create_image(
     zarr_format = 3 if version == "0.5" else 2
     local = None if isinstance(store, zarr.abc.store.Store) or is_url(store) else Path(str(store).removeprefix("file://"))
     try:
-        _clear_existing(store, overwrite, where, storage_options)
+        clear_existing_output(store, overwrite, where, storage_options)
         created = local is not None and not local.exists()  # anything there after a failure below is ours
         # The image header (multiscales) is written last, in one atomic put, once every array it names
         # exists: a reader polling the path sees no image, or a whole one, never a header without arrays.
@@ -187,8 +188,9 @@ def _default_windows(dtype: Any, channel_names: Sequence[str] | None) -> list[di
     return [{"min": lo, "max": hi, "start": lo, "end": hi} for _ in channel_names]
 
 
-def _clear_existing(store: Any, overwrite: bool, where: str, storage_options: Mapping[str, Any] | None) -> None:
-    """Refuse to replace an existing output unless asked; when asked, remove only what is a zarr store."""
+def clear_existing_output(store: Any, overwrite: bool, where: str, storage_options: Mapping[str, Any] | None) -> None:
+    """Refuse to replace an existing output unless asked; when asked, remove only what is a zarr store
+    (the one rule for every output: image, collection, plate)."""
     if isinstance(store, zarr.abc.store.Store) or is_url(store):
         existing = _exists_remote(store, storage_options)
         if existing and not overwrite:
@@ -213,6 +215,13 @@ def _exists_remote(store: Any, storage_options: Mapping[str, Any] | None) -> boo
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
         return False
     return True
+
+
+def create_collection(out: str | Path, version: str, overwrite: bool) -> None:
+    """An empty bioformats2raw-layout group whose series 0, 1, ... the caller writes next (one image each)."""
+    clear_existing_output(out, overwrite, describe(out), None)
+    attrs = ngff_attrs(version, **{"bioformats2raw.layout": 3})
+    zarr.create_group(open_store(out, read_only=False), zarr_format=3 if version == "0.5" else 2, attributes=attrs)
 
 
 def open_for_writing(store: str | Path, storage_options: Mapping[str, Any] | None = None) -> zarr.Group:

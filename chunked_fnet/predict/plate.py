@@ -22,7 +22,7 @@ from chunked_fnet.cluster import ClusterSpec, local_client
 from chunked_fnet.errors import ChunkedFnetError, InputError, OutputExistsError, one_line
 from chunked_fnet.io.plate import create_plate, join, read_plate
 from chunked_fnet.io.store import is_url, redact
-from chunked_fnet.io.writer import _clear_existing
+from chunked_fnet.io.writer import clear_existing_output
 from chunked_fnet.predict.ledger import Ledger, differences
 from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.predict.precision import choose_precision
@@ -120,7 +120,7 @@ def predict_plate(
     context = nullcontext(client) if isinstance(client, Client) else local_client(client or ClusterSpec())
     with context as c:  # connected before anything is written: an unreachable scheduler leaves nothing behind
         if overwrite and not is_url(out):
-            _clear_existing(out, True, out, None)  # removes only a zarr store
+            clear_existing_output(out, True, out, None)  # removes only a zarr store
         elif overwrite and ledger.output_exists():
             ledger.fs.rm(ledger.output, recursive=True)
         recorded_choice = next((j.precision_choice for j, s in zip(jobs, skips, strict=True) if s is not None), None)
