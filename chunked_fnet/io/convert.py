@@ -390,8 +390,8 @@ def _open_tiff(source: Path) -> tifffile.TiffFile:
     return tif
 
 
-def _windows(dtype: np.dtype, lo: np.ndarray, hi: np.ndarray) -> list[dict[str, float]]:
-    """omero display windows: the dtype range (or data range for floats), with start/end at the data range."""
+def _display_ranges(dtype: np.dtype, lo: np.ndarray, hi: np.ndarray) -> list[dict[str, float]]:
+    """omero display ranges: the dtype range (or data range for floats), with start/end at the data range."""
     out = []
     for a, b in zip(np.atleast_1d(lo).tolist(), np.atleast_1d(hi).tolist()):
         a, b = float(a), float(b)
@@ -405,13 +405,13 @@ def _windows(dtype: np.dtype, lo: np.ndarray, hi: np.ndarray) -> list[dict[str, 
     return out
 
 
-def _set_windows(group: zarr.Group, windows: list[dict[str, float]]) -> None:
+def _set_display_ranges(group: zarr.Group, ranges: list[dict[str, float]]) -> None:
     version, meta = ngff_metadata(group.attrs.asdict())
     omero = meta.get("omero")
-    if not isinstance(omero, dict) or len(omero.get("channels", [])) != len(windows):
+    if not isinstance(omero, dict) or len(omero.get("channels", [])) != len(ranges):
         return
-    for ch, window in zip(omero["channels"], windows):
-        ch["window"] = window
+    for ch, shown in zip(omero["channels"], ranges):
+        ch["window"] = shown
     group.attrs.update(ngff_attrs(version, **meta))
 
 
@@ -520,7 +520,7 @@ def fill_image(group: zarr.Group, lazy: da.Array, *, levels: int, progress: bool
     """Store the lazy ``(t, c, z, y, x)`` array into level 0 of the image ``group`` (from create_image).
 
     Every dask block of ``lazy`` must cover whole chunks of the output (see :func:`block_shape`):
-    blocks are stored by a local thread pool without locks. Display windows are set from the data
+    blocks are stored by a local thread pool without locks. Display ranges are set from the data
     range, and ``levels > 1`` builds the block-mean pyramid. Removing a half-written output is the
     caller's job.
     """
@@ -537,7 +537,7 @@ def fill_image(group: zarr.Group, lazy: da.Array, *, levels: int, progress: bool
         else:
             results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
     if want_range:
-        _set_windows(group, _windows(out_dtype, results[1], results[2]))
+        _set_display_ranges(group, _display_ranges(out_dtype, results[1], results[2]))
     if levels > 1:
         build_pyramid(group, progress=progress)
 

@@ -134,7 +134,7 @@ def open_level_array(
 ) -> tuple[zarr.Array, ImageMetadata, str]:
     """The read-only zarr array of one pyramid level, its image's metadata, and a printable name.
 
-    For code that reads many small windows (training patches, chunk tasks), where going through
+    For code that reads many small regions (training patches, chunk tasks), where going through
     dask for each read would cost more than the read.
     """
     group, where = _resolve_series(open_zarr_group(path, storage_options), series, describe(path))
@@ -263,14 +263,14 @@ def spatial_frame(image: xr.DataArray, t: int | None, c: int) -> xr.DataArray:
     return frame.transpose("z", "y", "x")
 
 
-def window_reader(
+def region_reader(
     array: zarr.Array, dims: Sequence[str], t: int | None, channel: int, offset: Sequence[int] = (0, 0, 0)
 ) -> Callable[[tuple[slice, ...]], np.ndarray]:
-    """Read (z, y, x) windows of one time point and channel straight from a level's zarr array; window
+    """Read (z, y, x) regions of one time point and channel straight from a level's zarr array; region
     coordinates are relative to ``offset`` (the first voxel of a selection of the array)."""
     dims = tuple(dims)
 
-    def read(window: tuple[slice, ...]) -> np.ndarray:
+    def read(region: tuple[slice, ...]) -> np.ndarray:
         index: list[Any] = []
         for d in dims:
             if d == "t":
@@ -279,7 +279,7 @@ def window_reader(
                 index.append(channel)
             else:
                 axis = ("z", "y", "x").index(d)
-                sl = window[axis]
+                sl = region[axis]
                 index.append(slice(sl.start + offset[axis], sl.stop + offset[axis]))
         return np.asarray(read_array(array, tuple(index)), dtype=np.float32)
 

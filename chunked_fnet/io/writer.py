@@ -67,7 +67,7 @@ def create_image(
     units: Mapping[str, str | None] | None = None,
     channel_names: Sequence[str] | None = None,
     channel_colors: Sequence[str] | None = None,
-    channel_windows: Sequence[Mapping[str, float]] | None = None,
+    display_ranges: Sequence[Mapping[str, float]] | None = None,
     levels: int = 1,
     version: str = DEFAULT_VERSION,
     name: str | None = None,
@@ -78,8 +78,9 @@ def create_image(
     """Create an empty OME-Zarr image (metadata plus one empty array per pyramid level).
 
     ``dims`` must be in NGFF order (a subset of t, c, z, y, x containing y and x); ``scale`` and
-    ``translation`` are physical (µm for space, ``units['t']`` for time) for the full resolution.
-    An existing ``store`` is refused unless ``overwrite=True``.
+    ``translation`` are physical (µm for space, ``units['t']`` for time) for the full resolution;
+    ``display_ranges`` are the channels' omero ``window`` entries. An existing ``store`` is refused
+    unless ``overwrite=True``.
     """
     where = describe(store)
     dims = check_dims(dims, where)
@@ -119,7 +120,7 @@ def create_image(
         name=name or (Path(str(store).rstrip("/")).name if isinstance(store, (str, Path)) else None) or "image",
         channel_names=channel_names if "c" in dims else None,
         channel_colors=channel_colors,
-        channel_windows=channel_windows if channel_windows is not None else _default_windows(dtype, channel_names),
+        display_ranges=display_ranges if display_ranges is not None else _default_display_ranges(dtype, channel_names),
     )
     zarr_format = 3 if version == "0.5" else 2
     local = None if isinstance(store, zarr.abc.store.Store) or is_url(store) else Path(str(store).removeprefix("file://"))
@@ -178,8 +179,8 @@ def _unwritable(where: str, local: Path | None, exc: OSError) -> InputError:
     )
 
 
-def _default_windows(dtype: Any, channel_names: Sequence[str] | None) -> list[dict[str, float]] | None:
-    """Display windows spanning an integer type's range (floats: 0..1), so viewers do not saturate."""
+def _default_display_ranges(dtype: Any, channel_names: Sequence[str] | None) -> list[dict[str, float]] | None:
+    """Display ranges spanning an integer type's range (floats: 0..1), so viewers do not saturate."""
     if channel_names is None:
         return None
     dt = np.dtype(dtype)

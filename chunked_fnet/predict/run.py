@@ -238,7 +238,7 @@ def create_output(job: PredictJob, overwrite: bool) -> None:
         units={"t": job.time_unit},
         channel_names=list(job.structures),
         channel_colors=list(job.colors),
-        channel_windows=[{"min": -10.0, "max": 10.0, "start": -1.0, "end": 4.0} for _ in job.structures],
+        display_ranges=[{"min": -10.0, "max": 10.0, "start": -1.0, "end": 4.0} for _ in job.structures],
         levels=job.options.levels,
         version=job.options.version,
         name=f"chunked_fnet prediction of {Path(job.input_path).name}",

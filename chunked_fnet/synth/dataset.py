@@ -126,7 +126,7 @@ def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False, p
                 scale={"t": config.time_interval, "z": config.voxel_size[0], "y": config.voxel_size[1], "x": config.voxel_size[2]},
                 channel_names=config.channel_names,
                 channel_colors=[CHANNEL_COLORS[c] for c in config.channel_names],
-                channel_windows=_windows(config),
+                display_ranges=_display_ranges(config),
                 levels=config.levels,
                 version=config.version,
                 name=f"synthetic hiPSC fov {fov}",
@@ -144,7 +144,8 @@ def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False, p
     return paths
 
 
-def _windows(config: SynthConfig) -> list[dict[str, float]]:
+def _display_ranges(config: SynthConfig) -> list[dict[str, float]]:
+    """Each channel's omero display range: from the camera offset to about its brightest signal."""
     p = config.photons
     out = []
     for name in config.channel_names:
