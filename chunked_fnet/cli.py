@@ -319,7 +319,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 
     with open_view(
         args.prediction, args.input, input_channel=args.channel, input_series=args.series, layout=args.layout,
-        windows=args.windows, port=args.port, proxy=args.proxy,
+        contrast=args.contrast, port=args.port, proxy=args.proxy,
     ) as session:
         for layer in layer_summary(session.state):
             print(f"layer {layer['name']!r}: {layer['source']}" + (f" channel {layer['channel'][0]:g}" if layer["channel"] else ""))
@@ -529,8 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", help="image of a bioformats2raw collection given as --input")
     p.add_argument("--channel", default="brightfield", help="transmitted-light channel of --input, name or index")
     p.add_argument("--layout", default="4panel", choices=("4panel", "xy", "xz", "yz", "3d", "xy-3d"), help="neuroglancer layout")
-    p.add_argument("--windows", choices=("data", "file"), default="data",
-                   help="display ranges from the data (default) or the files' omero windows")
+    p.add_argument("--contrast", choices=("data", "file"), default="data",
+                   help="display ranges from the data (default) or the ones stored in the files (omero window)")
     p.add_argument("--port", type=int, default=0, help="port of the store server (default: any free one)")
     p.add_argument(
         "--proxy", action="store_true",

@@ -12,7 +12,7 @@ import tifffile
 
 from chunked_fnet.errors import InputError, OutputExistsError
 from chunked_fnet.io import convert as convert_mod
-from chunked_fnet.io.convert import _block_shape, convert_tiff, length_to_um, time_to_seconds
+from chunked_fnet.io.convert import block_shape, convert_tiff, length_to_um, time_to_seconds
 from chunked_fnet.io.reader import open_image
 
 SMALL_CHUNKS = (1, 1, 2, 16, 16)
@@ -283,12 +283,12 @@ def test_big_endian_input_is_stored_native(tmp_path):
 
 def test_block_shape_aligned_and_bounded():
     # whole-plane TIFF pages, 32-plane z chunks: y is split to stay under the budget, in whole chunks
-    block = _block_shape((1, 1, 64, 1024, 1024), (1, 1, 32, 256, 256), (1, 1, 1, 1024, 1024), 2, 16 * 2**20)
+    block = block_shape((1, 1, 64, 1024, 1024), (1, 1, 32, 256, 256), (1, 1, 1, 1024, 1024), 2, 16 * 2**20)
     assert block[:3] == [1, 1, 32]
     assert all(b % c == 0 for b, c in zip(block[3:], (256, 256)))
     assert np.prod(block) * 2 <= 16 * 2**20
     # native strips smaller than the output chunk: blocks are just the output chunks
-    assert _block_shape((1, 1, 8, 100, 100), (1, 1, 4, 32, 32), (1, 1, 1, 8, 100), 2, 2**30) == [1, 1, 4, 32, 100]
+    assert block_shape((1, 1, 8, 100, 100), (1, 1, 4, 32, 32), (1, 1, 1, 8, 100), 2, 2**30) == [1, 1, 4, 32, 100]
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ import pytest
 from chunked_fnet import cli
 from chunked_fnet.cluster import ClusterSpec, local_client
 from chunked_fnet.errors import ChunkedFnetError, InputError, OmeZarrError
-from chunked_fnet.io.reader import open_image, open_level_array, window_reader
+from chunked_fnet.io.reader import open_image, open_level_array, region_reader
 from factories import tiny_checkpoint
 from chunked_fnet.predict import PredictOptions
 from chunked_fnet.predict.ledger import Ledger
@@ -103,7 +103,7 @@ def test_damaged_chunk_read_by_a_worker_is_picklable_and_named(work, tmp_path: P
 
     array, meta, _ = open_level_array(image)
     with pytest.raises(OmeZarrError) as caught:
-        window_reader(array, meta.dims, 0, 0)((slice(0, 8), slice(0, 32), slice(0, 32)))
+        region_reader(array, meta.dims, 0, 0)((slice(0, 8), slice(0, 32), slice(0, 32)))
     message = str(caught.value)
     assert message.startswith(f"{image}/{CHUNK}: chunk cannot be decoded") and "\n" not in message
     copy = pickle.loads(pickle.dumps(caught.value))  # dask ships it from worker to client this way

@@ -50,7 +50,7 @@ def _origin_as_read(corner: np.ndarray) -> None:
     assert np.allclose(corner[1:], real) or np.allclose(corner[1:], 0.0), corner
 
 
-def test_prediction_opens_with_channel_names_colours_and_windows(data: VizData, viewer) -> None:  # noqa: ANN001
+def test_prediction_opens_with_channel_names_colours_and_display_ranges(data: VizData, viewer) -> None:  # noqa: ANN001
     layers = viewer.open(str(data.prediction), plugin="napari-ome-zarr")
     prediction = open_image(data.prediction)
     assert [layer.name.rsplit(": ", 1)[1] for layer in layers] == list(STRUCTURES)

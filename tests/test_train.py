@@ -14,7 +14,7 @@ from chunked_fnet.cli import main as cli
 from chunked_fnet.errors import InputError
 from chunked_fnet.evaluate.report import evaluate_run, write_report
 from chunked_fnet.model import load_checkpoint
-from chunked_fnet.preprocess.resample import ModelGrid, resample_window
+from chunked_fnet.preprocess.resample import ModelGrid, resample_region
 from chunked_fnet.synth.dataset import SynthConfig, generate
 from chunked_fnet.train.data import PairReader, PatchDataset, describe_pair, expand_pairs
 from chunked_fnet.train.manifest import read_manifest, split_pairs
@@ -81,17 +81,17 @@ def test_csv_manifest(dataset: Path, tmp_path: Path) -> None:
     assert [(p.input_channel, p.target_channel, p.t) for p in pairs] == [(0, "dna", 1)]
 
 
-def test_resample_window_equals_whole() -> None:
+def test_resample_region_equals_whole() -> None:
     rng = np.random.default_rng(0)
     source = rng.normal(size=(13, 40, 37)).astype(np.float32)
     grid = ModelGrid(source.shape, (0.29, 0.108, 0.108), (0.29, 0.29, 0.29))
     assert grid.shape == (13, 15, 14)
-    read = lambda w: source[w]  # noqa: E731
-    whole = resample_window(read, grid, tuple(slice(0, n) for n in grid.shape))
-    part = resample_window(read, grid, (slice(2, 9), slice(5, 15), slice(0, 6)))
+    read = lambda region: source[region]  # noqa: E731
+    whole = resample_region(read, grid, tuple(slice(0, n) for n in grid.shape))
+    part = resample_region(read, grid, (slice(2, 9), slice(5, 15), slice(0, 6)))
     np.testing.assert_allclose(part, whole[2:9, 5:15, 0:6], atol=1e-6)
     # a constant image stays constant; the mean is preserved by the anti-aliasing filter
-    flat = resample_window(lambda w: np.full((13, 40, 37), 3.0, np.float32)[w], grid, tuple(slice(0, n) for n in grid.shape))
+    flat = resample_region(lambda region: np.full((13, 40, 37), 3.0, np.float32)[region], grid, tuple(slice(0, n) for n in grid.shape))
     np.testing.assert_allclose(flat, 3.0, rtol=1e-6)
 
 

@@ -112,7 +112,7 @@ def test_state_has_grey_input_and_coloured_additive_structures(data: VizData) ->
         plane = open_image(data.prediction).isel(t=0, z=6).sel(c=structure).values
         lo, hi = np.percentile(plane, [50, 99.8])
         assert f"range=[{lo:.6g}, {hi:.6g}]" in layer["shader"]
-    file_state = build_state(pred, inp, windows="file").to_json()
+    file_state = build_state(pred, inp, contrast="file").to_json()
     assert "range=[-1, 4]" in file_state["layers"][1]["shader"]  # the omero window predict wrote
     assert state["dimensions"] == {"x": [2e-07, "m"], "y": [2e-07, "m"], "z": [4e-07, "m"], "t": [300.0, "s"]}
     # centred on the prediction (which starts at the input's origin) at its first frame

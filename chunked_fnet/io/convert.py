@@ -10,7 +10,8 @@ whatever the size of the stack.
 Physical sizes come from, in order of precedence: the caller's arguments, the OME-XML ``Pixels``
 element, ImageJ calibration (``spacing``/``unit``/``finterval`` plus the X/YResolution tags). A
 stack whose pixel size is nowhere to be found is refused rather than written with a made-up scale.
-The input file is opened read-only and never modified.
+The input file is opened read-only and never modified. The argument checks, output geometry and
+block-wise filling are public because the vendor converter (:mod:`chunked_fnet.io.vendor`) shares them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import tifffile
 import zarr
 
 from chunked_fnet.errors import InputError
-from chunked_fnet.io.ngff import CANONICAL_AXES
+from chunked_fnet.io.ngff import CANONICAL_AXES, ngff_attrs, ngff_metadata
 from chunked_fnet.io.store import is_url
 from chunked_fnet.io.units import SECONDS_PER_UNIT, UM_PER_UNIT, length_to_um, time_to_seconds, unit_factor
 from chunked_fnet.io.writer import build_pyramid, create_image
@@ -269,7 +270,8 @@ def map_axes(source: str, axes: str, shape: Sequence[int], overridden: bool = Fa
     return dims
 
 
-def _check_voxel_size(voxel_size: Sequence[float]) -> tuple[float, float, float]:
+def check_voxel_size(voxel_size: Sequence[float]) -> tuple[float, float, float]:
+    """A caller's ``voxel_size`` as three positive finite µm (z, y, x)."""
     try:
         values = tuple(float(v) for v in voxel_size)
     except (TypeError, ValueError) as exc:
@@ -279,7 +281,7 @@ def _check_voxel_size(voxel_size: Sequence[float]) -> tuple[float, float, float]
     return values  # type: ignore[return-value]
 
 
-def _check_time_interval(time_interval: Any) -> None:
+def check_time_interval(time_interval: Any) -> None:
     """A caller's ``time_interval``: None, or a positive finite number of seconds."""
     if time_interval is None:
         return
@@ -291,7 +293,7 @@ def _check_time_interval(time_interval: Any) -> None:
         raise InputError(f"time_interval must be a positive number of seconds, got {time_interval!r}")
 
 
-def _check_chunks(chunks: Sequence[int] | None) -> list[int] | None:
+def check_chunks(chunks: Sequence[int] | None) -> list[int] | None:
     """A caller's ``(t, c, z, y, x)`` output chunks as integers (None: the default)."""
     if chunks is None:
         return None
@@ -304,7 +306,7 @@ def _check_chunks(chunks: Sequence[int] | None) -> list[int] | None:
     return values
 
 
-def _physical_scale(
+def physical_scale(
     where: str, sizes: Mapping[str, float | None], size_z: int, time_interval: float | None, file_interval: float | None, why: str = ""
 ) -> dict[str, float]:
     """The output's t/z/y/x scale: the caller's time step, else the file's, else 1 s; the pixel sizes,
@@ -320,7 +322,7 @@ def _physical_scale(
     return scale
 
 
-def _channel_names(
+def output_channel_names(
     source: Path, where: str, given: Sequence[str] | None, from_file: Sequence[str | None] | None, n: int, detail: str = ""
 ) -> list[str]:
     """The caller's channel names (checked against the ``n`` channels), else the file's, else c0, c1, ..."""
@@ -336,7 +338,7 @@ def _channel_names(
     return [f"c{i}" for i in range(n)]
 
 
-def _block_shape(
+def block_shape(
     shape: Sequence[int], out_chunks: Sequence[int], native: Sequence[int], itemsize: int, budget: int
 ) -> list[int]:
     """Dask block per dim (t, c, z, y, x): whole multiples of the output chunk, grown to the TIFF's own
@@ -364,9 +366,10 @@ def _unique_names(names: Sequence[str | None]) -> list[str]:
     return out
 
 
-def _image_name(source: Path) -> str:
+def image_name(source: Path, suffixes: Sequence[str] = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".btf", ".tf8", ".tf2")) -> str:
+    """The output image's name: the file's name without its format suffix (the longest that matches)."""
     name = source.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".btf", ".tf8", ".tf2"):
+    for suffix in sorted(suffixes, key=len, reverse=True):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)] or name
     return source.stem or name
@@ -387,8 +390,8 @@ def _open_tiff(source: Path) -> tifffile.TiffFile:
     return tif
 
 
-def _windows(dtype: np.dtype, lo: np.ndarray, hi: np.ndarray) -> list[dict[str, float]]:
-    """omero display windows: the dtype range (or data range for floats), with start/end at the data range."""
+def _display_ranges(dtype: np.dtype, lo: np.ndarray, hi: np.ndarray) -> list[dict[str, float]]:
+    """omero display ranges: the dtype range (or data range for floats), with start/end at the data range."""
     out = []
     for a, b in zip(np.atleast_1d(lo).tolist(), np.atleast_1d(hi).tolist()):
         a, b = float(a), float(b)
@@ -402,16 +405,14 @@ def _windows(dtype: np.dtype, lo: np.ndarray, hi: np.ndarray) -> list[dict[str, 
     return out
 
 
-def _set_windows(group: zarr.Group, windows: list[dict[str, float]]) -> None:
-    attrs = group.attrs.asdict()
-    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else None
-    holder = ome if ome is not None else attrs
-    omero = holder.get("omero")
-    if not isinstance(omero, dict) or len(omero.get("channels", [])) != len(windows):
+def _set_display_ranges(group: zarr.Group, ranges: list[dict[str, float]]) -> None:
+    version, meta = ngff_metadata(group.attrs.asdict())
+    omero = meta.get("omero")
+    if not isinstance(omero, dict) or len(omero.get("channels", [])) != len(ranges):
         return
-    for ch, window in zip(omero["channels"], windows):
-        ch["window"] = window
-    group.attrs.update({"ome": ome} if ome is not None else {"omero": omero})
+    for ch, shown in zip(omero["channels"], ranges):
+        ch["window"] = shown
+    group.attrs.update(ngff_attrs(version, **meta))
 
 
 def convert_tiff(
@@ -440,8 +441,8 @@ def convert_tiff(
     Returns the output path.
     """
     source = Path(source)
-    _check_time_interval(time_interval)
-    user_voxel = _check_voxel_size(voxel_size) if voxel_size is not None else None
+    check_time_interval(time_interval)
+    user_voxel = check_voxel_size(voxel_size) if voxel_size is not None else None
 
     with _open_tiff(source) as tif:
         series = tif.series[0]
@@ -474,13 +475,13 @@ def convert_tiff(
             sizes = dict(zip(("z", "y", "x"), user_voxel))
         known = {d: v for d, v in sizes.items() if v is not None}
         why = f" (no OME-XML PhysicalSize or ImageJ calibration{'; found ' + str(known) + ' µm' if known else ''})"
-        scale = _physical_scale(str(source), sizes, Z, time_interval, meta.time_interval, why)
-        names = _channel_names(source, str(source), channel_names, meta.channel_names, C, f" (axes {src_axes}, shape {src_shape})")
-        out_chunks = [min(c, n) for c, n in zip(_check_chunks(chunks) or default_chunks(out_shape), out_shape)]
+        scale = physical_scale(str(source), sizes, Z, time_interval, meta.time_interval, why)
+        names = output_channel_names(source, str(source), channel_names, meta.channel_names, C, f" (axes {src_axes}, shape {src_shape})")
+        out_chunks = [min(c, n) for c, n in zip(check_chunks(chunks) or default_chunks(out_shape), out_shape)]
 
         dtype = np.dtype(series.dtype)
         out_dtype = dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") else dtype
-        block = _block_shape(out_shape, out_chunks, native, dtype.itemsize, BLOCK_BYTES)
+        block = block_shape(out_shape, out_chunks, native, dtype.itemsize, BLOCK_BYTES)
 
         # Lazy source in tifffile's axis order, read in blocks aligned to the output chunks.
         src_block = [block[CANONICAL_AXES.index(d)] if d is not None else 1 for d in dims]
@@ -504,13 +505,13 @@ def convert_tiff(
             channel_names=names,
             levels=levels,
             version=version,
-            name=_image_name(source),
+            name=image_name(source),
             overwrite=overwrite,
         )
         try:
             fill_image(group, lazy, levels=levels, progress=progress, label=f"converting {source.name}")
         except BaseException:
-            _remove_partial(out)
+            remove_partial_output(out)
             raise
     return Path(out)
 
@@ -518,8 +519,8 @@ def convert_tiff(
 def fill_image(group: zarr.Group, lazy: da.Array, *, levels: int, progress: bool, label: str) -> None:
     """Store the lazy ``(t, c, z, y, x)`` array into level 0 of the image ``group`` (from create_image).
 
-    Every dask block of ``lazy`` must cover whole chunks of the output (see :func:`_block_shape`):
-    blocks are stored by a local thread pool without locks. Display windows are set from the data
+    Every dask block of ``lazy`` must cover whole chunks of the output (see :func:`block_shape`):
+    blocks are stored by a local thread pool without locks. Display ranges are set from the data
     range, and ``levels > 1`` builds the block-mean pyramid. Removing a half-written output is the
     caller's job.
     """
@@ -536,12 +537,12 @@ def fill_image(group: zarr.Group, lazy: da.Array, *, levels: int, progress: bool
         else:
             results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
     if want_range:
-        _set_windows(group, _windows(out_dtype, results[1], results[2]))
+        _set_display_ranges(group, _display_ranges(out_dtype, results[1], results[2]))
     if levels > 1:
         build_pyramid(group, progress=progress)
 
 
-def _remove_partial(out: str | Path) -> None:
+def remove_partial_output(out: str | Path) -> None:
     """Delete a half-written output this call created (only a local zarr directory)."""
     if isinstance(out, str) and is_url(out):
         return

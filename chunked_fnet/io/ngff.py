@@ -50,7 +50,7 @@ class ImageMetadata:
     name: str | None = None
     channel_names: tuple[str, ...] | None = None
     channel_colors: tuple[str, ...] | None = None
-    channel_windows: tuple[dict[str, float], ...] | None = None
+    display_ranges: tuple[dict[str, float], ...] | None = None  # omero 'window' of each channel
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -97,7 +97,7 @@ def build_image_attrs(
     name: str | None = None,
     channel_names: Sequence[str] | None = None,
     channel_colors: Sequence[str] | None = None,
-    channel_windows: Sequence[Mapping[str, float]] | None = None,
+    display_ranges: Sequence[Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
     """The group attributes of an NGFF image with one dataset per pyramid level ("0", "1", ...)."""
     if version not in SUPPORTED_VERSIONS:
@@ -129,29 +129,47 @@ def build_image_attrs(
         multiscale["version"] = "0.4"
     attrs: dict[str, Any] = {"multiscales": [multiscale]}
     if channel_names is not None:
-        attrs["omero"] = _omero(channel_names, channel_colors, channel_windows)
-    if version == "0.5":
-        return {"ome": {"version": "0.5", **attrs}}
-    return attrs
+        attrs["omero"] = _omero(channel_names, channel_colors, display_ranges)
+    return ngff_attrs(version, **attrs)
+
+
+def ngff_attrs(version: str, **metadata: Any) -> dict[str, Any]:
+    """Group attributes holding NGFF ``metadata`` the way ``version`` stores them: 0.5 under ``ome``
+    (with the version), 0.4 at the top level (its version lives inside multiscales, plate or well)."""
+    return {"ome": {"version": "0.5", **metadata}} if version == "0.5" else dict(metadata)
+
+
+def ngff_metadata(attrs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The NGFF version ("" when unstated) and metadata (without the version) of a group's attributes,
+    whichever of 0.4 and 0.5 wrote them: the inverse of :func:`ngff_attrs`."""
+    if isinstance(attrs.get("ome"), Mapping):
+        meta = dict(attrs["ome"])
+        return str(meta.pop("version", "")), meta
+    for key in ("multiscales", "plate", "well"):
+        obj = attrs.get(key)
+        obj = obj[0] if isinstance(obj, list) and obj else obj
+        if isinstance(obj, Mapping) and "version" in obj:
+            return str(obj["version"]), dict(attrs)
+    return "", dict(attrs)
 
 
 def _omero(
     names: Sequence[str],
     colors: Sequence[str] | None,
-    windows: Sequence[Mapping[str, float]] | None,
+    ranges: Sequence[Mapping[str, float]] | None,
 ) -> dict[str, Any]:
     if len(set(names)) != len(names):
         raise OmeZarrError(f"channel names must be unique, got {list(names)}")
     if colors is not None and len(colors) != len(names):
         raise OmeZarrError(f"{len(colors)} channel colours given for {len(names)} channels {list(names)}")
-    if windows is not None and len(windows) != len(names):
-        raise OmeZarrError(f"{len(windows)} channel windows given for {len(names)} channels {list(names)}")
+    if ranges is not None and len(ranges) != len(names):
+        raise OmeZarrError(f"{len(ranges)} display ranges given for {len(names)} channels {list(names)}")
     channels = []
     for i, label in enumerate(names):
         color = (colors[i] if colors is not None else DEFAULT_COLORS[i % len(DEFAULT_COLORS)]).lstrip("#").upper()
         if len(color) != 6 or any(ch not in "0123456789ABCDEF" for ch in color):
             raise OmeZarrError(f"channel {label!r}: colour {color!r} is not a 6-digit hex RGB string")
-        window = dict(windows[i]) if windows is not None else {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0}
+        shown = dict(ranges[i]) if ranges is not None else {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0}
         channels.append(
             {
                 "label": str(label),
@@ -160,7 +178,7 @@ def _omero(
                 "coefficient": 1.0,
                 "family": "linear",
                 "inverted": False,
-                "window": {k: float(window[k]) for k in ("min", "max", "start", "end")},
+                "window": {k: float(shown[k]) for k in ("min", "max", "start", "end")},
             }
         )
     return {"channels": channels, "rdefs": {"model": "color"}}
@@ -186,13 +204,7 @@ def _not_an_image(ome: Mapping[str, Any], attrs: Mapping[str, Any], where: str) 
 
 def parse_image_attrs(attrs: Mapping[str, Any], where: str, multiscale_index: int = 0) -> ImageMetadata:
     """Read NGFF 0.4 or 0.5 image attributes; raise :class:`OmeZarrError` naming ``where`` if unusable."""
-    if "ome" in attrs and isinstance(attrs["ome"], Mapping):
-        ome = attrs["ome"]
-        version = str(ome.get("version", ""))
-    else:
-        ome = attrs
-        ms = attrs.get("multiscales")
-        version = str(ms[0].get("version", "")) if isinstance(ms, list) and ms and isinstance(ms[0], Mapping) else ""
+    version, ome = ngff_metadata(attrs)
     if "multiscales" not in ome:
         raise _not_an_image(ome, attrs, where)
     if version not in SUPPORTED_VERSIONS:
@@ -230,7 +242,7 @@ def parse_image_attrs(attrs: Mapping[str, Any], where: str, multiscale_index: in
         paths.append(str(ds["path"]))
         scales.append({d: scale[d] * global_scale[d] for d in dims})
         translations.append({d: trans[d] * global_scale[d] + global_trans[d] for d in dims})
-    names_, colors, windows = None, None, None
+    names_, colors, ranges = None, None, None
     omero = ome.get("omero")
     if isinstance(omero, Mapping) and isinstance(omero.get("channels"), list):
         chans = omero["channels"]
@@ -238,7 +250,7 @@ def parse_image_attrs(attrs: Mapping[str, Any], where: str, multiscale_index: in
         if len(set(labels)) == len(labels):
             names_ = tuple(labels)
         colors = tuple(str(ch.get("color", "FFFFFF")) for ch in chans)
-        windows = tuple(dict(ch.get("window", {})) for ch in chans)
+        ranges = tuple(dict(ch.get("window", {})) for ch in chans)
     return ImageMetadata(
         version=version,
         dims=dims,
@@ -249,7 +261,7 @@ def parse_image_attrs(attrs: Mapping[str, Any], where: str, multiscale_index: in
         name=ms.get("name"),
         channel_names=names_,
         channel_colors=colors,
-        channel_windows=windows,
+        display_ranges=ranges,
     )
 
 

@@ -8,14 +8,15 @@ and each field ``PLATE.zarr/A/1/0`` is an ordinary OME-Zarr image, predicted lik
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import zarr
 
 from chunked_fnet.errors import InputError, OmeZarrError
-from chunked_fnet.io.reader import _open_group
+from chunked_fnet.io.ngff import ngff_attrs, ngff_metadata
+from chunked_fnet.io.reader import open_zarr_group
 from chunked_fnet.io.store import describe, is_url, open_store
 
 
@@ -40,31 +41,24 @@ class Plate:
         return [f for f in self.fields if f[0] in wanted]
 
 
-def _ome(attrs: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    """The NGFF attributes of a group and their version (0.5 nests them under ``ome``)."""
-    if "ome" in attrs:
-        return dict(attrs["ome"]), str(attrs["ome"].get("version", "0.5"))
-    return dict(attrs), ""
-
-
 def is_plate(path: Any) -> bool:
     """Whether ``path`` is a plate (a group with ``plate`` metadata); False for an image or a non-zarr path."""
     try:
-        group = _open_group(path, None)
+        group = open_zarr_group(path, None)
     except OmeZarrError:
         return False
-    return "plate" in _ome(group.attrs.asdict())[0]
+    return "plate" in ngff_metadata(group.attrs.asdict())[1]
 
 
 def read_plate(path: str) -> Plate:
     """The plate at ``path``: its metadata and every field listed by its wells."""
     where = describe(path)
-    group = _open_group(path, None)
-    attrs, version = _ome(group.attrs.asdict())
+    group = open_zarr_group(path, None)
+    version, attrs = ngff_metadata(group.attrs.asdict())
     if "plate" not in attrs:
         raise OmeZarrError(f"{where} is not an OME-Zarr plate (no 'plate' metadata)")
     plate = dict(attrs["plate"])
-    version = version or str(plate.get("version", "0.4"))
+    version = version or ("0.5" if group.metadata.zarr_format == 3 else "0.4")
     plate.pop("version", None)
     wells: dict[str, dict[str, Any]] = {}
     fields: list[tuple[str, str]] = []
@@ -74,7 +68,7 @@ def read_plate(path: str) -> Plate:
             node = group[well_path]
         except KeyError:
             raise OmeZarrError(f"{where}: the plate lists well {well_path}, but {where}/{well_path} does not exist") from None
-        meta = dict(_ome(node.attrs.asdict())[0].get("well") or {})
+        meta = dict(ngff_metadata(node.attrs.asdict())[1].get("well") or {})
         if "images" not in meta:
             raise OmeZarrError(f"{where}/{well_path} has no 'well' metadata listing its fields (images)")
         meta.pop("version", None)
@@ -104,9 +98,10 @@ def plate_metadata(plate: Plate, fields: Sequence[tuple[str, str]], version: str
         well_meta = dict(plate.wells[well])
         well_meta["images"] = [im for im in plate.wells[well]["images"] if str(im["path"]).strip("/") in names]
         wells[well] = well_meta
-    if version == "0.5":
-        return {"ome": {"version": "0.5", "plate": meta}}, {w: {"ome": {"version": "0.5", "well": m}} for w, m in wells.items()}
-    return {"plate": {**meta, "version": "0.4"}}, {w: {"well": {**m, "version": "0.4"}} for w, m in wells.items()}
+    def attrs(key: str, value: dict[str, Any]) -> dict[str, Any]:  # NGFF 0.4 keeps the version inside each object
+        return ngff_attrs(version, **{key: value if version == "0.5" else {**value, "version": "0.4"}})
+
+    return attrs("plate", meta), {w: attrs("well", m) for w, m in wells.items()}
 
 
 def create_plate(out: str, plate: Plate, fields: Sequence[tuple[str, str]], version: str) -> None:

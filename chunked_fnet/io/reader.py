@@ -20,7 +20,7 @@ from dask.base import tokenize
 
 from chunked_fnet.errors import ChunkedFnetError, OmeZarrError, one_line
 from chunked_fnet.io.completeness import chunk_ranges
-from chunked_fnet.io.ngff import ImageMetadata, parse_image_attrs
+from chunked_fnet.io.ngff import ImageMetadata, ngff_metadata, parse_image_attrs
 from chunked_fnet.io.store import describe, is_url, open_store, redact, refuse_url_credentials
 
 BF2RAW = "bioformats2raw.layout"
@@ -69,7 +69,8 @@ def _damaged_metadata(store: Any, node: str, where: str, exc: BaseException) -> 
     )
 
 
-def _open_group(path: Any, storage_options: Mapping[str, Any] | None) -> zarr.Group:
+def open_zarr_group(path: Any, storage_options: Mapping[str, Any] | None) -> zarr.Group:
+    """The zarr group at ``path``, read-only; any failure is one line naming the path (images and plates alike)."""
     where = describe(path)
     if not is_url(path) and not isinstance(path, zarr.abc.store.Store):
         local = Path(str(path).removeprefix("file://"))
@@ -101,8 +102,7 @@ def _open_group(path: Any, storage_options: Mapping[str, Any] | None) -> zarr.Gr
 
 def _resolve_series(group: zarr.Group, series: str | int | None, where: str) -> tuple[zarr.Group, str]:
     """Follow a bioformats2raw collection (series "0", "1", ...) down to one image group."""
-    attrs = group.attrs.asdict()
-    ome = attrs.get("ome", attrs)
+    _, ome = ngff_metadata(group.attrs.asdict())
     if BF2RAW not in ome or "multiscales" in ome:
         if series not in (None, 0, "0"):
             raise OmeZarrError(f"{where} is a single image; it has no series {series!r}")
@@ -121,7 +121,7 @@ def _resolve_series(group: zarr.Group, series: str | int | None, where: str) -> 
 
 def read_metadata(path: Any, *, series: str | int | None = None, storage_options: Mapping[str, Any] | None = None) -> ImageMetadata:
     """Parse the NGFF metadata of an image without touching its pixels."""
-    group, where = _resolve_series(_open_group(path, storage_options), series, describe(path))
+    group, where = _resolve_series(open_zarr_group(path, storage_options), series, describe(path))
     return parse_image_attrs(group.attrs.asdict(), where)
 
 
@@ -134,10 +134,10 @@ def open_level_array(
 ) -> tuple[zarr.Array, ImageMetadata, str]:
     """The read-only zarr array of one pyramid level, its image's metadata, and a printable name.
 
-    For code that reads many small windows (training patches, chunk tasks), where going through
+    For code that reads many small regions (training patches, chunk tasks), where going through
     dask for each read would cost more than the read.
     """
-    group, where = _resolve_series(_open_group(path, storage_options), series, describe(path))
+    group, where = _resolve_series(open_zarr_group(path, storage_options), series, describe(path))
     meta = parse_image_attrs(group.attrs.asdict(), where)
     if not 0 <= level < meta.n_levels:
         raise OmeZarrError(
@@ -263,14 +263,14 @@ def spatial_frame(image: xr.DataArray, t: int | None, c: int) -> xr.DataArray:
     return frame.transpose("z", "y", "x")
 
 
-def window_reader(
+def region_reader(
     array: zarr.Array, dims: Sequence[str], t: int | None, channel: int, offset: Sequence[int] = (0, 0, 0)
 ) -> Callable[[tuple[slice, ...]], np.ndarray]:
-    """Read (z, y, x) windows of one time point and channel straight from a level's zarr array; window
+    """Read (z, y, x) regions of one time point and channel straight from a level's zarr array; region
     coordinates are relative to ``offset`` (the first voxel of a selection of the array)."""
     dims = tuple(dims)
 
-    def read(window: tuple[slice, ...]) -> np.ndarray:
+    def read(region: tuple[slice, ...]) -> np.ndarray:
         index: list[Any] = []
         for d in dims:
             if d == "t":
@@ -279,7 +279,7 @@ def window_reader(
                 index.append(channel)
             else:
                 axis = ("z", "y", "x").index(d)
-                sl = window[axis]
+                sl = region[axis]
                 index.append(slice(sl.start + offset[axis], sl.stop + offset[axis]))
         return np.asarray(read_array(array, tuple(index)), dtype=np.float32)
 

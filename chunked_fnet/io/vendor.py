@@ -29,24 +29,23 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-import zarr
 
 from chunked_fnet.errors import InputError, one_line
 from chunked_fnet.io.convert import (
     BLOCK_BYTES,
-    _block_shape,
-    _channel_names,
-    _check_chunks,
-    _check_time_interval,
-    _check_voxel_size,
-    _physical_scale,
-    _remove_partial,
+    block_shape,
+    check_chunks,
+    check_time_interval,
+    check_voxel_size,
     default_chunks,
     fill_image,
+    image_name,
+    output_channel_names,
+    physical_scale,
+    remove_partial_output,
 )
-from chunked_fnet.io.store import describe, open_store
 from chunked_fnet.io.units import time_to_seconds
-from chunked_fnet.io.writer import _clear_existing, create_image
+from chunked_fnet.io.writer import create_collection, create_image
 
 __all__ = ["INSTALL_HINT", "TIFF_SUFFIXES", "VENDOR_SUFFIXES", "convert_vendor", "is_tiff"]
 
@@ -69,14 +68,6 @@ def _import_bioio() -> Any:
     except ImportError as exc:
         raise InputError(f"reading microscope vendor files needs bioio and its format plugins: {INSTALL_HINT}") from exc
     return bioio
-
-
-def _image_name(source: Path) -> str:
-    name = source.name
-    for suffix in sorted((*VENDOR_SUFFIXES, *TIFF_SUFFIXES), key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)] or name
-    return source.stem or name
 
 
 def _open(bioio: Any, source: Path, **kwargs: Any) -> Any:
@@ -203,9 +194,9 @@ def convert_vendor(
     False. Returns the output path.
     """
     source = Path(source)
-    _check_time_interval(time_interval)
-    user_voxel = _check_voxel_size(voxel_size) if voxel_size is not None else None
-    user_chunks = _check_chunks(chunks)
+    check_time_interval(time_interval)
+    user_voxel = check_voxel_size(voxel_size) if voxel_size is not None else None
+    user_chunks = check_chunks(chunks)
     if not source.exists():
         raise InputError(f"{source}: no such file")
     if not source.is_file():
@@ -236,8 +227,8 @@ def convert_vendor(
         T, C, Z, Y, X = arr.shape
         sizes = dict(zip(("z", "y", "x"), user_voxel)) if user_voxel is not None else file_sizes
         where = f"{source}, scene {scene!r}"
-        scale = _physical_scale(where, sizes, Z, time_interval, file_interval)
-        names = _channel_names(source, where, channel_names, file_names, C)  # file_names: C of them or None
+        scale = physical_scale(where, sizes, Z, time_interval, file_interval)
+        names = output_channel_names(source, where, channel_names, file_names, C)  # file_names: C of them or None
         out_chunks = [min(c, n) for c, n in zip(user_chunks or default_chunks(arr.shape), arr.shape)]
         plans.append((index, scene, scale, names, out_chunks, arr.shape, arr.dtype, _source_chunk_bytes(arr)))
 
@@ -250,11 +241,7 @@ def convert_vendor(
 
     collection = len(plans) > 1
     if collection:
-        _clear_existing(out, overwrite, describe(out), None)
-        attrs: dict[str, Any] = {"bioformats2raw.layout": 3}
-        if version == "0.5":
-            attrs = {"ome": {"version": "0.5", **attrs}}
-        zarr.create_group(open_store(out, read_only=False), zarr_format=3 if version == "0.5" else 2, attributes=attrs)
+        create_collection(out, version, overwrite)
     created = collection  # an existing output refused by create_image below is not ours to remove
     try:
         for index, scene, scale, names, out_chunks, shape, dtype, _ in plans:
@@ -267,7 +254,7 @@ def convert_vendor(
             if arr.dtype != out_dtype:
                 arr = arr.astype(out_dtype)
             native = [max(c) for c in arr.chunks]
-            block = _block_shape(shape, out_chunks, native, out_dtype.itemsize, BLOCK_BYTES)
+            block = block_shape(shape, out_chunks, native, out_dtype.itemsize, BLOCK_BYTES)
             arr = arr.rechunk(tuple(block))  # blocks cover whole output chunks: lock-free stores
             path = f"{out}/{index}" if collection else out
             group = create_image(
@@ -279,7 +266,7 @@ def convert_vendor(
                 channel_names=names,
                 levels=levels,
                 version=version,
-                name=scene if collection else _image_name(source),
+                name=scene if collection else image_name(source, (*VENDOR_SUFFIXES, *TIFF_SUFFIXES)),
                 overwrite=overwrite or collection,
             )
             created = True
@@ -287,6 +274,6 @@ def convert_vendor(
             fill_image(group, arr, levels=levels, progress=progress, label=f"converting {source.name} {where}".rstrip())
     except BaseException:
         if created:
-            _remove_partial(out)
+            remove_partial_output(out)
         raise
     return Path(out)

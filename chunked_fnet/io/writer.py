@@ -25,6 +25,7 @@ from chunked_fnet.io.ngff import (
     build_image_attrs,
     canonical_order,
     check_dims,
+    ngff_attrs,
     parse_image_attrs,
 )
 from chunked_fnet.io.store import describe, is_url, open_store, redact
@@ -66,7 +67,7 @@ def create_image(
     units: Mapping[str, str | None] | None = None,
     channel_names: Sequence[str] | None = None,
     channel_colors: Sequence[str] | None = None,
-    channel_windows: Sequence[Mapping[str, float]] | None = None,
+    display_ranges: Sequence[Mapping[str, float]] | None = None,
     levels: int = 1,
     version: str = DEFAULT_VERSION,
     name: str | None = None,
@@ -77,8 +78,9 @@ def create_image(
     """Create an empty OME-Zarr image (metadata plus one empty array per pyramid level).
 
     ``dims`` must be in NGFF order (a subset of t, c, z, y, x containing y and x); ``scale`` and
-    ``translation`` are physical (µm for space, ``units['t']`` for time) for the full resolution.
-    An existing ``store`` is refused unless ``overwrite=True``.
+    ``translation`` are physical (µm for space, ``units['t']`` for time) for the full resolution;
+    ``display_ranges`` are the channels' omero ``window`` entries. An existing ``store`` is refused
+    unless ``overwrite=True``.
     """
     where = describe(store)
     dims = check_dims(dims, where)
@@ -118,12 +120,12 @@ def create_image(
         name=name or (Path(str(store).rstrip("/")).name if isinstance(store, (str, Path)) else None) or "image",
         channel_names=channel_names if "c" in dims else None,
         channel_colors=channel_colors,
-        channel_windows=channel_windows if channel_windows is not None else _default_windows(dtype, channel_names),
+        display_ranges=display_ranges if display_ranges is not None else _default_display_ranges(dtype, channel_names),
     )
     zarr_format = 3 if version == "0.5" else 2
     local = None if isinstance(store, zarr.abc.store.Store) or is_url(store) else Path(str(store).removeprefix("file://"))
     try:
-        _clear_existing(store, overwrite, where, storage_options)
+        clear_existing_output(store, overwrite, where, storage_options)
         created = local is not None and not local.exists()  # anything there after a failure below is ours
         # The image header (multiscales) is written last, in one atomic put, once every array it names
         # exists: a reader polling the path sees no image, or a whole one, never a header without arrays.
@@ -177,8 +179,8 @@ def _unwritable(where: str, local: Path | None, exc: OSError) -> InputError:
     )
 
 
-def _default_windows(dtype: Any, channel_names: Sequence[str] | None) -> list[dict[str, float]] | None:
-    """Display windows spanning an integer type's range (floats: 0..1), so viewers do not saturate."""
+def _default_display_ranges(dtype: Any, channel_names: Sequence[str] | None) -> list[dict[str, float]] | None:
+    """Display ranges spanning an integer type's range (floats: 0..1), so viewers do not saturate."""
     if channel_names is None:
         return None
     dt = np.dtype(dtype)
@@ -187,8 +189,9 @@ def _default_windows(dtype: Any, channel_names: Sequence[str] | None) -> list[di
     return [{"min": lo, "max": hi, "start": lo, "end": hi} for _ in channel_names]
 
 
-def _clear_existing(store: Any, overwrite: bool, where: str, storage_options: Mapping[str, Any] | None) -> None:
-    """Refuse to replace an existing output unless asked; when asked, remove only what is a zarr store."""
+def clear_existing_output(store: Any, overwrite: bool, where: str, storage_options: Mapping[str, Any] | None) -> None:
+    """Refuse to replace an existing output unless asked; when asked, remove only what is a zarr store
+    (the one rule for every output: image, collection, plate)."""
     if isinstance(store, zarr.abc.store.Store) or is_url(store):
         existing = _exists_remote(store, storage_options)
         if existing and not overwrite:
@@ -213,6 +216,13 @@ def _exists_remote(store: Any, storage_options: Mapping[str, Any] | None) -> boo
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
         return False
     return True
+
+
+def create_collection(out: str | Path, version: str, overwrite: bool) -> None:
+    """An empty bioformats2raw-layout group whose series 0, 1, ... the caller writes next (one image each)."""
+    clear_existing_output(out, overwrite, describe(out), None)
+    attrs = ngff_attrs(version, **{"bioformats2raw.layout": 3})
+    zarr.create_group(open_store(out, read_only=False), zarr_format=3 if version == "0.5" else 2, attributes=attrs)
 
 
 def open_for_writing(store: str | Path, storage_options: Mapping[str, Any] | None = None) -> zarr.Group:

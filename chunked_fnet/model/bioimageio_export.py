@@ -92,7 +92,7 @@ def _test_input(shape: Sequence[int], sample: str | os.PathLike | None, card: Mo
         noise = np.random.default_rng(0).normal(size=shape)
         return (1000.0 + 400.0 * gaussian_filter(noise, 1.5)).astype(np.float32)[None, None]
     from chunked_fnet.io.reader import channel_index, open_image, spatial_frame
-    from chunked_fnet.preprocess.resample import ModelGrid, resample_window
+    from chunked_fnet.preprocess.resample import ModelGrid, resample_region
 
     image = open_image(sample)
     c = channel_index(image, card.input.channel, "input (transmitted-light)") if "c" in image.dims else 0
@@ -100,7 +100,7 @@ def _test_input(shape: Sequence[int], sample: str | os.PathLike | None, card: Mo
     scale = image.attrs["scale"]
     grid = ModelGrid(tuple(frame.shape), (scale["z"], scale["y"], scale["x"]), card.voxel_size)  # type: ignore[arg-type]
     region = tuple(slice(max(0, (g - s) // 2), max(0, (g - s) // 2) + min(g, s)) for g, s in zip(grid.shape, shape, strict=True))
-    values = resample_window(lambda w: frame[w].values, grid, region)
+    values = resample_region(lambda source: frame[source].values, grid, region)
     # a z-stack thinner than the network's minimum input: mirrored, as the pipeline pads frames past their edges
     pad = [((s - n) // 2, s - n - (s - n) // 2) for n, s in zip(values.shape, shape, strict=True)]
     single = [p if n == 1 else (0, 0) for p, n in zip(pad, values.shape, strict=True)]  # one plane: nothing to mirror

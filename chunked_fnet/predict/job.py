@@ -23,7 +23,7 @@ import torch
 
 from chunked_fnet._memory import bound_heap_growth, trim_heap
 from chunked_fnet.device import autocast_dtype, resolve_device
-from chunked_fnet.io.reader import open_level_array, window_reader
+from chunked_fnet.io.reader import open_level_array, region_reader
 from chunked_fnet.io.writer import open_for_writing, write_region
 from chunked_fnet.predict.ensemble import StackedEnsemble, cached_model
 from chunked_fnet.predict.policy import Hardware, ModelConstraints, RunPolicy, resolve_policy
@@ -32,7 +32,7 @@ from chunked_fnet.predict.ledger import Ledger, chunk_key
 from chunked_fnet.predict.options import RUNTIME_OPTIONS, PredictOptions
 from chunked_fnet.predict.schedule import BlockTask, ChunkTask, Schedule, schedule
 from chunked_fnet.preprocess.normalize import FrameStats
-from chunked_fnet.preprocess.resample import ModelGrid, interpolate_axis, resample_window
+from chunked_fnet.preprocess.resample import ModelGrid, interpolate_axis, resample_region
 from chunked_fnet.sliding_window import Box, PatchRunner, SlidingWindow, WeightedSum, padded_reader
 
 
@@ -142,7 +142,7 @@ class ModelGridFrame:
         self.array, self.dims, self.t, self.channel, self.stats, self.grid = array, tuple(dims), t, channel, stats, grid
         self.nonfinite = nonfinite
         self.shape = (1, *grid.shape)
-        self._read = window_reader(array, dims, t, channel, offset)
+        self._read = region_reader(array, dims, t, channel, offset)
 
     def _read_source(self, window: tuple[slice, ...]) -> np.ndarray:
         values = self._read(window)
@@ -156,7 +156,7 @@ class ModelGridFrame:
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
         region = key[1:]
-        return self.stats.apply(resample_window(self._read_source, self.grid, region))[None]
+        return self.stats.apply(resample_region(self._read_source, self.grid, region))[None]
 
 
 def model_grid_frame(job: PredictJob, time_index: int) -> ModelGridFrame:

@@ -20,7 +20,7 @@ from chunked_fnet.cluster import ClusterSpec, local_client
 from chunked_fnet.errors import ChunkedFnetError, InputError, OutputExistsError, one_line
 from chunked_fnet.io.plate import create_plate, join, read_plate
 from chunked_fnet.io.store import is_url, redact
-from chunked_fnet.io.writer import _clear_existing as clear_existing
+from chunked_fnet.io.writer import clear_existing_output
 from chunked_fnet.predict.submit import RunSummary
 from chunked_fnet.predict.ledger import Ledger, differences
 from chunked_fnet.predict.options import PredictOptions
@@ -102,7 +102,7 @@ def predict_plate(
 
     def create() -> None:  # once every field is checked, before the first field is created
         if overwrite and not is_url(out):
-            clear_existing(out, True, out, None)  # removes only a zarr store
+            clear_existing_output(out, True, out, None)  # removes only a zarr store
         elif overwrite and ledger.output_exists():
             ledger.fs.rm(ledger.output, recursive=True)
         create_plate(out, info, [tuple(n.rsplit("/", 1)) for n in names], options.version)  # type: ignore[misc]

@@ -1,12 +1,12 @@
-"""Resample images onto a model's voxel grid, window by window, with identical results however cut.
+"""Resample images onto a model's voxel grid, region by region, with identical results however cut.
 
 The model grid shares the image's origin (voxel 0 centre on voxel 0 centre) and spans the same
 physical extent; model voxel ``k`` sits at source coordinate ``k / factor`` with
 ``factor = source_voxel / model_voxel``. Down-sampling first low-passes the source with a Gaussian
 (sigma = (1/factor - 1) / 2 source voxels, as scikit-image's ``rescale(anti_aliasing=True)``), then
 interpolates linearly. Every output voxel depends only on source voxels within a fixed margin, and the
-image border is extended as 'nearest' both for whole images and for windows that touch it, so a
-window of the model grid equals the same window cut from the whole resampled image. (Hand-written
+image border is extended as 'nearest' both for whole images and for regions that touch it, so a
+region of the model grid equals the same region cut from the whole resampled image. (Hand-written
 because scipy.ndimage.zoom and skimage.rescale work on whole arrays and align grids differently.)
 """
 
@@ -48,7 +48,7 @@ class ModelGrid:
         """Anti-aliasing Gaussian per axis, in source voxels (0 where not down-sampling)."""
         return tuple(max(0.0, (1.0 / f - 1.0) / 2.0) for f in self.factor)
 
-    def source_window(self, region: Sequence[slice]) -> tuple[slice, ...]:
+    def source_region(self, region: Sequence[slice]) -> tuple[slice, ...]:
         """The source voxels needed to compute ``region`` of the model grid (clipped to the image)."""
         out = []
         for sl, f, s, n in zip(region, self.factor, self.sigma(), self.source_shape, strict=True):
@@ -71,24 +71,24 @@ def interpolate_axis(values: np.ndarray, axis: int, coords: np.ndarray) -> np.nd
     return np.take(values, i0, axis=axis) * (1 - w) + np.take(values, i1, axis=axis) * w
 
 
-def resample_window(
+def resample_region(
     read_source: Callable[[tuple[slice, ...]], np.ndarray], grid: ModelGrid, region: Sequence[slice]
 ) -> np.ndarray:
     """``region`` (slices of the model grid, z/y/x last) resampled from the source read via ``read_source``.
 
-    ``read_source(window)`` returns the source voxels of a (z, y, x) window as an array whose last
+    ``read_source(source_region)`` returns the source voxels of a (z, y, x) region as an array whose last
     three axes are z, y, x (leading axes, e.g. channels, are carried along).
     """
     region = tuple(slice(*sl.indices(n)[:2]) for sl, n in zip(region, grid.shape, strict=True))
     if grid.identity:
         return np.asarray(read_source(region), dtype=np.float32)
-    window = grid.source_window(region)
-    values = np.asarray(read_source(window), dtype=np.float32)
+    source = grid.source_region(region)
+    values = np.asarray(read_source(source), dtype=np.float32)
     lead = values.ndim - 3
     sigma = grid.sigma()
     if any(s > 0 for s in sigma):
         values = gaussian_filter(values, sigma=(0,) * lead + sigma, mode="nearest", truncate=_TRUNCATE)
-    for axis, (sl, win, f) in enumerate(zip(region, window, grid.factor, strict=True)):
-        coords = np.arange(sl.start, sl.stop) / f - win.start
+    for axis, (sl, src, f) in enumerate(zip(region, source, grid.factor, strict=True)):
+        coords = np.arange(sl.start, sl.stop) / f - src.start
         values = interpolate_axis(values, lead + axis, coords)
     return values.astype(np.float32, copy=False)

@@ -21,8 +21,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
 from chunked_fnet._memory import release_memory
-from chunked_fnet.io.store import describe
-from chunked_fnet.io.writer import build_pyramid, create_image, write_region
+from chunked_fnet.io.writer import build_pyramid, create_collection, create_image, write_region
 from chunked_fnet.synth.noise import tiled_normal
 from chunked_fnet.synth.optics import BrightfieldSimulator, Optics
 from chunked_fnet.synth.render import STRUCTURES, refractive_index, render_region
@@ -107,7 +106,7 @@ def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False, p
     """Write the dataset; returns the image path of each field of view."""
     paths = image_paths(out, config.fovs)
     if config.fovs > 1:
-        _create_collection(out, config, overwrite)
+        create_collection(out, config.version, overwrite)  # series 0, 1, ...: the fields of view
     with tqdm(total=config.fovs * config.size_t, desc="synth (fov x t)", unit="stack", disable=not progress) as bar:
         for fov, path in enumerate(paths):
             scene = make_scene(
@@ -127,7 +126,7 @@ def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False, p
                 scale={"t": config.time_interval, "z": config.voxel_size[0], "y": config.voxel_size[1], "x": config.voxel_size[2]},
                 channel_names=config.channel_names,
                 channel_colors=[CHANNEL_COLORS[c] for c in config.channel_names],
-                channel_windows=_windows(config),
+                display_ranges=_display_ranges(config),
                 levels=config.levels,
                 version=config.version,
                 name=f"synthetic hiPSC fov {fov}",
@@ -145,19 +144,8 @@ def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False, p
     return paths
 
 
-def _create_collection(out: str | Path, config: SynthConfig, overwrite: bool) -> None:
-    """A bioformats2raw-layout group whose series 0, 1, ... are the fields of view."""
-    from chunked_fnet.io.writer import _clear_existing  # the same overwrite rules as for an image
-    from chunked_fnet.io.store import open_store
-
-    _clear_existing(out, overwrite, describe(out), None)
-    attrs = {"bioformats2raw.layout": 3}
-    if config.version == "0.5":
-        attrs = {"ome": {"version": "0.5", **attrs}}
-    zarr.create_group(open_store(out, read_only=False), zarr_format=3 if config.version == "0.5" else 2, attributes=attrs)
-
-
-def _windows(config: SynthConfig) -> list[dict[str, float]]:
+def _display_ranges(config: SynthConfig) -> list[dict[str, float]]:
+    """Each channel's omero display range: from the camera offset to about its brightest signal."""
     p = config.photons
     out = []
     for name in config.channel_names:
@@ -168,10 +156,10 @@ def _windows(config: SynthConfig) -> list[dict[str, float]]:
     return out
 
 
-def _camera(expected: np.ndarray, config: SynthConfig, key: Sequence[int], z0: int, y0: int, x0: int) -> np.ndarray:
+def camera_counts(expected: np.ndarray, config: SynthConfig, key: Sequence[int], z0: int, y0: int, x0: int) -> np.ndarray:
     """Counts from expected photo-electrons: shot noise (Gaussian approximation of Poisson, variance
     equal to the mean) plus read noise and offset. The noise is drawn per global block so it does
-    not depend on how the image is chunked."""
+    not depend on how the image is chunked. Public: the real-morphology data (synth.real) shares this camera."""
     block = (NOISE_BLOCK_Z, NOISE_BLOCK, NOISE_BLOCK)
     start = (z0, y0, x0)
     counts = tiled_normal(config.seed, [*key, 0], start, expected.shape, block)  # shot noise, scaled below
@@ -210,7 +198,7 @@ def _write_brightfield(group: zarr.Group, config: SynthConfig, state: CellState,
             g = min(4, n - g0)
             expected = np.stack([next(planes) for _ in range(g)])
             expected *= config.photons.brightfield
-            counts[g0 : g0 + g] = _camera(expected, config, (fov, t, 0), z0 + g0, 0, 0)
+            counts[g0 : g0 + g] = camera_counts(expected, config, (fov, t, 0), z0 + g0, 0, 0)
         write_region(group, (slice(t, t + 1), slice(0, 1), slice(z0, z0 + n), slice(None), slice(None)), counts[None, None])
 
 
@@ -237,7 +225,7 @@ def _write_fluorescence(group: zarr.Group, config: SynthConfig, state: CellState
                 inner = (slice(halo[0], -halo[0]), slice(halo[1], halo[1] + my), slice(halo[2], halo[2] + mx))
                 for c, name in enumerate(STRUCTURES):
                     expected = config.photons.background + peaks[c] * gaussian_filter(dens.pop(name), sigma, mode="constant", truncate=4.0)[inner]
-                    counts[c, :, sy : sy + my, sx : sx + mx] = _camera(expected, config, (fov, t, c + 1), 0, y0 + sy, x0 + sx)
+                    counts[c, :, sy : sy + my, sx : sx + mx] = camera_counts(expected, config, (fov, t, c + 1), 0, y0 + sy, x0 + sx)
                 del dens
         for c in range(len(STRUCTURES)):
             region = (slice(t, t + 1), slice(c + 1, c + 2), slice(None), slice(y0, y0 + ny), slice(x0, x0 + nx))

@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from chunked_fnet.errors import InputError
 from chunked_fnet.io.writer import create_image, write_region
-from chunked_fnet.synth.dataset import BRIGHTFIELD, CHANNEL_COLORS, SynthConfig, _camera
+from chunked_fnet.synth.dataset import BRIGHTFIELD, CHANNEL_COLORS, SynthConfig, camera_counts
 from chunked_fnet.synth.optics import BrightfieldSimulator
 from chunked_fnet.synth.render import refractive_index
 
@@ -166,14 +166,14 @@ def simulate_brightfield(densities: Mapping[str, np.ndarray], config: SynthConfi
     fields, exit_z = sim.exit_fields(render_slab, (0.0, 0.0), (0.0, config.size_z * dz), dz)
     planes = sim.focal_planes(fields, exit_z, np.arange(config.size_z) * dz)
     expected = np.stack(list(planes)) * config.photons.brightfield
-    return _camera(expected, config, (0, 0, 0), 0, 0, 0)
+    return camera_counts(expected, config, (0, 0, 0), 0, 0, 0)
 
 
 def fluorescence(density: np.ndarray, peak: float, config: SynthConfig, channel: int) -> np.ndarray:
     """Camera counts of a derived structure imaged as the phantom images its own: Gaussian PSF, background, noise."""
     sigma = [s / v for s, v in zip(config.optics.psf_sigma(), config.voxel_size, strict=True)]
     expected = config.photons.background + peak * ndimage.gaussian_filter(density, sigma, mode="nearest", truncate=4.0)
-    return _camera(expected.astype(np.float32), config, (0, 0, channel), 0, 0, 0)
+    return camera_counts(expected.astype(np.float32), config, (0, 0, channel), 0, 0, 0)
 
 
 def real_config(stack: RealStack, seed: int = 0) -> SynthConfig:

@@ -4,7 +4,7 @@ and reproducible random patches for torch DataLoader workers.
 Sample ``i`` of a run is a pure function of ``(seed, i)`` (which pair, where), so resuming at
 iteration ``n`` replays exactly the patches an uninterrupted run would have drawn, whatever the
 number of loader workers. Each worker keeps an LRU cache of preprocessed pairs bounded in bytes;
-a pair too large for the cache is read window by window from the store instead, so training data
+a pair too large for the cache is read patch by patch from the store instead, so training data
 may be far larger than memory.
 """
 
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from chunked_fnet.errors import InputError
-from chunked_fnet.io.reader import channel_index, open_image, open_level_array, spatial_frame, window_reader
+from chunked_fnet.io.reader import channel_index, open_image, open_level_array, region_reader, spatial_frame
 from chunked_fnet.preprocess.normalize import FrameStats, frame_stats
-from chunked_fnet.preprocess.resample import ModelGrid, resample_window
+from chunked_fnet.preprocess.resample import ModelGrid, resample_region
 from chunked_fnet.train.manifest import ManifestEntry, Pair
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -112,7 +112,7 @@ def load_stats(path: Path) -> dict[str, dict]:
 
 
 class PairReader:
-    """Reads z-scored, model-grid windows of a pair's input and target(s) straight from its store.
+    """Reads z-scored, model-grid regions of a pair's input and target(s) straight from its store.
 
     Given several specs of the same image time point (one per structure, as a multi-structure run
     has), the input is read and resampled once and each structure's target beside it.
@@ -128,24 +128,24 @@ class PairReader:
         self.dims = meta.dims
 
     def _reader(self, channel: int) -> Callable[[tuple[slice, ...]], np.ndarray]:
-        return window_reader(self.array, self.dims, self.spec.t, channel)
+        return region_reader(self.array, self.dims, self.spec.t, channel)
 
-    def window_stack(self, region: Sequence[slice]) -> tuple[np.ndarray, np.ndarray]:
+    def read_stack(self, region: Sequence[slice]) -> tuple[np.ndarray, np.ndarray]:
         """``(input (z, y, x), targets (structures, z, y, x))``, each z-scored with its frame statistics."""
-        x = self.spec.input_stats.apply(resample_window(self._reader(self.spec.input_index), self.grid, region))
-        ys = [s.target_stats.apply(resample_window(self._reader(s.target_index), self.grid, region)) for s in self.specs]
+        x = self.spec.input_stats.apply(resample_region(self._reader(self.spec.input_index), self.grid, region))
+        ys = [s.target_stats.apply(resample_region(self._reader(s.target_index), self.grid, region)) for s in self.specs]
         return x, np.stack(ys)
 
-    def window(self, region: Sequence[slice]) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, region: Sequence[slice]) -> tuple[np.ndarray, np.ndarray]:
         """``(input, target)`` of the first spec, both ``(z, y, x)``."""
-        x, ys = self.window_stack(region)
+        x, ys = self.read_stack(region)
         return x, ys[0]
 
     def whole(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.window(tuple(slice(0, n) for n in self.grid.shape))
+        return self.read(tuple(slice(0, n) for n in self.grid.shape))
 
     def whole_stack(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.window_stack(tuple(slice(0, n) for n in self.grid.shape))
+        return self.read_stack(tuple(slice(0, n) for n in self.grid.shape))
 
 
 class PairCache:
@@ -247,5 +247,5 @@ class PatchDataset(torch.utils.data.Dataset):
             x, ys = cached[0][region], cached[1][(slice(None), *region)]
             x, ys = np.ascontiguousarray(x), np.ascontiguousarray(ys)
         else:
-            x, ys = reader.window_stack(region)
+            x, ys = reader.read_stack(region)
         return torch.from_numpy(x[None]), torch.from_numpy(ys)

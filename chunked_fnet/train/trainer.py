@@ -388,7 +388,7 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
 
 
 def plot_losses(csv_path: Path, png_path: Path, title: str = "loss") -> None:
-    """Loss curves (training loss smoothed over a window, validation points) as a PNG."""
+    """Loss curves (training loss as a running mean, validation points) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -401,11 +401,11 @@ def plot_losses(csv_path: Path, png_path: Path, title: str = "loss") -> None:
     it = np.array([int(r["iteration"]) for r in rows])
     tr = np.array([float(r["train_loss"]) for r in rows])
     val = [(int(r["iteration"]), float(r["val_loss"])) for r in rows if r["val_loss"]]
-    window = max(1, len(tr) // 50)
-    smooth = np.convolve(tr, np.ones(window) / window, mode="valid")
+    span = max(1, len(tr) // 50)
+    smooth = np.convolve(tr, np.ones(span) / span, mode="valid")
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot(it, tr, color="0.8", lw=0.6, label="train (per batch)")
-    ax.plot(it[window - 1 :], smooth, color="C0", lw=1.5, label=f"train (mean of {window})")
+    ax.plot(it[span - 1 :], smooth, color="C0", lw=1.5, label=f"train (mean of {span})")
     if val:
         ax.plot(*zip(*val), "o-", color="C3", ms=3, lw=1, label="validation (test split patches)")
     ax.set_xlabel("iteration")

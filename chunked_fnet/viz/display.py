@@ -1,6 +1,6 @@
-"""Display windows from the data itself, shared by the figures and the neuroglancer view.
+"""Display ranges from the data itself, shared by the figures and the neuroglancer view.
 
-A window stored in a file (omero ``window``) is often the dtype's whole range (a converted TIFF) or a
+A display range stored in a file (omero ``window``) is often the dtype's whole range (a converted TIFF) or a
 fixed guess (predictions: -1..4 in z-score units), and a weakly predicted structure then paints the
 whole field; percentiles of what is shown give a first view in which every structure is visible.
 """
@@ -16,7 +16,7 @@ STRUCTURE_PERCENTILES = (50.0, 99.8)
 FULL_PERCENTILES = (0.5, 99.8)
 
 
-def percentile_window(values: np.ndarray, percentiles: tuple[float, float] = FULL_PERCENTILES) -> tuple[float, float]:
+def percentile_range(values: np.ndarray, percentiles: tuple[float, float] = FULL_PERCENTILES) -> tuple[float, float]:
     """(low, high) display limits at two percentiles of the finite values; never an empty range."""
     finite = np.asarray(values, dtype=np.float64)
     finite = finite[np.isfinite(finite)]

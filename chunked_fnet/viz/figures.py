@@ -26,7 +26,7 @@ from matplotlib.patches import Patch
 
 from chunked_fnet.errors import InputError, OutputExistsError
 from chunked_fnet.io.reader import channel_index
-from chunked_fnet.viz.display import FULL_PERCENTILES, STRUCTURE_PERCENTILES, percentile_window
+from chunked_fnet.viz.display import FULL_PERCENTILES, STRUCTURE_PERCENTILES, percentile_range
 
 FALLBACK_COLORS = ("3F7FFF", "FF00FF", "FFFF00", "FF3F3F", "00FF00", "FF9F00", "00FFFF", "FFFFFF")
 DPI = 110
@@ -108,12 +108,12 @@ def _extent(plane: xr.DataArray) -> tuple[float, float, float, float]:
 
 def _limits(values: np.ndarray) -> tuple[float, float]:
     """Limits of a single-channel panel (transmitted light, one target, one prediction)."""
-    return percentile_window(values, FULL_PERCENTILES)
+    return percentile_range(values, FULL_PERCENTILES)
 
 
 def structure_limits(values: np.ndarray) -> tuple[float, float]:
     """Limits of one structure in a merged overlay: background (the median) is black."""
-    return percentile_window(values, STRUCTURE_PERCENTILES)
+    return percentile_range(values, STRUCTURE_PERCENTILES)
 
 
 def _stretch(values: np.ndarray, limits: tuple[float, float]) -> np.ndarray:

@@ -21,7 +21,7 @@ from chunked_fnet.errors import InputError
 from chunked_fnet.io.reader import open_image, read_metadata
 from chunked_fnet.io.store import is_url
 from chunked_fnet.io.units import metres, seconds
-from chunked_fnet.viz.display import FULL_PERCENTILES, STRUCTURE_PERCENTILES, percentile_window
+from chunked_fnet.viz.display import FULL_PERCENTILES, STRUCTURE_PERCENTILES, percentile_range
 from chunked_fnet.viz.serve import RemoteStore, StoreServer
 
 #: OME-NGFF versions the neuroglancer client (2.41) reads, and the zarr format each must be stored in
@@ -32,7 +32,7 @@ REMOTE_SCHEMES = ("http://", "https://", "gs://", "s3://")
 SPACE = ("z", "y", "x")
 #: The grey transmitted light at half strength, so the additive colours on top of it stay visible.
 INPUT_OPACITY = 0.5
-#: About how many screen pixels (width, height) one cross-section panel spans in a 1200 x 800 window,
+#: About how many screen pixels (width, height) one cross-section panel spans in a 1200 x 800 viewer,
 #: per layout: the initial zoom fits the prediction's field of view into it.
 PANEL_PX = {"4panel": (580, 330), "xy-3d": (580, 680), "xz-3d": (580, 680), "yz-3d": (580, 680)}
 SINGLE_PANEL_PX = (1150, 680)
@@ -51,7 +51,7 @@ class ImageSource:
     units: dict[str, str | None]
     channel_names: tuple[str, ...]
     channel_colors: tuple[str, ...]
-    channel_windows: tuple[dict[str, float], ...]
+    display_ranges: tuple[dict[str, float], ...]  # the omero 'window' of each channel
     name: str
     series: str | None = None
 
@@ -77,7 +77,7 @@ def describe_source(path: str | Path, url: str, *, series: str | None = None) ->
     else:
         names = (str(image.name),)
     colors = tuple(meta.channel_colors or ("FFFFFF",) * len(names))
-    windows = tuple(meta.channel_windows or ({},) * len(names))
+    ranges = tuple(meta.display_ranges or ({},) * len(names))
     return ImageSource(
         path=str(path),
         source=f"zarr{NEUROGLANCER_NGFF[meta.version]}://{url}",
@@ -88,20 +88,20 @@ def describe_source(path: str | Path, url: str, *, series: str | None = None) ->
         units=dict(image.attrs["units"]),
         channel_names=names,
         channel_colors=colors,
-        channel_windows=windows,
+        display_ranges=ranges,
         name=str(image.name),
         series=series,
     )
 
 
-def _window(window: Mapping[str, float], fallback: tuple[float, float]) -> tuple[float, float]:
-    start, end = window.get("start"), window.get("end")
+def _stored_range(stored: Mapping[str, float], fallback: tuple[float, float]) -> tuple[float, float]:
+    start, end = stored.get("start"), stored.get("end")
     if start is None or end is None or not end > start:
         return fallback
     return float(start), float(end)
 
 
-def data_windows(image: ImageSource, channels: Sequence[int], percentiles: tuple[float, float], t_seconds: float | None = None) -> list[tuple[float, float]]:
+def data_ranges(image: ImageSource, channels: Sequence[int], percentiles: tuple[float, float], t_seconds: float | None = None) -> list[tuple[float, float]]:
     """Display ranges from the data: percentiles of the middle z plane at (or nearest) ``t_seconds``.
     Reads one plane per channel, so it stays cheap for any image size."""
     frame = open_image(image.path, series=image.series)
@@ -110,22 +110,22 @@ def data_windows(image: ImageSource, channels: Sequence[int], percentiles: tuple
     if "z" in frame.dims:
         frame = frame.isel(z=frame.sizes["z"] // 2)
     if "c" not in frame.dims:
-        return [percentile_window(frame.values, percentiles)]
-    return [percentile_window(frame.isel(c=i).values, percentiles) for i in channels]
+        return [percentile_range(frame.values, percentiles)]
+    return [percentile_range(frame.isel(c=i).values, percentiles) for i in channels]
 
 
-def grey_shader(window: tuple[float, float]) -> str:
-    """Transmitted light: a grey ramp over the display window."""
+def grey_shader(limits: tuple[float, float]) -> str:
+    """Transmitted light: a grey ramp over the display range."""
     return (
-        f"#uicontrol invlerp normalized(range=[{window[0]:.6g}, {window[1]:.6g}])\n"
+        f"#uicontrol invlerp normalized(range=[{limits[0]:.6g}, {limits[1]:.6g}])\n"
         "void main() {\n  emitGrayscale(normalized());\n}\n"
     )
 
 
-def color_shader(color: str, window: tuple[float, float]) -> str:
-    """A predicted structure: black to its colour over the display window (meant for additive blending)."""
+def color_shader(color: str, limits: tuple[float, float]) -> str:
+    """A predicted structure: black to its colour over the display range (meant for additive blending)."""
     return (
-        f"#uicontrol invlerp normalized(range=[{window[0]:.6g}, {window[1]:.6g}])\n"
+        f"#uicontrol invlerp normalized(range=[{limits[0]:.6g}, {limits[1]:.6g}])\n"
         f'#uicontrol vec3 color color(default="#{color.lstrip("#").lower()}")\n'
         "void main() {\n  emitRGB(color * normalized());\n}\n"
     )
@@ -157,32 +157,32 @@ def build_state(
     *,
     input_channel: str | int = "brightfield",
     layout: str = "4panel",
-    windows: str = "data",
+    contrast: str = "data",
 ) -> Any:
     """The neuroglancer ``ViewerState``: the input's transmitted-light channel as a grey layer, then one
     additive layer per predicted structure in its colour, centred on the prediction's first time point.
 
-    ``windows="data"`` sets each layer's display range from the data (one plane; structures from their
-    median, the background, up: see :mod:`chunked_fnet.viz.display`); ``"file"`` uses the omero windows
-    stored in the files. Either can be changed in neuroglancer's layer panel.
+    ``contrast="data"`` sets each layer's display range from the data (one plane; structures from their
+    median, the background, up: see :mod:`chunked_fnet.viz.display`); ``"file"`` uses the display ranges
+    (omero ``window``) stored in the files. Either can be changed in neuroglancer's layer panel.
     """
     import neuroglancer
 
-    if windows not in ("data", "file"):
-        raise InputError(f"windows must be 'data' or 'file', got {windows!r}")
+    if contrast not in ("data", "file"):
+        raise InputError(f"contrast must be 'data' or 'file', got {contrast!r}")
     t0 = prediction.translation.get("t") if "t" in prediction.dims else None
-    structure_ranges = [_window(w, (-1.0, 4.0)) for w in prediction.channel_windows]
-    if windows == "data":
-        structure_ranges = data_windows(prediction, range(len(prediction.channel_names)), STRUCTURE_PERCENTILES, t0)
+    structure_ranges = [_stored_range(r, (-1.0, 4.0)) for r in prediction.display_ranges]
+    if contrast == "data":
+        structure_ranges = data_ranges(prediction, range(len(prediction.channel_names)), STRUCTURE_PERCENTILES, t0)
     state = neuroglancer.ViewerState()
     names, scales, units = _global_dimensions([prediction] + ([input_image] if input_image else []))
     state.dimensions = neuroglancer.CoordinateSpace(names=names, scales=scales, units=units)
     if input_image is not None:
         index = _input_index(input_image, input_channel)
         label = input_image.channel_names[index]
-        grey = _window(input_image.channel_windows[index], (0.0, 1.0))
-        if windows == "data":
-            grey = data_windows(input_image, [index], FULL_PERCENTILES, t0)[0]
+        grey = _stored_range(input_image.display_ranges[index], (0.0, 1.0))
+        if contrast == "data":
+            grey = data_ranges(input_image, [index], FULL_PERCENTILES, t0)[0]
         state.layers.append(
             name=f"input: {label}",
             layer=neuroglancer.ImageLayer(
@@ -289,7 +289,7 @@ def open_view(
     input_channel: str | int = "brightfield",
     input_series: str | None = None,
     layout: str = "4panel",
-    windows: str = "data",
+    contrast: str = "data",
     port: int = 0,
     proxy: bool = False,
 ) -> ViewSession:
@@ -325,7 +325,7 @@ def open_view(
         for name in stores:
             version = images[name].source.split(":", 1)[0]  # "zarr2" / "zarr3"
             images[name] = replace(images[name], source=f"{version}://{server.url_for(name)}")  # type: ignore[union-attr]
-        state = build_state(images["prediction"], images.get("input"), input_channel=input_channel, layout=layout, windows=windows)
+        state = build_state(images["prediction"], images.get("input"), input_channel=input_channel, layout=layout, contrast=contrast)
         neuroglancer.set_server_bind_address("127.0.0.1", 0)
         viewer = neuroglancer.Viewer()
         viewer.set_state(state)
