@@ -14,7 +14,7 @@ from chunked_fnet.predict import PredictOptions, predict
 from chunked_fnet.predict.policy import PATCH_MEMORY_FRACTION, Hardware, ModelConstraints, resolve_policy
 from chunked_fnet.predict.shipping import JobRef, resolve_run
 from chunked_fnet.sliding_window import SlidingWindow
-from chunked_fnet.sliding_window.auto import AUTO_OVERLAP, auto_patch
+from chunked_fnet.predict.policy import AUTO_OVERLAP, auto_patch
 from chunked_fnet.synth.dataset import SynthConfig, generate
 from factories import tiny_checkpoint, two_host_client
 
@@ -71,7 +71,7 @@ def test_auto_patch_stays_within_32_bit_kernel_indexing_and_batches_share_the_bu
     """However much memory a GPU has, the largest activation of a patch (2 x width channels) stays
     under 2**31 elements (cuDNN/oneDNN index with 32-bit integers); an explicit batch of several patches
     with an auto patch shares the memory budget, and ``batch_size: auto`` means one auto patch at a time."""
-    from chunked_fnet.sliding_window.auto import MAX_TENSOR_ELEMENTS
+    from chunked_fnet.predict.policy import MAX_TENSOR_ELEMENTS
 
     patch, _ = auto_patch((64, 4096, 4096), 16, 32, 1e13)  # a 10 TB budget
     assert 2 * 32 * patch[0] * patch[1] * patch[2] <= MAX_TENSOR_ELEMENTS

@@ -23,7 +23,7 @@ import torch
 
 from chunked_fnet._memory import bound_heap_growth, trim_heap
 from chunked_fnet.device import autocast_dtype, resolve_device
-from chunked_fnet.io.reader import open_level_array, region_reader
+from chunked_fnet.io.reader import open_level_array
 from chunked_fnet.io.writer import open_for_writing, write_region
 from chunked_fnet.predict.ensemble import StackedEnsemble, cached_model
 from chunked_fnet.predict.policy import Hardware, ModelConstraints, RunPolicy, resolve_policy
@@ -32,7 +32,8 @@ from chunked_fnet.predict.ledger import Ledger, chunk_key
 from chunked_fnet.predict.options import RUNTIME_OPTIONS, PredictOptions
 from chunked_fnet.predict.schedule import BlockTask, ChunkTask, Schedule, schedule
 from chunked_fnet.preprocess.normalize import FrameStats
-from chunked_fnet.preprocess.resample import ModelGrid, interpolate_axis, resample_region
+from chunked_fnet.preprocess.frame import ModelGridFrame
+from chunked_fnet.preprocess.resample import ModelGrid, interpolate_axis
 from chunked_fnet.sliding_window import Box, PatchRunner, SlidingWindow, WeightedSum, padded_reader
 
 
@@ -127,36 +128,6 @@ class PredictJob:
             factor=self.grid.factor if self.options.output_grid == "input" else None,
             skip=skip,
         )
-
-
-class ModelGridFrame:
-    """One time point's transmitted-light channel, z-scored and resampled, read lazily by window.
-
-    Array-like ``(1, Z, Y, X)`` on the model grid for :func:`padded_reader`.
-    """
-
-    def __init__(
-        self, array: Any, dims: Sequence[str], t: int | None, channel: int, stats: FrameStats, grid: ModelGrid,
-        nonfinite: str = "fail", offset: Sequence[int] = (0, 0, 0),
-    ) -> None:
-        self.array, self.dims, self.t, self.channel, self.stats, self.grid = array, tuple(dims), t, channel, stats, grid
-        self.nonfinite = nonfinite
-        self.shape = (1, *grid.shape)
-        self._read = region_reader(array, dims, t, channel, offset)
-
-    def _read_source(self, window: tuple[slice, ...]) -> np.ndarray:
-        values = self._read(window)
-        finite = np.isfinite(values)
-        if not finite.all():
-            if self.nonfinite != "fill":
-                bad = tuple((s.start, s.stop) for s in window)
-                raise ValueError(f"input has NaN/Inf voxels in the (z, y, x) window {bad} at t={self.t}")
-            values = np.where(finite, values, self.stats.mean)  # z-scores to 0: the frame's mean
-        return values
-
-    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        region = key[1:]
-        return self.stats.apply(resample_region(self._read_source, self.grid, region))[None]
 
 
 def model_grid_frame(job: PredictJob, time_index: int) -> ModelGridFrame:

@@ -1,25 +1,25 @@
 """The run policy: everything a prediction run chooses, decided in one place, once per run.
 
-A run chooses its sliding window (patch, overlap, blend, alignment), the precision it computes in,
-the patches per forward pass and the torch threads per block. :func:`resolve_policy` makes all of
-these choices from the options, the models' constraints (:class:`ModelConstraints`), the facts of
-the hardware that runs it (:class:`Hardware`) and, on resume, the run record; the chunked run
-(:func:`chunked_fnet.predict.predict`), the in-memory one (:func:`~chunked_fnet.sliding_window.predict_volume`)
-and ``evaluate`` all call it, so the same models on the same frame get the same window everywhere.
+A run chooses its sliding window (patch, overlap, blend, alignment), its precision, the patches per
+forward pass and the torch threads per block. :func:`resolve_policy` makes these choices from the
+options, the models' constraints, the hardware's facts and, on resume, the run record; ``predict``,
+``predict_plate``, ``predict_volume`` and ``evaluate`` all call it, so the same models on the same
+frame get the same window everywhere.
 
-Two rules keep a run from being a trap:
-
-- *An explicit patch too small for the overlap the models need is refused.* Capping the overlap to
-  fit (the old behaviour) leaves patches whose every voxel lies in the rim that the U-Net's zero
-  padding spoils (16x64x64 with a 12-voxel overlap differed from a whole-frame pass by 3.2x the
-  output's std), and keeping it makes the step tiny (a 4x4x4 step evaluated every voxel 250 times).
-  Neither is what a user asking for a patch wants, so the refusal names the smallest patch that
-  works and suggests ``auto``. An explicit patch *and* overlap is the user's trade-off: it runs,
-  with a one-line warning when it recomputes more than :data:`MAX_RECOMPUTE` times.
-- *``precision: auto`` is a function of the hardware*: bf16 autocast where every worker computes
-  bf16 natively (AMX/AVX512-BF16 CPUs, CUDA), else fp32. A timing sample against a threshold let
-  noise pick the precision on machines near the threshold, so the same command could give outputs
-  differing at the bf16 level from one run to the next.
+- *The inference patch is not the training patch*: a U-Net in eval mode gives the same output away
+  from a patch's border whatever its size, so the whole z-depth is taken and y/x grow until one
+  patch's activations fill the memory budget (:func:`auto_patch`). The overlap is what a *trained*
+  U-Net's zero padding spoils (``benchmarks/border_effect.py --checkpoint``: within 1e-2 of its std of
+  a whole-frame pass only from 35 voxels inward) plus a blending ramp; seams against the overlap:
+  0.69 std at 32 voxels, 0.0016 at 96 (``benchmarks/seams_vs_overlap.py``).
+- *An explicit patch too small for that overlap is refused*, naming the smallest patch that works:
+  capping the overlap (the old behaviour) spoils every voxel of a thin patch (16x64x64 differed from a
+  whole-frame pass by 3.2x the output's std) and keeping it makes the step tiny (250x recompute). An
+  explicit patch *and* overlap is the user's trade-off: it runs, warning when it costs over 2x.
+- *``precision: auto`` is a function of the hardware*: bf16 where every worker computes it natively
+  (AMX/AVX512-BF16 CPUs, CUDA), else fp32. A timing sample let noise pick the precision on machines
+  near its threshold, so one command could write outputs differing at the bf16 level run to run.
+- *Sizes come from total, not free, memory*, so that one machine always chooses one window.
 """
 
 from __future__ import annotations
@@ -33,26 +33,34 @@ from typing import Any
 
 from chunked_fnet.errors import InputError
 from chunked_fnet.predict.options import PredictOptions
-from chunked_fnet.sliding_window.auto import AUTO_OVERLAP, auto_patch
 from chunked_fnet.sliding_window.window import SlidingWindow, min_band_overlap
 
-__all__ = ["MAX_RECOMPUTE", "PATCH_MEMORY_FRACTION", "PLANNING_BUDGET", "Hardware", "ModelConstraints", "RunPolicy", "resolve_policy"]
+__all__ = [
+    "AUTO_OVERLAP", "MAX_RECOMPUTE", "MAX_TENSOR_ELEMENTS", "PATCH_MEMORY_FRACTION", "Hardware", "ModelConstraints", "RunPolicy",
+    "auto_patch", "resolve_policy",
+]
 
-#: The most model-voxel evaluations per output voxel a run is allowed without the user asking for it:
-#: the default window evaluates a frame 1-1.3 times; the paper's 32x64x64 training patch with 25 %
-#: overlap 2.4 times.
+#: Overlap (model voxels) where patches meet: a 36-voxel rim on each side without weight and a 24-voxel
+#: raised-cosine ramp between (``window.band_profile``); a multiple of 16, so that neighbours stay on one
+#: phase of the U-Net's down-sampling grid.
+AUTO_OVERLAP = 96
+
+#: Model-voxel evaluations per output voxel allowed without asking: the defaults evaluate a frame
+#: 1-1.3 times, the paper's 32x64x64 training patch with 25 % overlap 2.4 times.
 MAX_RECOMPUTE = 2.0
 
-#: The share of a worker thread's memory (or of a GPU's) that one patch's forward pass may take (estimated
-#: at 32 bytes per voxel and channel, above the 25 measured): dask's own memory target (0.6, where a worker
-#: starts spilling), so that with the rest (the interpreter and the model, ~0.7 GB; the input box, the
-#: sums and the pieces: tens of MB) a worker stays under dask's spill and pause thresholds (0.7, 0.8).
-#: Total memory, not free memory, so that the same machine always chooses the same window.
+#: Share of a worker thread's memory (or a GPU's) one patch's forward pass may take: dask's memory
+#: target, so that with the interpreter and the model (~0.7 GB) a worker stays under its spill and
+#: pause thresholds (0.7, 0.8).
 PATCH_MEMORY_FRACTION = 0.6
 
-#: The memory one patch may use when nothing is known of the hardware (a client planning for workers
-#: it has not seen): small enough for any worker.
-PLANNING_BUDGET = 2 * 2**30
+#: Peak host memory of a float32 forward pass of the fnet U-Net per voxel and top-level channel (25
+#: measured for width 32 at 32x128x128 to 48x384x384), plus room for the input box and the sums.
+BYTES_PER_VOXEL_AND_CHANNEL = 32.0
+
+#: cuDNN's and oneDNN's 3-D convolutions index with 32-bit integers; the U-Net's largest activation
+#: (the top level's skip concatenation) has 2 x width channels per voxel.
+MAX_TENSOR_ELEMENTS = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,7 @@ class Hardware:
     ``native_bf16``: whether every worker computes bf16 natively.
     """
 
-    patch_budget: float = PLANNING_BUDGET
+    patch_budget: float = 2 * 2**30  # what any worker can take
     busy: int = 1
     threads_per_host: tuple[int, ...] = (1,)
     device: str = "cpu"
@@ -134,10 +142,6 @@ class RunPolicy:
                        "pad_mode": w.pad_mode, "recompute": round(self.recompute, 4)},
             "precision": {"chosen": self.precision, "why": self.reason},
         }
-
-    def __str__(self) -> str:
-        return (f"patch {'x'.join(map(str, self.window.patch_shape))}, each voxel evaluated {self.recompute:.2f}x; "
-                f"{self.precision} ({self.reason})")
 
 
 def resolve_policy(
@@ -202,10 +206,6 @@ def _window(
     return window
 
 
-def _count(n: int, p: int, o: int) -> int:
-    return 1 if p >= n else 1 + math.ceil((n - p) / (p - o))
-
-
 def _recompute(patch: Sequence[int], frame: Sequence[int], needed: Sequence[int]) -> float:
     """The recompute factor of ``patch`` with the needed overlap (inf where a step would be < 1)."""
     total = 1.0
@@ -252,6 +252,60 @@ def _precision(option: str, hardware: Hardware, recorded: Mapping[str, Any] | No
         return option, "explicit"
     if recorded is not None:  # a resume computes in the interrupted run's precision
         return str(recorded["chosen"]), str(recorded.get("why", "recorded"))
+    if hardware.device == "unknown":
+        return "fp32", "auto: no worker was up to ask when the run started"
     if hardware.native_bf16:
         return "bf16", f"auto: bf16 is native on every {hardware.device} worker"
     return "fp32", f"auto: not every {hardware.device} worker computes bf16 natively"
+
+
+def _up(n: int, m: int) -> int:
+    return m * math.ceil(n / m)
+
+
+def _covering(n: int, k: int, overlap: int, m: int) -> int:
+    """The smallest patch (a multiple of ``m``) that covers ``n`` voxels with ``k`` patches overlapping by ``overlap``."""
+    return _up(n, m) if k == 1 else _up(math.ceil((n - overlap) / k) + overlap, m)
+
+
+def _count(size: int, patch: int, overlap: int) -> int:
+    return 1 if size <= patch else 1 + math.ceil((size - patch) / (patch - overlap))
+
+
+def auto_patch(
+    frame: Sequence[int], multiple: int, width: int, budget_bytes: float, min_patches: int = 1, overlap: int = AUTO_OVERLAP
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(patch, overlap)`` (z, y, x; overlap in voxels) for a frame of ``frame`` model voxels: the
+    fewest voxels evaluated by patches whose forward pass fits ``budget_bytes``, at least ``min_patches``
+    of them (so that one frame keeps every GPU, or CPU host, busy)."""
+    m = max(1, int(multiple))
+    per_voxel = BYTES_PER_VOXEL_AND_CHANNEL * max(1, width)
+    max_voxels = max(min(budget_bytes / per_voxel, MAX_TENSOR_ELEMENTS / (2 * max(1, width))), float(m**3))
+    z_full = _up(frame[0], m)
+    overlap = _up(overlap, m)
+    # z: the whole depth if a 2*overlap-wide y/x patch of it fits; else as deep as fits
+    pz = z_full if z_full * (2 * overlap + m) ** 2 <= max_voxels else max(2 * overlap + m, _up(int(max_voxels / (2 * overlap + m) ** 2), m) - m)
+    pz = min(pz, z_full)
+    side = max(m, int(math.sqrt(max_voxels / pz)) // m * m)
+    # a budget too small for patches twice the overlap: neighbours share at most half a patch (the
+    # step stays at least half the patch), at the cost of a thinner clean rim
+    overlap = min(overlap, (side // 2) // m * m)
+    oz = 0 if pz >= z_full else min(overlap, pz - m)
+    # y/x: the numbers of patches (ky, kx) whose smallest covering patches fit the budget, give every
+    # thread a patch, and evaluate the fewest voxels (patches need not be square: one frame on two
+    # threads is cut once, across its longer axis, not into four)
+    kz = _count(frame[0], pz, oz)
+    limits = [max(1, math.ceil(n / max(m, side - overlap)) + 1) for n in frame[1:]]
+    choices = []
+    for ky in range(1, limits[0] + 1):
+        for kx in range(1, limits[1] + 1):
+            py, px = _covering(frame[1], ky, overlap, m), _covering(frame[2], kx, overlap, m)
+            if (ky > 1 and py - overlap < m) or (kx > 1 and px - overlap < m):
+                continue  # neighbours would share more than they add
+            fits, busy = pz * py * px <= max_voxels, kz * ky * kx >= min_patches
+            # within the budget first, then enough patches, then the fewest voxels evaluated, then the fewest patches
+            choices.append(((not fits, not busy, ky * kx * py * px, ky * kx), ky, kx))
+    _, ky, kx = min(choices)
+    py, px = _covering(frame[1], ky, overlap, m), _covering(frame[2], kx, overlap, m)
+    oy, ox = (0 if k == 1 else overlap for k in (ky, kx))
+    return (pz, py, px), (oz, oy, ox)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from chunked_fnet.errors import InputError
-from chunked_fnet.io.reader import channel_index, open_image, open_level_array, region_reader, spatial_frame
+from chunked_fnet.io.reader import channel_index, open_image, open_level_array, spatial_frame
 from chunked_fnet.preprocess.normalize import FrameStats, frame_stats
-from chunked_fnet.preprocess.resample import ModelGrid, resample_region
+from chunked_fnet.preprocess.frame import ModelGridFrame
+from chunked_fnet.preprocess.resample import ModelGrid
 from chunked_fnet.train.manifest import ManifestEntry, Pair
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -124,17 +125,13 @@ class PairReader:
         if any((s.path, s.series, s.t, s.input_index) != (self.spec.path, self.spec.series, self.spec.t, self.spec.input_index) for s in self.specs):
             raise ValueError(f"specs read together must share one input: {[s.name for s in self.specs]}")
         self.grid = self.spec.grid(model_scale)
-        self.array, meta, _ = open_level_array(self.spec.path, series=self.spec.series)
-        self.dims = meta.dims
-
-    def _reader(self, channel: int) -> Callable[[tuple[slice, ...]], np.ndarray]:
-        return region_reader(self.array, self.dims, self.spec.t, channel)
+        array, meta, _ = open_level_array(self.spec.path, series=self.spec.series)
+        self.input = ModelGridFrame(array, meta.dims, self.spec.t, self.spec.input_index, self.spec.input_stats, self.grid)
+        self.targets = [ModelGridFrame(array, meta.dims, s.t, s.target_index, s.target_stats, self.grid) for s in self.specs]
 
     def read_stack(self, region: Sequence[slice]) -> tuple[np.ndarray, np.ndarray]:
         """``(input (z, y, x), targets (structures, z, y, x))``, each z-scored with its frame statistics."""
-        x = self.spec.input_stats.apply(resample_region(self._reader(self.spec.input_index), self.grid, region))
-        ys = [s.target_stats.apply(resample_region(self._reader(s.target_index), self.grid, region)) for s in self.specs]
-        return x, np.stack(ys)
+        return self.input.read(region), np.stack([target.read(region) for target in self.targets])
 
     def read(self, region: Sequence[slice]) -> tuple[np.ndarray, np.ndarray]:
         """``(input, target)`` of the first spec, both ``(z, y, x)``."""

@@ -1,0 +1,47 @@
+"""One channel of one time point as the models see it: read from its store, z-scored with the whole
+frame's statistics and resampled onto the model grid, region by region. Prediction, training and
+evaluation all read through it, so a model sees at inference exactly what it saw in training."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from chunked_fnet.io.reader import region_reader
+from chunked_fnet.preprocess.normalize import FrameStats
+from chunked_fnet.preprocess.resample import ModelGrid, resample_region
+
+__all__ = ["ModelGridFrame"]
+
+
+class ModelGridFrame:
+    """Array-like ``(1, Z, Y, X)`` on the model grid (for :func:`~chunked_fnet.sliding_window.padded_reader`);
+    :meth:`read` gives a ``(z, y, x)`` region. NaN/Inf voxels are refused, or with ``nonfinite="fill"``
+    read as the frame's mean."""
+
+    def __init__(
+        self, array: Any, dims: Sequence[str], t: int | None, channel: int, stats: FrameStats, grid: ModelGrid,
+        nonfinite: str = "fail", offset: Sequence[int] = (0, 0, 0),
+    ) -> None:
+        self.t, self.stats, self.grid, self.nonfinite = t, stats, grid, nonfinite
+        self.shape = (1, *grid.shape)
+        self._read = region_reader(array, dims, t, channel, offset)
+
+    def _read_source(self, region: tuple[slice, ...]) -> np.ndarray:
+        values = self._read(region)
+        finite = np.isfinite(values)
+        if not finite.all():
+            if self.nonfinite != "fill":
+                bad = tuple((s.start, s.stop) for s in region)
+                raise ValueError(f"input has NaN/Inf voxels in the (z, y, x) region {bad} at t={self.t}")
+            values = np.where(finite, values, self.stats.mean)  # z-scores to 0: the frame's mean
+        return values
+
+    def read(self, region: Sequence[slice]) -> np.ndarray:
+        """The z-scored model-grid voxels of ``region`` (z, y, x)."""
+        return self.stats.apply(resample_region(self._read_source, self.grid, tuple(region)))
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        return self.read(key[1:])[None]
