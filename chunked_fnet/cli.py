@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from chunked_fnet._memory import bound_heap_growth
+from chunked_fnet.memory import bound_heap_growth
 from chunked_fnet.config import explain
 from chunked_fnet.errors import ChunkedFnetError, InputError, one_line
 from chunked_fnet.io.store import redact

@@ -174,7 +174,7 @@ def main() -> None:
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} already exists and is not empty; choose another OUT_DIR (nothing is overwritten)")
     out.mkdir(parents=True, exist_ok=True)
-    from chunked_fnet._memory import bound_heap_growth
+    from chunked_fnet.memory import bound_heap_growth
 
     bound_heap_growth()
     _, timelapse = make_data(out)

@@ -8,7 +8,7 @@ import pytest
 
 from chunked_fnet.sliding_window import SlidingWindow, partition
 from chunked_fnet.predict.ledger import chunk_key
-from chunked_fnet.predict.schedule import interpolation_window, schedule
+from chunked_fnet.predict.schedule import interpolation_region, schedule
 
 GEOMETRIES = [
     # model shape, output shape, chunks, block shape, patch, factor
@@ -41,7 +41,7 @@ def test_each_patch_runs_once_and_each_chunk_gets_exactly_its_patches(geometry) 
     assert len(plan.chunks) == 2 * len(partition(output, chunks))
     owner_of = {c: (b.block) for b in plan.blocks[: len(plan.blocks) // 2] for c in grid.patches_owned(b.block)}
     for task in plan.chunks:
-        assert task.model_box == (task.region if factor is None else interpolation_window(task.region, factor, model))
+        assert task.model_box == (task.region if factor is None else interpolation_region(task.region, factor, model))
         fed_by = {plan.blocks[ref.block].block for ref in task.sources}
         assert all(plan.blocks[ref.block].time_index == task.time_index for ref in task.sources)
         # exactly the owners of the patches touching the window, once each

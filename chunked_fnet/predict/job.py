@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chunked_fnet._memory import bound_heap_growth, trim_heap
+from chunked_fnet.memory import bound_heap_growth, trim_heap
 from chunked_fnet.device import autocast_dtype, resolve_device
 from chunked_fnet.io.reader import open_level_array
 from chunked_fnet.io.writer import open_for_writing, write_region
@@ -138,17 +138,17 @@ def model_grid_frame(job: PredictJob, time_index: int) -> ModelGridFrame:
     )
 
 
-def _back_to_input_grid(model_values: np.ndarray, window: Box, grid: ModelGrid, region: Box) -> np.ndarray:
-    """Linear interpolation of the model-grid prediction ``model_values`` (over ``window``, as given by
-    :func:`~chunked_fnet.predict.schedule.interpolation_window`) at the input voxels of ``region``.
+def _back_to_input_grid(model_values: np.ndarray, source: Box, grid: ModelGrid, region: Box) -> np.ndarray:
+    """Linear interpolation of the model-grid prediction ``model_values`` (over ``source``, as given by
+    :func:`~chunked_fnet.predict.schedule.interpolation_region`) at the input voxels of ``region``.
 
-    The model-grid values come from the global blended grid, so any window of them is exact and the
+    The model-grid values come from the global blended grid, so any region of them is exact and the
     result does not depend on how the input grid is chunked. Input voxels past the last model voxel
     (at most one model voxel's width) take the nearest model value.
     """
     coords = [np.arange(a, b) * f for a, b, f in zip(region.start, region.stop, grid.factor, strict=True)]  # model units
     values = model_values
-    for axis, (c, w0) in enumerate(zip(coords, window.start, strict=True)):
+    for axis, (c, w0) in enumerate(zip(coords, source.start, strict=True)):
         values = interpolate_axis(values, axis + 1, c - w0)
     return values.astype(np.float32, copy=False)
 
@@ -161,7 +161,7 @@ def _prepare_worker_process(threads: int | None = None) -> None:
     once, a heap that returns large freed arrays to the system, however the worker was started.
 
     torch otherwise starts a thread per core in every worker process (N workers on N cores would run
-    N*N threads), and glibc would keep each task's freed window buffers, raising every later peak.
+    N*N threads), and glibc would keep each task's freed buffers, raising every later peak.
     """
     global _WORKER_READY
     try:

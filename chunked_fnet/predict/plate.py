@@ -16,7 +16,7 @@ from pathlib import Path
 
 from distributed import Client
 
-from chunked_fnet.cluster import ClusterSpec, local_client
+from chunked_fnet.cluster import ClusterSpec
 from chunked_fnet.errors import ChunkedFnetError, InputError, OutputExistsError, one_line
 from chunked_fnet.io.plate import create_plate, join, read_plate
 from chunked_fnet.io.store import is_url, redact

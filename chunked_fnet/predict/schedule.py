@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from chunked_fnet.predict.ledger import chunk_key
 from chunked_fnet.sliding_window import Box, PatchGrid, partition
 
-__all__ = ["BlockTask", "ChunkTask", "PieceRef", "Schedule", "interpolation_window", "schedule"]
+__all__ = ["BlockTask", "ChunkTask", "PieceRef", "Schedule", "interpolation_region", "schedule"]
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,11 @@ class Schedule:
         return sum(len(self.patch_grid.patches_owned(b.block)) for b in self.blocks)
 
 
-def interpolation_window(region: Box, factor: Sequence[float], model_shape: Sequence[int]) -> Box:
+def interpolation_region(region: Box, factor: Sequence[float], model_shape: Sequence[int]) -> Box:
     """The model-grid voxels that linear interpolation at the input voxels of ``region`` reads.
 
     Input voxel ``i`` sits at model coordinate ``i * factor``; voxels past the last model voxel take
-    the last one (see ``job._back_to_input_grid``, which uses this window).
+    the last one (see ``job._back_to_input_grid``, which uses this region).
     """
     lo = tuple(min(int(math.floor(a * f)), n - 1) for a, f, n in zip(region.start, factor, model_shape, strict=True))
     hi = tuple(min(int(math.floor((b - 1) * f)) + 2, n) for b, f, n in zip(region.stop, factor, model_shape, strict=True))
@@ -95,8 +95,8 @@ def schedule(
     written) are left out, and so are blocks that no remaining chunk needs.
 
     ``factor`` (model voxels per output voxel, per axis) is given when the output is on the input
-    grid; then each chunk needs the model window its interpolation reads. Geometry is worked out per
-    axis (blocks, owned extents and windows are products of per-axis intervals), so planning a
+    grid; then each chunk needs the model region its interpolation reads. Geometry is worked out per
+    axis (blocks, owned extents and regions are products of per-axis intervals), so planning a
     frame of thousands of chunks stays fast.
     """
     block_axes = [_axis_blocks(n, min(b, n)) for n, b in zip(grid.shape, block_shape, strict=True)]
@@ -113,7 +113,7 @@ def schedule(
     chunk_list = partition(tuple(output_shape), tuple(min(c, n) for c, n in zip(output_chunks, output_shape, strict=True)))
 
     def model_box_of(region: Box) -> Box:
-        return region if factor is None else interpolation_window(region, factor, grid.shape)
+        return region if factor is None else interpolation_region(region, factor, grid.shape)
 
     def sources_1d(a: int, lo: int, hi: int) -> list[tuple[int, int, int]]:
         """Block indices along axis ``a`` whose owned extent meets [lo, hi), with the common interval."""

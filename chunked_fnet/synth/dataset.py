@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
-from chunked_fnet._memory import release_memory
+from chunked_fnet.memory import release_memory
 from chunked_fnet.io.writer import build_pyramid, create_collection, create_image, write_region
 from chunked_fnet.synth.noise import tiled_normal
 from chunked_fnet.synth.optics import BrightfieldSimulator, Optics

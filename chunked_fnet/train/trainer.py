@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from chunked_fnet._memory import reuse_freed_memory
+from chunked_fnet.memory import reuse_freed_memory
 from chunked_fnet.config import build, read_yaml_mapping
 from chunked_fnet.device import Precision, resolve_device
 from chunked_fnet.errors import InputError
