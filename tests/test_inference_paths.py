@@ -24,7 +24,7 @@ def _volume(shape=(1, 20, 37, 41), seed: int = 0) -> np.ndarray:
 
 def test_device_blend_equals_numpy_blend_region() -> None:
     model, vol = _model(), _volume()
-    window = SlidingWindow(vol.shape, (8, 16, 16), 0.25, multiple=4)
+    window = SlidingWindow(vol.shape, (8, 16, 16), 0.25, multiple=4, blend="gaussian")
     runner = PatchRunner(model, channels_last=False, batch_size=3)
     region = Box((4, 5, 0), (17, 30, 41))
     fast = predict_chunk(runner, vol, window, region)
@@ -62,7 +62,7 @@ def test_channels_last_matches_and_restores_the_module() -> None:
 def test_input_dtypes_and_read_only_arrays() -> None:
     model = _model()
     vol = _volume()
-    opts = dict(patch=(8, 16, 16), overlap=0.25, multiple=4)
+    opts = dict(patch=(8, 16, 16), overlap=0.25, blend="gaussian", batch_size=4, multiple=4)  # exactly this window: no policy warning
     reference = predict_volume(model, vol, **opts)
     frozen = vol.copy()
     frozen.flags.writeable = False
@@ -84,7 +84,7 @@ def test_device_thread_runs_every_forward_in_one_thread_with_the_same_result() -
     model, vol = _model(), _volume()
     seen: set[str] = set()
     model.register_forward_hook(lambda *_: seen.add(threading.current_thread().name))
-    window = SlidingWindow(vol.shape[1:], (8, 16, 16), 0.25, multiple=4)
+    window = SlidingWindow(vol.shape[1:], (8, 16, 16), 0.25, multiple=4, blend="gaussian")
     read = padded_reader(vol)
     corners = list(window.grid.corners())
     target = Box((0, 0, 0), vol.shape[1:])

@@ -20,7 +20,7 @@ GEOMETRIES = [
 
 
 def _grid(model, patch):
-    return SlidingWindow(model, patch, 0.25, 8).grid
+    return SlidingWindow(model, patch, 0.25, 8, "gaussian").grid
 
 
 def _plan(geometry, time_points=2, skip=()):

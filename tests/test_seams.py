@@ -24,10 +24,10 @@ def test_blended_chunks_have_no_seams_and_naive_chunks_do() -> None:
     with torch.inference_mode():
         whole = model(torch.from_numpy(volume[None]))[0].numpy()  # one forward pass of the whole volume
     chunks = (8, 24, 24)
-    options = dict(patch=(16, 32, 32), overlap=0.5, multiple=4, batch_size=2)
+    options = dict(patch=(16, 32, 32), overlap=0.5, blend="gaussian", multiple=4, batch_size=2)
     blended = np.zeros_like(whole)
     naive = np.zeros_like(whole)
-    window = SlidingWindow(volume.shape, options["patch"], options["overlap"], options["multiple"])
+    window = SlidingWindow(volume.shape, options["patch"], options["overlap"], options["multiple"], options["blend"])
     runner = PatchRunner(model, batch_size=options["batch_size"])
     read = padded_reader(volume)
     # what predict's tasks do: each chunk owns the patches centred in it; chunks blend the pieces that land in them

@@ -257,7 +257,7 @@ def test_identity_model_returns_input(kind: str) -> None:
 
 
 def test_blend_region_batches_and_reads_only_touching_patches() -> None:
-    window = SlidingWindow((20, 30, 40), (8, 16, 16), 0.5, multiple=8)
+    window = SlidingWindow((20, 30, 40), (8, 16, 16), 0.5, multiple=8, blend="gaussian")
     grid = window.grid
     region = Box((5, 0, 20), (13, 7, 40))
     calls: list[int] = []
@@ -283,7 +283,7 @@ def test_blend_region_batches_and_reads_only_touching_patches() -> None:
 
 
 def test_blend_region_checks_model_output_shape() -> None:
-    window = SlidingWindow((20, 30, 40), (8, 16, 16), 0.25, multiple=8)
+    window = SlidingWindow((20, 30, 40), (8, 16, 16), 0.25, multiple=8, blend="gaussian")
     with pytest.raises(ValueError, match="predict_batch returned shape"):
         blend_region(Box((0, 0, 0), (4, 4, 4)), window, lambda corners: np.zeros((len(corners), 1, 8, 16, 15)))
 
@@ -387,7 +387,7 @@ def test_weighted_sums_read_only_the_patches_box_once() -> None:
 def test_odd_sizes_keep_shape_without_nan(pad_mode: str) -> None:
     vol = _volume((2, 7, 45, 50))
     model = _TinyUNet(c_in=2, c_out=3)
-    out = predict_volume(model, vol, patch=(16, 32, 32), pad_mode=pad_mode, multiple=16)
+    out = predict_volume(model, vol, patch=(16, 32, 32), overlap=0.25, pad_mode=pad_mode, multiple=16)
     assert out.shape == (3, 7, 45, 50) and out.dtype == np.float32
     assert np.isfinite(out).all()
 
@@ -395,9 +395,9 @@ def test_odd_sizes_keep_shape_without_nan(pad_mode: str) -> None:
 def test_tiny_volumes() -> None:
     for shape in [(1, 1, 1, 1), (1, 1, 5, 3), (1, 2, 17, 1)]:
         vol = _volume(shape)
-        out = predict_volume(_identity, vol, patch=(16, 32, 32))
+        out = predict_volume(_identity, vol, patch=(16, 32, 32), overlap=0.25)
         np.testing.assert_allclose(out, vol, rtol=1e-6)
-        assert np.isfinite(predict_volume(_conv_stack(), vol, patch=(16, 32, 32))).all()
+        assert np.isfinite(predict_volume(_conv_stack(), vol, patch=(16, 32, 32), overlap=0.25)).all()
 
 
 def test_patch_must_be_divisible_and_fit_patch_shrinks() -> None:
@@ -407,8 +407,8 @@ def test_patch_must_be_divisible_and_fit_patch_shrinks() -> None:
     assert fit_patch((32, 64, 64), (7, 45, 200), 16) == (16, 48, 64)
     assert fit_patch((32, 64, 64), (33, 64, 65), 16) == (32, 64, 64)
     assert fit_patch((32, 64, 64), (1, 1, 1), 16) == (16, 16, 16)
-    assert SlidingWindow((1, 7, 45, 200), (32, 64, 64), 0.25, 16).patch_shape == (16, 48, 64)
-    assert SlidingWindow((64, 64, 200), (32, 64, 64), 0.25, 16).patch_shape == (32, 64, 64)
+    assert SlidingWindow((1, 7, 45, 200), (32, 64, 64), 0.25, 16, "gaussian").patch_shape == (16, 48, 64)
+    assert SlidingWindow((64, 64, 200), (32, 64, 64), 0.25, 16, "gaussian").patch_shape == (32, 64, 64)
     with pytest.raises(ValueError, match="divisible"):
         fit_patch((30, 64, 64), (7, 45, 200), 16)
     with pytest.raises(ValueError, match=r"\(C, Z, Y, X\)"):
@@ -458,7 +458,7 @@ def test_model_with_wrong_output_shape_is_reported() -> None:
 
 
 def test_patch_evaluations_count_chunking_cost() -> None:
-    grid = SlidingWindow((64, 256, 256), (32, 64, 64), 0.25, 16).grid
+    grid = SlidingWindow((64, 256, 256), (32, 64, 64), 0.25, 16, "gaussian").grid
     whole = patch_evaluations(grid, [grid.frame])
     assert whole == grid.n_patches
     chunked = patch_evaluations(grid, partition(grid.shape, (64, 128, 128)))
@@ -473,7 +473,7 @@ def test_patch_evaluations_count_chunking_cost() -> None:
 
 @pytest.mark.parametrize("chunks", [(7, 16, 16), ((1, 13, 6), (9, 31), (40, 5)), (20, 37, 45), (2, 3, 50)])
 def test_every_patch_has_exactly_one_owner(chunks) -> None:
-    grid = SlidingWindow((20, 40, 45), (8, 16, 16), 0.25, 8).grid
+    grid = SlidingWindow((20, 40, 45), (8, 16, 16), 0.25, 8, "gaussian").grid
     owners: dict[tuple[int, int, int], int] = {}
     for r in partition(grid.shape, chunks):
         for corner in grid.patches_owned(r):
@@ -506,7 +506,7 @@ def test_owned_blocks_evaluate_each_patch_once_and_equal_the_whole_volume(blend:
 
 
 def test_blend_pieces_refuses_pieces_outside_it() -> None:
-    window = SlidingWindow((8, 16, 16), (8, 16, 16), 0.25, 8)
+    window = SlidingWindow((8, 16, 16), (8, 16, 16), 0.25, 8, "gaussian")
     region = Box((0, 0, 0), (4, 16, 16))
     with pytest.raises(ValueError, match="not inside region"):
         window.blend_pieces(region, [WeightedSum(Box((0, 0, 0), (5, 16, 16)), np.zeros((1, 5, 16, 16), np.float32))])
@@ -527,9 +527,9 @@ def test_window_is_one_value_weights_built_once_and_not_pickled() -> None:
     assert copy == window and copy.grid == window.grid
     np.testing.assert_array_equal(copy.weights, window.weights)
     with pytest.raises(ValueError, match="blend"):
-        SlidingWindow((8, 8, 8), (8, 8, 8), multiple=8, blend="hamming")  # type: ignore[arg-type]
+        SlidingWindow((8, 8, 8), (8, 8, 8), 0.25, 8, "hamming")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="pad_mode"):
-        SlidingWindow((8, 8, 8), (8, 8, 8), multiple=8, pad_mode="wrap")  # type: ignore[arg-type]
+        SlidingWindow((8, 8, 8), (8, 8, 8), 0.25, 8, "gaussian", pad_mode="wrap")  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -537,7 +537,7 @@ def test_window_is_one_value_weights_built_once_and_not_pickled() -> None:
 def test_cuda_autocast_close_to_cpu() -> None:
     model = _TinyUNet()
     vol = _volume((1, 20, 40, 40))
-    opts = dict(patch=(16, 32, 32), multiple=16)
+    opts = dict(patch=(16, 32, 32), overlap=0.25, multiple=16)
     cpu = predict_volume(model, vol, **opts)
     gpu = predict_volume(model, vol, device="cuda", **opts)
     np.testing.assert_allclose(gpu, cpu, atol=1e-4)
@@ -602,7 +602,7 @@ def test_band_blend_matches_a_single_pass_where_gaussian_does_not() -> None:
         single = model(torch.from_numpy(vol[None]))[0].numpy()
     inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))
     scale = single.std()
-    band = predict_volume(model, vol, patch=(16, 48, 48), overlap=(0, 16, 16), blend="band", multiple=4)
+    band = predict_volume(model, vol, patch=(16, 48, 48), overlap=(0, 16, 16), blend="band", batch_size=4, multiple=4)
     gauss = predict_volume(model, vol, patch=(16, 48, 48), overlap=0.25, blend="gaussian", multiple=4)
     err_band = np.abs(band - single)[inner].max() / scale
     err_gauss = np.abs(gauss - single)[inner].max() / scale

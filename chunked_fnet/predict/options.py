@@ -50,7 +50,7 @@ class PredictOptions(BaseModel):
         description="auto: bf16 autocast where every worker computes bf16 natively (AMX/AVX512-BF16 CPUs, CUDA), else fp32; "
         "chosen once per run, kept in its run record and the output's attributes",
     )
-    pad_mode: Literal["reflect", "symmetric", "edge"] = Field(
+    pad_mode: Literal["reflect", "symmetric", "edge", "constant"] = Field(
         "reflect", description="how the frame is extended past its edges for the patches that cross them"
     )
     output_grid: Literal["model", "input"] = Field(

@@ -33,7 +33,7 @@ from typing import Any
 
 from chunked_fnet.errors import InputError
 from chunked_fnet.predict.options import PredictOptions
-from chunked_fnet.sliding_window.window import SlidingWindow, min_band_overlap
+from chunked_fnet.sliding_window.window import SlidingWindow, fit_patch, min_band_overlap
 
 __all__ = [
     "AUTO_OVERLAP", "MAX_RECOMPUTE", "MAX_TENSOR_ELEMENTS", "PATCH_MEMORY_FRACTION", "Hardware", "ModelConstraints", "RunPolicy",
@@ -194,25 +194,28 @@ def _window(
     voxels = not explicit_overlap or options.overlap >= 1
     blend = options.blend if options.blend != "auto" else ("band" if voxels else "gaussian")
     if options.patch_shape != "auto" and not explicit_overlap:
+        fit_patch(patch, frame, m, low)  # a patch the networks cannot take is refused as such first
         _refuse_too_small(patch, frame, needed, m, low)
     window = SlidingWindow(frame, patch, overlap, m, blend, pad_mode=options.pad_mode, align=blend == "band",  # type: ignore[arg-type]
                            min_patch=low, halo=models.halo)
-    if window.grid.recompute_factor > MAX_RECOMPUTE and options.patch_shape != "auto":
+    cost = _recompute(window.patch_shape, frame, window.overlap_voxels)
+    if cost > MAX_RECOMPUTE and options.patch_shape != "auto":
         warnings.warn(
             f"patch {list(window.patch_shape)} with overlap {list(window.overlap_voxels)} evaluates every voxel "
-            f"{window.grid.recompute_factor:.1f} times ({window.grid.n_patches} patches per frame); patch_shape auto costs less",
+            f"{cost:.1f} times ({window.grid.n_patches} patches per frame); patch_shape auto costs less",
             stacklevel=3,
         )
     return window
 
 
-def _recompute(patch: Sequence[int], frame: Sequence[int], needed: Sequence[int]) -> float:
-    """The recompute factor of ``patch`` with the needed overlap (inf where a step would be < 1)."""
+def _recompute(patch: Sequence[int], frame: Sequence[int], overlap: Sequence[int]) -> float:
+    """What the overlap costs: model-voxel evaluations per voxel along the axes that several patches tile
+    (inf where the step would be < 1); one patch padded past a thin frame's end costs nothing to choose."""
     total = 1.0
-    for p, n, o in zip(patch, frame, needed, strict=True):
+    for p, n, o in zip(patch, frame, overlap, strict=True):
         if p < n and p - o < 1:
             return math.inf
-        total *= _count(n, p, 0 if p >= n else o) * p / n
+        total *= _count(n, p, o) * p / n if p < n else 1.0
     return total
 
 

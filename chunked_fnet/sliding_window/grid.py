@@ -72,7 +72,7 @@ class PatchGrid:
 
     shape: tuple[int, int, int]
     patch: tuple[int, int, int]
-    overlap: float | tuple[float, float, float] = 0.25
+    overlap: float | tuple[float, float, float]
     align: bool = False
     step: tuple[int, int, int] = field(init=False)
     starts: tuple[np.ndarray, np.ndarray, np.ndarray] = field(init=False, repr=False, compare=False)

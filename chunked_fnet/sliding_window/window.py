@@ -159,10 +159,10 @@ class SlidingWindow:
     """
 
     frame_shape: tuple[int, int, int]
-    patch: tuple[int, int, int] = (32, 64, 64)
-    overlap: float | tuple[float, float, float] = 0.25
-    multiple: int = 16
-    blend: BlendKind = "gaussian"
+    patch: tuple[int, int, int]  # no defaults here: a run's window is the run policy's (predict/policy.py)
+    overlap: float | tuple[float, float, float]
+    multiple: int
+    blend: BlendKind
     sigma_scale: float = 0.125
     pad_mode: PadMode = "reflect"
     align: bool = False
