@@ -4,7 +4,7 @@
 
 RUN_DIR is a training run (``python examples/train_cpu.py OUT --structures dna`` makes
 ``OUT/run_dna``). Every test image of the run is predicted whole through the package's sliding
-window (``predict_volume``, the auto-style window: whole z-depth, 32-voxel overlap, band blend) once
+window (``predict_volume`` with an explicit window: the whole frame in one patch, band blend) once
 in float32 and once under bfloat16 autocast, on the model's voxel grid; reported per image: Pearson
 r between the two, the largest absolute difference in units of the fp32 prediction's standard
 deviation, and each one's Pearson r against the observed target (does bf16 cost accuracy that

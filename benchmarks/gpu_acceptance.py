@@ -272,7 +272,10 @@ def main() -> None:  # noqa: C901, PLR0915
             if args.trained:
                 cases.append(("trained " + Path(args.trained[0]).stem, args.trained[0], args.trained[1], ("fp32", "bf16")))
             cpu_outputs = {}
-            window = {"patch_shape": (eq_frame[0], 128, 128)}
+            # an explicit window, the same on both sides: the whole z-depth (a patch deeper than the frame is fitted to it)
+            # and 128 in y/x. Alone that patch is refused (too small for the models' 96-voxel overlap), so the overlap it
+            # had before is given too: 96 voxels in y/x, none in z (6.25x recompute at 32x256x256)
+            window = {"patch_shape": (16 * 32, 128, 128), "overlap": 96}
             cpu_bf16 = None  # item 2's comparison on this machine's CPU: bf16 against fp32, same image and window
             with local_client(ClusterSpec(kind="local", n_workers=4, threads_per_worker=2)) as client:
                 for name, ckpt, img, precisions in cases:

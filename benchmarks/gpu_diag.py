@@ -6,20 +6,21 @@ import _common as C
 import torch
 
 
-def timed_block(job, task, prof=True):
+def timed_block(run, task, prof=True):
+    """``run``: the (job, policy) pair a block task gets."""
     import torch, time
     from chunked_fnet.predict.job import predict_block
-    predict_block(job, task)
+    predict_block(run, task)
     torch.cuda.synchronize()
     t = time.perf_counter()
-    predict_block(job, task)
+    predict_block(run, task)
     torch.cuda.synchronize()
     plain = time.perf_counter() - t
     table = ""
     if prof:
         from torch.profiler import profile, ProfilerActivity
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-            predict_block(job, task)
+            predict_block(run, task)
             torch.cuda.synchronize()
         table = p.key_averages().table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=60)
     import threading
@@ -46,7 +47,7 @@ def main():
     import dask
     from chunked_fnet.cluster import ClusterSpec, local_client
     from chunked_fnet.predict import PredictOptions, plan
-    from chunked_fnet.predict.run import _fit_to_cluster
+    from chunked_fnet.predict.prepare import cluster_hardware
     data = Path("/tmp/diag"); data.mkdir(exist_ok=True)
     frame = (64, 512, 512)
     img = C.bench_input(data, 1, frame)
@@ -57,13 +58,13 @@ def main():
         for precision in ("fp32", "bf16"):
             with dask.config.set(scheduler="synchronous"):
                 job = plan(img, [ck], str(data / f"o_{precision}.zarr"), PredictOptions(device="cuda", precision=precision))
-            job = _fit_to_cluster(job, client)
-            task = job.schedule().blocks[0]
-            print(precision, "window", job.window.patch_shape, flush=True)
-            r = timed_block(job, task, prof=precision == "fp32")
+            policy = job.resolve_policy(cluster_hardware(client, "cuda"))  # as predict() sizes the window for this cluster
+            task = job.schedule(policy.window).blocks[0]
+            print(precision, "window", policy.window.patch_shape, flush=True)
+            r = timed_block((job, policy), task, prof=precision == "fp32")
             print(precision, "in client process:", json.dumps({k: v for k, v in r.items() if k != "table"}), flush=True); print(r["table"], flush=True)
             print(precision, "bare in worker (client.run):", client.run(bare, ck, frame, precision), flush=True)
-            r = client.submit(timed_block, job, task, pure=False).result()
+            r = client.submit(timed_block, (job, policy), task, pure=False).result()
             print(precision, "as a worker task:", json.dumps({k: v for k, v in r.items() if k != "table"}), flush=True); print(r["table"], flush=True)
 
 

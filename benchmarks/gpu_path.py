@@ -64,8 +64,7 @@ def host_side(args: argparse.Namespace, device) -> tuple[float, float, str]:  # 
     import torch
 
     import chunked_fnet.predict.job as job_module
-    from chunked_fnet.predict import PredictOptions, plan
-    from chunked_fnet.predict.run import create_output
+    from chunked_fnet.predict import Hardware, PredictOptions, create_output, plan
 
     class Free(torch.nn.Module):
         multiple = 16
@@ -83,21 +82,22 @@ def host_side(args: argparse.Namespace, device) -> tuple[float, float, str]:  # 
     options = PredictOptions(patch_shape=tuple(args.patch), overlap=args.overlap, batch_size=batch, device=str(device), precision="fp32")
     with dask.config.set(scheduler="synchronous"):
         job = plan(image, [checkpoint], str(out), options)
-    create_output(job, overwrite=True)
+    policy = job.resolve_policy(Hardware.here(str(device)))  # explicit patch and overlap: the window is the options'
+    create_output(job, policy, overwrite=True)
     real = job_module.cached_model
     job_module.cached_model = lambda path, digest, dev: Free().to(dev)
     try:
-        job_module.run_in_process(job)  # warm-up
+        job_module.run_in_process(job, policy)  # warm-up
         seconds = []
         for _ in range(max(1, args.reps - 1)):
             start = time.perf_counter()
-            job_module.run_in_process(job)
+            job_module.run_in_process(job, policy)
             seconds.append(time.perf_counter() - start)
     finally:
         job_module.cached_model = real
         shutil.rmtree(out, ignore_errors=True)
     chunks = tuple(min(c, n) for c, n in zip(options.chunks, shape))
-    recompute = job.schedule().patch_evaluations * C.prod(job.window.patch_shape) / C.prod(shape)
+    recompute = job.schedule(policy.window).patch_evaluations * C.prod(policy.window.patch_shape) / C.prod(shape)
     return C.prod(shape) / min(seconds), recompute, f"{shape}, chunks {chunks}, batch {batch}"
 
 
@@ -192,9 +192,10 @@ def main() -> None:
     # 3. the sliding window on the device, at the best eager variant
     model = base.to(memory_format=torch.channels_last_3d if best_cl else torch.contiguous_format)
     amp = getattr(torch, DTYPES[best_precision]) if DTYPES[best_precision] else None
-    grid = SlidingWindow(volume_shape, args.patch, args.overlap, cfg.multiple).grid
+    grid = SlidingWindow(volume_shape, args.patch, args.overlap, cfg.multiple, "gaussian").grid
     vol = np.random.default_rng(0).standard_normal((1, *volume_shape)).astype(np.float32)
-    opts = dict(patch=tuple(args.patch), overlap=args.overlap, batch_size=batch, device=device, multiple=cfg.multiple,
+    # patch, overlap, blend and batch all given: exactly this SlidingWindow (gaussian, as before), not the run policy's
+    opts = dict(patch=tuple(args.patch), overlap=args.overlap, blend="gaussian", batch_size=batch, device=device, multiple=cfg.multiple,
                 amp_dtype=amp, channels_last=best_cl)
     seconds = timed(lambda: predict_volume(model, vol, **opts), sync, max(1, args.reps - 1))
     sw_rate = C.prod(volume_shape) / seconds

@@ -8,7 +8,7 @@ many block tasks), so that the model does not dominate and what is measured is t
 
 - plan: ``plan()`` (reading the input's metadata and every frame's statistics) and the schedule;
 - the client's memory growth during the run (RSS, sampled every 50 ms);
-- first chunk: seconds from the start of ``execute()`` (the product's submission, a window of frames at
+- first chunk: seconds from the start of ``execute()`` (the product's submission, a batch of frames at
   a time) to the first chunk's ledger marker;
 - total, tasks/s (block + chunk tasks per second of the run), the scheduler's RSS after the run.
 
@@ -65,8 +65,8 @@ def main() -> None:
 
     from chunked_fnet.cluster import ClusterSpec, local_client
     from chunked_fnet.model import FnetUNet, ModelCard, UNetConfig, save_checkpoint
-    from chunked_fnet.predict import PredictOptions, plan
-    from chunked_fnet.predict.run import create_output
+    from chunked_fnet.predict import PredictOptions, create_output, execute, plan
+    from chunked_fnet.predict.prepare import cluster_hardware
 
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
@@ -85,22 +85,22 @@ def main() -> None:
         out = data / "many_out.zarr"
         shutil.rmtree(out, ignore_errors=True)
         with local_client(ClusterSpec(n_workers=args.workers)) as client:
+            hardware = cluster_hardware(client, "cpu")  # the workers' facts (imports torch there): not what this measures
             rss0 = _rss_mib()
             start = time.perf_counter()
             with dask.config.set(scheduler="synchronous"):
                 job = plan(image, [checkpoint], str(out), options)
-            graph = job.schedule()
+            policy = job.resolve_policy(hardware)  # as predict() resolves it for this cluster
+            graph = job.schedule(policy.window)
             planned = time.perf_counter() - start
-            create_output(job, overwrite=True)
+            create_output(job, policy, overwrite=True)
             # the product's own execute(), in a thread; this thread watches the ledger and its own memory
             import threading
-
-            from chunked_fnet.predict.run import execute
 
             done_dir = out / ".chunked_fnet" / "done"
             result: dict = {}
             start = time.perf_counter()
-            runner = threading.Thread(target=lambda: result.update(summary=execute(job, client, progress=False)))
+            runner = threading.Thread(target=lambda: result.update(summary=execute(job, policy, client, progress=False)))
             runner.start()
             first, peak = None, 0.0
             while runner.is_alive():

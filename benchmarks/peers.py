@@ -95,10 +95,9 @@ def chunk_tasks(args: argparse.Namespace, device: str) -> tuple[object, int]:
     import dask
 
     from chunked_fnet.model import checkpoint_hash
-    from chunked_fnet.predict import PredictOptions, plan
+    from chunked_fnet.predict import Hardware, PredictOptions, create_output, plan
     from chunked_fnet.predict.ensemble import cached_model
     from chunked_fnet.predict.job import run_in_process
-    from chunked_fnet.predict.run import create_output
 
     out = tempfile.mkdtemp(suffix=".zarr")
     shutil.rmtree(out)
@@ -106,11 +105,12 @@ def chunk_tasks(args: argparse.Namespace, device: str) -> tuple[object, int]:
                              device=device, precision="fp32")
     with dask.config.set(scheduler="synchronous"):  # frame statistics in this process
         job = plan(args.image, [args.checkpoint], out, options)
-    create_output(job, overwrite=True)
+    policy = job.resolve_policy(Hardware.here(device))  # explicit patch, overlap (gaussian) and batch: the options' window
+    create_output(job, policy, overwrite=True)
     cached_model(args.checkpoint, checkpoint_hash(args.checkpoint), device)  # loaded before the clock starts
 
     def run() -> str:
-        run_in_process(job)
+        run_in_process(job, policy)
         return out
 
     return run, len(job.times) * C.prod(job.spatial_shape)

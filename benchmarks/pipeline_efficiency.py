@@ -93,16 +93,14 @@ def bare_forward(paths: list[str], hashes: list[str], device: str, patches: np.n
     return result
 
 
-def first_patches(image: str, models: list[str], options, n: int, multiple: int) -> np.ndarray:  # noqa: ANN001
-    """The first ``n`` patches the pipeline evaluates (z-scored on the model grid), ``(n, 1, pz, py, px)``."""
-    from chunked_fnet.predict import plan
-    from chunked_fnet.predict.job import ModelGridFrame
+def first_patches(job, window, n: int) -> np.ndarray:  # noqa: ANN001
+    """The first ``n`` patches the pipeline evaluates with ``window`` (z-scored on the model grid), ``(n, 1, pz, py, px)``."""
+    from chunked_fnet.predict.job import model_grid_frame
     from chunked_fnet.sliding_window import padded_reader
 
-    job = plan(image, models, "unused", options)
-    frame = ModelGridFrame.of(job, 0)
-    grid = job.window.grid
-    read = padded_reader(frame, options.pad_mode)
+    frame = model_grid_frame(job, 0)
+    grid = window.grid
+    read = padded_reader(frame, window.pad_mode)
     corners = list(grid.corners())
     corners = (corners * n)[:n]  # a volume with fewer patches than a batch: repeat
     return np.stack([read(grid.patch_box(corner).slices) for corner in corners]).astype(np.float32)
@@ -118,12 +116,12 @@ def task_batches(graph, batch: int) -> list[list[int]]:  # noqa: ANN001
     return out
 
 
-def recompute_factors(job, graph) -> tuple[float, float, float]:  # noqa: ANN001
+def recompute_factors(job, window, graph) -> tuple[float, float, float]:  # noqa: ANN001
     """Patch voxels evaluated per output voxel: the global sliding window, the pipeline's tasks, and
     what one task per chunk evaluating every patch touching it (its halo) would cost."""
     from chunked_fnet.sliding_window import partition
 
-    grid = job.window.grid
+    grid = window.grid
     shape = job.grid.shape
     per_voxel = C.prod(grid.patch) / C.prod(shape) / len(job.times)
     chunks = tuple(min(c, n) for c, n in zip(job.options.chunks, shape))
@@ -141,17 +139,19 @@ def main() -> None:
 
     from chunked_fnet.cluster import ClusterSpec, local_client
     from chunked_fnet.model import UNetConfig, count_flops_per_voxel
-    from chunked_fnet.predict import plan, predict
+    from chunked_fnet.predict import Hardware, plan, predict
 
     data = Path(args.data)
     shape = tuple(args.shape)
     image, models, hashes, options = C.workload(args)
     cfg = UNetConfig(**C.ARCHS[args.arch])
     amp = None if args.precision == "fp32" or not args.device.startswith("cuda") else args.precision
-    patches = first_patches(image, models, options, args.batch, cfg.multiple)
     job = plan(image, models, "unused", options)
-    graph = job.schedule()
-    r_overlap, r_chunked, r_halo = recompute_factors(job, graph)
+    # explicit patch, overlap (gaussian) and batch: the window and batch are the options', whatever the hardware
+    policy = job.resolve_policy(Hardware.here(args.device))
+    patches = first_patches(job, policy.window, args.batch)
+    graph = job.schedule(policy.window)
+    r_overlap, r_chunked, r_halo = recompute_factors(job, policy.window, graph)
     tasks = task_batches(graph, args.batch)
     out = data / "pipeline_out.zarr"
     output_voxels = args.time_points * C.prod(shape) * len(models)

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
@@ -31,12 +30,16 @@ import _common  # noqa: E402
 from chunked_fnet.config import load_yaml_config  # noqa: E402
 from chunked_fnet.evaluate.metrics import normalized_error, pearson_r  # noqa: E402
 from chunked_fnet.evaluate.report import evaluate_run, summarize, write_report  # noqa: E402
+from chunked_fnet.predict import PredictOptions  # noqa: E402
 from chunked_fnet.synth import real  # noqa: E402
 from chunked_fnet.synth.dataset import BRIGHTFIELD, CHANNEL_COLORS, SynthConfig, generate  # noqa: E402
 from chunked_fnet.train.trainer import TrainConfig, train  # noqa: E402
 
 ROOT = _common.ROOT
 STRUCTURES = ("dna", "membrane")
+#: Evaluation in fp32 on every machine (``precision: auto`` would be bf16 where the CPU computes it natively),
+#: so that rows from different machines compare; the window is the run policy's, as ``chunked-fnet evaluate``'s.
+FP32 = PredictOptions(precision="fp32")
 DATASETS = ("real", "phantom")
 SECTION = "Real morphology vs phantom (issue 17.3)"
 COLUMNS = ["date", "data (test tile)", "model, patch, batch, iterations", "DNA test r / norm. error", "membrane test r / norm. error", "train wall time", "command", "machine"]
@@ -60,7 +63,8 @@ def build_phantom(out: Path, shape: tuple[int, int, int], voxel: tuple[float, fl
 
 
 def test_slices(run: Path) -> dict[str, np.ndarray]:
-    """Input, target and prediction of the run's test tile on the model grid, as evaluate_run computes them."""
+    """Input, target and prediction of the run's test tile on the model grid, as evaluate_run computes them
+    (the run policy's window for this frame and model, fp32: main() evaluates with ``precision: fp32``)."""
     from chunked_fnet.model import load_checkpoint
     from chunked_fnet.sliding_window import predict_volume
     from chunked_fnet.train.data import PairReader, describe_pair, load_stats
@@ -68,10 +72,9 @@ def test_slices(run: Path) -> dict[str, np.ndarray]:
 
     structure = next(run.glob("*.ckpt")).stem
     model, card = load_checkpoint(run / f"{structure}.ckpt")
-    config = yaml.safe_load((run / "config.yaml").read_text())
     pair = Pair(**json.loads((run / "split.json").read_text())["test"][0])
     x, y = PairReader(describe_pair(pair, load_stats(run / "stats.json")), card.voxel_size).whole()
-    pred = predict_volume(model, x[None], patch=tuple(config["patch_shape"]), overlap=0.25, batch_size=4, multiple=model.multiple)[0]
+    pred = predict_volume(model, x[None], multiple=model.multiple)[0]  # patch, overlap, blend, batch auto: the policy's window, fp32
     return {"input": x, "target": y, "prediction": pred}
 
 
@@ -154,7 +157,7 @@ def main() -> None:
             t0 = time.perf_counter()
             train(config, resume=(run / "config.yaml").exists(), progress=False)
             wall = time.perf_counter() - t0
-            rows = evaluate_run(run, progress=False)
+            rows = evaluate_run(run, options=FP32, progress=False)
             write_report(rows, out / data / f"eval_{structure}")
             summary = summarize(rows)
             entry: dict[str, object] = {"iterations": config.iterations, "train_wall_s": round(wall, 1)}

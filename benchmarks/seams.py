@@ -37,10 +37,11 @@ def main() -> None:
     volume = np.ascontiguousarray(x[crop])[None]
     with torch.inference_mode():
         whole = model(torch.from_numpy(volume[None]))[0].numpy()
-    options = dict(patch=tuple(args.patch), overlap=args.overlap, multiple=m, batch_size=4)
+    # patch, overlap, blend and batch all given: predict_volume uses exactly this window (not the run policy's)
+    options = dict(patch=tuple(args.patch), overlap=args.overlap, blend="gaussian", multiple=m, batch_size=4)
     blended = np.zeros_like(whole)
     naive = np.zeros_like(whole)
-    window = SlidingWindow(volume.shape, options["patch"], options["overlap"], m)
+    window = SlidingWindow(volume.shape, options["patch"], options["overlap"], m, options["blend"])
     runner = PatchRunner(model, batch_size=options["batch_size"])
     read = padded_reader(volume)
     # as predict's tasks: each chunk evaluates the patches centred in it; each blends the pieces landing in it

@@ -9,7 +9,7 @@ isotropic, z-scored like the training images), with
 - the old default window: ``SlidingWindow(shape, (32, 64, 64) or (16, 64, 64), 0.25, multiple)``
   (gaussian blend, MONAI's grid, ``align=False``);
 - the band blend with ``align=True``, the whole z-depth, and overlaps of ``--overlaps`` model voxels in
-  y/x (``AUTO_OVERLAP`` = 32 is the product's default);
+  y/x (``chunked_fnet.predict.policy.AUTO_OVERLAP`` = 96 is the product's default);
 
 and reports per window (worst over the images):
 

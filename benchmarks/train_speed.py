@@ -244,6 +244,7 @@ def curve(args: argparse.Namespace) -> None:
 
     from chunked_fnet.config import load_yaml_config
     from chunked_fnet.evaluate.report import evaluate_run, summarize
+    from chunked_fnet.predict import PredictOptions
     from chunked_fnet.train.trainer import TrainConfig, train
 
     data = _paired_data(Path(args.workdir) / "curve", fovs=12, shape=(32, 256, 256))
@@ -264,7 +265,8 @@ def curve(args: argparse.Namespace) -> None:
             train(config, resume=(run / "config.yaml").exists(), progress=False)
             key = (precision, seed)
             walls[key], runs[key] = time.perf_counter() - start, run
-            summaries[key] = summarize(evaluate_run(run, progress=False))[("dna", "test")]
+            # fp32 whatever the model trained in (precision auto would be bf16 on a CPU with native bf16); the run policy's window
+            summaries[key] = summarize(evaluate_run(run, options=PredictOptions(precision="fp32"), progress=False))[("dna", "test")]
             print(f"seed {seed} {precision}: {walls[key] / 60:.1f} min, final val {_final_val(run, args.last):.4f}, "
                   f"test r {summaries[key]['pearson_r']:.3f} ({C.load_note()})", flush=True)
     val = {k: _final_val(r, args.last) for k, r in runs.items()}

@@ -64,6 +64,9 @@ def main() -> None:
     parser.add_argument("--shape", nargs=3, type=int, default=(32, 128, 256))
     parser.add_argument("--chunks", nargs=3, type=int, default=(32, 128, 128))
     parser.add_argument("--patch", nargs=3, type=int, default=(32, 64, 64))
+    parser.add_argument("--overlap", type=int, default=48,
+                        help="model voxels where patches meet (48: what the capped auto overlap gave the 64-voxel y/x patch before an "
+                        "explicit patch too small for the models' 96 was refused; z is not cut at the default --shape)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
@@ -83,7 +86,8 @@ def main() -> None:
     image = C.bench_input(data, 1, shape)
     models = C.make_checkpoints(data / "models", args.arch, 1)
     hashes = [checkpoint_hash(p) for p in models]
-    options = PredictOptions(patch_shape=tuple(args.patch), batch_size=args.batch, chunks=tuple(args.chunks), precision="fp32")
+    options = PredictOptions(patch_shape=tuple(args.patch), overlap=args.overlap, batch_size=args.batch, chunks=tuple(args.chunks),
+                             precision="fp32")
     voxels = C.prod(shape)
     spec = ClusterSpec(n_workers=args.workers, threads_per_worker=args.threads)
     envs = {PREDICT: {}, TUNED: REUSE}

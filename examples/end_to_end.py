@@ -110,7 +110,7 @@ def predict_timelapse(timelapse: str, models: list[Path], out: Path) -> Path:
     with local_client(ClusterSpec(n_workers=2)) as client:
         _, summary = predict(
             timelapse, models, out / "prediction.zarr",
-            options=PredictOptions(patch_shape=(16, 64, 64), chunks=(32, 96, 96)), client=client, progress=False,
+            options=PredictOptions(chunks=(32, 96, 96)), client=client, progress=False,  # patch auto: the 32x96x96 frame in one patch
         )
     print(f"predicted {timelapse} -> {summary}")
     return out / "prediction.zarr"

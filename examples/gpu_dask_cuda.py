@@ -7,8 +7,9 @@
 The same as ``chunked-fnet predict IMAGE.zarr --models ... --out PRED.zarr --cluster cluster/cuda.yaml
 --device cuda``: dask-cuda's LocalCUDACluster (on 127.0.0.1) starts one worker per visible GPU and pins
 it to that GPU (CUDA_VISIBLE_DEVICES), so ``cuda`` in a task is that worker's own GPU; each worker loads
-each checkpoint once and runs the stacked ensemble on patches as large as the GPU's free memory allows
-(one block at a time, in the worker's device thread, while its other threads read and write), with bf16 autocast.
+each checkpoint once and runs the stacked ensemble on patches as large as the GPU's memory allows
+(one block at a time, in the worker's device thread, while its other threads read and write), with bf16 autocast
+(``precision: auto``: bf16 is native on CUDA).
 Only chunk coordinates travel through the scheduler. Afterwards it draws the merged overlay (Figure 5).
 
 Expected output on a machine with N GPUs (sizes depend on the input):
@@ -35,7 +36,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", help="one checkpoint per structure")
     parser.add_argument("--out", help="output OME-Zarr (never overwritten)")
     parser.add_argument("--from", dest="example", help="use examples/end_to_end.py's output folder for image and models")
-    parser.add_argument("--batch-size", default="auto", help="patches per forward pass on each GPU (auto: one patch as large as the GPU's free memory allows)")
+    parser.add_argument("--batch-size", default="auto", help="patches per forward pass on each GPU (auto: one patch as large as the GPU's memory allows)")
     args = parser.parse_args()
 
     import torch
@@ -67,7 +68,7 @@ def main() -> int:
 
     spec = load_cluster_spec(Path(__file__).resolve().parents[1] / "cluster" / "cuda.yaml")
     batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
-    options = PredictOptions(device="cuda", batch_size=batch, chunks=(64, 256, 256))  # patch auto: sized for the GPU's free memory
+    options = PredictOptions(device="cuda", batch_size=batch, chunks=(64, 256, 256))  # patch auto: sized for the GPU's total memory
     with local_client(spec) as client:
         _, summary = predict(image, models, out, options=options, client=client)
     print(summary)
