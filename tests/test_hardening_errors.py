@@ -30,7 +30,7 @@ from chunked_fnet.predict import PredictOptions
 from chunked_fnet.predict.ledger import Ledger
 from chunked_fnet.synth.dataset import SynthConfig, generate
 
-FLAGS = ["--patch", "8", "16", "16", "--chunks", "8", "16", "16", "--workers", "1", "--no-progress"]
+FLAGS = ["--patch", "8", "16", "16", "--overlap", "0.25", "--chunks", "8", "16", "16", "--workers", "1", "--no-progress"]
 OPTIONS = PredictOptions(patch_shape=(8, 16, 16), overlap=0.25, chunks=(8, 16, 16))
 CHUNK = "0/c/0/0/0/0/0"  # t=0, channel 0 (brightfield, the channel predicted from), first z/y/x chunk
 

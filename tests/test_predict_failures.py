@@ -104,7 +104,7 @@ def test_mistakes_are_refused_before_the_output_exists(data, tmp_path: Path, fla
 
 
 def test_a_failed_creation_leaves_nothing_behind(data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import chunked_fnet.predict.run as run
+    import chunked_fnet.predict.prepare as run
 
     image, models, _ = data
     out = tmp_path / "out.zarr"

@@ -19,7 +19,7 @@ class PredictOptions(BaseModel):
         description="model patch z, y, x on the model grid (multiples of the U-Net's down-sampling), or auto: the whole "
         "z-depth and y/x as large as the smallest worker's memory allows, chosen once per run and kept in its run record. "
         "An explicit patch too small for the overlap the models need (each voxel evaluated over 2x) is refused, "
-        "naming the smallest that works, unless an overlap is given too",
+        "naming the smallest that works, unless an overlap is given too (then it runs as asked)",
     )
     overlap: float | Literal["auto"] = Field(
         "auto",

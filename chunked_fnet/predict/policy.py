@@ -15,7 +15,8 @@ frame get the same window everywhere.
 - *An explicit patch too small for that overlap is refused*, naming the smallest patch that works:
   capping the overlap (the old behaviour) spoils every voxel of a thin patch (16x64x64 differed from a
   whole-frame pass by 3.2x the output's std) and keeping it makes the step tiny (250x recompute). An
-  explicit patch *and* overlap is the user's trade-off: it runs, warning when it costs over 2x.
+  explicit patch *and* overlap is the user's trade-off: it runs as asked; its recompute factor is in
+  the summary, the run record and the image's attributes like every run's.
 - *``precision: auto`` is a function of the hardware*: bf16 where every worker computes it natively
   (AMX/AVX512-BF16 CPUs, CUDA), else fp32. A timing sample let noise pick the precision on machines
   near its threshold, so one command could write outputs differing at the bf16 level run to run.
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -198,13 +198,6 @@ def _window(
         _refuse_too_small(patch, frame, needed, m, low)
     window = SlidingWindow(frame, patch, overlap, m, blend, pad_mode=options.pad_mode, align=blend == "band",  # type: ignore[arg-type]
                            min_patch=low, halo=models.halo)
-    cost = _recompute(window.patch_shape, frame, window.overlap_voxels)
-    if cost > MAX_RECOMPUTE and options.patch_shape != "auto":
-        warnings.warn(
-            f"patch {list(window.patch_shape)} with overlap {list(window.overlap_voxels)} evaluates every voxel "
-            f"{cost:.1f} times ({window.grid.n_patches} patches per frame); patch_shape auto costs less",
-            stacklevel=3,
-        )
     return window
 
 
