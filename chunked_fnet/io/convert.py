@@ -16,6 +16,7 @@ block-wise filling are public because the vendor converter (:mod:`chunked_fnet.i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -62,6 +63,19 @@ class TiffMetadata:
     channel_names: list[str | None] | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
+    def _value(self, dim: str) -> float | None:
+        return self.time_interval if dim == "t" else self.sizes[dim]
+
+    def _record(self, dim: str, value: float | None, source: str) -> None:
+        """Keep a z/y/x size or (``dim`` "t") the time step found in ``source``; None is not found."""
+        if value is None:
+            return
+        if dim == "t":
+            self.time_interval = value
+        else:
+            self.sizes[dim] = value
+        self.sources[dim] = source
+
 
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
@@ -91,16 +105,9 @@ def parse_ome_xml(xml: str, series_name: str | None = None) -> TiffMetadata:
         return meta
     for dim in ("z", "y", "x"):
         key = f"PhysicalSize{dim.upper()}"
-        size = length_to_um(pixels.get(key), pixels.get(f"{key}Unit", "µm"))
-        if size is not None:
-            meta.sizes[dim] = size
-            meta.sources[dim] = "OME-XML"
+        meta._record(dim, length_to_um(pixels.get(key), pixels.get(f"{key}Unit", "µm")), "OME-XML")
     interval = time_to_seconds(pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s"))
-    if interval is None:
-        interval = _interval_from_planes(pixels)
-    if interval is not None:
-        meta.time_interval = interval
-        meta.sources["t"] = "OME-XML"
+    meta._record("t", interval if interval is not None else _interval_from_planes(pixels), "OME-XML")
     channels = _children(pixels, "Channel")
     if channels:
         names: list[str | None] = []
@@ -156,24 +163,16 @@ def parse_imagej(imagej: Mapping[str, Any], page: Any) -> TiffMetadata:
     unit = imagej.get("unit")
     if unit is not None and unit_factor(UM_PER_UNIT, unit) is not None:
         for dim, tag in (("x", "XResolution"), ("y", "YResolution")):
-            size = _pixel_size_from_resolution(page, tag, imagej.get(f"{dim}unit", unit) if dim == "y" else unit)
-            if size is not None:
-                meta.sizes[dim] = size
-                meta.sources[dim] = "ImageJ"
+            meta._record(dim, _pixel_size_from_resolution(page, tag, imagej.get(f"{dim}unit", unit) if dim == "y" else unit), "ImageJ")
         if imagej.get("spacing") is not None:
-            size = length_to_um(imagej.get("spacing"), imagej.get("zunit", unit))
-            if size is not None:
-                meta.sizes["z"] = size
-                meta.sources["z"] = "ImageJ"
+            meta._record("z", length_to_um(imagej.get("spacing"), imagej.get("zunit", unit)), "ImageJ")
     interval = time_to_seconds(imagej.get("finterval"), imagej.get("tunit", "sec"))
     if interval is None and imagej.get("fps"):
         try:
             interval = time_to_seconds(1.0 / float(imagej["fps"]), "s")
         except (TypeError, ValueError, ZeroDivisionError):
             interval = None
-    if interval is not None:
-        meta.time_interval = interval
-        meta.sources["t"] = "ImageJ"
+    meta._record("t", interval, "ImageJ")
     labels = imagej.get("Labels")
     if isinstance(labels, (list, tuple)) and any(labels):
         # ImageJ labels are per plane; they name channels only when there is one per channel (checked later).
@@ -185,19 +184,10 @@ def read_tiff_metadata(tif: tifffile.TiffFile) -> TiffMetadata:
     """Merge OME-XML (preferred) and ImageJ metadata, field by field."""
     ome = parse_ome_xml(tif.ome_metadata, tif.series[0].name) if tif.is_ome and tif.ome_metadata else TiffMetadata()
     ij = parse_imagej(tif.imagej_metadata, tif.pages.first) if tif.is_imagej and tif.imagej_metadata else TiffMetadata()
-    merged = TiffMetadata()
-    for dim in ("z", "y", "x"):
-        for src in (ome, ij):
-            if src.sizes[dim] is not None:
-                merged.sizes[dim] = src.sizes[dim]
-                merged.sources[dim] = src.sources[dim]
-                break
-    for src in (ome, ij):
-        if src.time_interval is not None:
-            merged.time_interval = src.time_interval
-            merged.sources["t"] = src.sources["t"]
-            break
-    merged.channel_names = ome.channel_names or ij.channel_names
+    merged = TiffMetadata(channel_names=ome.channel_names or ij.channel_names)
+    for dim in ("z", "y", "x", "t"):
+        src = ome if ome._value(dim) is not None else ij
+        merged._record(dim, src._value(dim), src.sources.get(dim, ""))
     return merged
 
 
@@ -229,15 +219,9 @@ def map_axes(source: str, axes: str, shape: Sequence[int], overridden: bool = Fa
         dupes = sorted({a for a in axes if axes.count(a) > 1})
         if dupes:
             raise InputError(f"{where}: axis letter(s) {dupes} given more than once")
-    dims: list[str | None] = []
-    unknown_big = [i for i, (a, n) in enumerate(zip(axes, shape)) if a not in _AXIS_MAP and n > 1]
-    for i, (a, n) in enumerate(zip(axes, shape)):
-        if a in _AXIS_MAP:
-            dims.append(_AXIS_MAP[a])
-        elif n == 1:
-            dims.append(None)
-        else:
-            dims.append("?")
+    # "?": an unknown axis longer than 1, resolved below
+    dims: list[str | None] = [_AXIS_MAP[a] if a in _AXIS_MAP else None if n == 1 else "?" for a, n in zip(axes, shape)]
+    unknown_big = [i for i, d in enumerate(dims) if d == "?"]
     if unknown_big:
         has_z_or_t = any(d in ("z", "t") and n > 1 for d, n in zip(dims, shape))
         if len(unknown_big) == 1 and axes[unknown_big[0]] in _SEQUENCE_AXES and not has_z_or_t:
@@ -529,13 +513,9 @@ def fill_image(group: zarr.Group, lazy: da.Array, *, levels: int, progress: bool
     want_range = np.issubdtype(out_dtype, np.integer) or np.issubdtype(out_dtype, np.floating)
     reductions = (da.nanmin(lazy, axis=(0, 2, 3, 4)), da.nanmax(lazy, axis=(0, 2, 3, 4))) if want_range else ()
     workers = max(1, min(os.cpu_count() or 1, MAX_WORKERS))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), local_progress(label) if progress else contextlib.nullcontext():
         warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
-        if progress:
-            with local_progress(label):
-                results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
-        else:
-            results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
+        results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
     if want_range:
         _set_display_ranges(group, _display_ranges(out_dtype, results[1], results[2]))
     if levels > 1:

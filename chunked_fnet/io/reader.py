@@ -45,24 +45,18 @@ def _stored_bytes(store: Any, key: str) -> bytes | None:
 
 def _damaged_metadata(store: Any, node: str, where: str, exc: BaseException) -> OmeZarrError:
     """One line naming the metadata document of ``node`` (a path inside ``store``) that zarr could not read."""
+    damaged = "the store is damaged: restore this file from a copy, or write the image again"
     for name in _METADATA_FILES:
         key = f"{node.strip('/')}/{name}".lstrip("/")
         raw = _stored_bytes(store, key)
         if raw is None:
             continue
-        shown = f"{where}/{key}"
         try:
             doc = json.loads(raw)
         except ValueError as bad:  # JSONDecodeError, UnicodeDecodeError
-            return OmeZarrError(
-                one_line(f"{shown} is not valid JSON ({type(bad).__name__}: {bad}); the store is damaged: "
-                         "restore this file from a copy, or write the image again")
-            )
+            return OmeZarrError(one_line(f"{where}/{key} is not valid JSON ({type(bad).__name__}: {bad}); {damaged}"))
         if not isinstance(doc, dict):
-            return OmeZarrError(
-                f"{shown} holds a JSON {type(doc).__name__}, not an object; the store is damaged: "
-                "restore this file from a copy, or write the image again"
-            )
+            return OmeZarrError(f"{where}/{key} holds a JSON {type(doc).__name__}, not an object; {damaged}")
     return OmeZarrError(
         one_line(f"{where}/{node.strip('/')}".rstrip("/") + f": zarr cannot read its metadata ({type(exc).__name__}: "
                  f"{redact(str(exc))}); the store is damaged or not zarr: restore it from a copy, or write the image again")
@@ -186,10 +180,7 @@ def open_image(
         n = arr.shape[axis]
         if dim == "c":
             names = meta.channel_names
-            if names is not None and len(names) == n:
-                coords["c"] = ("c", np.asarray(names, dtype=object))
-            else:
-                coords["c"] = ("c", np.arange(n))
+            coords["c"] = ("c", np.asarray(names, dtype=object) if names is not None and len(names) == n else np.arange(n))
         else:
             values = meta.translations[level][dim] + meta.scales[level][dim] * np.arange(n)
             coords[dim] = xr.Variable(dim, values, attrs={"units": meta.units.get(dim) or ""})
@@ -209,28 +200,22 @@ def open_image(
 
 def select_channels(image: xr.DataArray, channels: str | int | Sequence[str | int]) -> xr.DataArray:
     """Pick channels by name or index; an unknown one raises, naming the image and the channels it has."""
+    where = image.attrs.get("source", image.name)
     if "c" not in image.dims:
-        raise OmeZarrError(f"{image.attrs.get('source', image.name)}: image has no channel axis (dims {list(image.dims)})")
+        raise OmeZarrError(f"{where}: image has no channel axis (dims {list(image.dims)})")
     single = isinstance(channels, (str, int, np.integer))
-    wanted = [channels] if single else list(channels)
     names = [str(v) for v in image["c"].values]
     index = []
-    for ch in wanted:
+    for ch in [channels] if single else list(channels):
         if isinstance(ch, (int, np.integer)) and not isinstance(ch, bool):
             if not -len(names) <= ch < len(names):
-                raise OmeZarrError(
-                    f"{image.attrs.get('source', image.name)}: channel index {ch} is out of range; "
-                    f"the image has {len(names)} channels {names}"
-                )
+                raise OmeZarrError(f"{where}: channel index {ch} is out of range; the image has {len(names)} channels {names}")
             index.append(int(ch) % len(names))
         elif str(ch) in names:
             index.append(names.index(str(ch)))
         else:
-            raise OmeZarrError(
-                f"{image.attrs.get('source', image.name)}: no channel named {ch!r}; available channels are {names}"
-            )
-    out = image.isel(c=index[0] if single else index)
-    return out
+            raise OmeZarrError(f"{where}: no channel named {ch!r}; available channels are {names}")
+    return image.isel(c=index[0] if single else index)
 
 
 def channel_index(image: xr.DataArray, channel: str | int, what: str) -> int:

@@ -6,11 +6,10 @@ one scene becomes an OME-Zarr image at the output path (as :func:`convert_tiff` 
 become a bioformats2raw-layout collection whose series ``0``, ``1``, ... are the scenes in file
 order, each named after its scene.
 
-Pixels are read lazily through bioio's dask arrays, regrouped into blocks that cover whole output
-chunks (at most :data:`~chunked_fnet.io.convert.BLOCK_BYTES` each, or one chunk row if larger)
-and stored by a local thread pool, so peak memory is a few blocks plus the source chunks being
-read. When the plugin's own chunks are larger than that budget (bioio-czi reads a whole Z stack
-per chunk by default), the file is reopened with plane-sized chunks where the plugin allows it.
+Pixels are read lazily through bioio's dask arrays and stored block by block as the TIFF converter
+stores them, so peak memory is a few blocks plus the source chunks being read. When the plugin's
+own chunks are larger than the block budget (bioio-czi reads a whole Z stack per chunk by default),
+the file is reopened with plane-sized chunks where the plugin allows it.
 
 Physical sizes (µm), channel names and the time step (seconds) come from bioio, the time step also
 from the OME metadata's ``TimeIncrement``; the caller's arguments override them. Like the TIFF
@@ -186,12 +185,10 @@ def convert_vendor(
     """Convert every scene of a file bioio reads (CZI, ND2, LIF, OME-TIFF, ...) into OME-Zarr.
 
     One scene: an image at ``out``. Several: a bioformats2raw collection, series ``i`` being scene
-    ``i``. Output dims are ``(t, c, z, y, x)``; ``voxel_size`` (z, y, x) µm, ``time_interval``
-    seconds and ``channel_names`` override the file for every scene; ``chunks`` is the
-    ``(t, c, z, y, x)`` output chunk shape (default :func:`default_chunks`). Raises
-    :class:`InputError` when bioio is missing, the file cannot be read or a scene lacks a pixel size,
-    and :class:`~chunked_fnet.errors.OutputExistsError` when ``out`` exists and ``overwrite`` is
-    False. Returns the output path.
+    ``i``. The other arguments are :func:`~chunked_fnet.io.convert.convert_tiff`'s, applied to every
+    scene. Raises :class:`InputError` when bioio is missing, the file cannot be read or a scene lacks
+    a pixel size, and :class:`~chunked_fnet.errors.OutputExistsError` when ``out`` exists and
+    ``overwrite`` is False. Returns the output path.
     """
     source = Path(source)
     check_time_interval(time_interval)

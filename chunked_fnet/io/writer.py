@@ -135,11 +135,9 @@ def create_image(
                 zarr_format=zarr_format,
                 overwrite=overwrite,
             )
+            kwargs: dict[str, Any] = {"dimension_names": dims} if zarr_format == 3 else {}
             for level, f in enumerate(factors):
                 lshape = tuple(math.ceil(s / f[d]) for s, d in zip(shape, dims, strict=True))
-                kwargs: dict[str, Any] = {}
-                if zarr_format == 3:
-                    kwargs["dimension_names"] = dims
                 group.create_array(
                     str(level),
                     shape=lshape,
@@ -184,27 +182,23 @@ def _default_display_ranges(dtype: Any, channel_names: Sequence[str] | None) -> 
     if channel_names is None:
         return None
     dt = np.dtype(dtype)
-    hi = float(np.iinfo(dt).max) if np.issubdtype(dt, np.integer) else 1.0
-    lo = float(np.iinfo(dt).min) if np.issubdtype(dt, np.integer) else 0.0
+    lo, hi = (float(np.iinfo(dt).min), float(np.iinfo(dt).max)) if np.issubdtype(dt, np.integer) else (0.0, 1.0)
     return [{"min": lo, "max": hi, "start": lo, "end": hi} for _ in channel_names]
 
 
 def clear_existing_output(store: Any, overwrite: bool, where: str, storage_options: Mapping[str, Any] | None) -> None:
     """Refuse to replace an existing output unless asked; when asked, remove only what is a zarr store
     (the one rule for every output: image, collection, plate)."""
-    if isinstance(store, zarr.abc.store.Store) or is_url(store):
-        existing = _exists_remote(store, storage_options)
-        if existing and not overwrite:
-            raise OutputExistsError(f"{where} already exists; pass overwrite=True (--overwrite) to replace it")
-        return
     # A file:// URL is a local path (open_store strips the prefix too); without this the checks below
     # looked at a relative "file:/..." path that never exists, so an existing output was replaced and
     # overwrite=True wiped a non-zarr directory.
-    path = Path(str(store).removeprefix("file://"))
-    if not path.exists():
+    path = None if isinstance(store, zarr.abc.store.Store) or is_url(store) else Path(str(store).removeprefix("file://"))
+    if not (_exists_remote(store, storage_options) if path is None else path.exists()):
         return
     if not overwrite:
         raise OutputExistsError(f"{where} already exists; pass overwrite=True (--overwrite) to replace it")
+    if path is None:
+        return
     if path.is_file() or not any((path / m).exists() for m in ("zarr.json", ".zgroup", ".zattrs", ".zarray")):
         raise OutputExistsError(f"{where} exists and is not a zarr store; refusing to delete it even with overwrite")
     shutil.rmtree(path)
