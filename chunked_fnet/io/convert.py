@@ -152,9 +152,7 @@ def _pixel_size_from_resolution(page: Any, tag: str, unit: Any) -> float | None:
         per_unit = float(num) / float(den)
     except (TypeError, ValueError, ZeroDivisionError):
         return None
-    if not per_unit > 0:
-        return None
-    return length_to_um(1.0 / per_unit, unit)
+    return length_to_um(1.0 / per_unit, unit) if per_unit > 0 else None
 
 
 def parse_imagej(imagej: Mapping[str, Any], page: Any) -> TiffMetadata:
@@ -225,7 +223,7 @@ def map_axes(source: str, axes: str, shape: Sequence[int], overridden: bool = Fa
     if unknown_big:
         has_z_or_t = any(d in ("z", "t") and n > 1 for d, n in zip(dims, shape))
         if len(unknown_big) == 1 and axes[unknown_big[0]] in _SEQUENCE_AXES and not has_z_or_t:
-            dims[unknown_big[0]] = "z_from_sequence"
+            dims[unknown_big[0]] = "z"  # an image sequence: its planes are z (a size-1 Z axis is dropped below)
         else:
             letters = [f"{axes[i]}={shape[i]}" for i in unknown_big]
             raise InputError(
@@ -234,7 +232,7 @@ def map_axes(source: str, axes: str, shape: Sequence[int], overridden: bool = Fa
             )
     # A dim named by several axes (e.g. C and S, or Z and an unknown): keep the one that is > 1.
     for dim in set(d for d in dims if d is not None):
-        idx = [i for i, d in enumerate(dims) if d == dim or (dim == "z" and d == "z_from_sequence")]
+        idx = [i for i, d in enumerate(dims) if d == dim]
         if len(idx) <= 1:
             continue
         big = [i for i in idx if shape[i] > 1]
@@ -248,7 +246,6 @@ def map_axes(source: str, axes: str, shape: Sequence[int], overridden: bool = Fa
         for i in idx:
             if i != keep:
                 dims[i] = None
-    dims = ["z" if d == "z_from_sequence" else d for d in dims]
     if "y" not in dims or "x" not in dims:
         raise InputError(f"{where}: no Y and X axes; {_axes_hint(shape)}")
     return dims
@@ -381,11 +378,8 @@ def _display_ranges(dtype: np.dtype, lo: np.ndarray, hi: np.ndarray) -> list[dic
         a, b = float(a), float(b)
         if not (math.isfinite(a) and math.isfinite(b)):
             a, b = 0.0, 1.0
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            out.append({"min": float(info.min), "max": float(info.max), "start": a, "end": b})
-        else:
-            out.append({"min": a, "max": b, "start": a, "end": b})
+        vmin, vmax = (float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)) if np.issubdtype(dtype, np.integer) else (a, b)
+        out.append({"min": vmin, "max": vmax, "start": a, "end": b})
     return out
 
 
@@ -454,9 +448,7 @@ def convert_tiff(
         T, C, Z, Y, X = out_shape
 
         meta = read_tiff_metadata(tif)
-        sizes = dict(meta.sizes)
-        if user_voxel is not None:
-            sizes = dict(zip(("z", "y", "x"), user_voxel))
+        sizes = dict(zip(("z", "y", "x"), user_voxel)) if user_voxel is not None else dict(meta.sizes)
         known = {d: v for d, v in sizes.items() if v is not None}
         why = f" (no OME-XML PhysicalSize or ImageJ calibration{'; found ' + str(known) + ' µm' if known else ''})"
         scale = physical_scale(str(source), sizes, Z, time_interval, meta.time_interval, why)
@@ -480,23 +472,10 @@ def convert_tiff(
             lazy = lazy.astype(out_dtype)
         lazy = lazy.rechunk(tuple(block))  # a no-op regrouping: blocks already are these
 
-        group = create_image(
-            out,
-            shape=out_shape,
-            chunks=out_chunks,
-            dtype=out_dtype,
-            scale=scale,
-            channel_names=names,
-            levels=levels,
-            version=version,
-            name=image_name(source),
-            overwrite=overwrite,
+        write_converted(
+            out, out, lazy, chunks=out_chunks, scale=scale, channel_names=names, levels=levels, version=version,
+            name=image_name(source), overwrite=overwrite, progress=progress, label=f"converting {source.name}",
         )
-        try:
-            fill_image(group, lazy, levels=levels, progress=progress, label=f"converting {source.name}")
-        except BaseException:
-            remove_partial_output(out)
-            raise
     return Path(out)
 
 
@@ -520,6 +499,17 @@ def fill_image(group: zarr.Group, lazy: da.Array, *, levels: int, progress: bool
         _set_display_ranges(group, _display_ranges(out_dtype, results[1], results[2]))
     if levels > 1:
         build_pyramid(group, progress=progress)
+
+
+def write_converted(out: str | Path, path: str | Path, lazy: da.Array, *, levels: int, progress: bool, label: str, **image: Any) -> None:
+    """Create the image ``path`` (``out`` itself, or a series of the collection ``out``) for the lazy ``(t, c, z, y, x)``
+    array (``image``: the other arguments of :func:`create_image`) and fill it; a failure while filling removes ``out``."""
+    group = create_image(path, shape=lazy.shape, dtype=lazy.dtype, levels=levels, **image)
+    try:
+        fill_image(group, lazy, levels=levels, progress=progress, label=label)
+    except BaseException:
+        remove_partial_output(out)
+        raise
 
 
 def remove_partial_output(out: str | Path) -> None:

@@ -237,12 +237,7 @@ def channel_index(image: xr.DataArray, channel: str | int, what: str) -> int:
 
 def spatial_frame(image: xr.DataArray, t: int | None, c: int) -> xr.DataArray:
     """One time point of one channel as a (z, y, x) array; 3D models need the z axis."""
-    sel = {}
-    if "t" in image.dims:
-        sel["t"] = t or 0
-    if "c" in image.dims:
-        sel["c"] = c
-    frame = image.isel(sel)
+    frame = image.isel({d: i for d, i in (("t", t or 0), ("c", c)) if d in image.dims})
     if "z" not in frame.dims:
         raise OmeZarrError(f"{image.attrs['source']}: a 3D model needs a z axis; the image has dims {list(image.dims)}")
     return frame.transpose("z", "y", "x")
@@ -296,10 +291,6 @@ class CheckedArray:
         return read_array(self.array, index if isinstance(index, tuple) else (index,))
 
 
-def _array_name(array: zarr.Array) -> str:
-    return f"{describe(array.store).rstrip('/')}/{array.path.strip('/')}".rstrip("/")
-
-
 def _bad_chunks(array: zarr.Array, index: tuple[Any, ...], limit: int = 256) -> list[str] | None:
     """Keys of the chunks under ``index`` that fail when read alone (None when that cannot be told)."""
     ranges = chunk_ranges(array, index)
@@ -318,7 +309,7 @@ def _bad_chunks(array: zarr.Array, index: tuple[Any, ...], limit: int = 256) -> 
 
 
 def _read_error(array: zarr.Array, index: tuple[Any, ...], exc: BaseException) -> OmeZarrError:
-    name = _array_name(array)
+    name = f"{describe(array.store).rstrip('/')}/{array.path.strip('/')}".rstrip("/")
     cause = f"{type(exc).__name__}: {redact(str(exc))}"
     if isinstance(exc, (OSError, TimeoutError)):
         return OmeZarrError(one_line(f"{name}: cannot be read ({cause}); check that the store is reachable and readable, then rerun"))

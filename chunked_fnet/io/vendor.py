@@ -37,14 +37,14 @@ from chunked_fnet.io.convert import (
     check_time_interval,
     check_voxel_size,
     default_chunks,
-    fill_image,
     image_name,
     output_channel_names,
     physical_scale,
     remove_partial_output,
+    write_converted,
 )
 from chunked_fnet.io.units import time_to_seconds
-from chunked_fnet.io.writer import create_collection, create_image
+from chunked_fnet.io.writer import create_collection
 
 __all__ = ["INSTALL_HINT", "TIFF_SUFFIXES", "VENDOR_SUFFIXES", "convert_vendor", "is_tiff"]
 
@@ -119,8 +119,7 @@ def _scene_array(img: Any, source: Path, scene: str) -> tuple[da.Array, list[str
     """The current scene as a lazy (t, c, z, y, x) array, with per-channel names when bioio has them."""
     dims = img.dims
     order = dims.order
-    sizes = dict(zip(order, dims.shape))
-    extra = {d: n for d, n in sizes.items() if d not in _KEPT and n > 1}
+    extra = {d: n for d, n in zip(order, dims.shape) if d not in _KEPT and n > 1}
     if extra:
         raise InputError(
             f"{source}, scene {scene!r}: dims {order} {tuple(dims.shape)}: the dimension(s) {extra} have no "
@@ -144,10 +143,6 @@ def _scene_array(img: Any, source: Path, scene: str) -> tuple[da.Array, list[str
     if raw_names is not None and len(raw_names) != arr.shape[1]:
         raw_names = None
     return arr, raw_names
-
-
-def _source_chunk_bytes(arr: da.Array) -> int:
-    return math.prod(max(c) for c in arr.chunks) * arr.dtype.itemsize
 
 
 def _warn_hidden_czi_scenes(source: Path, n_scenes: int) -> None:
@@ -227,7 +222,8 @@ def convert_vendor(
         scale = physical_scale(where, sizes, Z, time_interval, file_interval)
         names = output_channel_names(source, where, channel_names, file_names, C)  # file_names: C of them or None
         out_chunks = [min(c, n) for c, n in zip(user_chunks or default_chunks(arr.shape), arr.shape)]
-        plans.append((index, scene, scale, names, out_chunks, arr.shape, arr.dtype, _source_chunk_bytes(arr)))
+        source_chunk_bytes = math.prod(max(c) for c in arr.chunks) * arr.dtype.itemsize
+        plans.append((index, scene, scale, names, out_chunks, arr.shape, arr.dtype, source_chunk_bytes))
 
     # Plane-sized source chunks where the plugin's own are over the block budget (and it takes chunk_dims).
     if any(p[-1] > BLOCK_BYTES for p in plans):
@@ -239,7 +235,6 @@ def convert_vendor(
     collection = len(plans) > 1
     if collection:
         create_collection(out, version, overwrite)
-    created = collection  # an existing output refused by create_image below is not ours to remove
     try:
         for index, scene, scale, names, out_chunks, shape, dtype, _ in plans:
             img.set_scene(index)
@@ -250,27 +245,16 @@ def convert_vendor(
             out_dtype = out_dtype.newbyteorder("=") if out_dtype.byteorder not in ("=", "|") else out_dtype
             if arr.dtype != out_dtype:
                 arr = arr.astype(out_dtype)
-            native = [max(c) for c in arr.chunks]
-            block = block_shape(shape, out_chunks, native, out_dtype.itemsize, BLOCK_BYTES)
+            block = block_shape(shape, out_chunks, [max(c) for c in arr.chunks], out_dtype.itemsize, BLOCK_BYTES)  # native chunks
             arr = arr.rechunk(tuple(block))  # blocks cover whole output chunks: lock-free stores
-            path = f"{out}/{index}" if collection else out
-            group = create_image(
-                path,
-                shape=shape,
-                chunks=out_chunks,
-                dtype=out_dtype,
-                scale=scale,
-                channel_names=names,
-                levels=levels,
-                version=version,
-                name=scene if collection else image_name(source, (*VENDOR_SUFFIXES, *TIFF_SUFFIXES)),
-                overwrite=overwrite or collection,
-            )
-            created = True
             where = f"scene {index + 1}/{len(plans)} " if collection else ""
-            fill_image(group, arr, levels=levels, progress=progress, label=f"converting {source.name} {where}".rstrip())
+            write_converted(
+                out, f"{out}/{index}" if collection else out, arr, chunks=out_chunks, scale=scale, channel_names=names, levels=levels,
+                version=version, name=scene if collection else image_name(source, (*VENDOR_SUFFIXES, *TIFF_SUFFIXES)),
+                overwrite=overwrite or collection, progress=progress, label=f"converting {source.name} {where}".rstrip(),
+            )
     except BaseException:
-        if created:
+        if collection:  # a single image: write_converted removed it if filling failed; an output create_image refused is not ours
             remove_partial_output(out)
         raise
     return Path(out)

@@ -260,9 +260,7 @@ def downsample_mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     pad = [(0, (-n) % f) for n, f in zip(block.shape, factors, strict=True)]
     valid = np.pad(np.ones(block.shape, dtype=np.float32), pad) if any(p[1] for p in pad) else None
     data = np.pad(block.astype(np.float64), pad)
-    shape = []
-    for n, f in zip(data.shape, factors, strict=True):
-        shape += [n // f, f]
+    shape = [m for n, f in zip(data.shape, factors, strict=True) for m in (n // f, f)]
     axes = tuple(range(1, 2 * block.ndim, 2))
     total = data.reshape(shape).sum(axis=axes)
     count = valid.reshape(shape).sum(axis=axes) if valid is not None else float(np.prod(factors))
@@ -278,8 +276,7 @@ def build_pyramid(
 ) -> None:
     """Fill levels 1.. from level 0 by block means, one target chunk per dask task (bounded memory)."""
     group = store if isinstance(store, zarr.Group) else open_for_writing(store, storage_options)
-    where = describe(group.store)
-    meta = parse_image_attrs(group.attrs.asdict(), where)
+    meta = parse_image_attrs(group.attrs.asdict(), describe(group.store))
     for level in range(1, meta.n_levels):
         src = _level_array(group, level - 1)
         dst = _level_array(group, level)
@@ -287,11 +284,8 @@ def build_pyramid(
             int(round(meta.scales[level].get(d, 1.0) / meta.scales[level - 1].get(d, 1.0))) for d in meta.dims
         )
         source = da.from_zarr(src, chunks=tuple(c * f for c, f in zip(dst.chunks, factors, strict=True)))
-        target = source.map_blocks(downsample_mean, factors, dtype=dst.dtype, chunks=_target_chunks(source.chunks, factors))
+        chunks = tuple(tuple(math.ceil(c / f) for c in axis) for axis, f in zip(source.chunks, factors, strict=True))
+        target = source.map_blocks(downsample_mean, factors, dtype=dst.dtype, chunks=chunks)
         compute_with_progress(
             da.store(target, dst, lock=False, compute=False), desc=f"pyramid level {level}", enabled=progress
         )
-
-
-def _target_chunks(chunks: tuple[tuple[int, ...], ...], factors: Sequence[int]) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(math.ceil(c / f) for c in axis) for axis, f in zip(chunks, factors, strict=True))
