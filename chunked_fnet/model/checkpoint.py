@@ -178,8 +178,7 @@ def _tensor_file_error(path: Path, what: str, exc: BaseException | None = None) 
 
 def _read_safetensors_metadata(data: bytes) -> dict[str, str]:
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    return dict(header.get("__metadata__") or {})
+    return dict(json.loads(data[8 : 8 + n]).get("__metadata__") or {})
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -319,13 +318,11 @@ def check_state_dict(
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in FnetUNet(config).state_dict().items()}
     got = {k: tuple(v.shape) for k, v in tensors.items()}
-    problems = []
-    for name, shape in expected.items():
-        if name in got and got[name] != shape:
-            problems.append(
-                f"first mismatching tensor '{name}': weights have shape {got[name]}, the architecture needs {shape}"
-            )
-            break
+    problems = [
+        f"first mismatching tensor '{name}': weights have shape {got[name]}, the architecture needs {shape}"
+        for name, shape in expected.items()
+        if name in got and got[name] != shape
+    ][:1]
     missing = [k for k in expected if k not in got]
     unexpected = sorted(k for k in got if k not in expected)
 

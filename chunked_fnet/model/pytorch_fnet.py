@@ -276,10 +276,8 @@ def read_pytorch_fnet(path: str | os.PathLike) -> PytorchFnetFile:
         if "fnet_model_kwargs" in obj or "fnet_model_class" in obj:
             layout = "master"
             kwargs = obj.get("fnet_model_kwargs") or {}
-            nn_class = kwargs.get("nn_class")
+            nn_class, lr, loss = kwargs.get("nn_class"), kwargs.get("lr"), kwargs.get("criterion_class")
             nn_kwargs = dict(kwargs.get("nn_kwargs") or {})
-            lr = kwargs.get("lr")
-            loss = kwargs.get("criterion_class")
         elif "nn_module" in obj:
             layout = "release_1"
             nn_class = obj.get("nn_module")

@@ -69,11 +69,13 @@ def _time_index(image: xr.DataArray, t: int) -> int:
     return t % n
 
 
-def _at_time(image: xr.DataArray, seconds: float | None) -> xr.DataArray:
-    """The frame of ``image`` nearest a physical time (or its only frame)."""
-    if "t" not in image.dims:
-        return image
-    return image.isel(t=0) if seconds is None else image.sel(t=seconds, method="nearest")
+def _input_frame(input_image: xr.DataArray, prediction: xr.DataArray, ti: int) -> xr.DataArray:
+    """The input's frame nearest the physical time of the prediction's time point ``ti`` (or its only frame)."""
+    if "t" not in input_image.dims:
+        return input_image
+    if "t" not in prediction.dims:
+        return input_image.isel(t=0)
+    return input_image.sel(t=float(prediction["t"].values[ti]), method="nearest")
 
 
 def _plane(frame: xr.DataArray, channel: str, *, z: float | None = None, y: float | None = None) -> xr.DataArray:
@@ -213,19 +215,16 @@ def slices_figure(
     names = _pick_structures(prediction, structures)
     colors = channel_colors(prediction)
     ti = _time_index(prediction, t)
-    seconds = float(prediction["t"].values[ti]) if "t" in prediction.dims else None
     pred = prediction.isel(t=ti) if "t" in prediction.dims else prediction
-    inp = _at_time(input_image, seconds)
-    bf = channel_index(input_image, input_channel, "input (transmitted-light)")
-    bf_name = channel_names(input_image)[bf]
+    inp = _input_frame(input_image, prediction, ti)
+    bf_name = channel_names(input_image)[channel_index(input_image, input_channel, "input (transmitted-light)")]
     if z is None and "z" in pred.dims:
         z = float(pred["z"].values[pred.sizes["z"] // 2])
     unit = _space_unit(prediction)
     input_plane = _plane(inp, bf_name, z=z)
     height = float(abs(_extent(input_plane)[2] - _extent(input_plane)[3]))
     width = float(abs(_extent(input_plane)[1] - _extent(input_plane)[0]))
-    panel_w = PANEL_IN if width >= height else PANEL_IN * width / height
-    panel_h = PANEL_IN * height / width if width >= height else PANEL_IN
+    panel_w, panel_h = (PANEL_IN, PANEL_IN * height / width) if width >= height else (PANEL_IN * width / height, PANEL_IN)
     fig = Figure(figsize=(3 * panel_w + 0.9, len(names) * panel_h + 0.7), dpi=DPI, layout="constrained")
     axes = np.asarray(fig.subplots(len(names), 3, squeeze=False, sharex=True, sharey=True))
     input_names = channel_names(input_image)
@@ -353,8 +352,7 @@ def overlay_figure(
     xz_extent = _extent(_plane(frame, names[0], y=y))
     columns: list[tuple[str, np.ndarray, np.ndarray, tuple, tuple, str | None]] = []
     if input_image is not None:
-        seconds = float(prediction["t"].values[ti]) if "t" in prediction.dims else None
-        inp = _at_time(input_image, seconds)
+        inp = _input_frame(input_image, prediction, ti)
         bf_name = channel_names(input_image)[channel_index(input_image, input_channel, "input (transmitted-light)")]
         a, b = _plane(inp, bf_name, z=z), _plane(inp, bf_name, y=y)
         columns.append((f"input ({bf_name})", a.values.astype(np.float32), b.values.astype(np.float32), _extent(a), _extent(b), "gray"))
@@ -441,8 +439,7 @@ def timelapse_figure(
     if input_image is not None:
         bf_name = channel_names(input_image)[channel_index(input_image, input_channel, "input (transmitted-light)")]
         for ti in frames:
-            seconds = float(prediction["t"].values[ti]) if "t" in prediction.dims else None
-            p = _plane(_at_time(input_image, seconds), bf_name, z=z)
+            p = _plane(_input_frame(input_image, prediction, ti), bf_name, z=z)
             bf_planes.append((np.asarray(p.values, dtype=np.float32), _extent(p)))
     bf_limits = _limits(np.concatenate([v.ravel() for v, _ in bf_planes])) if bf_planes else None
     for col, ti in enumerate(frames):

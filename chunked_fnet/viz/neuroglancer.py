@@ -171,11 +171,10 @@ def build_state(
     state.dimensions = neuroglancer.CoordinateSpace(names=names, scales=scales, units=units)
     if input_image is not None:
         index = _input_index(input_image, input_channel)
-        label = input_image.channel_names[index]
         grey = _stored_range(input_image.display_ranges[index], (0.0, 1.0))
         if contrast == "data":
             grey = data_ranges(input_image, [index], FULL_PERCENTILES, t0)[0]
-        _add_layer(state, f"input: {label}", input_image, index, shader=grey_shader(grey), opacity=INPUT_OPACITY)
+        _add_layer(state, f"input: {input_image.channel_names[index]}", input_image, index, shader=grey_shader(grey), opacity=INPUT_OPACITY)
     for index, structure in enumerate(prediction.channel_names):
         shader = color_shader(prediction.channel_colors[index], structure_ranges[index])
         _add_layer(state, structure, prediction, index, shader=shader, blend="additive", opacity=1.0)
@@ -254,11 +253,6 @@ class ViewSession:
         self.close()
 
 
-def _served_path(path: str | Path, series: str | None) -> Path:
-    folder = Path(str(path).removeprefix("file://"))
-    return folder / str(series) if series is not None else folder
-
-
 def open_view(
     prediction: str | Path,
     input_image: str | Path | None = None,
@@ -294,7 +288,8 @@ def open_view(
             url = str(path).rstrip("/") + "/" + (f"{series}/" if series is not None else "")
             images[name] = describe_source(path, url, series=series)
         else:
-            stores[name] = _served_path(path, series)
+            folder = Path(str(path).removeprefix("file://"))
+            stores[name] = folder / str(series) if series is not None else folder
             images[name] = describe_source(stores[name], "")  # checked before anything listens
     _check_overlap(images["prediction"], images.get("input"))
     server = StoreServer(stores, port=port) if stores else None
