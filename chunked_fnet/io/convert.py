@@ -16,6 +16,7 @@ block-wise filling are public because the vendor converter (:mod:`chunked_fnet.i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -62,6 +63,19 @@ class TiffMetadata:
     channel_names: list[str | None] | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
+    def _value(self, dim: str) -> float | None:
+        return self.time_interval if dim == "t" else self.sizes[dim]
+
+    def _record(self, dim: str, value: float | None, source: str) -> None:
+        """Keep a z/y/x size or (``dim`` "t") the time step found in ``source``; None is not found."""
+        if value is None:
+            return
+        if dim == "t":
+            self.time_interval = value
+        else:
+            self.sizes[dim] = value
+        self.sources[dim] = source
+
 
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
@@ -91,16 +105,9 @@ def parse_ome_xml(xml: str, series_name: str | None = None) -> TiffMetadata:
         return meta
     for dim in ("z", "y", "x"):
         key = f"PhysicalSize{dim.upper()}"
-        size = length_to_um(pixels.get(key), pixels.get(f"{key}Unit", "µm"))
-        if size is not None:
-            meta.sizes[dim] = size
-            meta.sources[dim] = "OME-XML"
+        meta._record(dim, length_to_um(pixels.get(key), pixels.get(f"{key}Unit", "µm")), "OME-XML")
     interval = time_to_seconds(pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s"))
-    if interval is None:
-        interval = _interval_from_planes(pixels)
-    if interval is not None:
-        meta.time_interval = interval
-        meta.sources["t"] = "OME-XML"
+    meta._record("t", interval if interval is not None else _interval_from_planes(pixels), "OME-XML")
     channels = _children(pixels, "Channel")
     if channels:
         names: list[str | None] = []
@@ -145,9 +152,7 @@ def _pixel_size_from_resolution(page: Any, tag: str, unit: Any) -> float | None:
         per_unit = float(num) / float(den)
     except (TypeError, ValueError, ZeroDivisionError):
         return None
-    if not per_unit > 0:
-        return None
-    return length_to_um(1.0 / per_unit, unit)
+    return length_to_um(1.0 / per_unit, unit) if per_unit > 0 else None
 
 
 def parse_imagej(imagej: Mapping[str, Any], page: Any) -> TiffMetadata:
@@ -156,24 +161,16 @@ def parse_imagej(imagej: Mapping[str, Any], page: Any) -> TiffMetadata:
     unit = imagej.get("unit")
     if unit is not None and unit_factor(UM_PER_UNIT, unit) is not None:
         for dim, tag in (("x", "XResolution"), ("y", "YResolution")):
-            size = _pixel_size_from_resolution(page, tag, imagej.get(f"{dim}unit", unit) if dim == "y" else unit)
-            if size is not None:
-                meta.sizes[dim] = size
-                meta.sources[dim] = "ImageJ"
+            meta._record(dim, _pixel_size_from_resolution(page, tag, imagej.get(f"{dim}unit", unit) if dim == "y" else unit), "ImageJ")
         if imagej.get("spacing") is not None:
-            size = length_to_um(imagej.get("spacing"), imagej.get("zunit", unit))
-            if size is not None:
-                meta.sizes["z"] = size
-                meta.sources["z"] = "ImageJ"
+            meta._record("z", length_to_um(imagej.get("spacing"), imagej.get("zunit", unit)), "ImageJ")
     interval = time_to_seconds(imagej.get("finterval"), imagej.get("tunit", "sec"))
     if interval is None and imagej.get("fps"):
         try:
             interval = time_to_seconds(1.0 / float(imagej["fps"]), "s")
         except (TypeError, ValueError, ZeroDivisionError):
             interval = None
-    if interval is not None:
-        meta.time_interval = interval
-        meta.sources["t"] = "ImageJ"
+    meta._record("t", interval, "ImageJ")
     labels = imagej.get("Labels")
     if isinstance(labels, (list, tuple)) and any(labels):
         # ImageJ labels are per plane; they name channels only when there is one per channel (checked later).
@@ -185,19 +182,10 @@ def read_tiff_metadata(tif: tifffile.TiffFile) -> TiffMetadata:
     """Merge OME-XML (preferred) and ImageJ metadata, field by field."""
     ome = parse_ome_xml(tif.ome_metadata, tif.series[0].name) if tif.is_ome and tif.ome_metadata else TiffMetadata()
     ij = parse_imagej(tif.imagej_metadata, tif.pages.first) if tif.is_imagej and tif.imagej_metadata else TiffMetadata()
-    merged = TiffMetadata()
-    for dim in ("z", "y", "x"):
-        for src in (ome, ij):
-            if src.sizes[dim] is not None:
-                merged.sizes[dim] = src.sizes[dim]
-                merged.sources[dim] = src.sources[dim]
-                break
-    for src in (ome, ij):
-        if src.time_interval is not None:
-            merged.time_interval = src.time_interval
-            merged.sources["t"] = src.sources["t"]
-            break
-    merged.channel_names = ome.channel_names or ij.channel_names
+    merged = TiffMetadata(channel_names=ome.channel_names or ij.channel_names)
+    for dim in ("z", "y", "x", "t"):
+        src = ome if ome._value(dim) is not None else ij
+        merged._record(dim, src._value(dim), src.sources.get(dim, ""))
     return merged
 
 
@@ -229,19 +217,13 @@ def map_axes(source: str, axes: str, shape: Sequence[int], overridden: bool = Fa
         dupes = sorted({a for a in axes if axes.count(a) > 1})
         if dupes:
             raise InputError(f"{where}: axis letter(s) {dupes} given more than once")
-    dims: list[str | None] = []
-    unknown_big = [i for i, (a, n) in enumerate(zip(axes, shape)) if a not in _AXIS_MAP and n > 1]
-    for i, (a, n) in enumerate(zip(axes, shape)):
-        if a in _AXIS_MAP:
-            dims.append(_AXIS_MAP[a])
-        elif n == 1:
-            dims.append(None)
-        else:
-            dims.append("?")
+    # "?": an unknown axis longer than 1, resolved below
+    dims: list[str | None] = [_AXIS_MAP[a] if a in _AXIS_MAP else None if n == 1 else "?" for a, n in zip(axes, shape)]
+    unknown_big = [i for i, d in enumerate(dims) if d == "?"]
     if unknown_big:
         has_z_or_t = any(d in ("z", "t") and n > 1 for d, n in zip(dims, shape))
         if len(unknown_big) == 1 and axes[unknown_big[0]] in _SEQUENCE_AXES and not has_z_or_t:
-            dims[unknown_big[0]] = "z_from_sequence"
+            dims[unknown_big[0]] = "z"  # an image sequence: its planes are z (a size-1 Z axis is dropped below)
         else:
             letters = [f"{axes[i]}={shape[i]}" for i in unknown_big]
             raise InputError(
@@ -250,7 +232,7 @@ def map_axes(source: str, axes: str, shape: Sequence[int], overridden: bool = Fa
             )
     # A dim named by several axes (e.g. C and S, or Z and an unknown): keep the one that is > 1.
     for dim in set(d for d in dims if d is not None):
-        idx = [i for i, d in enumerate(dims) if d == dim or (dim == "z" and d == "z_from_sequence")]
+        idx = [i for i, d in enumerate(dims) if d == dim]
         if len(idx) <= 1:
             continue
         big = [i for i in idx if shape[i] > 1]
@@ -264,7 +246,6 @@ def map_axes(source: str, axes: str, shape: Sequence[int], overridden: bool = Fa
         for i in idx:
             if i != keep:
                 dims[i] = None
-    dims = ["z" if d == "z_from_sequence" else d for d in dims]
     if "y" not in dims or "x" not in dims:
         raise InputError(f"{where}: no Y and X axes; {_axes_hint(shape)}")
     return dims
@@ -397,11 +378,8 @@ def _display_ranges(dtype: np.dtype, lo: np.ndarray, hi: np.ndarray) -> list[dic
         a, b = float(a), float(b)
         if not (math.isfinite(a) and math.isfinite(b)):
             a, b = 0.0, 1.0
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            out.append({"min": float(info.min), "max": float(info.max), "start": a, "end": b})
-        else:
-            out.append({"min": a, "max": b, "start": a, "end": b})
+        vmin, vmax = (float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)) if np.issubdtype(dtype, np.integer) else (a, b)
+        out.append({"min": vmin, "max": vmax, "start": a, "end": b})
     return out
 
 
@@ -470,9 +448,7 @@ def convert_tiff(
         T, C, Z, Y, X = out_shape
 
         meta = read_tiff_metadata(tif)
-        sizes = dict(meta.sizes)
-        if user_voxel is not None:
-            sizes = dict(zip(("z", "y", "x"), user_voxel))
+        sizes = dict(zip(("z", "y", "x"), user_voxel)) if user_voxel is not None else dict(meta.sizes)
         known = {d: v for d, v in sizes.items() if v is not None}
         why = f" (no OME-XML PhysicalSize or ImageJ calibration{'; found ' + str(known) + ' µm' if known else ''})"
         scale = physical_scale(str(source), sizes, Z, time_interval, meta.time_interval, why)
@@ -496,23 +472,10 @@ def convert_tiff(
             lazy = lazy.astype(out_dtype)
         lazy = lazy.rechunk(tuple(block))  # a no-op regrouping: blocks already are these
 
-        group = create_image(
-            out,
-            shape=out_shape,
-            chunks=out_chunks,
-            dtype=out_dtype,
-            scale=scale,
-            channel_names=names,
-            levels=levels,
-            version=version,
-            name=image_name(source),
-            overwrite=overwrite,
+        write_converted(
+            out, out, lazy, chunks=out_chunks, scale=scale, channel_names=names, levels=levels, version=version,
+            name=image_name(source), overwrite=overwrite, progress=progress, label=f"converting {source.name}",
         )
-        try:
-            fill_image(group, lazy, levels=levels, progress=progress, label=f"converting {source.name}")
-        except BaseException:
-            remove_partial_output(out)
-            raise
     return Path(out)
 
 
@@ -529,17 +492,24 @@ def fill_image(group: zarr.Group, lazy: da.Array, *, levels: int, progress: bool
     want_range = np.issubdtype(out_dtype, np.integer) or np.issubdtype(out_dtype, np.floating)
     reductions = (da.nanmin(lazy, axis=(0, 2, 3, 4)), da.nanmax(lazy, axis=(0, 2, 3, 4))) if want_range else ()
     workers = max(1, min(os.cpu_count() or 1, MAX_WORKERS))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), local_progress(label) if progress else contextlib.nullcontext():
         warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
-        if progress:
-            with local_progress(label):
-                results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
-        else:
-            results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
+        results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
     if want_range:
         _set_display_ranges(group, _display_ranges(out_dtype, results[1], results[2]))
     if levels > 1:
         build_pyramid(group, progress=progress)
+
+
+def write_converted(out: str | Path, path: str | Path, lazy: da.Array, *, levels: int, progress: bool, label: str, **image: Any) -> None:
+    """Create the image ``path`` (``out`` itself, or a series of the collection ``out``) for the lazy ``(t, c, z, y, x)``
+    array (``image``: the other arguments of :func:`create_image`) and fill it; a failure while filling removes ``out``."""
+    group = create_image(path, shape=lazy.shape, dtype=lazy.dtype, levels=levels, **image)
+    try:
+        fill_image(group, lazy, levels=levels, progress=progress, label=label)
+    except BaseException:
+        remove_partial_output(out)
+        raise
 
 
 def remove_partial_output(out: str | Path) -> None:

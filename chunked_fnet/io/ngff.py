@@ -9,7 +9,6 @@ document built here against the official JSON schemas (bundled with ngff-zarr) a
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,12 +101,7 @@ def build_image_attrs(
     """The group attributes of an NGFF image with one dataset per pyramid level ("0", "1", ...)."""
     if version not in SUPPORTED_VERSIONS:
         raise OmeZarrError(f"NGFF version {version!r} is not supported; choose one of {SUPPORTED_VERSIONS}")
-    axes = []
-    for d in dims:
-        axis: dict[str, Any] = {"name": d, "type": AXIS_TYPES[d]}
-        if units.get(d):
-            axis["unit"] = units[d]
-        axes.append(axis)
+    axes = [{"name": d, "type": AXIS_TYPES[d], **({"unit": units[d]} if units.get(d) else {})} for d in dims]
     datasets = [
         {
             "path": str(level),

@@ -87,6 +87,9 @@ def join(root: str, *parts: str) -> str:
 def plate_metadata(plate: Plate, fields: Sequence[tuple[str, str]], version: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The output plate's attributes and each of its wells' attributes: the input's rows, columns and
     acquisitions, the wells that hold at least one of ``fields``, and those fields in each well."""
+    def attrs(key: str, value: dict[str, Any]) -> dict[str, Any]:  # NGFF 0.4 keeps the version inside each object
+        return ngff_attrs(version, **{key: value if version == "0.5" else {**value, "version": "0.4"}})
+
     kept: dict[str, list[str]] = {}
     for well, field in fields:
         kept.setdefault(well, []).append(field)
@@ -95,13 +98,9 @@ def plate_metadata(plate: Plate, fields: Sequence[tuple[str, str]], version: str
     meta["field_count"] = max((len(v) for v in kept.values()), default=0)
     wells = {}
     for well, names in kept.items():
-        well_meta = dict(plate.wells[well])
-        well_meta["images"] = [im for im in plate.wells[well]["images"] if str(im["path"]).strip("/") in names]
-        wells[well] = well_meta
-    def attrs(key: str, value: dict[str, Any]) -> dict[str, Any]:  # NGFF 0.4 keeps the version inside each object
-        return ngff_attrs(version, **{key: value if version == "0.5" else {**value, "version": "0.4"}})
-
-    return attrs("plate", meta), {w: attrs("well", m) for w, m in wells.items()}
+        images = [im for im in plate.wells[well]["images"] if str(im["path"]).strip("/") in names]
+        wells[well] = attrs("well", {**plate.wells[well], "images": images})
+    return attrs("plate", meta), wells
 
 
 def create_plate(out: str, plate: Plate, fields: Sequence[tuple[str, str]], version: str) -> None:
@@ -110,7 +109,6 @@ def create_plate(out: str, plate: Plate, fields: Sequence[tuple[str, str]], vers
     root_attrs, wells = plate_metadata(plate, fields, version)
     root = zarr.open_group(open_store(out, read_only=False), mode="a", zarr_format=3 if version == "0.5" else 2)
     for well, attrs in wells.items():
-        row = well.split("/")[0]
-        root.require_group(row)  # the row group, then the well inside it
+        root.require_group(well.split("/")[0])  # the row group, then the well inside it
         root.require_group(well).update_attributes(attrs)
     root.update_attributes(root_attrs)  # last: a reader sees a plate only once its wells exist

@@ -45,24 +45,18 @@ def _stored_bytes(store: Any, key: str) -> bytes | None:
 
 def _damaged_metadata(store: Any, node: str, where: str, exc: BaseException) -> OmeZarrError:
     """One line naming the metadata document of ``node`` (a path inside ``store``) that zarr could not read."""
+    damaged = "the store is damaged: restore this file from a copy, or write the image again"
     for name in _METADATA_FILES:
         key = f"{node.strip('/')}/{name}".lstrip("/")
         raw = _stored_bytes(store, key)
         if raw is None:
             continue
-        shown = f"{where}/{key}"
         try:
             doc = json.loads(raw)
         except ValueError as bad:  # JSONDecodeError, UnicodeDecodeError
-            return OmeZarrError(
-                one_line(f"{shown} is not valid JSON ({type(bad).__name__}: {bad}); the store is damaged: "
-                         "restore this file from a copy, or write the image again")
-            )
+            return OmeZarrError(one_line(f"{where}/{key} is not valid JSON ({type(bad).__name__}: {bad}); {damaged}"))
         if not isinstance(doc, dict):
-            return OmeZarrError(
-                f"{shown} holds a JSON {type(doc).__name__}, not an object; the store is damaged: "
-                "restore this file from a copy, or write the image again"
-            )
+            return OmeZarrError(f"{where}/{key} holds a JSON {type(doc).__name__}, not an object; {damaged}")
     return OmeZarrError(
         one_line(f"{where}/{node.strip('/')}".rstrip("/") + f": zarr cannot read its metadata ({type(exc).__name__}: "
                  f"{redact(str(exc))}); the store is damaged or not zarr: restore it from a copy, or write the image again")
@@ -186,10 +180,7 @@ def open_image(
         n = arr.shape[axis]
         if dim == "c":
             names = meta.channel_names
-            if names is not None and len(names) == n:
-                coords["c"] = ("c", np.asarray(names, dtype=object))
-            else:
-                coords["c"] = ("c", np.arange(n))
+            coords["c"] = ("c", np.asarray(names, dtype=object) if names is not None and len(names) == n else np.arange(n))
         else:
             values = meta.translations[level][dim] + meta.scales[level][dim] * np.arange(n)
             coords[dim] = xr.Variable(dim, values, attrs={"units": meta.units.get(dim) or ""})
@@ -209,28 +200,22 @@ def open_image(
 
 def select_channels(image: xr.DataArray, channels: str | int | Sequence[str | int]) -> xr.DataArray:
     """Pick channels by name or index; an unknown one raises, naming the image and the channels it has."""
+    where = image.attrs.get("source", image.name)
     if "c" not in image.dims:
-        raise OmeZarrError(f"{image.attrs.get('source', image.name)}: image has no channel axis (dims {list(image.dims)})")
+        raise OmeZarrError(f"{where}: image has no channel axis (dims {list(image.dims)})")
     single = isinstance(channels, (str, int, np.integer))
-    wanted = [channels] if single else list(channels)
     names = [str(v) for v in image["c"].values]
     index = []
-    for ch in wanted:
+    for ch in [channels] if single else list(channels):
         if isinstance(ch, (int, np.integer)) and not isinstance(ch, bool):
             if not -len(names) <= ch < len(names):
-                raise OmeZarrError(
-                    f"{image.attrs.get('source', image.name)}: channel index {ch} is out of range; "
-                    f"the image has {len(names)} channels {names}"
-                )
+                raise OmeZarrError(f"{where}: channel index {ch} is out of range; the image has {len(names)} channels {names}")
             index.append(int(ch) % len(names))
         elif str(ch) in names:
             index.append(names.index(str(ch)))
         else:
-            raise OmeZarrError(
-                f"{image.attrs.get('source', image.name)}: no channel named {ch!r}; available channels are {names}"
-            )
-    out = image.isel(c=index[0] if single else index)
-    return out
+            raise OmeZarrError(f"{where}: no channel named {ch!r}; available channels are {names}")
+    return image.isel(c=index[0] if single else index)
 
 
 def channel_index(image: xr.DataArray, channel: str | int, what: str) -> int:
@@ -252,12 +237,7 @@ def channel_index(image: xr.DataArray, channel: str | int, what: str) -> int:
 
 def spatial_frame(image: xr.DataArray, t: int | None, c: int) -> xr.DataArray:
     """One time point of one channel as a (z, y, x) array; 3D models need the z axis."""
-    sel = {}
-    if "t" in image.dims:
-        sel["t"] = t or 0
-    if "c" in image.dims:
-        sel["c"] = c
-    frame = image.isel(sel)
+    frame = image.isel({d: i for d, i in (("t", t or 0), ("c", c)) if d in image.dims})
     if "z" not in frame.dims:
         raise OmeZarrError(f"{image.attrs['source']}: a 3D model needs a z axis; the image has dims {list(image.dims)}")
     return frame.transpose("z", "y", "x")
@@ -311,10 +291,6 @@ class CheckedArray:
         return read_array(self.array, index if isinstance(index, tuple) else (index,))
 
 
-def _array_name(array: zarr.Array) -> str:
-    return f"{describe(array.store).rstrip('/')}/{array.path.strip('/')}".rstrip("/")
-
-
 def _bad_chunks(array: zarr.Array, index: tuple[Any, ...], limit: int = 256) -> list[str] | None:
     """Keys of the chunks under ``index`` that fail when read alone (None when that cannot be told)."""
     ranges = chunk_ranges(array, index)
@@ -333,7 +309,7 @@ def _bad_chunks(array: zarr.Array, index: tuple[Any, ...], limit: int = 256) -> 
 
 
 def _read_error(array: zarr.Array, index: tuple[Any, ...], exc: BaseException) -> OmeZarrError:
-    name = _array_name(array)
+    name = f"{describe(array.store).rstrip('/')}/{array.path.strip('/')}".rstrip("/")
     cause = f"{type(exc).__name__}: {redact(str(exc))}"
     if isinstance(exc, (OSError, TimeoutError)):
         return OmeZarrError(one_line(f"{name}: cannot be read ({cause}); check that the store is reachable and readable, then rerun"))

@@ -6,11 +6,10 @@ one scene becomes an OME-Zarr image at the output path (as :func:`convert_tiff` 
 become a bioformats2raw-layout collection whose series ``0``, ``1``, ... are the scenes in file
 order, each named after its scene.
 
-Pixels are read lazily through bioio's dask arrays, regrouped into blocks that cover whole output
-chunks (at most :data:`~chunked_fnet.io.convert.BLOCK_BYTES` each, or one chunk row if larger)
-and stored by a local thread pool, so peak memory is a few blocks plus the source chunks being
-read. When the plugin's own chunks are larger than that budget (bioio-czi reads a whole Z stack
-per chunk by default), the file is reopened with plane-sized chunks where the plugin allows it.
+Pixels are read lazily through bioio's dask arrays and stored block by block as the TIFF converter
+stores them, so peak memory is a few blocks plus the source chunks being read. When the plugin's
+own chunks are larger than the block budget (bioio-czi reads a whole Z stack per chunk by default),
+the file is reopened with plane-sized chunks where the plugin allows it.
 
 Physical sizes (µm), channel names and the time step (seconds) come from bioio, the time step also
 from the OME metadata's ``TimeIncrement``; the caller's arguments override them. Like the TIFF
@@ -38,14 +37,14 @@ from chunked_fnet.io.convert import (
     check_time_interval,
     check_voxel_size,
     default_chunks,
-    fill_image,
     image_name,
     output_channel_names,
     physical_scale,
     remove_partial_output,
+    write_converted,
 )
 from chunked_fnet.io.units import time_to_seconds
-from chunked_fnet.io.writer import create_collection, create_image
+from chunked_fnet.io.writer import create_collection
 
 __all__ = ["INSTALL_HINT", "TIFF_SUFFIXES", "VENDOR_SUFFIXES", "convert_vendor", "is_tiff"]
 
@@ -120,8 +119,7 @@ def _scene_array(img: Any, source: Path, scene: str) -> tuple[da.Array, list[str
     """The current scene as a lazy (t, c, z, y, x) array, with per-channel names when bioio has them."""
     dims = img.dims
     order = dims.order
-    sizes = dict(zip(order, dims.shape))
-    extra = {d: n for d, n in sizes.items() if d not in _KEPT and n > 1}
+    extra = {d: n for d, n in zip(order, dims.shape) if d not in _KEPT and n > 1}
     if extra:
         raise InputError(
             f"{source}, scene {scene!r}: dims {order} {tuple(dims.shape)}: the dimension(s) {extra} have no "
@@ -145,10 +143,6 @@ def _scene_array(img: Any, source: Path, scene: str) -> tuple[da.Array, list[str
     if raw_names is not None and len(raw_names) != arr.shape[1]:
         raw_names = None
     return arr, raw_names
-
-
-def _source_chunk_bytes(arr: da.Array) -> int:
-    return math.prod(max(c) for c in arr.chunks) * arr.dtype.itemsize
 
 
 def _warn_hidden_czi_scenes(source: Path, n_scenes: int) -> None:
@@ -186,12 +180,10 @@ def convert_vendor(
     """Convert every scene of a file bioio reads (CZI, ND2, LIF, OME-TIFF, ...) into OME-Zarr.
 
     One scene: an image at ``out``. Several: a bioformats2raw collection, series ``i`` being scene
-    ``i``. Output dims are ``(t, c, z, y, x)``; ``voxel_size`` (z, y, x) µm, ``time_interval``
-    seconds and ``channel_names`` override the file for every scene; ``chunks`` is the
-    ``(t, c, z, y, x)`` output chunk shape (default :func:`default_chunks`). Raises
-    :class:`InputError` when bioio is missing, the file cannot be read or a scene lacks a pixel size,
-    and :class:`~chunked_fnet.errors.OutputExistsError` when ``out`` exists and ``overwrite`` is
-    False. Returns the output path.
+    ``i``. The other arguments are :func:`~chunked_fnet.io.convert.convert_tiff`'s, applied to every
+    scene. Raises :class:`InputError` when bioio is missing, the file cannot be read or a scene lacks
+    a pixel size, and :class:`~chunked_fnet.errors.OutputExistsError` when ``out`` exists and
+    ``overwrite`` is False. Returns the output path.
     """
     source = Path(source)
     check_time_interval(time_interval)
@@ -230,7 +222,8 @@ def convert_vendor(
         scale = physical_scale(where, sizes, Z, time_interval, file_interval)
         names = output_channel_names(source, where, channel_names, file_names, C)  # file_names: C of them or None
         out_chunks = [min(c, n) for c, n in zip(user_chunks or default_chunks(arr.shape), arr.shape)]
-        plans.append((index, scene, scale, names, out_chunks, arr.shape, arr.dtype, _source_chunk_bytes(arr)))
+        source_chunk_bytes = math.prod(max(c) for c in arr.chunks) * arr.dtype.itemsize
+        plans.append((index, scene, scale, names, out_chunks, arr.shape, arr.dtype, source_chunk_bytes))
 
     # Plane-sized source chunks where the plugin's own are over the block budget (and it takes chunk_dims).
     if any(p[-1] > BLOCK_BYTES for p in plans):
@@ -242,7 +235,6 @@ def convert_vendor(
     collection = len(plans) > 1
     if collection:
         create_collection(out, version, overwrite)
-    created = collection  # an existing output refused by create_image below is not ours to remove
     try:
         for index, scene, scale, names, out_chunks, shape, dtype, _ in plans:
             img.set_scene(index)
@@ -253,27 +245,16 @@ def convert_vendor(
             out_dtype = out_dtype.newbyteorder("=") if out_dtype.byteorder not in ("=", "|") else out_dtype
             if arr.dtype != out_dtype:
                 arr = arr.astype(out_dtype)
-            native = [max(c) for c in arr.chunks]
-            block = block_shape(shape, out_chunks, native, out_dtype.itemsize, BLOCK_BYTES)
+            block = block_shape(shape, out_chunks, [max(c) for c in arr.chunks], out_dtype.itemsize, BLOCK_BYTES)  # native chunks
             arr = arr.rechunk(tuple(block))  # blocks cover whole output chunks: lock-free stores
-            path = f"{out}/{index}" if collection else out
-            group = create_image(
-                path,
-                shape=shape,
-                chunks=out_chunks,
-                dtype=out_dtype,
-                scale=scale,
-                channel_names=names,
-                levels=levels,
-                version=version,
-                name=scene if collection else image_name(source, (*VENDOR_SUFFIXES, *TIFF_SUFFIXES)),
-                overwrite=overwrite or collection,
-            )
-            created = True
             where = f"scene {index + 1}/{len(plans)} " if collection else ""
-            fill_image(group, arr, levels=levels, progress=progress, label=f"converting {source.name} {where}".rstrip())
+            write_converted(
+                out, f"{out}/{index}" if collection else out, arr, chunks=out_chunks, scale=scale, channel_names=names, levels=levels,
+                version=version, name=scene if collection else image_name(source, (*VENDOR_SUFFIXES, *TIFF_SUFFIXES)),
+                overwrite=overwrite or collection, progress=progress, label=f"converting {source.name} {where}".rstrip(),
+            )
     except BaseException:
-        if created:
+        if collection:  # a single image: write_converted removed it if filling failed; an output create_image refused is not ours
             remove_partial_output(out)
         raise
     return Path(out)

@@ -135,11 +135,9 @@ def create_image(
                 zarr_format=zarr_format,
                 overwrite=overwrite,
             )
+            kwargs: dict[str, Any] = {"dimension_names": dims} if zarr_format == 3 else {}
             for level, f in enumerate(factors):
                 lshape = tuple(math.ceil(s / f[d]) for s, d in zip(shape, dims, strict=True))
-                kwargs: dict[str, Any] = {}
-                if zarr_format == 3:
-                    kwargs["dimension_names"] = dims
                 group.create_array(
                     str(level),
                     shape=lshape,
@@ -184,27 +182,23 @@ def _default_display_ranges(dtype: Any, channel_names: Sequence[str] | None) -> 
     if channel_names is None:
         return None
     dt = np.dtype(dtype)
-    hi = float(np.iinfo(dt).max) if np.issubdtype(dt, np.integer) else 1.0
-    lo = float(np.iinfo(dt).min) if np.issubdtype(dt, np.integer) else 0.0
+    lo, hi = (float(np.iinfo(dt).min), float(np.iinfo(dt).max)) if np.issubdtype(dt, np.integer) else (0.0, 1.0)
     return [{"min": lo, "max": hi, "start": lo, "end": hi} for _ in channel_names]
 
 
 def clear_existing_output(store: Any, overwrite: bool, where: str, storage_options: Mapping[str, Any] | None) -> None:
     """Refuse to replace an existing output unless asked; when asked, remove only what is a zarr store
     (the one rule for every output: image, collection, plate)."""
-    if isinstance(store, zarr.abc.store.Store) or is_url(store):
-        existing = _exists_remote(store, storage_options)
-        if existing and not overwrite:
-            raise OutputExistsError(f"{where} already exists; pass overwrite=True (--overwrite) to replace it")
-        return
     # A file:// URL is a local path (open_store strips the prefix too); without this the checks below
     # looked at a relative "file:/..." path that never exists, so an existing output was replaced and
     # overwrite=True wiped a non-zarr directory.
-    path = Path(str(store).removeprefix("file://"))
-    if not path.exists():
+    path = None if isinstance(store, zarr.abc.store.Store) or is_url(store) else Path(str(store).removeprefix("file://"))
+    if not (_exists_remote(store, storage_options) if path is None else path.exists()):
         return
     if not overwrite:
         raise OutputExistsError(f"{where} already exists; pass overwrite=True (--overwrite) to replace it")
+    if path is None:
+        return
     if path.is_file() or not any((path / m).exists() for m in ("zarr.json", ".zgroup", ".zattrs", ".zarray")):
         raise OutputExistsError(f"{where} exists and is not a zarr store; refusing to delete it even with overwrite")
     shutil.rmtree(path)
@@ -266,9 +260,7 @@ def downsample_mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     pad = [(0, (-n) % f) for n, f in zip(block.shape, factors, strict=True)]
     valid = np.pad(np.ones(block.shape, dtype=np.float32), pad) if any(p[1] for p in pad) else None
     data = np.pad(block.astype(np.float64), pad)
-    shape = []
-    for n, f in zip(data.shape, factors, strict=True):
-        shape += [n // f, f]
+    shape = [m for n, f in zip(data.shape, factors, strict=True) for m in (n // f, f)]
     axes = tuple(range(1, 2 * block.ndim, 2))
     total = data.reshape(shape).sum(axis=axes)
     count = valid.reshape(shape).sum(axis=axes) if valid is not None else float(np.prod(factors))
@@ -284,8 +276,7 @@ def build_pyramid(
 ) -> None:
     """Fill levels 1.. from level 0 by block means, one target chunk per dask task (bounded memory)."""
     group = store if isinstance(store, zarr.Group) else open_for_writing(store, storage_options)
-    where = describe(group.store)
-    meta = parse_image_attrs(group.attrs.asdict(), where)
+    meta = parse_image_attrs(group.attrs.asdict(), describe(group.store))
     for level in range(1, meta.n_levels):
         src = _level_array(group, level - 1)
         dst = _level_array(group, level)
@@ -293,11 +284,8 @@ def build_pyramid(
             int(round(meta.scales[level].get(d, 1.0) / meta.scales[level - 1].get(d, 1.0))) for d in meta.dims
         )
         source = da.from_zarr(src, chunks=tuple(c * f for c, f in zip(dst.chunks, factors, strict=True)))
-        target = source.map_blocks(downsample_mean, factors, dtype=dst.dtype, chunks=_target_chunks(source.chunks, factors))
+        chunks = tuple(tuple(math.ceil(c / f) for c in axis) for axis, f in zip(source.chunks, factors, strict=True))
+        target = source.map_blocks(downsample_mean, factors, dtype=dst.dtype, chunks=chunks)
         compute_with_progress(
             da.store(target, dst, lock=False, compute=False), desc=f"pyramid level {level}", enabled=progress
         )
-
-
-def _target_chunks(chunks: tuple[tuple[int, ...], ...], factors: Sequence[int]) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(math.ceil(c / f) for c in axis) for axis, f in zip(chunks, factors, strict=True))

@@ -66,10 +66,8 @@ def _test_shape(min_size: int, step: int, scales: Sequence[float]) -> tuple[int,
     """Per axis the smallest valid size ``min + k * step`` that bioimageio.spec's check of the test output
     accepts: it compares ``size * scale / scale`` to the size exactly, in floating point (24 * 0.4 / 0.4 is
     24.000000000000004)."""
-    def exact(n: int, s: float) -> bool:
-        return n * s / s == n
-
-    return tuple(next(n for n in range(min_size, min_size + 64 * step, step) if exact(n, s)) for s in scales)  # type: ignore[return-value]
+    sizes = range(min_size, min_size + 64 * step, step)
+    return tuple(next(n for n in sizes if n * s / s == n) for s in scales)  # type: ignore[return-value]
 
 
 def _check_card(path: Path, card: ModelCard) -> None:
@@ -213,7 +211,6 @@ def export_bioimageio(
     where tiles meet (default :func:`default_halo`). Refuses an existing ``out`` unless ``overwrite``.
     """
     from bioimageio.spec import save_bioimageio_package
-    from bioimageio.spec.model import v0_5
 
     src, out = Path(checkpoint), Path(out)
     if out.suffix != ".zip":
@@ -265,22 +262,17 @@ def _describe(
     """The package's :class:`bioimageio.spec.model.v0_5.ModelDescr` (validated as it is built)."""
     from bioimageio.spec.model import v0_5
 
-    vz, vy, vx = card.voxel_size
     structure = card.structure
     output_id = _tensor_id(structure)
     space_in = [
         v0_5.SpaceInputAxis(id=v0_5.AxisId(a), size=v0_5.ParameterizedSize(min=min_size, step=step), scale=s, unit="micrometer")
-        for a, s in zip("zyx", (vz, vy, vx), strict=True)
+        for a, s in zip("zyx", card.voxel_size, strict=True)
     ]
-    space_out = [
-        v0_5.SpaceOutputAxisWithHalo(
-            id=v0_5.AxisId(a), size=v0_5.SizeReference(tensor_id=v0_5.TensorId(INPUT_ID), axis_id=v0_5.AxisId(a)),
-            halo=halo, scale=s, unit="micrometer",
-        )
-        if halo
-        else v0_5.SpaceOutputAxis(id=v0_5.AxisId(a), size=v0_5.SizeReference(tensor_id=v0_5.TensorId(INPUT_ID), axis_id=v0_5.AxisId(a)), scale=s, unit="micrometer")
-        for a, s in zip("zyx", (vz, vy, vx), strict=True)
-    ]
+    space_out = []
+    for a, s in zip("zyx", card.voxel_size, strict=True):
+        size = v0_5.SizeReference(tensor_id=v0_5.TensorId(INPUT_ID), axis_id=v0_5.AxisId(a))
+        axis = {"id": v0_5.AxisId(a), "size": size, "scale": s, "unit": "micrometer"}
+        space_out.append(v0_5.SpaceOutputAxisWithHalo(**axis, halo=halo) if halo else v0_5.SpaceOutputAxis(**axis))
     channel_name = str(card.input.channel) if isinstance(card.input.channel, str) else card.input.modality
     zscore = v0_5.ZeroMeanUnitVarianceDescr(
         kwargs=v0_5.ZeroMeanUnitVarianceKwargs(axes=[v0_5.AxisId(a) for a in ("channel", "z", "y", "x")], eps=eps)

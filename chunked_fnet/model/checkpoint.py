@@ -178,8 +178,7 @@ def _tensor_file_error(path: Path, what: str, exc: BaseException | None = None) 
 
 def _read_safetensors_metadata(data: bytes) -> dict[str, str]:
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    return dict(header.get("__metadata__") or {})
+    return dict(json.loads(data[8 : 8 + n]).get("__metadata__") or {})
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -293,11 +292,8 @@ def _checkpoint_dir(path: str | os.PathLike) -> Path:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path} (expected {layout})")
     if not path.is_dir():
-        hint = ""
-        if path.suffix in {".p", ".pt", ".pth"}:
-            hint = (
-                "; a pytorch_fnet model file must be imported first (chunked_fnet.model.import_pytorch_fnet)"
-            )
+        imported = "; a pytorch_fnet model file must be imported first (chunked_fnet.model.import_pytorch_fnet)"
+        hint = imported if path.suffix in {".p", ".pt", ".pth"} else ""
         raise CheckpointError(f"{path} is a file, expected {layout}{hint}")
     return path
 
@@ -308,10 +304,6 @@ def load_card(path: str | os.PathLike) -> ModelCard:
     if not card_path.is_file():
         raise CheckpointError(f"{card_path}: model card missing (expected {CARD_FILE} in checkpoint {path})")
     return _card_from_bytes(card_path.read_bytes(), card_path)
-
-
-def _card_bytes(card: ModelCard) -> bytes:
-    return (card.model_dump_json(indent=2) + "\n").encode()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,13 +318,11 @@ def check_state_dict(
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in FnetUNet(config).state_dict().items()}
     got = {k: tuple(v.shape) for k, v in tensors.items()}
-    problems = []
-    for name, shape in expected.items():
-        if name in got and got[name] != shape:
-            problems.append(
-                f"first mismatching tensor '{name}': weights have shape {got[name]}, the architecture needs {shape}"
-            )
-            break
+    problems = [
+        f"first mismatching tensor '{name}': weights have shape {got[name]}, the architecture needs {shape}"
+        for name, shape in expected.items()
+        if name in got and got[name] != shape
+    ][:1]
     missing = [k for k in expected if k not in got]
     unexpected = sorted(k for k in got if k not in expected)
 
@@ -344,12 +334,16 @@ def check_state_dict(
     if unexpected:
         problems.append(f"unexpected keys: {_few(unexpected)}")
     if problems:
-        arch = config.model_dump()
-        raise CheckpointError(f"{source} do not match the architecture {arch}: " + "; ".join(problems))
+        raise CheckpointError(f"{source} do not match the architecture {config.model_dump()}: " + "; ".join(problems))
 
 
-def _check_replaceable(path: Path) -> None:
-    """Overwriting replaces the whole directory: only do that to a checkpoint (or an empty directory)."""
+def _check_target(path: Path, overwrite: bool) -> None:
+    """Refuse an existing ``path`` unless ``overwrite``, and then anything but a checkpoint (or an empty
+    directory): overwriting replaces the whole directory."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
     if path.is_dir() and not path.is_symlink():
         others = sorted(p.name for p in path.iterdir() if p.name not in {WEIGHTS_FILE, CARD_FILE})
         if others:
@@ -357,15 +351,6 @@ def _check_replaceable(path: Path) -> None:
                 f"refusing to overwrite {path}: it is not a checkpoint directory (it holds "
                 f"{', '.join(others[:5])}{', ...' if len(others) > 5 else ''}); choose another path"
             )
-
-
-def _check_target(path: Path, overwrite: bool) -> None:
-    """Refuse an existing ``path`` unless ``overwrite``, and then only a checkpoint."""
-    if not (path.exists() or path.is_symlink()):
-        return
-    if not overwrite:
-        raise OutputExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
-    _check_replaceable(path)
 
 
 def _check_card(path: Path, model: FnetUNet, card: ModelCard) -> None:
@@ -382,7 +367,7 @@ def write_checkpoint_files(folder: str | os.PathLike, model: FnetUNet, card: Mod
     folder = Path(folder)
     _check_card(folder, model, card)
     save_tensors(folder / WEIGHTS_FILE, model.state_dict(), {"format": "pt", "content": "chunked_fnet.FnetUNet state dict"})
-    write_bytes(folder / CARD_FILE, _card_bytes(card))
+    write_bytes(folder / CARD_FILE, (card.model_dump_json(indent=2) + "\n").encode())
 
 
 def save_checkpoint(

@@ -125,18 +125,12 @@ def fnet_key_to_pytorch_fnet(key: str, depth: int) -> str:
     prefix = _ROOT + _SUB * level
     if group == "encoders":
         return prefix + "sub_2conv_more." + tail
-    if group == "decoders":
-        return prefix + "sub_2conv_less." + tail
-    part, _, param = tail.partition(".")
-    names = {
-        ("downs", "conv"): "conv_down",
-        ("downs", "bn"): "bn0",
-        ("ups", "conv"): "convt",
-        ("ups", "bn"): "bn1",
-    }
-    if (group, part) not in names or not param:
-        raise KeyError(key)
-    return prefix + names[group, part] + "." + param
+    name = f"{group}.{level}.{tail}"  # matched against _LEVEL_MODULES, read backwards
+    for module, pattern in _LEVEL_MODULES.items():
+        ours = pattern.format(i=level) + "."
+        if name.startswith(ours) and len(name) > len(ours):
+            return prefix + module + "." + name[len(ours) :]
+    raise KeyError(key)
 
 
 @dataclass
@@ -223,10 +217,7 @@ def _infer_config(state: Mapping[str, torch.Tensor], path: Path) -> UNetConfig:
             f"{path}: '{_TOP_LEVEL_TENSOR}' has shape {tuple(first.shape)} and '{_OUT}weight' {tuple(out.shape)}; "
             "expected 2D (4-d) or 3D (5-d) convolution weights"
         )
-    depth = 0
-    for key in state:
-        if key.startswith(_ROOT) and ".sub_2conv_more." in key:
-            depth = max(depth, key.count(_SUB))
+    depth = max((key.count(_SUB) for key in state if key.startswith(_ROOT) and ".sub_2conv_more." in key), default=0)
     try:
         return UNetConfig(
             dims=first.ndim - 2,
@@ -285,10 +276,8 @@ def read_pytorch_fnet(path: str | os.PathLike) -> PytorchFnetFile:
         if "fnet_model_kwargs" in obj or "fnet_model_class" in obj:
             layout = "master"
             kwargs = obj.get("fnet_model_kwargs") or {}
-            nn_class = kwargs.get("nn_class")
+            nn_class, lr, loss = kwargs.get("nn_class"), kwargs.get("lr"), kwargs.get("criterion_class")
             nn_kwargs = dict(kwargs.get("nn_kwargs") or {})
-            lr = kwargs.get("lr")
-            loss = kwargs.get("criterion_class")
         elif "nn_module" in obj:
             layout = "release_1"
             nn_class = obj.get("nn_module")

@@ -25,7 +25,7 @@ from chunked_fnet.io.writer import build_pyramid, create_collection, create_imag
 from chunked_fnet.synth.noise import tiled_normal
 from chunked_fnet.synth.optics import BrightfieldSimulator, Optics
 from chunked_fnet.synth.render import STRUCTURES, refractive_index, render_region
-from chunked_fnet.synth.scene import CellState, Scene, make_scene, state_at
+from chunked_fnet.synth.scene import CellState, make_scene, state_at
 
 BRIGHTFIELD = "brightfield"
 CHANNEL_COLORS = {
@@ -120,7 +120,6 @@ def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False, p
             group = create_image(
                 path,
                 shape=config.image_shape,
-                dims=("t", "c", "z", "y", "x"),
                 chunks=(1, 1, *config.chunks),
                 dtype="uint16",
                 scale={"t": config.time_interval, "z": config.voxel_size[0], "y": config.voxel_size[1], "x": config.voxel_size[2]},
@@ -147,12 +146,9 @@ def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False, p
 def _display_ranges(config: SynthConfig) -> list[dict[str, float]]:
     """Each channel's omero display range: from the camera offset to about its brightest signal."""
     p = config.photons
-    out = []
-    for name in config.channel_names:
-        peak = getattr(p, name)
-        out.append({"min": 0.0, "max": 65535.0, "start": p.offset, "end": p.offset + (peak * 1.3 if name == BRIGHTFIELD else peak * 0.8)})
-    if out:
-        out[0]["start"] = p.offset + 0.5 * p.brightfield
+    ends = [p.offset + getattr(p, name) * (1.3 if name == BRIGHTFIELD else 0.8) for name in config.channel_names]
+    out = [{"min": 0.0, "max": 65535.0, "start": p.offset, "end": end} for end in ends]
+    out[0]["start"] = p.offset + 0.5 * p.brightfield  # channel 0 is the bright field
     return out
 
 
@@ -203,8 +199,7 @@ def _write_brightfield(group: zarr.Group, config: SynthConfig, state: CellState,
 
 
 def _write_fluorescence(group: zarr.Group, config: SynthConfig, state: CellState, fov: int, t: int, threads: int) -> None:
-    sigma_um = config.optics.psf_sigma()
-    sigma = [s / v for s, v in zip(sigma_um, config.voxel_size, strict=True)]
+    sigma = [s / v for s, v in zip(config.optics.psf_sigma(), config.voxel_size, strict=True)]
     halo = [int(math.ceil(4 * s)) + 1 for s in sigma]
     _, cy, cx = config.chunks
     columns = [(y, x) for y in range(0, config.size_y, cy) for x in range(0, config.size_x, cx)]
@@ -237,11 +232,7 @@ def _write_fluorescence(group: zarr.Group, config: SynthConfig, state: CellState
 
 def summary(paths: Sequence[str], config: SynthConfig, seconds: float | None = None) -> str:
     """A short human-readable description of what was written."""
-    disk = 0
-    for p in paths:
-        root = Path(p)
-        if root.exists():
-            disk += sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    disk = sum(f.stat().st_size for root in map(Path, paths) if root.exists() for f in root.rglob("*") if f.is_file())
     lines = [
         f"synthetic paired dataset: {len(paths)} field(s) of view",
         *[f"  {p}" for p in paths],

@@ -83,8 +83,7 @@ def load_stack() -> RealStack:
     import tifffile
 
     nuclei_path, labels_path = data_file(NUCLEI_FILE), data_file(LABELS_FILE)
-    nuclei = tifffile.imread(nuclei_path)
-    labels = tifffile.imread(labels_path)
+    nuclei, labels = tifffile.imread(nuclei_path), tifffile.imread(labels_path)
     if nuclei.ndim != 3 or nuclei.shape != labels.shape:
         raise InputError(f"{nuclei_path}: expected a 3D stack with labels of the same shape, got {nuclei.shape} and {labels.shape}")
     if not labels.any():

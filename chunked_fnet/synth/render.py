@@ -36,10 +36,6 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(x))
 
 
-def _axes_coords(origin: Sequence[float], shape: Sequence[int], voxel: Sequence[float]) -> list[np.ndarray]:
-    return [(o + v * np.arange(n)).astype(np.float32) for o, v, n in zip(origin, voxel, shape, strict=True)]
-
-
 def render_region(
     state: CellState, origin: Sequence[float], shape: Sequence[int], voxel: Sequence[float]
 ) -> dict[str, np.ndarray]:
@@ -48,7 +44,7 @@ def render_region(
     ``origin`` is the physical position (µm) of the box's first voxel centre, ``voxel`` the spacing.
     """
     shape = tuple(int(n) for n in shape)
-    zc, yc, xc = _axes_coords(origin, shape, voxel)
+    zc, yc, xc = [(o + v * np.arange(n)).astype(np.float32) for o, v, n in zip(origin, voxel, shape, strict=True)]
     # Edges are softened by about half a voxel (anti-aliasing); thin shells (membranes, envelope) are
     # at least half the coarsest voxel thick so that a 0.29 um z-step does not sample them into terraces.
     soft = 0.5 * float(np.cbrt(np.prod(voxel)))
@@ -84,8 +80,7 @@ def render_region(
         _render_cell(state, i, zc, yc, xc, owner, soft, thin, out)
         tubules.append(state.mitochondria[i])
     out["mitochondria"] = _tubule_density(np.concatenate(tubules) if tubules else np.zeros((0, 3)), origin, shape, voxel)
-    out["cell"] = cell
-    out["membrane"] = membrane
+    out.update(cell=cell, membrane=membrane)
     out["er"] *= cell * (1 - out["nucleus"])
     out["mitochondria"] *= cell
     return out
@@ -175,15 +170,8 @@ def _tubule_density(points: np.ndarray, origin: Sequence[float], shape: Sequence
 def refractive_index(d: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Refractive-index increment over the medium, and absorption index, from structure densities."""
     n = REFRACTIVE_INDEX
-    delta = (
-        n["cytoplasm"] * d["cell"] * (1 - d["nucleus"])
-        + n["nucleus"] * d["nucleus"]
-        + n["chromatin"] * d["dna"]
-        + n["nucleoli"] * d["nucleoli"]
-        + n["nuclear_envelope"] * d["nuclear_envelope"]
-        + n["membrane"] * d["membrane"]
-        + n["mitochondria"] * d["mitochondria"]
-        + n["er"] * d["er"]
-    )
+    delta = n["cytoplasm"] * d["cell"] * (1 - d["nucleus"]) + n["nucleus"] * d["nucleus"] + n["chromatin"] * d["dna"]
+    for name in ("nucleoli", "nuclear_envelope", "membrane", "mitochondria", "er"):  # each density with its own increment
+        delta = delta + n[name] * d[name]
     absorption = 2e-4 * d["nucleoli"] + 5e-5 * d["dna"]
     return delta.astype(np.float32), absorption.astype(np.float32)

@@ -99,8 +99,7 @@ def make_scene(
         [np.minimum(0.36 * height, 0.42 * step), a_xy * rng.uniform(1.0, 1.25, n), a_xy / rng.uniform(1.0, 1.25, n)],
         axis=1,
     )
-    nucleoli = []
-    mitochondria = []
+    nucleoli, mitochondria = [], []
     for i in range(n):
         k = rng.integers(1, 4)
         direction = rng.normal(size=(k, 3))
@@ -184,8 +183,7 @@ def state_at(scene: Scene, minutes: float) -> CellState:
         p = c.nucleoli[i]
         local = p[:, :3] * axes[i]
         yx = np.stack([cos * local[:, 1] - sin * local[:, 2], sin * local[:, 1] + cos * local[:, 2]], axis=1)
-        absolute = np.concatenate([nuc_center[i, :1] + local[:, :1], nuc_center[i, 1:] + yx, p[:, 3:]], axis=1)
-        nucleoli.append(absolute)
+        nucleoli.append(np.concatenate([nuc_center[i, :1] + local[:, :1], nuc_center[i, 1:] + yx, p[:, 3:]], axis=1))
         turn = c.nucleus_spin[i] * minutes * 0.5
         ct, st = np.cos(turn), np.sin(turn)
         pts = np.concatenate(c.mitochondria[i]) if c.mitochondria[i] else np.zeros((0, 3))

@@ -69,13 +69,13 @@ def _time_index(image: xr.DataArray, t: int) -> int:
     return t % n
 
 
-def _at_time(image: xr.DataArray, seconds: float | None) -> xr.DataArray:
-    """The frame of ``image`` nearest a physical time (or its only frame)."""
-    if "t" not in image.dims:
-        return image
-    if seconds is None:
-        return image.isel(t=0)
-    return image.sel(t=seconds, method="nearest")
+def _input_frame(input_image: xr.DataArray, prediction: xr.DataArray, ti: int) -> xr.DataArray:
+    """The input's frame nearest the physical time of the prediction's time point ``ti`` (or its only frame)."""
+    if "t" not in input_image.dims:
+        return input_image
+    if "t" not in prediction.dims:
+        return input_image.isel(t=0)
+    return input_image.sel(t=float(prediction["t"].values[ti]), method="nearest")
 
 
 def _plane(frame: xr.DataArray, channel: str, *, z: float | None = None, y: float | None = None) -> xr.DataArray:
@@ -83,13 +83,10 @@ def _plane(frame: xr.DataArray, channel: str, *, z: float | None = None, y: floa
     if "c" in frame.dims:
         frame = frame.isel(c=channel_index(frame, channel, "display"))
     if y is not None:
-        plane = frame.sel(y=y, method="nearest")
-        return plane.transpose("z", "x")
+        return frame.sel(y=y, method="nearest").transpose("z", "x")
     if "z" in frame.dims:
-        plane = frame.sel(z=z if z is not None else float(frame["z"].values[frame.sizes["z"] // 2]), method="nearest")
-    else:
-        plane = frame
-    return plane.transpose("y", "x")
+        frame = frame.sel(z=z if z is not None else float(frame["z"].values[frame.sizes["z"] // 2]), method="nearest")
+    return frame.transpose("y", "x")
 
 
 def _extent(plane: xr.DataArray) -> tuple[float, float, float, float]:
@@ -103,7 +100,6 @@ def _extent(plane: xr.DataArray) -> tuple[float, float, float, float]:
     if rows == "z":
         return c[0] - dc / 2, c[-1] + dc / 2, r[0] - dr / 2, r[-1] + dr / 2
     return c[0] - dc / 2, c[-1] + dc / 2, r[-1] + dr / 2, r[0] - dr / 2
-
 
 
 def _limits(values: np.ndarray) -> tuple[float, float]:
@@ -178,6 +174,11 @@ def _label_outer(axes: np.ndarray, xlabel: str, ylabel: str) -> None:
                 ax.tick_params(labelleft=False)
 
 
+def _legend(fig: Figure, names: Sequence[str], colors: Mapping[str, str], ncols: int) -> None:
+    """The structures' colours, below the panels."""
+    fig.legend(handles=[Patch(color=colors[n], label=n) for n in names], loc="outside lower center", ncols=ncols, frameon=False, fontsize=7)
+
+
 def _time_label(image: xr.DataArray, ti: int) -> str:
     if "t" not in image.dims:
         return ""
@@ -214,19 +215,16 @@ def slices_figure(
     names = _pick_structures(prediction, structures)
     colors = channel_colors(prediction)
     ti = _time_index(prediction, t)
-    seconds = float(prediction["t"].values[ti]) if "t" in prediction.dims else None
     pred = prediction.isel(t=ti) if "t" in prediction.dims else prediction
-    inp = _at_time(input_image, seconds)
-    bf = channel_index(input_image, input_channel, "input (transmitted-light)")
-    bf_name = channel_names(input_image)[bf]
+    inp = _input_frame(input_image, prediction, ti)
+    bf_name = channel_names(input_image)[channel_index(input_image, input_channel, "input (transmitted-light)")]
     if z is None and "z" in pred.dims:
         z = float(pred["z"].values[pred.sizes["z"] // 2])
     unit = _space_unit(prediction)
     input_plane = _plane(inp, bf_name, z=z)
     height = float(abs(_extent(input_plane)[2] - _extent(input_plane)[3]))
     width = float(abs(_extent(input_plane)[1] - _extent(input_plane)[0]))
-    panel_w = PANEL_IN if width >= height else PANEL_IN * width / height
-    panel_h = PANEL_IN * height / width if width >= height else PANEL_IN
+    panel_w, panel_h = (PANEL_IN, PANEL_IN * height / width) if width >= height else (PANEL_IN * width / height, PANEL_IN)
     fig = Figure(figsize=(3 * panel_w + 0.9, len(names) * panel_h + 0.7), dpi=DPI, layout="constrained")
     axes = np.asarray(fig.subplots(len(names), 3, squeeze=False, sharex=True, sharey=True))
     input_names = channel_names(input_image)
@@ -354,8 +352,7 @@ def overlay_figure(
     xz_extent = _extent(_plane(frame, names[0], y=y))
     columns: list[tuple[str, np.ndarray, np.ndarray, tuple, tuple, str | None]] = []
     if input_image is not None:
-        seconds = float(prediction["t"].values[ti]) if "t" in prediction.dims else None
-        inp = _at_time(input_image, seconds)
+        inp = _input_frame(input_image, prediction, ti)
         bf_name = channel_names(input_image)[channel_index(input_image, input_channel, "input (transmitted-light)")]
         a, b = _plane(inp, bf_name, z=z), _plane(inp, bf_name, y=y)
         columns.append((f"input ({bf_name})", a.values.astype(np.float32), b.values.astype(np.float32), _extent(a), _extent(b), "gray"))
@@ -377,20 +374,12 @@ def overlay_figure(
                 lo, hi = _limits(image)
                 ax.imshow(image, cmap=cmap, vmin=lo, vmax=hi, extent=ext, interpolation="nearest", origin=origin)
             ax.set_aspect("equal")
-            ax.tick_params(labelsize=6, length=2)
-            if col == 0:
-                ax.set_ylabel(f"{'y' if row == 0 else 'z'} ({unit})", fontsize=7)
-            else:
-                ax.tick_params(labelleft=False)
-            if row == 1:
-                ax.set_xlabel(f"x ({unit})", fontsize=7)
         axes[0, col].set_title(title, fontsize=8)
         add_scale_bar(axes[0, col], width, unit)
         axes[0, col].axhline(y, color="white", lw=0.5, ls=":")
-    fig.legend(
-        handles=[Patch(color=colors[n], label=n) for n in names], loc="outside lower center", ncols=min(len(names), 4),
-        frameon=False, fontsize=7,
-    )
+    _label_outer(axes, f"x ({unit})", f"y ({unit})")
+    axes[1, 0].set_ylabel(f"z ({unit})", fontsize=7)
+    _legend(fig, names, colors, min(len(names), 4))
     fig.suptitle(f"xy at z = {z:.2f} {unit}, xz at y = {y:.2f} {unit} (dotted)  ·  {_time_label(prediction, ti)}", fontsize=8)
     return fig
 
@@ -445,14 +434,12 @@ def timelapse_figure(
     panel = 2.0
     fig = Figure(figsize=(len(frames) * panel + 0.8, rows * panel * height / width + 1.0), dpi=DPI, layout="constrained")
     axes = np.asarray(fig.subplots(rows, len(frames), squeeze=False, sharex=True, sharey=True))
-    bf_name = None
+    bf_name: str | None = None
+    bf_planes: list[tuple[np.ndarray, tuple]] = []
     if input_image is not None:
         bf_name = channel_names(input_image)[channel_index(input_image, input_channel, "input (transmitted-light)")]
-    bf_planes = []
-    for col, ti in enumerate(frames):
-        if input_image is not None:
-            seconds = float(prediction["t"].values[ti]) if "t" in prediction.dims else None
-            p = _plane(_at_time(input_image, seconds), bf_name, z=z)  # type: ignore[arg-type]
+        for ti in frames:
+            p = _plane(_input_frame(input_image, prediction, ti), bf_name, z=z)
             bf_planes.append((np.asarray(p.values, dtype=np.float32), _extent(p)))
     bf_limits = _limits(np.concatenate([v.ravel() for v, _ in bf_planes])) if bf_planes else None
     for col, ti in enumerate(frames):
@@ -470,10 +457,7 @@ def timelapse_figure(
     if bf_planes:
         axes[0, 0].set_ylabel(f"input ({bf_name})\ny ({unit})", fontsize=7)
         axes[1, 0].set_ylabel(f"prediction\ny ({unit})", fontsize=7)
-    fig.legend(
-        handles=[Patch(color=colors[n], label=n) for n in names], loc="outside lower center", ncols=min(len(names), 6),
-        frameon=False, fontsize=7,
-    )
+    _legend(fig, names, colors, min(len(names), 6))
     fig.suptitle(f"merged prediction over time at z = {z:.2f} {unit}", fontsize=8)
     return fig
 

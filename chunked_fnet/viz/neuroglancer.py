@@ -72,10 +72,7 @@ def describe_source(path: str | Path, url: str, *, series: str | None = None) ->
             f"{where}: OME-NGFF {meta.version} cannot be shown; neuroglancer reads NGFF {' and '.join(NEUROGLANCER_NGFF)} "
             "(rewrite it with chunked-fnet convert/predict --ngff-version 0.5)"
         )
-    if "c" in image.dims:
-        names = tuple(str(c) for c in image["c"].values)
-    else:
-        names = (str(image.name),)
+    names = tuple(str(c) for c in image["c"].values) if "c" in image.dims else (str(image.name),)
     colors = tuple(meta.channel_colors or ("FFFFFF",) * len(names))
     ranges = tuple(meta.display_ranges or ({},) * len(names))
     return ImageSource(
@@ -139,14 +136,9 @@ def _global_dimensions(images: Sequence[ImageSource]) -> tuple[list[str], list[f
         present = [im for im in images if dim in im.dims]
         if not present:
             continue
-        if dim == "t":
-            factors = [seconds(im.units.get("t")) for im in present]
-            unit = "s"
-        else:
-            factors = [metres(im.units.get(dim)) for im in present]
-            unit = "m"
+        to_si, unit = (seconds, "s") if dim == "t" else (metres, "m")
         names.append(dim)
-        scales.append(min(im.scale.get(dim, 1.0) * f for im, f in zip(present, factors, strict=True)))
+        scales.append(min(im.scale.get(dim, 1.0) * to_si(im.units.get(dim)) for im in present))
         units.append(unit)
     return names, scales, units
 
@@ -179,30 +171,13 @@ def build_state(
     state.dimensions = neuroglancer.CoordinateSpace(names=names, scales=scales, units=units)
     if input_image is not None:
         index = _input_index(input_image, input_channel)
-        label = input_image.channel_names[index]
         grey = _stored_range(input_image.display_ranges[index], (0.0, 1.0))
         if contrast == "data":
             grey = data_ranges(input_image, [index], FULL_PERCENTILES, t0)[0]
-        state.layers.append(
-            name=f"input: {label}",
-            layer=neuroglancer.ImageLayer(
-                source=input_image.source,
-                shader=grey_shader(grey),
-                opacity=INPUT_OPACITY,
-                **_channel_position(input_image, index),
-            ),
-        )
+        _add_layer(state, f"input: {input_image.channel_names[index]}", input_image, index, shader=grey_shader(grey), opacity=INPUT_OPACITY)
     for index, structure in enumerate(prediction.channel_names):
-        state.layers.append(
-            name=structure,
-            layer=neuroglancer.ImageLayer(
-                source=prediction.source,
-                shader=color_shader(prediction.channel_colors[index], structure_ranges[index]),
-                blend="additive",
-                opacity=1.0,
-                **_channel_position(prediction, index),
-            ),
-        )
+        shader = color_shader(prediction.channel_colors[index], structure_ranges[index])
+        _add_layer(state, structure, prediction, index, shader=shader, blend="additive", opacity=1.0)
     position = []
     for dim, scale in zip(names, scales, strict=True):
         if dim == "t":
@@ -236,12 +211,13 @@ def _input_index(image: ImageSource, channel: str | int) -> int:
     return names.index(channel)
 
 
-def _channel_position(image: ImageSource, index: int) -> dict[str, Any]:
-    """Pick one channel: neuroglancer makes an OME channel axis the layer-local dimension ``c'``,
-    with channel i centred on local coordinate i."""
-    if "c" not in image.dims:
-        return {}
-    return {"local_position": [index]}
+def _add_layer(state: Any, name: str, image: ImageSource, index: int, **settings: Any) -> None:
+    """An image layer showing channel ``index`` of ``image``: neuroglancer makes an OME channel axis the
+    layer-local dimension ``c'``, with channel i centred on local coordinate i."""
+    import neuroglancer
+
+    position = {"local_position": [index]} if "c" in image.dims else {}
+    state.layers.append(name=name, layer=neuroglancer.ImageLayer(source=image.source, **settings, **position))
 
 
 @dataclass
@@ -275,11 +251,6 @@ class ViewSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _served_path(path: str | Path, series: str | None) -> Path:
-    folder = Path(str(path).removeprefix("file://"))
-    return folder / str(series) if series is not None else folder
 
 
 def open_view(
@@ -317,7 +288,8 @@ def open_view(
             url = str(path).rstrip("/") + "/" + (f"{series}/" if series is not None else "")
             images[name] = describe_source(path, url, series=series)
         else:
-            stores[name] = _served_path(path, series)
+            folder = Path(str(path).removeprefix("file://"))
+            stores[name] = folder / str(series) if series is not None else folder
             images[name] = describe_source(stores[name], "")  # checked before anything listens
     _check_overlap(images["prediction"], images.get("input"))
     server = StoreServer(stores, port=port) if stores else None
@@ -352,14 +324,12 @@ def _check_overlap(pred: ImageSource, inp: ImageSource | None) -> None:
 
 def layer_summary(state: Any) -> list[dict[str, Any]]:
     """Name, source, channel and blending of each layer: what a user (or a test) checks first."""
-    out = []
-    for layer in state.layers:
-        out.append(
-            {
-                "name": layer.name,
-                "source": layer.source[0].url,
-                "channel": list(np.asarray(layer.local_position)) if layer.local_position is not None else None,
-                "blend": layer.blend,
-            }
-        )
-    return out
+    return [
+        {
+            "name": layer.name,
+            "source": layer.source[0].url,
+            "channel": list(np.asarray(layer.local_position)) if layer.local_position is not None else None,
+            "blend": layer.blend,
+        }
+        for layer in state.layers
+    ]

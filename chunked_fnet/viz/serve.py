@@ -60,9 +60,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
         return "unsatisfiable"
     if not first:  # suffix range: the last N bytes
         n = int(last)
-        if n == 0:
-            return "unsatisfiable"
-        return (max(0, size - n), size - 1) if size else "unsatisfiable"
+        return (max(0, size - n), size - 1) if size and n else "unsatisfiable"
     start = int(first)
     end = min(int(last), size - 1) if last else size - 1
     if start >= size or end < start:
@@ -190,22 +188,18 @@ class _Handler(BaseHTTPRequestHandler):
         length = end - start + 1 if size else 0
         data = b""
         if target.remote is not None and body and length:
-            try:  # fetched before the headers: a failed read is a clean 502, not a short body
+            try:  # fetched before the headers: a failed (or short) read is a clean 502, not a short body
                 data = target.remote.read(list(target.rest), start, end)
             except OSError:
-                self._empty(HTTPStatus.BAD_GATEWAY)
-                return
+                pass  # data stays empty
             if len(data) != length:
                 self._empty(HTTPStatus.BAD_GATEWAY)
                 return
         self.send_response(HTTPStatus.PARTIAL_CONTENT if isinstance(wanted, tuple) else HTTPStatus.OK)
         self._cors()
         name = target.name
-        if name in _JSON_NAMES or name.endswith(".json"):
-            content_type = "application/json"
-        else:
-            content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        self.send_header("Content-Type", content_type)
+        is_json = name in _JSON_NAMES or name.endswith(".json")
+        self.send_header("Content-Type", "application/json" if is_json else mimetypes.guess_type(name)[0] or "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Cache-Control", "no-cache")  # a store may be rewritten while it is viewed
         self.send_header("Content-Length", str(length))
@@ -255,13 +249,10 @@ class StoreServer:
         for name, folder in stores.items():
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (".", ".."):
                 raise InputError(f"store name {name!r}: use letters, digits, '_', '-' or '.' only (it becomes a URL path)")
-            if isinstance(folder, RemoteStore):
-                roots[name] = folder
-                continue
-            path = Path(folder).expanduser().resolve()
-            if not path.is_dir():
+            root = folder if isinstance(folder, RemoteStore) else Path(folder).expanduser().resolve()
+            if isinstance(root, Path) and not root.is_dir():
                 raise InputError(f"{folder}: not a folder; expected a local OME-Zarr store to serve")
-            roots[name] = path
+            roots[name] = root
         self._server = _Server(roots, port, verbose)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
         self._thread.start()
