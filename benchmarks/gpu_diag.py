@@ -8,7 +8,6 @@ import torch
 
 def timed_block(run, task, prof=True):
     """``run``: the (job, policy) pair a block task gets."""
-    import torch, time
     from chunked_fnet.predict.job import predict_block
     predict_block(run, task)
     torch.cuda.synchronize()
@@ -30,7 +29,6 @@ def timed_block(run, task, prof=True):
 
 
 def bare(ckpt, frame, precision):
-    import torch, time
     from chunked_fnet.model import load_checkpoint
     torch.backends.cudnn.benchmark = True
     m = load_checkpoint(ckpt)[0].inference_copy().eval().cuda()

@@ -32,7 +32,7 @@ from chunked_fnet.evaluate.metrics import normalized_error, pearson_r  # noqa: E
 from chunked_fnet.evaluate.report import evaluate_run, summarize, write_report  # noqa: E402
 from chunked_fnet.predict import PredictOptions  # noqa: E402
 from chunked_fnet.synth import real  # noqa: E402
-from chunked_fnet.synth.dataset import BRIGHTFIELD, CHANNEL_COLORS, SynthConfig, generate  # noqa: E402
+from chunked_fnet.synth.dataset import CHANNEL_COLORS, SynthConfig, generate  # noqa: E402
 from chunked_fnet.train.trainer import TrainConfig, train  # noqa: E402
 
 ROOT = _common.ROOT

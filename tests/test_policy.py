@@ -137,3 +137,19 @@ def test_predict_predict_volume_and_evaluate_choose_the_same_window(data, monkey
                                   in_memory)  # predict_volume's defaults are the policy's window
     for policy in (*seen, summary.policy):
         assert policy.window == chunked.window and policy.precision == chunked.precision
+
+
+@pytest.mark.parametrize("given", ["path", "dataarray"])
+def test_planning_opens_the_input_store_once(data, monkeypatch, given) -> None:
+    """plan() reads metadata, checks completeness and computes the frame statistics from one opened store."""
+    import chunked_fnet.io.reader as reader
+
+    root, image, models = data
+    source = reader.open_image(image) if given == "dataarray" else image
+    opened: list[str] = []
+    real = reader.open_zarr_group
+    monkeypatch.setattr(reader, "open_zarr_group", lambda path, options: opened.append(str(path)) or real(path, options))
+    job = plan(source, models, root / f"once-{given}.zarr", PredictOptions())
+    assert opened == [str(image)]
+    assert job.input_array.shape == zarr.open_array(image / "0", mode="r").shape  # the tasks in this process reuse it
+    assert opened == [str(image)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,11 @@ def open_image(
     the NGFF version, units, channel colours and the source, so writers can carry them forward.
     """
     arr, meta, where = open_level_array(path, level=level, series=series, storage_options=storage_options)
+    return as_image(arr, meta, where, level)
+
+
+def as_image(arr: zarr.Array, meta: ImageMetadata, where: str, level: int = 0) -> xr.DataArray:
+    """The DataArray of an array :func:`open_level_array` opened (no I/O: code that needs both opens once)."""
     # what da.from_zarr(arr) makes (same name, so locate() recognises the layer), reading through
     # read_array so that a damaged chunk ends in one line naming it rather than a codec's error
     data = da.from_array(
@@ -349,6 +354,8 @@ class Selection:
     size: dict[str, int]
     channels: tuple[int, ...]
     dropped: frozenset[str]
+    array: zarr.Array = field(compare=False, repr=False)  # the level's array, opened once for all who read it
+    meta: ImageMetadata = field(compare=False, repr=False)
 
 
 def _indices(image: xr.DataArray, full: xr.DataArray, dim: str, where: str) -> np.ndarray:
@@ -392,12 +399,12 @@ def _refuse_changed_values(image: xr.DataArray, full: xr.DataArray, where: str) 
         raise OmeZarrError(f"{where}: the DataArray's values do not come from this store's level {full.attrs['level']}")
 
 
-def locate(image: xr.DataArray) -> Selection:
+def locate(image: xr.DataArray, opened: tuple[zarr.Array, ImageMetadata] | None = None) -> Selection:
     """Find what part of which store ``image`` holds, so that work on it can read the store itself.
 
     Refuses, in one line naming the axis and what was selected, what cannot be honoured: a
     DataArray that was not opened with :func:`open_image`, a strided or non-contiguous selection
-    along t, z, y or x, or a single z/y/x plane selected with a scalar.
+    along t, z, y or x, or a scalar z/y/x plane. ``opened``: the level's (array, metadata) if just opened.
     """
     source, level = image.attrs.get("source"), image.attrs.get("level")
     if source is None or level is None:
@@ -407,7 +414,8 @@ def locate(image: xr.DataArray) -> Selection:
         )
     if "***" in str(source):
         raise OmeZarrError(f"{source}: the store's URL holds credentials that were hidden; pass the URL itself instead of the DataArray")
-    full = open_image(source, level=int(level))
+    array, meta = opened or open_level_array(source, level=int(level))[:2]
+    full = as_image(array, meta, str(source), int(level))
     where = f"{source} (level {level})"
     _refuse_changed_values(image, full, where)
     start, size, dropped = {}, {}, set()
@@ -431,4 +439,4 @@ def locate(image: xr.DataArray) -> Selection:
                 f"select a contiguous range, e.g. isel({dim}=slice(start, stop))"
             )
         start[dim], size[dim] = int(index[0]), int(index.size)
-    return Selection(str(source), int(level), start, size, channels, frozenset(dropped))
+    return Selection(str(source), int(level), start, size, channels, frozenset(dropped), array, meta)

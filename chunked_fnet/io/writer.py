@@ -31,8 +31,6 @@ from chunked_fnet.io.ngff import (
 from chunked_fnet.io.store import describe, is_url, open_store, redact
 from chunked_fnet.progress import compute_with_progress
 
-SPATIAL = ("z", "y", "x")
-
 
 def pyramid_factors(
     dims: Sequence[str], shape: Sequence[int], scale: Mapping[str, float], levels: int

@@ -15,7 +15,7 @@ import xarray as xr
 from chunked_fnet.device import parse_device
 from chunked_fnet.errors import InputError
 from chunked_fnet.io.completeness import completeness
-from chunked_fnet.io.reader import Selection, channel_index, locate, open_image, open_level_array, spatial_frame
+from chunked_fnet.io.reader import Selection, as_image, channel_index, locate, open_level_array, spatial_frame
 from chunked_fnet.io.store import is_url, redact
 from chunked_fnet.predict.ensemble import Member, check_ensemble
 from chunked_fnet.predict.job import PredictJob
@@ -41,9 +41,9 @@ def plan(
     level, maybe subset with ``isel``/``sel``: exactly its time points and its z/y/x extent are
     predicted, and the output's origin is the subset's physical origin.
     """
-    if not isinstance(image, xr.DataArray):
-        image = open_image(str(image), series=series)
-    selection = locate(image)
+    opened = None if isinstance(image, xr.DataArray) else open_level_array(str(image), series=series)
+    image = image if opened is None else as_image(*opened)  # the input is opened once in this process
+    selection = locate(image, opened and opened[:2])
     source = selection.source
     _refuse_output_inside_input(source, str(out))
     if "z" not in selection.start:
@@ -54,8 +54,7 @@ def plan(
     paths = [str(p) for p in models]
     members, hashes = check_ensemble(paths)
     frames = _selected_times(image, selection, options)
-    level_array, level_meta, _ = open_level_array(source, level=selection.level)
-    missing = _check_complete(level_array, level_meta.dims, selection, frames, store_channel, options)
+    missing = _check_complete(selection.array, selection.meta.dims, selection, frames, store_channel, options)
     name = options.input_channel if "c" in image.dims else image["c"].item() if "c" in image.coords else 0
     stats = tuple(
         frame_stats(spatial_frame(image, i, channel), f"{source} t={t} channel {name!r}", options.nonfinite)
@@ -72,7 +71,7 @@ def plan(
     job = PredictJob(
         input_path=source,
         series=None,
-        input_dims=tuple(level_meta.dims),
+        input_dims=tuple(selection.meta.dims),
         channel_index=store_channel,
         times=times,
         stats=stats,
@@ -88,13 +87,13 @@ def plan(
         time_scale=tscale,
         time_unit=image.attrs["units"].get("t") or "second",
         input_info={
-            "shape": list(level_array.shape), "dtype": str(image.dtype), "scale": dict(scale),
+            "shape": list(selection.array.shape), "dtype": str(image.dtype), "scale": dict(scale),
             "translation": dict(image.attrs["translation"]), "missing_chunks_filled": missing,
         },
         input_level=selection.level,
         input_offset=tuple(selection.start[d] for d in ("z", "y", "x")),  # type: ignore[arg-type]
     )
-    job.__dict__["input_array"] = level_array  # the store this process just opened: the tasks run in process read it too
+    job.__dict__["input_array"] = selection.array  # the store this process just opened: the tasks run in process read it too
     return job
 
 

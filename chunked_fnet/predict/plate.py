@@ -25,7 +25,7 @@ from chunked_fnet.predict.submit import RunSummary
 from chunked_fnet.predict.ledger import Ledger, differences
 from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.predict.plan import plan
-from chunked_fnet.predict.run import run_jobs
+from chunked_fnet.predict.run import refuse_resume_with_overwrite, run_jobs
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,7 @@ def predict_plate(
     predicted; when no field can be, :class:`InputError` lists why and nothing is written.
     """
     options = options or PredictOptions()
-    if resume and overwrite:
-        raise InputError("resume and overwrite exclude each other: resume keeps the finished chunks, overwrite deletes them")
+    refuse_resume_with_overwrite(resume, overwrite)
     info = read_plate(str(plate))
     out = str(out)
     jobs, names, refused = [], [], {}

@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from chunked_fnet.errors import InputError
 from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.sliding_window.window import SlidingWindow, fit_patch, min_band_overlap
@@ -215,16 +217,12 @@ def _recompute(patch: Sequence[int], frame: Sequence[int], overlap: Sequence[int
 def _refuse_too_small(patch: Sequence[int], frame: Sequence[int], needed: Sequence[int], m: int, low: Sequence[int]) -> None:
     """Refuse an explicit patch that, with the overlap the models need, would evaluate the frame more than
     :data:`MAX_RECOMPUTE` times or leave no voxel outside the spoilt rim; name the smallest one that works."""
-    fitted = [p if p < n else m * math.ceil(n / m) for p, n in zip(patch, frame, strict=True)]
-    if _recompute(fitted, frame, needed) <= MAX_RECOMPUTE:
-        return
-    ranges = [range(max(p, lo), max(p, lo, m * math.ceil(n / m)) + 1, m) for p, n, lo in zip(fitted, frame, low, strict=True)]
-    best = min(
-        ((math.prod(c), _recompute(c, frame, needed), c) for c in itertools.product(*ranges) if _recompute(c, frame, needed) <= MAX_RECOMPUTE),
-        default=None,
-    )
-    smallest = f"the smallest patch that works is {list(best[2])} (each voxel evaluated {best[1]:.2f}x)" if best else "no patch fits"
+    fitted = [p if p < n else _up(n, m) for p, n in zip(patch, frame, strict=True)]
     cost = _recompute(fitted, frame, needed)
+    if cost <= MAX_RECOMPUTE:
+        return
+    best = _smallest_patch(fitted, frame, needed, m, low)
+    smallest = f"the smallest patch that works is {best[1]} (each voxel evaluated {best[0]:.2f}x)" if best else "no patch fits"
     cost_text = f"each voxel would be evaluated {cost:.1f}x" if math.isfinite(cost) else "no voxel of a patch would lie outside that rim"
     raise InputError(
         f"patch_shape {list(patch)} is too small for the {list(needed)}-voxel overlap the models need where patches meet "
@@ -233,14 +231,23 @@ def _refuse_too_small(patch: Sequence[int], frame: Sequence[int], needed: Sequen
     )
 
 
+def _smallest_patch(start: Sequence[int], frame: Sequence[int], needed: Sequence[int], m: int, low: Sequence[int]) -> tuple[float, list[int]] | None:
+    """The fewest-voxel patch from ``start`` up costing at most :data:`MAX_RECOMPUTE`, and its cost. The cost is
+    a product over axes, so only sizes cheaper than every smaller size of their axis are tried (a few per axis)."""
+    axes: list[list[tuple[int, float]]] = [[] for _ in frame]
+    for front, p, n, o, lo in zip(axes, start, frame, needed, low, strict=True):
+        for size in range(max(p, lo), max(p, lo, _up(n, m)) + 1, m):
+            cost = _recompute([size], [n], [o])
+            if not front or cost < front[-1][1]:
+                front.append((size, cost))
+    fits = [(math.prod(s for s, _ in c), math.prod(r for _, r in c), [s for s, _ in c]) for c in itertools.product(*axes)]
+    best = min((f for f in fits if f[1] <= MAX_RECOMPUTE), default=None)
+    return (best[1], best[2]) if best else None
+
+
 def _blocks_per_frame(window: SlidingWindow, block_shape: Sequence[int]) -> int:
     """Block tasks per frame: model-grid blocks that own at least one patch (the one holding its centre)."""
-    grid = window.grid
-    count = 1
-    for starts, p, n, b in zip(grid.starts, grid.patch, grid.shape, block_shape, strict=True):
-        centres = [min(int(s) + p // 2, n - 1) for s in starts]
-        count *= len({c // max(1, int(b)) for c in centres})
-    return count
+    return math.prod(len(np.unique(window.grid.owner_voxels(a) // max(1, int(b)))) for a, b in enumerate(block_shape))
 
 
 def _precision(option: str, hardware: Hardware, recorded: Mapping[str, Any] | None) -> tuple[str, str]:

@@ -25,7 +25,13 @@ from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.predict.plan import plan
 from chunked_fnet.predict.prepare import create_or_leave_nothing, prepare
 
-__all__ = ["predict", "run_jobs"]
+__all__ = ["predict", "refuse_resume_with_overwrite", "run_jobs"]
+
+
+def refuse_resume_with_overwrite(resume: bool, overwrite: bool) -> None:
+    """Checked before any planning, so that a contradictory command fails at once."""
+    if resume and overwrite:
+        raise InputError("resume and overwrite exclude each other: resume keeps the finished chunks, overwrite deletes them")
 
 
 def run_jobs(
@@ -42,8 +48,7 @@ def run_jobs(
     """Run planned jobs as one run: connect (an unreachable scheduler leaves nothing behind), resolve
     each job's policy and refuse what cannot run (:func:`~chunked_fnet.predict.prepare.prepare`), call
     ``before_create`` (a plate's own metadata), create the outputs not yet started, run every task."""
-    if resume and overwrite:
-        raise InputError("resume and overwrite exclude each other: resume keeps the finished chunks, overwrite deletes them")
+    refuse_resume_with_overwrite(resume, overwrite)
     context = nullcontext(client) if isinstance(client, Client) else local_client(client or ClusterSpec())
     with context as c:
         policies, skips = prepare(jobs, c, resume=resume, overwrite=overwrite)
@@ -75,8 +80,7 @@ def predict(
     ``resume=True`` continues an interrupted run into ``out``: only chunks without a completion
     record are computed, after checking that input, models and parameters are the interrupted run's.
     """
-    if resume and overwrite:
-        raise InputError("resume and overwrite exclude each other: resume keeps the finished chunks, overwrite deletes them")
+    refuse_resume_with_overwrite(resume, overwrite)
     job = plan(image, models, out, options or PredictOptions(), series=series)
     (summary,) = run_jobs([job], client, resume=resume, overwrite=overwrite, progress=progress)
     return open_image(out), summary

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-SPATIAL = ("z", "y", "x")
 _TRUNCATE = 4.0
 
 

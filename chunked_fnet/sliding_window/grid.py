@@ -144,10 +144,13 @@ class PatchGrid:
         per_axis = [s[(s < hi) & (s + p > lo)] for s, p, lo, hi in zip(self.starts, self.patch, box.start, box.stop)]
         return [tuple(int(v) for v in c) for c in itertools.product(*per_axis)]  # type: ignore[misc]
 
+    def owner_voxels(self, axis: int) -> np.ndarray:
+        """Along ``axis``, the voxel that owns each patch start: its centre, or the last real voxel
+        for a centre in the padding (the one rule by which blocks share out the patches)."""
+        return np.minimum(self.starts[axis] + self.patch[axis] // 2, self.shape[axis] - 1)
+
     def _owned_axis(self, axis: int, lo: int, hi: int) -> np.ndarray:
-        s = self.starts[axis]
-        centre = np.minimum(s + self.patch[axis] // 2, self.shape[axis] - 1)
-        return s[(centre >= lo) & (centre < hi)]
+        return self.starts[axis][(lo <= self.owner_voxels(axis)) & (self.owner_voxels(axis) < hi)]
 
     def patches_owned(self, region: Box | Sequence[slice]) -> list[Corner]:
         """Start corners of the patches whose centre voxel lies in ``region``, in canonical order.
