@@ -29,8 +29,10 @@ def _beside(path: Path, suffix: str, create: Callable[[Path], T]) -> tuple[Path,
             continue
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (flushed to disk before the rename)."""
+def write_bytes(path: str | os.PathLike, data: bytes, *, exclusive: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (flushed to disk before the rename). ``exclusive``: only if
+    ``path`` does not exist (FileExistsError otherwise), by a hard link, which, unlike a rename, never
+    replaces: of two writers at one moment exactly one succeeds, and no reader sees half a file."""
     path = Path(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     tmp, fd = _beside(path, ".tmp", lambda p: os.open(p, flags, 0o666))
@@ -39,7 +41,11 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -27,6 +27,10 @@ _SECRET_QUERY = re.compile(
 _NO_URL_CREDENTIALS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 
 
+#: The folder inside an output where chunked_fnet keeps a run's record and claims (zarr readers ignore it).
+RUN_FOLDER = ".chunked_fnet"
+
+
 def is_url(store: Any) -> bool:
     return isinstance(store, str) and bool(_URL.match(store)) and not store.startswith("file://")
 

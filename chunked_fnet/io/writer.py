@@ -28,7 +28,7 @@ from chunked_fnet.io.ngff import (
     ngff_attrs,
     parse_image_attrs,
 )
-from chunked_fnet.io.store import describe, is_url, open_store, redact
+from chunked_fnet.io.store import RUN_FOLDER, describe, is_url, open_store, redact
 from chunked_fnet.progress import compute_with_progress
 
 
@@ -193,6 +193,8 @@ def clear_existing_output(store: Any, overwrite: bool, where: str, storage_optio
     path = None if isinstance(store, zarr.abc.store.Store) or is_url(store) else Path(str(store).removeprefix("file://"))
     if not (_exists_remote(store, storage_options) if path is None else path.exists()):
         return
+    if path is not None and path.is_dir() and {p.name for p in path.iterdir()} == {RUN_FOLDER}:
+        return  # held by the run about to create it (its claim, chunked_fnet/predict/ownership.py): nothing else is there
     if not overwrite:
         raise OutputExistsError(f"{where} already exists; pass overwrite=True (--overwrite) to replace it")
     if path is None:

@@ -26,10 +26,11 @@ from fsspec.implementations.local import LocalFileSystem
 
 from chunked_fnet.errors import InputError, one_line
 from chunked_fnet.io.atomic import write_bytes
-from chunked_fnet.io.store import redact, refuse_url_credentials
+from chunked_fnet.io.store import RUN_FOLDER, redact, refuse_url_credentials
 from chunked_fnet.sliding_window.box import Box
 
-LEDGER = ".chunked_fnet"
+LEDGER = RUN_FOLDER
+OWNER = "owner"  # the claims of the runs that held the output (predict/ownership.py)
 
 
 def chunk_key(time_index: int, region: Box) -> str:
@@ -53,18 +54,28 @@ class Ledger:
         self.root = f"{self.output}/{LEDGER}"
 
     def output_exists(self) -> bool:
-        return bool(self.fs.exists(self.output))
+        """Whether the output holds anything: the claims alone of a run stopped before it made the output do not count."""
+        try:
+            return self.names(self.output) != {LEDGER} or self.names(self.root) != {OWNER}
+        except FileNotFoundError:
+            return False
 
-    def _put(self, path: str, data: bytes) -> None:
-        """Write one small file whole or not at all (see the module's docstring)."""
+    def names(self, folder: str) -> set[str]:
+        """What ``folder`` holds now (not an object store's cached listing: another process may have just written)."""
+        self.fs.invalidate_cache(folder)
+        return {p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)}
+
+    def put(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
+        """Write one small file whole or not at all (see the module's docstring); ``exclusive``: only if
+        it does not exist yet (FileExistsError), atomically, for claims (predict/ownership.py)."""
         if isinstance(self.fs, LocalFileSystem):
-            write_bytes(path, data)  # temporary file beside it, fsync, rename
+            write_bytes(path, data, exclusive=exclusive)  # temporary file beside it, fsync, rename (or link)
         else:
-            self.fs.pipe_file(path, data)  # an object store's PUT is atomic
+            self.fs.pipe_file(path, data, mode="create" if exclusive else "overwrite")  # a PUT (If-None-Match: *)
 
     def write_record(self, record: Mapping[str, Any]) -> None:
         self.fs.makedirs(f"{self.root}/done", exist_ok=True)
-        self._put(f"{self.root}/run.json", json.dumps(record, indent=1, sort_keys=True).encode())
+        self.put(f"{self.root}/run.json", json.dumps(record, indent=1, sort_keys=True).encode())
 
     def read_record(self) -> dict[str, Any] | None:
         """The run record, None when there is none; a damaged one raises :class:`InputError` in one line."""
@@ -91,7 +102,7 @@ class Ledger:
         return f"{protocol}://{path.lstrip('/') if protocol == 'memory' else path}"
 
     def mark_done(self, key: str, info: Mapping[str, float]) -> None:
-        self._put(f"{self.root}/done/{key}", json.dumps(dict(info)).encode())
+        self.put(f"{self.root}/done/{key}", json.dumps(dict(info)).encode())
 
     def done(self) -> set[str]:
         try:

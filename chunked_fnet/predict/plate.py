@@ -17,13 +17,13 @@ from pathlib import Path
 from distributed import Client
 
 from chunked_fnet.cluster import ClusterSpec
-from chunked_fnet.errors import ChunkedFnetError, InputError, OutputExistsError, one_line
+from chunked_fnet.errors import ChunkedFnetError, InputError, one_line
 from chunked_fnet.io.plate import create_plate, join, read_plate
-from chunked_fnet.io.store import is_url, redact
-from chunked_fnet.io.writer import clear_existing_output
+from chunked_fnet.io.store import redact
 from chunked_fnet.predict.submit import RunSummary
 from chunked_fnet.predict.ledger import Ledger, differences
 from chunked_fnet.predict.options import PredictOptions
+from chunked_fnet.predict.ownership import already_exists
 from chunked_fnet.predict.plan import plan
 from chunked_fnet.predict.run import refuse_resume_with_overwrite, run_jobs
 
@@ -97,13 +97,9 @@ def predict_plate(
         if diff:
             raise InputError(f"cannot resume {redact(out)}: it was started with other fields or another plate; " + "; ".join(diff))
     elif ledger.output_exists() and not overwrite:
-        raise OutputExistsError(f"{redact(out)} already exists; pass --overwrite to replace it, or --resume to finish an interrupted run")
+        raise already_exists(out)
 
-    def create() -> None:  # once every field is checked, before the first field is created
-        if overwrite and not is_url(out):
-            clear_existing_output(out, True, out, None)  # removes only a zarr store
-        elif overwrite and ledger.output_exists():
-            ledger.fs.rm(ledger.output, recursive=True)
+    def create() -> None:  # once every field is checked and the plate is this run's, before the first field is created
         create_plate(out, info, [tuple(n.rsplit("/", 1)) for n in names], options.version)  # type: ignore[misc]
         ledger.write_record(record)
 

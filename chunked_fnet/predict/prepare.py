@@ -14,11 +14,12 @@ from typing import Any
 from distributed import Client
 
 import chunked_fnet
-from chunked_fnet.errors import ChunkedFnetError, InputError, OutputExistsError
+from chunked_fnet.errors import ChunkedFnetError, InputError
 from chunked_fnet.io.store import redact
 from chunked_fnet.io.writer import create_image, open_for_writing
 from chunked_fnet.predict.job import PredictJob
 from chunked_fnet.predict.ledger import Ledger, differences
+from chunked_fnet.predict.ownership import Claim, already_exists, clear_for_overwrite
 from chunked_fnet.predict.policy import PATCH_MEMORY_FRACTION, Hardware, RunPolicy
 
 __all__ = ["cluster_hardware", "create_output", "prepare"]
@@ -76,9 +77,7 @@ def prepare(
         policy = job.resolve_policy(hardware, recorded)
         skips.append(_finished_chunks(job, policy, recorded) if resume else None)
         if skips[-1] is None and not overwrite and Ledger(job.output_path).output_exists():
-            raise OutputExistsError(
-                f"{redact(job.output_path)} already exists; pass --overwrite to replace it, or --resume to finish an interrupted run"
-            )
+            raise already_exists(job.output_path)
         policies.append(policy)
     return policies, skips
 
@@ -136,15 +135,19 @@ def create_output(job: PredictJob, policy: RunPolicy, overwrite: bool = False) -
     Ledger(job.output_path).write_record(job.record(policy))
 
 
-def create_or_leave_nothing(job: PredictJob, policy: RunPolicy, overwrite: bool) -> None:
-    """Create the output; if that fails part way (disk full, permissions), remove what was made, so the
-    rerun with the cause fixed does not meet a half-made store that "already exists"."""
+def create_or_leave_nothing(job: PredictJob, policy: RunPolicy, claim: Claim) -> None:
+    """Create the output; if that fails part way (disk full, permissions), remove what this run made, so
+    the rerun with the cause fixed does not meet a half-made store that "already exists". It holds the
+    output's ``claim``, so no other run has written there since."""
     try:
-        create_output(job, policy, overwrite)
+        create_output(job, policy)
     except BaseException as exc:
         ledger = Ledger(job.output_path)
-        if ledger.output_exists():
-            ledger.fs.rm(ledger.output, recursive=True)
+        if ledger.output != claim.ledger.output:  # a plate's field: all of it this run's
+            if ledger.fs.exists(ledger.output):
+                ledger.fs.rm(ledger.output, recursive=True)
+        else:
+            clear_for_overwrite(job.output_path)  # and the claim goes too if this run made the folder
         if isinstance(exc, OSError):
             raise ChunkedFnetError(
                 f"could not create the output {redact(job.output_path)}: {exc.strerror or exc}; nothing was left behind, "

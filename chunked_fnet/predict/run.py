@@ -21,7 +21,9 @@ from chunked_fnet.errors import InputError
 from chunked_fnet.io.reader import open_image
 from chunked_fnet.predict.submit import RunSummary, execute_many
 from chunked_fnet.predict.job import PredictJob
+from chunked_fnet.predict.ledger import Ledger
 from chunked_fnet.predict.options import PredictOptions
+from chunked_fnet.predict.ownership import already_exists, claimed, clear_for_overwrite, refuse_unless_replaceable
 from chunked_fnet.predict.plan import plan
 from chunked_fnet.predict.prepare import create_or_leave_nothing, prepare
 
@@ -46,18 +48,30 @@ def run_jobs(
     before_create: Callable[[], None] | None = None,
 ) -> list[RunSummary]:
     """Run planned jobs as one run: connect (an unreachable scheduler leaves nothing behind), resolve
-    each job's policy and refuse what cannot run (:func:`~chunked_fnet.predict.prepare.prepare`), call
+    each job's policy and refuse what cannot run (:func:`~chunked_fnet.predict.prepare.prepare`), claim
+    ``output`` (a plate; default: the one job's output) for this run alone (predict/ownership.py), call
     ``before_create`` (a plate's own metadata), create the outputs not yet started, run every task."""
     refuse_resume_with_overwrite(resume, overwrite)
-    context = nullcontext(client) if isinstance(client, Client) else local_client(client or ClusterSpec())
-    with context as c:
-        policies, skips = prepare(jobs, c, resume=resume, overwrite=overwrite)
-        if before_create is not None:
-            before_create()
-        for job, policy, skip in zip(jobs, policies, skips, strict=True):
-            if skip is None:
-                create_or_leave_nothing(job, policy, overwrite)
-        return execute_many(jobs, policies, c, skips=[s or set() for s in skips], progress=progress, labels=labels, output=output)
+    target = output or jobs[0].output_path
+    if overwrite:
+        refuse_unless_replaceable(target)
+    elif not resume and Ledger(target).output_exists():
+        raise already_exists(target)
+    # Claimed before any worker starts: from here to the end no other run writes the output, nor removes it
+    with claimed(target) as claim:
+        context = nullcontext(client) if isinstance(client, Client) else local_client(client or ClusterSpec())
+        with context as c:
+            policies, skips = prepare(jobs, c, resume=resume, overwrite=overwrite)
+            if overwrite:
+                clear_for_overwrite(target)
+            elif not resume and Ledger(target).output_exists():  # made by a run that ended between our check and our claim
+                raise already_exists(target)
+            if before_create is not None:
+                before_create()
+            for job, policy, skip in zip(jobs, policies, skips, strict=True):
+                if skip is None:
+                    create_or_leave_nothing(job, policy, claim)
+            return execute_many(jobs, policies, c, skips=[s or set() for s in skips], progress=progress, labels=labels, output=output)
 
 
 def predict(
