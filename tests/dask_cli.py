@@ -26,7 +26,22 @@ DASK = str(Path(sys.executable).with_name("dask"))
 class CliCluster:
     address: str
     scheduler: subprocess.Popen
+    tmp: Path
+    memory_limit: str
     workers: list[subprocess.Popen] = field(default_factory=list)
+
+    def add_worker(self) -> subprocess.Popen:
+        """Start one more ``dask worker`` (one thread), stopped with the cluster; it joins in the background."""
+        i = len(self.workers)
+        log = (self.tmp / f"worker{i}.log").open("w")
+        self.workers.append(
+            subprocess.Popen(
+                [DASK, "worker", self.address, "--host", "127.0.0.1", "--nthreads", "1", "--dashboard-address", "127.0.0.1:0", "--no-dashboard",
+                 "--memory-limit", self.memory_limit, "--name", f"w{i}"],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+        )
+        return self.workers[-1]
 
     def worker_pids(self) -> dict[str, int]:
         """Worker address -> pid of the worker process (the child of its nanny)."""
@@ -34,7 +49,7 @@ class CliCluster:
             return client.run(os.getpid)
 
 
-def _wait_for(predicate, what: str, timeout: float = 60.0) -> None:
+def wait_for(predicate, what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -52,20 +67,13 @@ def cli_cluster(tmp: Path, n_workers: int = 2, memory_limit: str = "3GiB") -> It
         [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0", "--no-dashboard", "--scheduler-file", str(scheduler_file)],
         stdout=logs, stderr=subprocess.STDOUT, env=env,
     )
-    cluster = CliCluster(address="", scheduler=scheduler)
+    cluster = CliCluster(address="", scheduler=scheduler, tmp=tmp, memory_limit=memory_limit)
     try:
-        _wait_for(lambda: scheduler_file.exists() and scheduler_file.stat().st_size > 0, "the scheduler file")
+        wait_for(lambda: scheduler_file.exists() and scheduler_file.stat().st_size > 0, "the scheduler file")
         cluster.address = json.loads(scheduler_file.read_text())["address"]
         assert cluster.address.startswith("tcp://127.0.0.1:"), cluster.address
-        for i in range(n_workers):
-            log = (tmp / f"worker{i}.log").open("w")
-            cluster.workers.append(
-                subprocess.Popen(
-                    [DASK, "worker", cluster.address, "--host", "127.0.0.1", "--nthreads", "1", "--dashboard-address", "127.0.0.1:0", "--no-dashboard",
-                     "--memory-limit", memory_limit, "--name", f"w{i}"],
-                    stdout=log, stderr=subprocess.STDOUT, env=env,
-                )
-            )
+        for _ in range(n_workers):
+            cluster.add_worker()
         with Client(cluster.address, timeout=30) as client:
             client.wait_for_workers(n_workers, timeout=120)
         yield cluster

@@ -6,18 +6,20 @@ as one key of the graph that the tasks depend on, the scheduler placed every tas
 (the block tasks) on the one worker that held that key, and the other workers got theirs only when
 work stealing moved them: a one-frame run waited 0.4-1.9 s with one of two workers idle
 (benchmarks/throughput.py). A worker plugin is dask's own way to give every worker, including one
-that joins or restarts mid-run, the same object: the tasks carry only a :class:`JobRef`.
+that joins or restarts mid-run, the same object: the tasks carry only a :class:`JobRef`. A run whose
+client dies without unregistering it loses its plugin on the scheduler's side (:mod:`chunked_fnet.run_watch`).
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from distributed.diagnostics.plugin import WorkerPlugin
+
+from chunked_fnet.run_watch import run_plugin_name, watch_runs
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -62,7 +64,8 @@ def resolve_run(job: tuple[PredictJob, RunPolicy] | JobRef) -> tuple[PredictJob,
 @contextmanager
 def shipped(client: Client, runs: Sequence[tuple[PredictJob, RunPolicy]]) -> Iterator[list[JobRef]]:
     """Register the jobs and their policies on every worker for the duration of a run; yields their references."""
-    name = f"chunked_fnet-run-{uuid.uuid4().hex[:8]}"
+    watch_runs(client)  # before the plugin: a client killed right after registering it still loses it
+    name = run_plugin_name(client.id)
     client.register_plugin(_RunJobs(name, runs), name=name)
     try:
         yield [JobRef(name, i) for i in range(len(runs))]
