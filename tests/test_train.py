@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from chunked_fnet.synth.dataset import SynthConfig, generate
 from chunked_fnet.train.data import PairReader, PatchDataset, describe_pair, expand_pairs
 from chunked_fnet.train.manifest import read_manifest, split_pairs
 from chunked_fnet.train.trainer import TrainConfig, train
+from processes import kill_when
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +138,45 @@ def test_resume_gives_the_same_losses_and_weights(dataset: Path, tmp_path: Path)
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
     assert card.training.iterations == 6 and card.structure == "dna"
     assert (tmp_path / "straight" / "losses.png").stat().st_size > 1000
+
+
+def _killed(dataset: Path, tmp_path: Path, ready: str, **kw) -> tuple[Path, Path]:
+    """An uninterrupted run here, and the same in a real ``train`` process SIGKILLed once ``ready`` exists in its
+    folder; returns its folder and config file (one thread, as conftest gives this process: the same sums)."""
+    train(_config(dataset, tmp_path / "straight", precision="fp32", device="cpu", **kw), progress=False)
+    run, config = tmp_path / "killed", tmp_path / "killed.yaml"
+    config.write_text(yaml.safe_dump({**_config(dataset, run, precision="fp32", device="cpu", **kw).model_dump(mode="json"), "threads": 1}))
+    kill_when(["train", "--config", str(config), "--no-progress"], run / ready)
+    assert not (run / "dna.ckpt").exists()
+    return run, config
+
+
+def _same_as_straight(tmp_path: Path, iterations: int) -> None:
+    assert _losses(tmp_path / "straight") == _losses(tmp_path / "killed") and len(_losses(tmp_path / "killed")) == iterations
+    a, _ = load_checkpoint(tmp_path / "straight" / "dna.ckpt")
+    b, card = load_checkpoint(tmp_path / "killed" / "dna.ckpt")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    assert card.training.iterations == iterations
+
+
+def test_killed_before_its_first_checkpoint_resumes_from_iteration_0(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, config = _killed(dataset, tmp_path, "config.yaml", iterations=4, checkpoint_every=100)
+    assert not (run / "checkpoints").exists()
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "learning_rate": 0.01, "model": {"depth": 1, "width": 8}}))
+    assert cli(["train", "--config", str(other), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(run) in err and "learning_rate: interrupted run 0.001, now 0.01" in err and "model.width: " in err, err
+    assert cli(["train", "--config", str(config), "--resume", "--no-progress"]) == 0
+    _same_as_straight(tmp_path, 4)
+
+
+def test_killed_after_its_first_checkpoint_resumes_exactly(dataset: Path, tmp_path: Path) -> None:
+    run, config = _killed(dataset, tmp_path, "checkpoints/latest/state.json", iterations=8, checkpoint_every=2)
+    assert json.loads((run / "checkpoints/latest/state.json").read_text())["iteration"] < 8
+    assert cli(["train", "--config", str(config), "--resume", "--no-progress"]) == 0
+    _same_as_straight(tmp_path, 8)
 
 
 def test_refuses_existing_run_and_changed_settings_on_resume(dataset: Path, tmp_path: Path) -> None:

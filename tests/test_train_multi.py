@@ -16,9 +16,11 @@ from chunked_fnet.errors import InputError
 from chunked_fnet.model import load_checkpoint
 from chunked_fnet.synth.dataset import SynthConfig, generate
 from chunked_fnet.train import data as train_data
+from chunked_fnet.train import trainer
 from chunked_fnet.device import bf16_is_native
 from chunked_fnet.train.step import TrainStep, training_precision
 from chunked_fnet.train.trainer import TrainConfig, load_train_configs, train, train_many
+from processes import kill_when
 
 STRUCTURES = ("dna", "membrane")
 
@@ -98,6 +100,29 @@ def test_resume_with_one_structure_ahead_gives_the_straight_run(dataset: Path, t
     for a, b in zip(straight, resumed, strict=True):
         _assert_same_weights(a, b)
         assert _rows(a.parent) == _rows(b.parent)
+
+
+def test_structures_killed_before_their_first_checkpoint_resume_from_iteration_0(dataset: Path, tmp_path: Path) -> None:
+    """Every structure's config is recorded before the slow part, so a kill there leaves folders ``--resume`` starts."""
+    kw = dict(iterations=4, checkpoint_every=100, device="cpu", threads=1)
+    straight = train_many(_together(dataset, tmp_path / "straight", **kw), progress=False)
+    _together(dataset, tmp_path / "killed", **kw)  # writes killed.yaml
+    kill_when(["train", "--config", str(tmp_path / "killed.yaml"), "--no-progress"], *(tmp_path / "killed" / s / "config.yaml" for s in STRUCTURES))
+    assert not list((tmp_path / "killed").glob("*/checkpoints"))
+    assert cli(["train", "--config", str(tmp_path / "killed.yaml"), "--resume", "--no-progress"]) == 0
+    for a in straight:
+        _assert_same_weights(a, tmp_path / "killed" / a.parent.name / a.name)
+        assert _rows(a.parent) == _rows(tmp_path / "killed" / a.parent.name)
+
+
+def test_every_structure_records_its_config_before_any_image_is_read(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def killed(*_: object) -> None:
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(trainer, "expand_pairs", killed)  # the first image read of the first structure
+    with pytest.raises(RuntimeError, match="killed"):
+        train_many(_together(dataset, tmp_path / "run"), progress=False)
+    assert all((tmp_path / "run" / s / "config.yaml").exists() for s in STRUCTURES)
 
 
 def test_settings_the_structures_share_must_agree(dataset: Path, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from chunked_fnet.errors import InputError
+from chunked_fnet.io.atomic import write_bytes
 from chunked_fnet.io.reader import channel_index, open_image, open_level_array, spatial_frame
 from chunked_fnet.preprocess.normalize import FrameStats, frame_stats
 from chunked_fnet.preprocess.frame import ModelGridFrame
@@ -105,7 +106,7 @@ def describe_pair(pair: Pair, stats_cache: dict[str, dict] | None = None) -> Pai
 
 
 def save_stats(specs: Sequence[PairSpec], path: Path) -> None:
-    path.write_text(json.dumps({s.name: {"input": asdict(s.input_stats), "target": asdict(s.target_stats)} for s in specs}, indent=1))
+    write_bytes(path, json.dumps({s.name: {"input": asdict(s.input_stats), "target": asdict(s.target_stats)} for s in specs}, indent=1).encode())
 
 
 def load_stats(path: Path) -> dict[str, dict]:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from chunked_fnet.errors import InputError
 from chunked_fnet.io.atomic import atomic_dir
 from chunked_fnet.model import FnetUNet, ModelCard, load_tensors, save_tensors
 from chunked_fnet.model.checkpoint import write_checkpoint_files
@@ -30,12 +29,13 @@ def save_training_state(
 
 
 def load_training_state(run: Path, model: FnetUNet, optimizer: torch.optim.Optimizer) -> int:
-    """Load ``checkpoints/latest`` into ``model`` and ``optimizer``; returns the iteration it was saved at."""
+    """Load ``checkpoints/latest`` into ``model`` and ``optimizer``; returns the iteration it was saved at, 0 where
+    there is none yet (a run killed before its first checkpoint starts over from its initial weights)."""
     from chunked_fnet.model import load_checkpoint
 
     latest = Path(run) / "checkpoints" / "latest"
     if not (latest / "state.json").exists():
-        raise InputError(f"{run}: nothing to resume (no checkpoints/latest/state.json)")
+        return 0
     loaded, _ = load_checkpoint(latest)
     model.load_state_dict(loaded.state_dict())
     tensors, metadata = load_tensors(latest / "optimizer.safetensors")

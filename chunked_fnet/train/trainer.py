@@ -31,10 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from chunked_fnet.memory import reuse_freed_memory
-from chunked_fnet.config import build, read_yaml_mapping
+from chunked_fnet.config import build, load_yaml_config, read_yaml_mapping
 from chunked_fnet.device import Precision, resolve_device
 from chunked_fnet.errors import InputError
+from chunked_fnet.io.atomic import write_bytes
 from chunked_fnet.model import FnetUNet, ModelCard, UNetConfig, save_checkpoint
+from chunked_fnet.predict.ledger import differences
 from chunked_fnet.train.data import PairSpec, PatchDataset, convert_if_tiff, describe_pair, expand_pairs, load_stats, save_stats
 from chunked_fnet.train.manifest import Pair, read_manifest, split_pairs
 from chunked_fnet.train.state import load_training_state, save_training_state
@@ -129,22 +131,21 @@ def _set_worker_threads(_: int) -> None:
 
 
 def _check_resume(run: Path, config: TrainConfig) -> None:
-    saved = TrainConfig(**yaml.safe_load((run / "config.yaml").read_text()))
-    diffs = [
-        f"{k}: run has {getattr(saved, k)!r}, now {getattr(config, k)!r}"
-        for k in TrainConfig.model_fields
-        if k not in RESUMABLE_CHANGES and getattr(saved, k) != getattr(config, k)
-    ]
+    """Refuse to continue a run with settings that change what it computes (any but ``RESUMABLE_CHANGES``)."""
+    settings = (load_yaml_config(TrainConfig, run / "config.yaml"), config)
+    recorded, now = ({k: v for k, v in c.model_dump(mode="json").items() if k not in RESUMABLE_CHANGES} for c in settings)
+    diffs = differences(recorded, now)
     if diffs:
-        raise InputError(f"{run}: cannot resume with different settings ({'; '.join(diffs)})")
+        raise InputError(f"{run}: cannot resume with different settings ({'; '.join(diffs)}); use the recorded ones or a new output")
 
 
 def _with_target(pair: Pair, config: TrainConfig) -> Pair:
     return pair if config.target_channel is None else pair.model_copy(update={"target_channel": config.target_channel})
 
 
-def prepare_run(config: TrainConfig, resume: bool) -> tuple[Path, list[PairSpec], list[PairSpec]]:
-    """Create (or reopen) the run directory, fix the split and the per-frame statistics."""
+def open_run(config: TrainConfig, resume: bool) -> Path:
+    """Create (or reopen) the run directory and record its config there first, atomically: a run killed
+    at any later moment, before its first checkpoint too, is one ``--resume`` continues (from iteration 0)."""
     run = Path(config.output)
     if resume:
         if not (run / "config.yaml").exists():
@@ -160,7 +161,12 @@ def prepare_run(config: TrainConfig, resume: bool) -> tuple[Path, list[PairSpec]
                 f"name it there or as target_channel in the config for structure {config.structure!r}"
             )
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False))
+    write_bytes(run / "config.yaml", yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False).encode())
+    return run
+
+
+def prepare_run(run: Path, config: TrainConfig) -> tuple[Path, list[PairSpec], list[PairSpec]]:
+    """Fix the split and the per-frame statistics of an opened run (the slow part: every image is read)."""
     split_file = run / "split.json"
     if split_file.exists():
         saved = json.loads(split_file.read_text())
@@ -170,7 +176,7 @@ def prepare_run(config: TrainConfig, resume: bool) -> tuple[Path, list[PairSpec]
         entries = [convert_if_tiff(e, run) for e in read_manifest(config.manifest)]
         train, test = split_pairs(expand_pairs(entries), config.n_train, config.split_seed)
         train, test = [_with_target(p, config) for p in train], [_with_target(p, config) for p in test]
-        split_file.write_text(json.dumps({"train": [p.model_dump() for p in train], "test": [p.model_dump() for p in test]}, indent=1))
+        write_bytes(split_file, json.dumps({"train": [p.model_dump() for p in train], "test": [p.model_dump() for p in test]}, indent=1).encode())
     stats = load_stats(run / "stats.json")
     train_specs = [describe_pair(p, stats) for p in tqdm(train, desc="image statistics (train)", leave=False, disable=not sys.stderr.isatty())]
     test_specs = [describe_pair(p, stats) for p in test]
@@ -291,7 +297,8 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
         raise InputError("no structures to train")
     _check_shared(configs)
     first = configs[0]
-    prepared = [prepare_run(c, resume) for c in configs]
+    opened = [open_run(c, resume) for c in configs]  # every structure's config recorded before anything slow
+    prepared = [prepare_run(run, c) for run, c in zip(opened, configs, strict=True)]
     runs = [run for run, _, _ in prepared]
     if any([s.name for s in p[1]] != [s.name for s in prepared[0][1]] for p in prepared):
         raise InputError(f"the runs {[str(r) for r in runs]} were split differently; they cannot train together")
@@ -312,7 +319,7 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
         starts.append(load_training_state(run, step.model, step.optimizer) if resume else 0)
         step.match_layouts()
         steps.append(step)
-        (run / "training.json").write_text(json.dumps({**step.describe(), "structures_in_run": [x.structure for x in configs]}, indent=1))
+        write_bytes(run / "training.json", json.dumps({**step.describe(), "structures_in_run": [x.structure for x in configs]}, indent=1).encode())
     start = min(starts)
     for run, c, s in zip(runs, configs, starts, strict=True):
         if s >= c.iterations:
