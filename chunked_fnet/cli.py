@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -307,7 +309,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_view(args: argparse.Namespace) -> int:
     """Serve the stores on 127.0.0.1 and show them in neuroglancer until interrupted (Ctrl-C)."""
-    import signal
     import webbrowser
 
     from chunked_fnet.viz.neuroglancer import layer_summary, open_view
@@ -574,17 +575,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (how SLURM, Kubernetes and a shell stop a job), raised like Ctrl-C so that the same cleanup runs."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup; SIGKILL still ends it
+    raise Terminated
+
+
+#: What a stopped command leaves, and how to go on (every long command leaves nothing that blocks its rerun).
+AFTER_A_STOP = {
+    "predict": "chunks finished so far are kept: rerun with --resume to compute only the rest",
+    "train": "the last checkpoint is kept: rerun with --resume to continue from it",
+    "convert": "the half-written output was removed: rerun to convert again",
+    "synth": "the half-written output was removed: rerun to generate again",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return int(args.func(args))
     except ChunkedFnetError as exc:
         print(f"chunked-fnet {args.command}: error: {one_line(redact(str(exc)))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        hint = " (chunks finished so far are kept: rerun with --resume to compute only the rest)" if args.command == "predict" else ""
-        print(f"chunked-fnet {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how, code = ("stopped by SIGTERM", 128 + signal.SIGTERM) if isinstance(exc, Terminated) else ("interrupted", 130)
+        hint = f" ({AFTER_A_STOP[args.command]})" if args.command in AFTER_A_STOP else ""
+        print(f"chunked-fnet {args.command}: {how}{hint}", file=sys.stderr)
+        return code
     except ValidationError as exc:  # settings built without config.build: still one line
         print(f"chunked-fnet {args.command}: error: {redact(explain(None, exc, 'invalid settings'))}", file=sys.stderr)
         return 2
@@ -592,6 +614,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({redact(str(exc.filename))})" if exc.filename else ""
         print(one_line(f"chunked-fnet {args.command}: error: {type(exc).__name__}: {redact(exc.strerror or str(exc))}{where}"), file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

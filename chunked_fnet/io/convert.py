@@ -24,6 +24,7 @@ import struct
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from chunked_fnet.errors import InputError
 from chunked_fnet.io.ngff import CANONICAL_AXES, ngff_attrs, ngff_metadata
 from chunked_fnet.io.store import is_url
 from chunked_fnet.io.units import SECONDS_PER_UNIT, UM_PER_UNIT, length_to_um, time_to_seconds, unit_factor
-from chunked_fnet.io.writer import build_pyramid, create_image
+from chunked_fnet.io.writer import build_pyramid, create_image, finish_pending_writes
 from chunked_fnet.progress import local_progress
 
 __all__ = ["BLOCK_BYTES", "convert_tiff", "default_chunks", "read_tiff_metadata"]
@@ -494,7 +495,11 @@ def fill_image(group: zarr.Group, lazy: da.Array, *, levels: int, progress: bool
     workers = max(1, min(os.cpu_count() or 1, MAX_WORKERS))
     with warnings.catch_warnings(), local_progress(label) if progress else contextlib.nullcontext():
         warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
-        results = dask.compute(stored, *reductions, scheduler="threads", num_workers=workers)
+        pool = ThreadPoolExecutor(workers)
+        try:
+            results = dask.compute(stored, *reductions, scheduler="threads", pool=pool)
+        finally:  # stopped (an error, a signal): no thread is left writing into the output the caller removes
+            pool.shutdown(wait=True, cancel_futures=True)
     if want_range:
         _set_display_ranges(group, _display_ranges(out_dtype, results[1], results[2]))
     if levels > 1:
@@ -513,9 +518,13 @@ def write_converted(out: str | Path, path: str | Path, lazy: da.Array, *, levels
 
 
 def remove_partial_output(out: str | Path) -> None:
-    """Delete a half-written output this call created (only a local zarr directory)."""
+    """Delete a half-written output this call created (only a local zarr directory).
+
+    Writes still in flight (a signal stopped the main thread) are awaited first (:func:`finish_pending_writes`)."""
     if isinstance(out, str) and is_url(out):
         return
     path = Path(str(out).removeprefix("file://"))
+    finish_pending_writes()
     if path.is_dir() and any((path / m).exists() for m in ("zarr.json", ".zgroup", ".zattrs")):
         shutil.rmtree(path, ignore_errors=True)
+

@@ -8,6 +8,7 @@ lower-resolution levels from the written full resolution, block by block through
 
 from __future__ import annotations
 
+import asyncio
 import math
 import shutil
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import zarr
+from zarr.core.sync import sync as zarr_sync
 
 from chunked_fnet.errors import InputError, OmeZarrError, OutputExistsError, one_line
 from chunked_fnet.io.ngff import (
@@ -147,6 +149,7 @@ def create_image(
             group.update_attributes(attrs)
         except BaseException:
             if created and local is not None:
+                finish_pending_writes()
                 shutil.rmtree(local, ignore_errors=True)  # a rerun then finds nothing in its way
             raise
     except OSError as exc:
@@ -182,6 +185,17 @@ def _default_display_ranges(dtype: Any, channel_names: Sequence[str] | None) -> 
     dt = np.dtype(dtype)
     lo, hi = (float(np.iinfo(dt).min), float(np.iinfo(dt).max)) if np.issubdtype(dt, np.integer) else (0.0, 1.0)
     return [{"min": lo, "max": hi, "start": lo, "end": hi} for _ in channel_names]
+
+
+def finish_pending_writes() -> None:
+    """Await what is still in flight on zarr's I/O loop: a signal (Ctrl-C, SIGTERM) stops the main thread
+    in the middle of a write, whose coroutine goes on; removing a half-made output must come after it, or
+    the write recreates a file there (and the process reports a task destroyed while pending at exit)."""
+
+    async def others() -> None:
+        await asyncio.gather(*(t for t in asyncio.all_tasks() if t is not asyncio.current_task()), return_exceptions=True)
+
+    zarr_sync(others())
 
 
 def clear_existing_output(store: Any, overwrite: bool, where: str, storage_options: Mapping[str, Any] | None) -> None:

@@ -249,6 +249,10 @@ def _run_tasks(
         workers = len(client.scheduler_info().get("workers", {}))
     except (OSError, TimeoutError, asyncio.CancelledError) as exc:  # the connection itself went away
         raise _interrupted(jobs, client, f"{type(exc).__name__}: {exc}", output=where) from None
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the run's tasks end with it, before its job leaves the workers
+        if client.status == "running":
+            client.cancel(list(futures))
+        raise
     if cancelled:
         raise _interrupted(jobs, client, f"{cancelled} chunk tasks were cancelled", output=where)
     if failures:

@@ -21,6 +21,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
 from chunked_fnet.memory import release_memory
+from chunked_fnet.io.convert import remove_partial_output
 from chunked_fnet.io.writer import build_pyramid, create_collection, create_image, write_region
 from chunked_fnet.synth.noise import tiled_normal
 from chunked_fnet.synth.optics import BrightfieldSimulator, Optics
@@ -103,7 +104,18 @@ def image_paths(out: str | Path, fovs: int) -> list[str]:
 
 
 def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True, threads: int = 2) -> list[str]:
-    """Write the dataset; returns the image path of each field of view."""
+    """Write the dataset; returns the image path of each field of view. Stopped part way (an error, Ctrl-C,
+    SIGTERM), it removes the half-written output it made, so the rerun starts clean."""
+    existed = Path(str(out)).exists()
+    try:
+        return _generate(config, out, overwrite, progress, threads)
+    except BaseException:
+        if overwrite or not existed:  # else the failure was the refusal to replace what is there
+            remove_partial_output(out)
+        raise
+
+
+def _generate(config: SynthConfig, out: str | Path, overwrite: bool, progress: bool, threads: int) -> list[str]:
     paths = image_paths(out, config.fovs)
     if config.fovs > 1:
         create_collection(out, config.version, overwrite)  # series 0, 1, ...: the fields of view
