@@ -8,12 +8,14 @@ dask-jobqueue. Local clusters listen on 127.0.0.1 only.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import WorkerPlugin
 from pydantic import BaseModel, ConfigDict, Field
 
 from chunked_fnet.config import load_yaml_config
@@ -69,6 +71,49 @@ def load_cluster_spec(path: str | Path) -> ClusterSpec:
     return load_yaml_config(ClusterSpec, path)
 
 
+def _not_our_task_failure(record: logging.LogRecord) -> bool:
+    """False for distributed's "Compute Failed" record (with its traceback) of one of our tasks: the run
+    reports every failure itself, in one line, and the workers of a local cluster share its terminal."""
+    return not (isinstance(record.msg, str) and record.msg.startswith("Compute Failed")
+                and bool(record.args) and str(record.args[0]).startswith("cfnet-"))
+
+
+class QuietTaskFailures(WorkerPlugin):
+    """In each worker process: drop the task-failure log records of the run's own tasks; every other
+    record (a worker's crash, memory warnings, others' tasks) is logged as before."""
+
+    name = "chunked-fnet-quiet-task-failures"
+
+    def setup(self, worker: Any) -> None:
+        logging.getLogger("distributed.worker").addFilter(_not_our_task_failure)
+
+
+def _quiet_closing_worker() -> None:
+    """In a worker process about to be closed: no more log records below CRITICAL."""
+    logging.disable(logging.ERROR)
+
+
+@contextlib.contextmanager
+def _own_cluster(cluster: Any) -> Iterator[Client]:
+    """A client of a cluster started here, whose worker processes write to this terminal: their logs of
+    our tasks' failures are dropped (the run reports them in one line), and when the cluster is closed
+    (also mid-run, after a run stopped) so is the chatter of its closing (cancelled transfers, a busy worker
+    killed). A crash mid-run still ends the run with its own line."""
+    nanny = logging.getLogger("distributed.nanny")
+    level = nanny.level
+    try:
+        with cluster, Client(cluster) as client:
+            client.register_plugin(QuietTaskFailures())  # workers restarted later get it too
+            try:
+                yield client
+            finally:
+                with contextlib.suppress(Exception):  # best effort: a lost worker or scheduler must not hide why the run ended
+                    client.run(_quiet_closing_worker, on_error="ignore")
+                nanny.setLevel(logging.ERROR)
+    finally:
+        nanny.setLevel(level)
+
+
 @contextlib.contextmanager
 def local_client(spec: ClusterSpec) -> Iterator[Client]:
     """A client for ``spec``; clusters started here are closed on exit, a remote one is left running."""
@@ -112,5 +157,5 @@ def local_client(spec: ClusterSpec) -> Iterator[Client]:
             dashboard_address="127.0.0.1:0",
             memory_limit=spec.memory_limit or "auto",
         )
-    with cluster, Client(cluster) as client:
+    with _own_cluster(cluster) as client:
         yield client

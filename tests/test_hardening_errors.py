@@ -23,7 +23,7 @@ import pytest
 
 from chunked_fnet import cli
 from chunked_fnet.cluster import ClusterSpec, local_client
-from chunked_fnet.errors import ChunkedFnetError, InputError, OmeZarrError
+from chunked_fnet.errors import ChunkedFnetError, InputError, OmeZarrError, UnreadableChunkError
 from chunked_fnet.io.reader import open_image, open_level_array, region_reader
 from factories import tiny_checkpoint
 from chunked_fnet.predict import PredictOptions
@@ -107,7 +107,7 @@ def test_damaged_chunk_read_by_a_worker_is_picklable_and_named(work, tmp_path: P
     message = str(caught.value)
     assert message.startswith(f"{image}/{CHUNK}: chunk cannot be decoded") and "\n" not in message
     copy = pickle.loads(pickle.dumps(caught.value))  # dask ships it from worker to client this way
-    assert type(copy) is OmeZarrError and str(copy) == message and isinstance(copy, ChunkedFnetError)
+    assert type(copy) is UnreadableChunkError and str(copy) == message and isinstance(copy, OmeZarrError)  # no retry can fix it
 
     from chunked_fnet.predict import Hardware, create_output, execute, plan
 
@@ -121,7 +121,7 @@ def test_damaged_chunk_read_by_a_worker_is_picklable_and_named(work, tmp_path: P
         with pytest.raises(ChunkedFnetError) as failed:
             execute(job, policy, client, progress=False)
     text = str(failed.value)
-    assert "\n" not in text and f"OmeZarrError: {image}/{CHUNK}: chunk cannot be decoded" in text, text
+    assert "\n" not in text and f"UnreadableChunkError: {image}/{CHUNK}: chunk cannot be decoded" in text, text
     assert "--resume" in text and _snapshot(image) == before
     chunk.write_bytes(good)
     _succeeds(_predict(image, model, tmp_path / "o.zarr", "--resume"))

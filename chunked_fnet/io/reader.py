@@ -18,7 +18,7 @@ import xarray as xr
 import zarr
 from dask.base import tokenize
 
-from chunked_fnet.errors import ChunkedFnetError, OmeZarrError, one_line
+from chunked_fnet.errors import PERMANENT_ERRNOS, ChunkedFnetError, OmeZarrError, UnreadableChunkError, one_line
 from chunked_fnet.io.completeness import chunk_ranges
 from chunked_fnet.io.ngff import ImageMetadata, ngff_metadata, parse_image_attrs
 from chunked_fnet.io.store import describe, is_url, open_store, redact, refuse_url_credentials
@@ -314,10 +314,12 @@ def _bad_chunks(array: zarr.Array, index: tuple[Any, ...], limit: int = 256) -> 
 
 
 def _read_error(array: zarr.Array, index: tuple[Any, ...], exc: BaseException) -> OmeZarrError:
+    """The one-line error of a failed read; an :class:`UnreadableChunkError` where no retry can help."""
     name = f"{describe(array.store).rstrip('/')}/{array.path.strip('/')}".rstrip("/")
     cause = f"{type(exc).__name__}: {redact(str(exc))}"
-    if isinstance(exc, (OSError, TimeoutError)):
-        return OmeZarrError(one_line(f"{name}: cannot be read ({cause}); check that the store is reachable and readable, then rerun"))
+    if isinstance(exc, (OSError, TimeoutError)):  # a transient fault (retried) unless the system refuses for good
+        kind = UnreadableChunkError if getattr(exc, "errno", None) in PERMANENT_ERRNOS else OmeZarrError
+        return kind(one_line(f"{name}: cannot be read ({cause}); check that the store is reachable and readable, then rerun"))
     try:
         bad = _bad_chunks(array, index)
     except Exception:  # noqa: BLE001 - naming the chunk is a courtesy; the error stays the one below
@@ -325,8 +327,8 @@ def _read_error(array: zarr.Array, index: tuple[Any, ...], exc: BaseException) -
     advice = "the store is damaged: restore this file from a copy, or write the image again, then rerun"
     if bad:
         more = f" (and {len(bad) - 1} more damaged chunks: {', '.join(bad[1:4])}{', ...' if len(bad) > 4 else ''})" if len(bad) > 1 else ""
-        return OmeZarrError(one_line(f"{name}/{bad[0]}: chunk cannot be decoded ({cause}){more}; {advice}"))
-    return OmeZarrError(one_line(f"{name}: reading {_show_index(index)} failed ({cause}); {advice}"))
+        return UnreadableChunkError(one_line(f"{name}/{bad[0]}: chunk cannot be decoded ({cause}){more}; {advice}"))
+    return UnreadableChunkError(one_line(f"{name}: reading {_show_index(index)} failed ({cause}); {advice}"))
 
 
 def _show_index(index: tuple[Any, ...]) -> str:

@@ -16,19 +16,25 @@ import dask
 from distributed import Client, as_completed
 from tqdm.auto import tqdm
 
-from chunked_fnet.errors import ChunkedFnetError
+from chunked_fnet.errors import ChunkedFnetError, retryable
 from chunked_fnet.io.store import redact
 from chunked_fnet.io.writer import build_pyramid
 from chunked_fnet.predict.job import PredictJob, predict_block, write_chunk
 from chunked_fnet.predict.ledger import Ledger, chunk_key, describe_chunk
 from chunked_fnet.predict.policy import RunPolicy
+from chunked_fnet.predict.schedule import ChunkTask
 from chunked_fnet.predict.shipping import JobRef, shipped
 
-__all__ = ["ChunksFailedError", "RunInterruptedError", "RunSummary", "execute", "execute_many"]
+__all__ = ["ChunksFailedError", "RunInterruptedError", "RunStoppedError", "RunSummary", "execute", "execute_many"]
 
 
 class ChunksFailedError(ChunkedFnetError, RuntimeError):
     """Some chunk tasks failed after their retries; every other chunk was written and recorded."""
+
+
+class RunStoppedError(ChunksFailedError):
+    """A chunk failed in a way no retry can fix (a full disk, a read-only output, a damaged input chunk,
+    see :func:`~chunked_fnet.errors.retryable`): the run stopped at once, what was finished is recorded."""
 
 
 @dataclass(frozen=True)
@@ -81,13 +87,11 @@ class FrameBatches:
         self.low_water = max(1, self.batch // 2)
         self.token = uuid.uuid4().hex[:8]  # two runs on one cluster must never share a task key
         self.chunks_of: dict[int, list[int]] = {}
-        self.blocks_of: dict[int, list[int]] = {}
         for i, c in enumerate(graph.chunks):
             self.chunks_of.setdefault(c.time_index, []).append(i)
-        for i, b in enumerate(graph.blocks):
-            self.blocks_of.setdefault(b.time_index, []).append(i)
         self.frames = sorted(self.chunks_of)
         self.next = 0
+        self.retries = 0  # submitted so far
 
     @property
     def done(self) -> bool:
@@ -101,14 +105,21 @@ class FrameBatches:
             frames.append(self.frames[self.next])
             count += len(self.chunks_of[self.frames[self.next]])
             self.next += 1
-        graph, token, job = self.graph, self.token, self.ref
+        return self.submit([self.graph.chunks[i] for t in frames for i in self.chunks_of[t]])
+
+    def submit(self, tasks: Sequence[ChunkTask], retry: bool = False) -> dict[Any, ChunkTask]:
+        """Futures (-> their ChunkTask) of ``tasks`` and the blocks they read; each retry gets keys of its
+        own, so that it recomputes its blocks instead of meeting erred ones still held by the scheduler."""
+        graph, job = self.graph, self.ref
+        self.retries += retry
+        token = f"{self.token}r{self.retries}" if retry else self.token
         blocks = {
-            i: dask.delayed(predict_block, pure=False, nout=len(graph.blocks[i].pieces))(
-                job, graph.blocks[i], dask_key_name=f"cfnet-block-{token}-{chunk_key(graph.blocks[i].time_index, graph.blocks[i].block)}"
+            ref.block: dask.delayed(predict_block, pure=False, nout=len(graph.blocks[ref.block].pieces))(
+                job, graph.blocks[ref.block],
+                dask_key_name=f"cfnet-block-{token}-{chunk_key(graph.blocks[ref.block].time_index, graph.blocks[ref.block].block)}",
             )
-            for t in frames for i in self.blocks_of.get(t, [])
+            for c in tasks for ref in c.sources
         }
-        tasks = [graph.chunks[i] for t in frames for i in self.chunks_of[t]]
         chunks = [
             dask.delayed(write_chunk, pure=False)(
                 job, c, *(blocks[ref.block][ref.piece] for ref in c.sources),
@@ -116,7 +127,11 @@ class FrameBatches:
             )
             for c in tasks
         ]
-        return dict(zip(self.client.compute(chunks, retries=self.job.options.retries), tasks, strict=True))
+        # retries=0, and _run_tasks submits a retryable failure again itself: dask's own retries retry
+        # any exception (the scheduler retries an erred task while it has retries left, whatever it raised),
+        # a full disk too, and Client.retry cannot retry a chunk whose block erred (it looks for a future
+        # of the block, which the client never held). A retry recomputes the chunk's blocks: rare, and cheap.
+        return dict(zip(self.client.compute(chunks, retries=0), tasks, strict=True))
 
 
 class RunInterruptedError(ChunkedFnetError, RuntimeError):
@@ -135,12 +150,23 @@ def _interrupted(job: PredictJob | Sequence[PredictJob], client: Client, what: s
     )
 
 
+def _stopped(jobs: Sequence[PredictJob], failure: str, output: str) -> RunStoppedError:
+    done = sum(len(Ledger(j.output_path).done()) for j in jobs)
+    total = sum(j.n_chunks for j in jobs)
+    return RunStoppedError(
+        f"the run into {redact(output)} stopped at a failure no retry can fix ({failure}); {done} of {total} chunks are written "
+        f"and recorded: --resume computes the rest once the cause is fixed"
+    )
+
+
 def execute(job: PredictJob, policy: RunPolicy, client: Client, *, skip: Collection[str] = (), progress: bool = True) -> RunSummary:
     """Run the tasks of a planned job whose output exists (see :func:`~chunked_fnet.predict.prepare.create_output`).
 
     Chunks named in ``skip`` (their ledger keys) are not computed. A chunk that still fails after
     ``options.retries`` retries does not stop the others: once every task has ended, the failures are
-    raised together, naming each chunk, while everything else stays written and recorded.
+    raised together, naming each chunk, while everything else stays written and recorded. A failure
+    that no retry can fix (:func:`~chunked_fnet.errors.retryable`) stops the run at once instead
+    (:class:`RunStoppedError`): the other tasks are cancelled, and what was finished stays recorded.
 
     The graph (:meth:`PredictJob.schedule`) goes to dask a batch of whole frames at a time
     (:class:`FrameBatches`): ``dask.order`` runs each chunk as soon as its blocks are done, so blocks'
@@ -190,16 +216,16 @@ def _run_tasks(
     submitters = [FrameBatches(job, graph, client, ref) for job, graph, ref in zip(jobs, graphs, refs, strict=True)]
     low_water = submitters[0].low_water if submitters else 1
     current = 0
-    futures: dict[Any, tuple[int, Any]] = {}
+    futures: dict[Any, tuple[int, Any, int]] = {}  # -> job, ChunkTask, its try (0: the first)
 
-    def top_up() -> dict[Any, tuple[int, Any]]:
+    def top_up() -> dict[Any, tuple[int, Any, int]]:
         nonlocal current
-        new: dict[Any, tuple[int, Any]] = {}
+        new: dict[Any, tuple[int, Any, int]] = {}
         while current < len(submitters) and (not new or len(futures) + len(new) < low_water):
             if submitters[current].done:
                 current += 1
                 continue
-            new.update({f: (current, task) for f, task in submitters[current].more().items()})
+            new.update({f: (current, task, 0) for f, task in submitters[current].more().items()})
         return new
 
     def all_submitted() -> bool:
@@ -234,12 +260,22 @@ def _run_tasks(
                     continue
                 last = time.monotonic()
                 for future in finished:
-                    j, task = futures.pop(future)
+                    j, task, attempt = futures.pop(future)
                     job = jobs[j]
                     if future.status == "error":
                         ti, region = task.time_index, task.region
                         exc = future.exception()
-                        failures.append(((j, ti, *region.start), f"{labels[j]}{describe_chunk(ti, region, job.times[ti])}: {type(exc).__name__}: {redact(str(exc))}"))
+                        text = f"{labels[j]}{describe_chunk(ti, region, job.times[ti])}: {type(exc).__name__}: {redact(str(exc))}"
+                        if not retryable(exc):
+                            client.cancel(list(futures))
+                            raise _stopped(jobs, text, where)
+                        if attempt < job.options.retries:
+                            again = {f: (j, t, attempt + 1) for f, t in submitters[j].submit([task], retry=True).items()}
+                            futures.update(again)
+                            pending.update(again)
+                            future.release()
+                            continue
+                        failures.append(((j, ti, *region.start), text))
                     elif future.status == "cancelled":  # the scheduler was lost, or someone cancelled the run
                         cancelled += 1
                     else:
