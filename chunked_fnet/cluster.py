@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from distributed import Client, LocalCluster
-from distributed.diagnostics.plugin import WorkerPlugin
 from pydantic import BaseModel, ConfigDict, Field
 
 from chunked_fnet.config import load_yaml_config
@@ -71,44 +70,24 @@ def load_cluster_spec(path: str | Path) -> ClusterSpec:
     return load_yaml_config(ClusterSpec, path)
 
 
-def _not_our_task_failure(record: logging.LogRecord) -> bool:
-    """False for distributed's "Compute Failed" record (with its traceback) of one of our tasks: the run
-    reports every failure itself, in one line, and the workers of a local cluster share its terminal."""
-    return not (isinstance(record.msg, str) and record.msg.startswith("Compute Failed")
-                and bool(record.args) and str(record.args[0]).startswith("cfnet-"))
-
-
-class QuietTaskFailures(WorkerPlugin):
-    """In each worker process: drop the task-failure log records of the run's own tasks; every other
-    record (a worker's crash, memory warnings, others' tasks) is logged as before."""
-
-    name = "chunked-fnet-quiet-task-failures"
-
-    def setup(self, worker: Any) -> None:
-        logging.getLogger("distributed.worker").addFilter(_not_our_task_failure)
-
-
-def _quiet_closing_worker() -> None:
-    """In a worker process about to be closed: no more log records below CRITICAL."""
-    logging.disable(logging.ERROR)
+#: The level below which a local cluster's processes log nothing: their task failures (with tracebacks, on
+#: every try), heartbeats lost while closing and memory notes reached the user's terminal as thousands of lines.
+WORKER_LOGS = logging.CRITICAL
 
 
 @contextlib.contextmanager
 def _own_cluster(cluster: Any) -> Iterator[Client]:
-    """A client of a cluster started here, whose worker processes write to this terminal: their logs of
-    our tasks' failures are dropped (the run reports them in one line), and when the cluster is closed
-    (also mid-run, after a run stopped) so is the chatter of its closing (cancelled transfers, a busy worker
-    killed). A crash mid-run still ends the run with its own line."""
+    """A client of a cluster started here, whose worker processes write to this terminal: they are started
+    with their logs silenced (``WORKER_LOGS``: the run reports every failure itself, in one line, and a
+    crash mid-run ends it with its own line), and the chatter of closing it (also mid-run, after a run
+    stopped: a busy worker killed) is dropped in this process too."""
     nanny = logging.getLogger("distributed.nanny")
     level = nanny.level
     try:
         with cluster, Client(cluster) as client:
-            client.register_plugin(QuietTaskFailures())  # workers restarted later get it too
             try:
                 yield client
             finally:
-                with contextlib.suppress(Exception):  # best effort: a lost worker or scheduler must not hide why the run ended
-                    client.run(_quiet_closing_worker, on_error="ignore")
                 nanny.setLevel(logging.ERROR)
     finally:
         nanny.setLevel(level)
@@ -133,7 +112,7 @@ def local_client(spec: ClusterSpec) -> Iterator[Client]:
         except ImportError as exc:
             raise InputError("cluster kind 'cuda' needs dask-cuda: pip install 'chunked_fnet[cuda]'") from exc
         cluster: Any = LocalCUDACluster(
-            ip="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=spec.memory_limit or "auto",
+            ip="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=spec.memory_limit or "auto", silence_logs=WORKER_LOGS,
             threads_per_worker=spec.threads_per_worker or _threads_per_gpu(),
         )
     elif spec.kind == "slurm":
@@ -156,6 +135,7 @@ def local_client(spec: ClusterSpec) -> Iterator[Client]:
             # the scheduler's HTTP endpoint (health, metrics) starts even without a dashboard: loopback, any free port
             dashboard_address="127.0.0.1:0",
             memory_limit=spec.memory_limit or "auto",
+            silence_logs=WORKER_LOGS,
         )
     with _own_cluster(cluster) as client:
         yield client
