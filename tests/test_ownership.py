@@ -56,7 +56,7 @@ def test_two_runs_started_together_into_one_out_give_one_output_and_one_refusal(
         assert codes == [0, 2], results
         (loser,) = [err for code, _, err in results if code != 0]
         assert len(_lines(loser)) == 1 and "Traceback" not in loser, loser
-        assert "is being written by another run" in loser or "already exists" in loser, loser
+        assert "is being written by another run" in loser and " on " in loser and "started" in loser, loser  # names the holder
         np.testing.assert_array_equal(open_image(out).values, reference)
         claims = json.loads((out / ".chunked_fnet" / "owner" / "0.json").read_text())
         assert claims["released"] is True and not (out / ".chunked_fnet" / "owner" / "1.json").exists()
@@ -101,6 +101,20 @@ def test_the_claim_of_a_killed_run_on_this_host_is_taken_over_at_once_one_elsewh
     path.write_text(json.dumps({"run": "r", "host": "elsewhere", "pid": 1, "started": 0, "heartbeat": time.time() - LEASE_S - 1}))
     with claimed(str(out)) as claim:
         assert claim.number == 3
+
+
+def test_a_live_claim_keeps_its_heartbeat_and_a_released_one_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import chunked_fnet.predict.ownership as ownership
+
+    monkeypatch.setattr(ownership, "HEARTBEAT_S", 0.05)
+    path = tmp_path / "beat.zarr" / ".chunked_fnet" / "owner" / "0.json"
+    with claimed(str(tmp_path / "beat.zarr")) as claim:
+        (tmp_path / "beat.zarr" / "zarr.json").write_text("{}")  # something made: the claim is kept when the run ends
+        first = json.loads(path.read_text())["heartbeat"]
+        time.sleep(0.5)
+        assert json.loads(path.read_text())["heartbeat"] > first and ownership.is_live(json.loads(path.read_text()))
+        assert json.loads(path.read_text())["run"] == claim.info["run"]
+    assert json.loads(path.read_text())["released"] is True and not ownership.is_live(json.loads(path.read_text()))
 
 
 def _race(output: str, n: int = 6) -> list[str]:

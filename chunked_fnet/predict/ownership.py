@@ -28,7 +28,7 @@ from chunked_fnet.errors import OutputExistsError
 from chunked_fnet.io.store import redact
 from chunked_fnet.predict.ledger import LEDGER, OWNER, Ledger
 
-__all__ = ["HEARTBEAT_S", "LEASE_S", "Claim", "already_exists", "claimed", "clear_for_overwrite", "is_live", "refuse_unless_replaceable"]
+__all__ = ["HEARTBEAT_S", "LEASE_S", "Claim", "already_exists", "claimed", "clear_for_overwrite", "is_live", "refuse_if_held", "refuse_unless_replaceable"]
 
 HEARTBEAT_S = 5.0
 #: Silence after which a claim from another host is taken as its run's death (6 heartbeats missed).
@@ -136,19 +136,22 @@ def _refusal(output: str, info: dict[str, Any], what: str) -> OutputExistsError:
     )
 
 
+def refuse_if_held(output: str) -> None:
+    """Refuse, naming it, while a live run holds ``output`` (before other checks: "already exists" would not say who)."""
+    ledger = Ledger(output)
+    claims = _claims(ledger)
+    if claims and is_live(info := _read(ledger, claims[max(claims)])):
+        raise _refusal(output, info, "two runs must not write one output")
+
+
 @contextmanager
 def claimed(output: str) -> Iterator[Claim]:
     """Hold ``output`` for the duration of a run: claim 0 of a new output, or the next claim after a
     stale one. Refuses, naming the holder, while another run is live. Whether the run may write what is
     there already (resume, overwrite) is the caller's to check, once it holds the claim."""
+    refuse_if_held(output)
     ledger = Ledger(output)
-    claims = _claims(ledger)
-    latest = max(claims, default=-1)
-    if latest >= 0:
-        info = _read(ledger, claims[latest])
-        if is_live(info):
-            raise _refusal(output, info, "two runs must not write one output")
-    claim = Claim(ledger, latest + 1)
+    claim = Claim(ledger, max(_claims(ledger), default=-1) + 1)
     try:
         claim.create()
     except FileExistsError:  # another run claimed it between our look and our create

@@ -23,7 +23,7 @@ from chunked_fnet.predict.submit import RunSummary, execute_many
 from chunked_fnet.predict.job import PredictJob
 from chunked_fnet.predict.ledger import Ledger
 from chunked_fnet.predict.options import PredictOptions
-from chunked_fnet.predict.ownership import already_exists, claimed, clear_for_overwrite, refuse_unless_replaceable
+from chunked_fnet.predict.ownership import already_exists, claimed, clear_for_overwrite, refuse_if_held, refuse_unless_replaceable
 from chunked_fnet.predict.plan import plan
 from chunked_fnet.predict.prepare import create_or_leave_nothing, prepare
 
@@ -53,6 +53,7 @@ def run_jobs(
     ``before_create`` (a plate's own metadata), create the outputs not yet started, run every task."""
     refuse_resume_with_overwrite(resume, overwrite)
     target = output or jobs[0].output_path
+    refuse_if_held(target)
     if overwrite:
         refuse_unless_replaceable(target)
     elif not resume and Ledger(target).output_exists():
