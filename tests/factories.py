@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,3 +40,15 @@ def two_host_client(memory_limit: str = "1GiB") -> Iterator:
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
     with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
         yield client
+
+
+def prediction_case(root: Path, options: Any, size_t: int = 3) -> tuple[Path, list[Path], Any]:
+    """A small synthetic input (``size_t`` x 9 x 40 x 36), one tiny model, and its reference prediction with ``options``:
+    what the failure tests interrupt, fill up and race, then compare with."""
+    from chunked_fnet.predict import predict
+    from chunked_fnet.synth.dataset import SynthConfig, generate
+
+    generate(SynthConfig(size_t=size_t, size_z=9, size_y=40, size_x=36, voxel_size=(0.4, 0.4, 0.4), chunks=(9, 20, 20)), root / "in.zarr", progress=False)
+    models = [tiny_checkpoint(root / "dna.ckpt", color="0000FF")]
+    reference, _ = predict(root / "in.zarr", models, root / "reference.zarr", options=options, progress=False)
+    return root / "in.zarr", models, reference.values

@@ -20,8 +20,7 @@ import pytest
 from chunked_fnet import open_image
 from chunked_fnet.errors import OmeZarrError, UnreadableChunkError, retryable
 from chunked_fnet.predict import PredictOptions, predict
-from chunked_fnet.synth.dataset import SynthConfig, generate
-from factories import tiny_checkpoint
+from factories import prediction_case
 
 FLAGS = ["--patch", "8", "16", "16", "--chunks", "4", "8", "8", "--overlap", "0.25", "--precision", "fp32", "--no-progress"]
 OPTIONS = PredictOptions(patch_shape=(8, 16, 16), chunks=(4, 8, 8), overlap=0.25, precision="fp32")
@@ -32,11 +31,8 @@ COUNTER = Path(__file__).with_name("try_counter.py")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("fatal")
-    generate(SynthConfig(size_t=3, size_z=9, size_y=40, size_x=36, voxel_size=(0.4, 0.4, 0.4), chunks=(9, 20, 20)), root / "in.zarr", progress=False)
-    models = [tiny_checkpoint(root / "dna.ckpt", color="0000FF")]
-    reference, _ = predict(root / "in.zarr", models, root / "reference.zarr", options=OPTIONS, progress=False)
-    return root / "in.zarr", models, reference.values
+    image, models, reference = prediction_case(tmp_path_factory.mktemp("fatal"), OPTIONS)
+    return image, models, reference
 
 
 @pytest.fixture

@@ -18,10 +18,9 @@ import pytest
 
 from chunked_fnet import open_image
 from chunked_fnet.errors import OutputExistsError
-from chunked_fnet.predict import PredictOptions, predict
+from chunked_fnet.predict import PredictOptions
 from chunked_fnet.predict.ownership import LEASE_S, claimed
-from chunked_fnet.synth.dataset import SynthConfig, generate
-from factories import tiny_checkpoint
+from factories import prediction_case
 
 FLAGS = ["--patch", "8", "16", "16", "--chunks", "4", "8", "8", "--overlap", "0.25", "--precision", "fp32", "--no-progress", "--workers", "1"]
 OPTIONS = PredictOptions(patch_shape=(8, 16, 16), chunks=(4, 8, 8), overlap=0.25, precision="fp32")
@@ -29,11 +28,8 @@ OPTIONS = PredictOptions(patch_shape=(8, 16, 16), chunks=(4, 8, 8), overlap=0.25
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("ownership")
-    generate(SynthConfig(size_t=2, size_z=9, size_y=40, size_x=36, voxel_size=(0.4, 0.4, 0.4), chunks=(9, 20, 20)), root / "in.zarr", progress=False)
-    models = [str(tiny_checkpoint(root / "dna.ckpt", color="0000FF"))]
-    reference, _ = predict(root / "in.zarr", models, root / "reference.zarr", options=OPTIONS, progress=False)
-    return root / "in.zarr", models, reference.values
+    image, models, reference = prediction_case(tmp_path_factory.mktemp("ownership"), OPTIONS, size_t=2)
+    return image, [str(m) for m in models], reference
 
 
 def _predict(image: Path, models: list[str], out: Path, *extra: str) -> subprocess.Popen:
@@ -109,7 +105,8 @@ def test_a_live_claim_keeps_its_heartbeat_and_a_released_one_says_so(tmp_path: P
     monkeypatch.setattr(ownership, "HEARTBEAT_S", 0.05)
     path = tmp_path / "beat.zarr" / ".chunked_fnet" / "owner" / "0.json"
     with claimed(str(tmp_path / "beat.zarr")) as claim:
-        (tmp_path / "beat.zarr" / "zarr.json").write_text("{}")  # something made: the claim is kept when the run ends
+        claim.writing = True  # as a run does once its checks pass: the claim is then kept when it ends
+        (tmp_path / "beat.zarr" / "zarr.json").write_text("{}")
         first = json.loads(path.read_text())["heartbeat"]
         time.sleep(0.5)
         assert json.loads(path.read_text())["heartbeat"] > first and ownership.is_live(json.loads(path.read_text()))
@@ -119,16 +116,17 @@ def test_a_live_claim_keeps_its_heartbeat_and_a_released_one_says_so(tmp_path: P
 
 def _race(output: str, n: int = 6) -> list[str]:
     """``n`` threads claim ``output`` at one moment; what each got."""
-    barrier, results = threading.Barrier(n), []
+    start, tried, results = threading.Barrier(n), threading.Barrier(n), []
 
     def one() -> None:
-        barrier.wait()
+        start.wait()
         try:
             with claimed(output) as claim:
                 results.append(f"won {claim.number}")
-                time.sleep(3.0)
+                tried.wait()  # held until every thread has tried
         except OutputExistsError as exc:
             results.append(str(exc))
+            tried.wait()
 
     threads = [threading.Thread(target=one) for _ in range(n)]
     for t in threads:
@@ -148,6 +146,17 @@ def test_claims_made_at_one_moment_have_one_winner_on_s3(s3) -> None:
     results = _race("s3://ownership/race.zarr")
     assert sum(r.startswith("won") for r in results) == 1, results
     assert all("is being written by another run" in r for r in results if not r.startswith("won")), results
+
+
+def test_a_refused_resume_leaves_the_output_as_it_was(data, tmp_path: Path) -> None:
+    image, models, _ = data
+    out = tmp_path / "other.zarr"
+    assert _predict(image, models, out).wait(timeout=300) == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    refused = _predict(image, models, out, "--resume", "--tta")  # other parameters: refused after the claim
+    code, _, err = refused.wait(timeout=300), *refused.communicate()
+    assert code == 2 and "cannot resume" in err, err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
 def test_overwrite_refuses_what_is_not_a_zarr_store_and_writes_nothing_into_it(data, tmp_path: Path) -> None:

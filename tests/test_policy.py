@@ -153,3 +153,24 @@ def test_planning_opens_the_input_store_once(data, monkeypatch, given) -> None:
     assert opened == [str(image)]
     assert job.input_array.shape == zarr.open_array(image / "0", mode="r").shape  # the tasks in this process reuse it
     assert opened == [str(image)]
+
+
+def test_the_smallest_patch_named_is_the_one_an_exhaustive_search_finds() -> None:
+    """The refusal's search runs over each axis's cheaper sizes only; it must name the same patch volume as trying every size."""
+    import itertools
+    import math
+    import random
+
+    from chunked_fnet.predict import policy
+
+    rng = random.Random(0)
+    for _ in range(150):
+        m = rng.choice([4, 8, 16])
+        frame, needed = [rng.randint(5, 100) for _ in range(3)], [rng.randint(0, 40) for _ in range(3)]
+        start = [max(m, rng.randint(1, 40) // m * m) for _ in range(3)]
+        sizes = [range(p, max(p, m * math.ceil(n / m)) + 1, m) for p, n in zip(start, frame)]
+        costs = [(math.prod(c), policy._recompute(c, frame, needed)) for c in itertools.product(*sizes)]
+        best = min((v for v, r in costs if r <= policy.MAX_RECOMPUTE), default=None)
+        found = policy._smallest_patch(start, frame, needed, m, [m] * 3)
+        assert (found is None) == (best is None) and (found is None or math.prod(found[1]) == best), (frame, needed, start, found, best)
+        assert found is None or found[0] == policy._recompute(found[1], frame, needed) <= policy.MAX_RECOMPUTE

@@ -155,11 +155,11 @@ def create_image(
     except OSError as exc:
         if isinstance(exc, OutputExistsError):
             raise
-        raise _unwritable(where, local, exc) from exc
+        raise unwritable_output(where, local, exc) from exc
     return group
 
 
-def _unwritable(where: str, local: Path | None, exc: OSError) -> InputError:
+def unwritable_output(where: str, local: Path | None, exc: OSError) -> InputError:
     """One line for an output that cannot be written: what the system said, and what to do."""
     reason = exc.strerror or str(exc) or type(exc).__name__
     blocker = ""

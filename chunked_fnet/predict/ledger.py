@@ -57,7 +57,7 @@ class Ledger:
         """Whether the output holds anything: the claims alone of a run stopped before it made the output do not count."""
         try:
             return self.names(self.output) != {LEDGER} or self.names(self.root) != {OWNER}
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # nothing there, or a file where a folder would be
             return False
 
     def names(self, folder: str) -> set[str]:

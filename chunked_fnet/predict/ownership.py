@@ -22,10 +22,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+from fsspec.implementations.local import LocalFileSystem
 
 from chunked_fnet.errors import OutputExistsError
 from chunked_fnet.io.store import redact
+from chunked_fnet.io.writer import unwritable_output
 from chunked_fnet.predict.ledger import LEDGER, OWNER, Ledger
 
 __all__ = ["HEARTBEAT_S", "LEASE_S", "Claim", "already_exists", "claimed", "clear_for_overwrite", "is_live", "refuse_if_held", "refuse_unless_replaceable"]
@@ -38,7 +42,7 @@ LEASE_S = 30.0
 def _claims(ledger: Ledger) -> dict[int, str]:
     try:
         names = ledger.names(f"{ledger.root}/{OWNER}")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return {}
     return {int(n[:-5]): f"{ledger.root}/{OWNER}/{n}" for n in names if n.endswith(".json") and n[:-5].isdigit()}
 
@@ -78,13 +82,23 @@ class Claim:
         self.path = f"{ledger.root}/{OWNER}/{number}.json"
         now = time.time()
         self.info = {"run": uuid.uuid4().hex[:12], "host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now}
+        self.writing = False  # set by the run once its checks pass: until then, a refusal leaves the output as it was
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="chunked_fnet-claim-heartbeat", daemon=True)
 
-    def create(self) -> None:
-        """Create the claim exclusively (FileExistsError if another run created it first)."""
-        self.ledger.fs.makedirs(f"{self.ledger.root}/{OWNER}", exist_ok=True)
-        self.ledger.put(self.path, json.dumps(self.info).encode(), exclusive=True)
+    def create(self, output: str) -> None:
+        """Create the claim exclusively (FileExistsError if another run created it first); an output that
+        cannot be written at all is refused here, in one line naming it, before anything else is tried."""
+        local = Path(self.ledger.output) if isinstance(self.ledger.fs, LocalFileSystem) else None
+        try:
+            self.ledger.fs.makedirs(f"{self.ledger.root}/{OWNER}", exist_ok=True)
+            self.ledger.put(self.path, json.dumps(self.info).encode(), exclusive=True)
+        except FileExistsError:
+            if local is None or (local.parent.is_dir() and Path(self.path).parent.is_dir()):
+                raise
+            raise unwritable_output(redact(output), local, NotADirectoryError(20, "Not a directory")) from None
+        except OSError as exc:
+            raise unwritable_output(redact(output), local, exc) from None
         self._thread.start()
 
     def _write(self) -> None:
@@ -104,8 +118,8 @@ class Claim:
             self._thread.join()
 
     def discard(self) -> None:
-        """Remove the claim and the folders it made, for a run that made nothing else: what is not
-        empty (another run's claim made since) stays."""
+        """Remove the claim and the folders it made, for a run that wrote nothing else: what is not
+        empty (earlier runs' claims, another run's made since) stays."""
         self._stop_beating()
         self.ledger.fs.rm(self.path)
         for folder in (f"{self.ledger.root}/{OWNER}", self.ledger.root, self.ledger.output):
@@ -138,10 +152,17 @@ def _refusal(output: str, info: dict[str, Any], what: str) -> OutputExistsError:
 
 def refuse_if_held(output: str) -> None:
     """Refuse, naming it, while a live run holds ``output`` (before other checks: "already exists" would not say who)."""
-    ledger = Ledger(output)
+    _latest_stale(Ledger(output), output)
+
+
+def _latest_stale(ledger: Ledger, output: str) -> int:
+    """The number of the latest claim (-1: none), refusing if its run is live. One listing serves both, so
+    that the next number is taken from what was judged: a claim made since makes the exclusive create fail."""
     claims = _claims(ledger)
-    if claims and is_live(info := _read(ledger, claims[max(claims)])):
+    latest = max(claims, default=-1)
+    if latest >= 0 and is_live(info := _read(ledger, claims[latest])):
         raise _refusal(output, info, "two runs must not write one output")
+    return latest
 
 
 @contextmanager
@@ -149,17 +170,16 @@ def claimed(output: str) -> Iterator[Claim]:
     """Hold ``output`` for the duration of a run: claim 0 of a new output, or the next claim after a
     stale one. Refuses, naming the holder, while another run is live. Whether the run may write what is
     there already (resume, overwrite) is the caller's to check, once it holds the claim."""
-    refuse_if_held(output)
     ledger = Ledger(output)
-    claim = Claim(ledger, max(_claims(ledger), default=-1) + 1)
+    claim = Claim(ledger, _latest_stale(ledger, output) + 1)
     try:
-        claim.create()
+        claim.create(output)
     except FileExistsError:  # another run claimed it between our look and our create
         raise _refusal(output, _read(ledger, claim.path), "it claimed the output a moment before this run") from None
     try:
         yield claim
     finally:
-        if claim.number == 0 and not ledger.output_exists():  # refused or failed before making anything
+        if not claim.writing or (claim.number == 0 and not ledger.output_exists()):  # refused, or made nothing
             claim.discard()
         else:
             claim.release()

@@ -63,6 +63,7 @@ def run_jobs(
         context = nullcontext(client) if isinstance(client, Client) else local_client(client or ClusterSpec())
         with context as c:
             policies, skips = prepare(jobs, c, resume=resume, overwrite=overwrite)
+            claim.writing = True
             if overwrite:
                 clear_for_overwrite(target)
             elif not resume and Ledger(target).output_exists():  # made by a run that ended between our check and our claim
