@@ -159,6 +159,35 @@ def _stopped(jobs: Sequence[PredictJob], failure: str, output: str) -> RunStoppe
     )
 
 
+#: Worker task states of a task whose function is running (``cancelled``: cancelled while it ran;
+#: its function cannot be interrupted and goes on to write its chunk).
+RUNNING = frozenset({"executing", "long-running", "cancelled", "resumed"})
+
+
+def _running_keys(tokens: Sequence[str], dask_worker: Any = None) -> list[str]:
+    """On a worker (``Client.run``): the keys of the run's tasks whose function is still running."""
+    return [
+        str(key) for key, ts in dask_worker.state.tasks.items()
+        if ts.state in RUNNING and any(f"-{token}" in str(key) for token in tokens)
+    ]
+
+
+def _let_running_tasks_end(client: Client, tokens: Sequence[str], timeout: float) -> None:
+    """Wait (up to ``timeout``) until no task of the run is running on any worker. Cancelling a task
+    only forgets it: a chunk task already running goes on and writes its chunk and ledger marker. A
+    stopped run that counted its chunks, or gave up its output's claim, before they ended would report
+    a count the ledger then contradicts, and could let another run start writing beside them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            running = client.run(_running_keys, list(tokens), on_error="return")
+        except (OSError, TimeoutError):  # the cluster is going away: nothing more to wait for
+            return
+        if not any(isinstance(keys, list) and keys for keys in running.values()):
+            return
+        time.sleep(0.1)
+
+
 def execute(job: PredictJob, policy: RunPolicy, client: Client, *, skip: Collection[str] = (), progress: bool = True) -> RunSummary:
     """Run the tasks of a planned job whose output exists (see :func:`~chunked_fnet.predict.prepare.create_output`).
 
@@ -268,6 +297,7 @@ def _run_tasks(
                         text = f"{labels[j]}{describe_chunk(ti, region, job.times[ti])}: {type(exc).__name__}: {redact(str(exc))}"
                         if not retryable(exc):
                             client.cancel(list(futures))
+                            _let_running_tasks_end(client, [s.token for s in submitters], stall)
                             raise _stopped(jobs, text, where)
                         if attempt < job.options.retries:
                             again = {f: (j, t, attempt + 1) for f, t in submitters[j].submit([task], retry=True).items()}
