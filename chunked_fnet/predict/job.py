@@ -138,7 +138,7 @@ def model_grid_frame(job: PredictJob, time_index: int) -> ModelGridFrame:
     )
 
 
-def _back_to_input_grid(model_values: np.ndarray, source: Box, grid: ModelGrid, region: Box) -> np.ndarray:
+def back_to_input_grid(model_values: np.ndarray, source: Box, grid: ModelGrid, region: Box) -> np.ndarray:
     """Linear interpolation of the model-grid prediction ``model_values`` (over ``source``, as given by
     :func:`~chunked_fnet.predict.schedule.interpolation_region`) at the input voxels of ``region``.
 
@@ -218,7 +218,7 @@ def write_chunk(run: JobRef | tuple[PredictJob, RunPolicy], task: ChunkTask, *pi
         raise RuntimeError(f"chunk {task.region} expected {len(task.sources)} pieces, got {len(pieces)}")
     blended = policy.window.blend_pieces(task.model_box, pieces)
     if job.options.output_grid == "input":
-        blended = _back_to_input_grid(blended, task.model_box, job.grid, task.region)
+        blended = back_to_input_grid(blended, task.model_box, job.grid, task.region)
     out = open_for_writing(job.output_path)
     write_region(out, (slice(task.time_index, task.time_index + 1), slice(None), *task.region.slices), blended[None])
     timings = {"seconds": time.perf_counter() - start, "voxels": float(task.region.size)}

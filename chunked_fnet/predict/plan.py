@@ -60,7 +60,7 @@ def plan(
         frame_stats(spatial_frame(image, i, channel), f"{source} t={t} channel {name!r}", options.nonfinite)
         for i, t in frames
     )
-    _check_eps(members, stats, frames, source)
+    check_eps(members, stats, frames, source)
     times = tuple(t for _, t in frames)
     scale = image.attrs["scale"]
     zyx = tuple(selection.size[d] for d in ("z", "y", "x"))
@@ -102,7 +102,7 @@ def plan(
 EPS_TOLERANCE = 1e-6
 
 
-def _check_eps(members: Sequence[Member], stats: Sequence[FrameStats], frames: Sequence[tuple[int, int | None]], source: str) -> None:
+def check_eps(members: Sequence[Member], stats: Sequence[FrameStats], frames: Sequence[tuple[int, int | None]], source: str) -> None:
     """Refuse frames so flat that a package's ``eps`` would change its z-scores measurably."""
     for m in members:
         for s, (_, t) in zip(stats, frames, strict=True):

@@ -69,7 +69,7 @@ def interpolation_region(region: Box, factor: Sequence[float], model_shape: Sequ
     """The model-grid voxels that linear interpolation at the input voxels of ``region`` reads.
 
     Input voxel ``i`` sits at model coordinate ``i * factor``; voxels past the last model voxel take
-    the last one (see ``job._back_to_input_grid``, which uses this region).
+    the last one (see ``job.back_to_input_grid``, which uses this region).
     """
     lo = tuple(min(int(math.floor(a * f)), n - 1) for a, f, n in zip(region.start, factor, model_shape, strict=True))
     hi = tuple(min(int(math.floor((b - 1) * f)) + 2, n) for b, f, n in zip(region.stop, factor, model_shape, strict=True))
