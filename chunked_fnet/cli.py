@@ -216,7 +216,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from chunked_fnet.io.plate import is_plate
 
     if is_plate(args.input):
+        if args.follow:
+            raise InputError(f"{args.input} is a plate; --follow follows one growing time-lapse image")
         return _predict_plate(args, options, spec)
+    if args.follow:
+        return _follow(args, options, spec)
+    if args.idle_timeout is not None or args.poll is not None:
+        raise InputError("--idle-timeout and --poll are for --follow, which this command does not pass")
     if args.wells:
         raise InputError(f"{args.input} is not an OME-Zarr plate; --wells selects wells of a plate")
     output, summary = predict(
@@ -226,6 +232,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(summary)
     print(describe_image(output))
     print(f"view it: napari {args.out}  (napari-ome-zarr), or serve it and open it in neuroglancer")
+    return 0
+
+
+def _follow(args: argparse.Namespace, options: Any, spec: Any) -> int:
+    """Predict a time-lapse while it is written (predict/follow.py)."""
+    from chunked_fnet.io.reader import open_image
+    from chunked_fnet.predict.follow import follow
+
+    summary = follow(
+        args.input, args.models, args.out, options=options, client=spec, series=args.series, overwrite=args.overwrite,
+        resume=args.resume, idle_timeout=args.idle_timeout, poll=args.poll, progress=not args.no_progress,
+    )
+    print(summary)
+    print(describe_image(open_image(args.out)))
     return 0
 
 
@@ -484,6 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", help="image of a bioformats2raw collection")
     p.add_argument("--wells", nargs="+", metavar="WELL", help="of an HCS plate input: predict only these wells (e.g. A/1 B/3; default: every well)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run into --out: compute only the chunks not yet recorded as done")
+    p.add_argument("--follow", action="store_true",
+                   help="follow a time-lapse being written: predict every complete frame, then each new one as it completes, appending it "
+                   "to --out; ends when the writer sets the image attribute acquisition_complete: true, after --idle-timeout, or on Ctrl-C/SIGTERM")
+    p.add_argument("--idle-timeout", type=float, metavar="S", help="with --follow: stop after S seconds without a new frame (default: never)")
+    p.add_argument("--poll", type=float, metavar="S", help="with --follow: seconds between looks at the input (default 0.5)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://127.0.0.1:8786")
     where.add_argument("--cluster", help="cluster spec YAML (cluster/*.yaml)")
@@ -593,6 +618,9 @@ AFTER_A_STOP = {
 }
 
 
+AFTER_A_FOLLOW = "the frames predicted so far are kept: rerun with --follow --resume to go on"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
@@ -604,7 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         how, code = ("stopped by SIGTERM", 128 + signal.SIGTERM) if isinstance(exc, Terminated) else ("interrupted", 130)
-        hint = f" ({AFTER_A_STOP[args.command]})" if args.command in AFTER_A_STOP else ""
+        after = AFTER_A_FOLLOW if getattr(args, "follow", False) else AFTER_A_STOP.get(args.command)
+        hint = f" ({after})" if after else ""
         print(f"chunked-fnet {args.command}: {how}{hint}", file=sys.stderr)
         return code
     except ValidationError as exc:  # settings built without config.build: still one line

@@ -71,3 +71,26 @@ def test_the_predictor_refuses_what_is_not_one_frame(timelapse: Path, tmp_path: 
         predictor(np.ones((9, 40, 36), np.float32))
     with pytest.raises(InputError, match=r"all positive; got \[0.4, 0.0, 0.4\]"):
         predictor(np.random.default_rng(0).random((9, 40, 36)), scale=(0.4, 0.0, 0.4))
+
+
+def test_the_readme_example_runs_as_written(timelapse: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's few lines for acquisition software, executed as they stand (files named as there)."""
+    import re
+    import shutil
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "cf.Predictor" in b)
+    tiny_checkpoint(tmp_path / "dna.ckpt", "dna", seed=1, voxel=(0.29, 0.108, 0.108))
+    tiny_checkpoint(tmp_path / "membrane.ckpt", "membrane", seed=2, voxel=(0.29, 0.108, 0.108), color="FF00FF")
+    shutil.copytree(timelapse / "in.zarr", tmp_path / "live.zarr")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - the README's own code
+    prediction, nuclei = scope["prediction"], scope["nuclei"]
+    assert prediction.dims == ("c", "z", "y", "x") and list(prediction["c"].values) == ["dna", "membrane"]
+    assert nuclei.dims == ("z", "y", "x") and np.isfinite(nuclei.values).all()
+    # on the models' grid: 0.4 µm voxels resampled to 0.29 x 0.108 x 0.108
+    from chunked_fnet.preprocess.resample import ModelGrid
+
+    assert prediction.shape[1:] == ModelGrid((9, 40, 36), (0.4, 0.4, 0.4), (0.29, 0.108, 0.108)).shape
+    assert prediction.attrs["scale"] == {"z": 0.29, "y": 0.108, "x": 0.108}

@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-__all__ = ["Completeness", "chunk_ranges", "completeness"]
+__all__ = ["Completeness", "chunk_ranges", "completeness", "complete_prefix"]
 
 
 @dataclass(frozen=True)
@@ -60,3 +60,15 @@ def completeness(array: zarr.Array, region: Sequence[slice]) -> Completeness:
     # the array's own key encoding ("c/0/1", "0.1", ...)
     keys = [array.metadata.encode_chunk_key(coords) for coords in itertools.product(*ranges)]
     return Completeness(len(keys), tuple(k for k in keys if k not in stored))
+
+
+def complete_prefix(array: zarr.Array, regions: Sequence[Sequence[slice]]) -> int:
+    """How many of ``regions``, in order from the first, have every chunk (or shard) they touch stored:
+    one listing for all of them (a followed time-lapse asks this of every frame not yet predicted)."""
+    stored = sync(_stored_keys(array))
+    for n, region in enumerate(regions):
+        ranges = chunk_ranges(array, tuple(region))
+        assert ranges is not None
+        if any(array.metadata.encode_chunk_key(coords) not in stored for coords in itertools.product(*ranges)):
+            return n
+    return len(regions)

@@ -119,6 +119,12 @@ def read_metadata(path: Any, *, series: str | int | None = None, storage_options
     return parse_image_attrs(group.attrs.asdict(), where)
 
 
+def image_attributes(path: Any, *, series: str | int | None = None, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The image group's attributes as stored now (read again at each call: a writer may have changed them)."""
+    group, _ = _resolve_series(open_zarr_group(path, storage_options), series, describe(path))
+    return group.attrs.asdict()
+
+
 def open_level_array(
     path: Any,
     *,

@@ -238,6 +238,21 @@ def open_for_writing(store: str | Path, storage_options: Mapping[str, Any] | Non
     return zarr.open_group(open_store(store, read_only=False, storage_options=storage_options), mode="r+")
 
 
+def grow_time_axis(store: str | Path, length: int, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Lengthen every pyramid level's t axis to ``length`` (never shorten: what is written stays); the
+    NGFF metadata depends on no array's length, so an image grown frame by frame stays valid throughout.
+    zarr rewrites each array's metadata whole, so a viewer reading meanwhile sees the old or the new length."""
+    group = open_for_writing(store, storage_options)
+    meta = parse_image_attrs(group.attrs.asdict(), describe(group.store))
+    if "t" not in meta.dims:
+        raise OmeZarrError(f"{describe(group.store)}: has no t axis to grow")
+    axis = meta.dims.index("t")
+    for level in range(meta.n_levels):
+        arr = _level_array(group, level)
+        if arr.shape[axis] < length:
+            arr.resize(tuple(length if a == axis else n for a, n in enumerate(arr.shape)))
+
+
 def _level_array(group: zarr.Group, level: int) -> zarr.Array:
     try:
         arr = group[str(level)]
@@ -286,9 +301,11 @@ def downsample_mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
 
 
 def build_pyramid(
-    store: str | Path | zarr.Group, progress: bool = True, storage_options: Mapping[str, Any] | None = None
+    store: str | Path | zarr.Group, progress: bool = True, storage_options: Mapping[str, Any] | None = None,
+    times: tuple[int, int] | None = None,
 ) -> None:
-    """Fill levels 1.. from level 0 by block means, one target chunk per dask task (bounded memory)."""
+    """Fill levels 1.. from level 0 by block means, one target chunk per dask task (bounded memory);
+    ``times``: only the time points [start, stop) (a followed time-lapse adds its new frames' levels)."""
     group = store if isinstance(store, zarr.Group) else open_for_writing(store, storage_options)
     meta = parse_image_attrs(group.attrs.asdict(), describe(group.store))
     for level in range(1, meta.n_levels):
@@ -298,8 +315,14 @@ def build_pyramid(
             int(round(meta.scales[level].get(d, 1.0) / meta.scales[level - 1].get(d, 1.0))) for d in meta.dims
         )
         source = da.from_zarr(src, chunks=tuple(c * f for c, f in zip(dst.chunks, factors, strict=True)))
+        region: tuple[slice, ...] = (slice(None),) * len(meta.dims)
+        if times is not None and "t" in meta.dims:
+            if factors[meta.dims.index("t")] != 1:
+                raise OmeZarrError(f"{describe(group.store)}: its levels are down-sampled in t; a time range cannot be rebuilt alone")
+            region = tuple(slice(*times) if d == "t" else slice(None) for d in meta.dims)
+            source = source[region]
         chunks = tuple(tuple(math.ceil(c / f) for c in axis) for axis, f in zip(source.chunks, factors, strict=True))
         target = source.map_blocks(downsample_mean, factors, dtype=dst.dtype, chunks=chunks)
         compute_with_progress(
-            da.store(target, dst, lock=False, compute=False), desc=f"pyramid level {level}", enabled=progress
+            da.store(target, dst, lock=False, compute=False, regions=region), desc=f"pyramid level {level}", enabled=progress
         )

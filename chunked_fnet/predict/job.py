@@ -61,6 +61,7 @@ class PredictJob:
     input_info: dict[str, Any] = field(default_factory=dict, hash=False)  # shape, dtype, scale, ... for the run record
     input_level: int = 0  # pyramid level read
     input_offset: tuple[int, int, int] = (0, 0, 0)  # z, y, x of the selection's first voxel in that level's array
+    time_offset: int = 0  # the output's t index of ``times[0]``: a followed time-lapse predicts its frames in steps
 
     def record(self, policy: RunPolicy) -> dict[str, Any]:
         """Everything that determines the output's values and layout (JSON), kept in the output for ``--resume``."""
@@ -87,7 +88,7 @@ class PredictJob:
 
     @property
     def output_shape(self) -> tuple[int, ...]:
-        return (len(self.times), len(self.models), *self.spatial_shape)
+        return (self.time_offset + len(self.times), len(self.models), *self.spatial_shape)
 
     @property
     def n_chunks(self) -> int:
@@ -125,15 +126,17 @@ class PredictJob:
             output_chunks=self.options.chunks,
             block_shape=self.block_shape,
             time_points=len(self.times),
+            first_time=self.time_offset,
             factor=self.grid.factor if self.options.output_grid == "input" else None,
             skip=skip,
         )
 
 
 def model_grid_frame(job: PredictJob, time_index: int) -> ModelGridFrame:
-    """Frame ``time_index`` of ``job``'s input selection, read from its store."""
+    """The frame of ``job``'s input selection written at output time index ``time_index``, read from its store."""
+    i = time_index - job.time_offset
     return ModelGridFrame(
-        job.input_array, job.input_dims, job.times[time_index], job.channel_index, job.stats[time_index], job.grid,
+        job.input_array, job.input_dims, job.times[i], job.channel_index, job.stats[i], job.grid,
         job.options.nonfinite, job.input_offset,
     )
 

@@ -6,6 +6,7 @@ output. Nothing here depends on the cluster; what a run chooses is the policy's 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from chunked_fnet.predict.policy import ModelConstraints
 from chunked_fnet.preprocess.normalize import FrameStats, frame_stats
 from chunked_fnet.preprocess.resample import ModelGrid
 
-__all__ = ["EPS_TOLERANCE", "plan"]
+__all__ = ["EPS_TOLERANCE", "more_frames", "plan"]
 
 
 def plan(
@@ -95,6 +96,27 @@ def plan(
     )
     job.__dict__["input_array"] = selection.array  # the store this process just opened: the tasks run in process read it too
     return job
+
+
+def more_frames(job: PredictJob, start: int, stop: int, members: Sequence[Member]) -> PredictJob:
+    """``job`` for its input store's time points [start, stop), written at output time ``start`` up: the
+    next step of a followed time-lapse. Only the new frames' statistics are computed (the store reopened,
+    since it grew); the input, the models (``members``: :func:`check_ensemble` of them) and the options
+    are ``job``'s, checked when it was planned."""
+    array, meta = open_level_array(job.input_path, level=job.input_level, series=job.series)[:2]
+    image = as_image(array, meta, job.input_path, job.input_level)
+    if "t" not in image.dims or not 0 <= start < stop <= image.sizes["t"]:
+        raise InputError(f"{job.input_path}: time points [{start}, {stop}) are outside its {image.sizes.get('t', 0)} time points")
+    box = {d: slice(o, o + n) for d, o, n in zip("zyx", job.input_offset, job.grid.source_shape, strict=True)}
+    image = image.isel(box)
+    channel = job.channel_index if "c" in image.dims else 0
+    stats = tuple(
+        frame_stats(spatial_frame(image, t, channel), f"{job.input_path} t={t}", job.options.nonfinite) for t in range(start, stop)
+    )
+    check_eps(members, stats, [(t, t) for t in range(start, stop)], job.input_path)
+    step = replace(job, times=tuple(range(start, stop)), stats=stats, time_offset=start)
+    step.__dict__["input_array"] = array
+    return step
 
 
 #: How much a package's z-scoring epsilon may change the z-scores, relative, before a run is refused:

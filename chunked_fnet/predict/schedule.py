@@ -87,12 +87,14 @@ def schedule(
     output_chunks: Sequence[int],
     block_shape: Sequence[int],
     time_points: int,
+    first_time: int = 0,
     factor: Sequence[float] | None = None,
     skip: Collection[str] = (),
 ) -> Schedule:
     """Blocks and chunk tasks for ``time_points`` frames of the model grid whose global patch grid is
     ``grid`` (one frame's; every frame has the same); chunks whose ledger key is in ``skip`` (already
-    written) are left out, and so are blocks that no remaining chunk needs.
+    written) are left out, and so are blocks that no remaining chunk needs. Tasks' ``time_index`` is
+    the output's: ``first_time`` up (a followed time-lapse schedules each new step of frames after the last).
 
     ``factor`` (model voxels per output voxel, per axis) is given when the output is on the input
     grid; then each chunk needs the model region its interpolation reads. Geometry is worked out per
@@ -125,7 +127,7 @@ def schedule(
 
     blocks: list[BlockTask] = []
     chunks: list[ChunkTask] = []
-    for ti in range(time_points):
+    for ti in range(first_time, first_time + time_points):
         todo = [r for r in chunk_list if chunk_key(ti, r) not in skip]
         pieces: dict[tuple[int, int, int], list[Box]] = {}  # block index triple -> its pieces
         wanted: list[tuple[Box, Box, list[tuple[tuple[int, int, int], int]]]] = []

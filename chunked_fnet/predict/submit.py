@@ -225,7 +225,7 @@ def execute_many(
         workers, voxels = _run_tasks(jobs, graphs, refs, client, progress, labels, output)
     for job in jobs:
         if job.options.levels > 1:
-            build_pyramid(job.output_path, progress=progress)
+            build_pyramid(job.output_path, progress=progress, times=(job.time_offset, job.time_offset + len(job.times)))
     seconds = time.perf_counter() - start
     return [
         RunSummary(
@@ -294,7 +294,7 @@ def _run_tasks(
                     if future.status == "error":
                         ti, region = task.time_index, task.region
                         exc = future.exception()
-                        text = f"{labels[j]}{describe_chunk(ti, region, job.times[ti])}: {type(exc).__name__}: {redact(str(exc))}"
+                        text = f"{labels[j]}{describe_chunk(ti, region, job.times[ti - job.time_offset])}: {type(exc).__name__}: {redact(str(exc))}"
                         if not retryable(exc):
                             client.cancel(list(futures))
                             _let_running_tasks_end(client, [s.token for s in submitters], stall)
