@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from chunked_fnet.errors import InputError
+from chunked_fnet.io.store import redact
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -81,3 +84,28 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"config file {path}: expected a mapping of settings, got {type(data).__name__}")
     return data
+
+
+# Run records (a prediction's ``run.json``, a training run's ``config.yaml``) are compared field by field
+# before a resume, so that a run is finished only with the settings it was started with.
+def differences(recorded: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """What differs between two run records, one readable line per field (floats within 1e-9)."""
+    out = []
+    for key in sorted(set(recorded) | set(current)):
+        a, b = recorded.get(key), current.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += differences(a, b, f"{name}.")
+        elif not _same(a, b):
+            out.append(f"{name}: interrupted run {redact(json.dumps(a))}, now {redact(json.dumps(b))}")
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b

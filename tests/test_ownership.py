@@ -97,6 +97,15 @@ def test_the_claim_of_a_killed_run_on_this_host_is_taken_over_at_once_one_elsewh
     path.write_text(json.dumps({"run": "r", "host": "elsewhere", "pid": 1, "started": 0, "heartbeat": time.time() - LEASE_S - 1}))
     with claimed(str(out)) as claim:
         assert claim.number == 3
+    # a damaged claim (not JSON) is judged by its file's age: refused, named, while it could be a live run's
+    damaged = out / ".chunked_fnet" / "owner" / "4.json"
+    damaged.write_bytes(b"\x00{not json")
+    with pytest.raises(OutputExistsError, match=r"another run of the unreadable claim .*owner/4.json"):
+        with claimed(str(out)):
+            pass
+    os.utime(damaged, (time.time() - LEASE_S - 1,) * 2)
+    with claimed(str(out)) as claim:
+        assert claim.number == 5
 
 
 def test_a_live_claim_keeps_its_heartbeat_and_a_released_one_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,7 +41,8 @@ from chunked_fnet.io.store import redact
 from chunked_fnet.io.writer import grow_time_axis
 from chunked_fnet.predict.ensemble import Member, check_ensemble
 from chunked_fnet.predict.job import PredictJob
-from chunked_fnet.predict.ledger import Ledger, differences
+from chunked_fnet.config import differences
+from chunked_fnet.predict.ledger import Ledger
 from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.predict.ownership import Claim, already_exists, claimed, clear_for_overwrite, refuse_if_held, refuse_unless_replaceable
 from chunked_fnet.predict.plan import more_frames, plan

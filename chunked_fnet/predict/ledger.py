@@ -17,7 +17,6 @@ disk) is refused in one line by :meth:`Ledger.read_record`.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -110,26 +109,3 @@ class Ledger:
         except FileNotFoundError:
             return set()
         return {n for n in names if not n.startswith(".")}  # .KEY.RANDOM.tmp: a marker being written, or torn by a crash
-
-
-def differences(recorded: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """What differs between two run records, one readable line per field (floats within 1e-9)."""
-    out = []
-    for key in sorted(set(recorded) | set(current)):
-        a, b = recorded.get(key), current.get(key)
-        name = f"{prefix}{key}"
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            out += differences(a, b, f"{name}.")
-        elif not _same(a, b):
-            out.append(f"{name}: interrupted run {redact(json.dumps(a))}, now {redact(json.dumps(b))}")
-    return out
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b

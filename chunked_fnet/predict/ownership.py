@@ -48,10 +48,23 @@ def _claims(ledger: Ledger) -> dict[int, str]:
 
 
 def _read(ledger: Ledger, path: str) -> dict[str, Any]:
+    """A claim's contents; one that cannot be read as a claim (damaged by hand or by a disk) is judged by
+    its file's modification time: its run may be alive, so it is taken over only after the lease."""
     try:
-        return json.loads(ledger.fs.cat_file(path))
-    except (FileNotFoundError, ValueError):  # released and cleared, or caught mid-write on a store without rename
+        raw = ledger.fs.cat_file(path)
+    except FileNotFoundError:  # released and cleared
         return {}
+    try:
+        info = json.loads(raw)
+        if isinstance(info, dict) and "heartbeat" in info:
+            return info
+    except ValueError:
+        pass
+    try:
+        modified = ledger.fs.modified(path).timestamp()
+    except (FileNotFoundError, NotImplementedError, OSError):
+        modified = time.time()  # cannot tell: as if it had just been written
+    return {"run": f"of the unreadable claim {redact(path)}", "heartbeat": modified, "started": modified}
 
 
 def is_live(info: dict[str, Any], now: float | None = None) -> bool:

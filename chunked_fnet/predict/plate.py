@@ -21,7 +21,8 @@ from chunked_fnet.errors import ChunkedFnetError, InputError, one_line
 from chunked_fnet.io.plate import create_plate, join, read_plate
 from chunked_fnet.io.store import redact
 from chunked_fnet.predict.submit import RunSummary
-from chunked_fnet.predict.ledger import Ledger, differences
+from chunked_fnet.config import differences
+from chunked_fnet.predict.ledger import Ledger
 from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.predict.ownership import already_exists
 from chunked_fnet.predict.plan import plan

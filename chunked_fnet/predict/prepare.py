@@ -18,7 +18,8 @@ from chunked_fnet.errors import ChunkedFnetError, InputError
 from chunked_fnet.io.store import redact
 from chunked_fnet.io.writer import create_image, open_for_writing
 from chunked_fnet.predict.job import PredictJob
-from chunked_fnet.predict.ledger import Ledger, differences
+from chunked_fnet.config import differences
+from chunked_fnet.predict.ledger import Ledger
 from chunked_fnet.predict.ownership import Claim, already_exists, clear_for_overwrite
 from chunked_fnet.predict.policy import PATCH_MEMORY_FRACTION, Hardware, RunPolicy
 

@@ -36,7 +36,7 @@ from chunked_fnet.device import Precision, resolve_device
 from chunked_fnet.errors import InputError
 from chunked_fnet.io.atomic import write_bytes
 from chunked_fnet.model import FnetUNet, ModelCard, UNetConfig, save_checkpoint
-from chunked_fnet.predict.ledger import differences
+from chunked_fnet.config import differences
 from chunked_fnet.train.data import PairSpec, PatchDataset, convert_if_tiff, describe_pair, expand_pairs, load_stats, save_stats
 from chunked_fnet.train.manifest import Pair, read_manifest, split_pairs
 from chunked_fnet.train.state import load_training_state, save_training_state
