@@ -189,6 +189,8 @@ def test_report_figure_shows_every_metric_of_every_structure_train_and_test(tmp_
         assert all(np.isfinite(b.get_height()) for b in ax.patches)
     finite = [r["psnr_db"] for r in rows[1:3]]
     assert summarize(rows)[("dna", "train")]["psnr_db"] == pytest.approx(np.mean(finite))
+    unresolved = [{**r, "fsc_resolution_um": float("inf")} for r in rows if r["structure"] == "er"]
+    assert summarize(unresolved)[("er", "test")]["fsc_resolution_um"] == np.inf  # every image unresolved: inf, not NaN
     # a table from before the new metrics still draws its two panels
     old = tmp_path / "old.csv"
     old.write_text("structure,split,image,normalized_error,pearson_r\ndna,test,a,0.3,0.8\ndna,train,b,0.2,0.9\n")

@@ -58,7 +58,8 @@ def evaluate_run(run: str | Path, *, options: PredictOptions | None = None, prog
 
 def summarize(rows: Sequence[dict[str, object]]) -> dict[tuple[str, str], dict[str, float]]:
     """Mean and standard deviation of each metric per (structure, split), over the images where it is
-    finite (a perfect image's PSNR is inf, a blank one's Pearson r NaN); NaN when none is."""
+    finite (a perfect image's PSNR is inf, a blank one's Pearson r NaN); where none is, the mean is the
+    images' common infinity (e.g. FSC resolution inf: nothing resolved in any image), else NaN."""
     groups: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
     for row in rows:
         groups[(str(row["structure"]), str(row["split"]))].append(row)
@@ -66,9 +67,11 @@ def summarize(rows: Sequence[dict[str, object]]) -> dict[tuple[str, str], dict[s
     for key, items in groups.items():
         out[key] = {"n": float(len(items))}
         for metric in METRICS:
-            values = np.array([float(r[metric]) for r in items if metric in r])  # type: ignore[arg-type]
-            values = values[np.isfinite(values)]
-            out[key][metric] = float(values.mean()) if values.size else float("nan")
+            every = np.array([float(r[metric]) for r in items if metric in r])  # type: ignore[arg-type]
+            values = every[np.isfinite(every)]
+            infinite = set(every[np.isinf(every)].tolist())
+            common = infinite.pop() if len(infinite) == 1 and not np.isnan(every).any() else float("nan")
+            out[key][metric] = float(values.mean()) if values.size else common
             out[key][f"{metric}_std"] = float(values.std()) if values.size else float("nan")
     return out
 
