@@ -9,7 +9,7 @@ The package is laid out by job, one subpackage each:
 * :mod:`chunked_fnet.train`: manifests, patch datasets and the resumable trainer.
 * :mod:`chunked_fnet.sliding_window`: the sliding-window grid, blending and the model runner.
 * :mod:`chunked_fnet.predict`: chunked ensemble prediction on a dask cluster (options, job, schedule, run, ledger).
-* :mod:`chunked_fnet.evaluate`: normalised error and Pearson r, evaluation reports, seam checks.
+* :mod:`chunked_fnet.evaluate`: normalised error, Pearson r, SSIM/PSNR/NRMSE, FSC resolution, evaluation reports, seam checks.
 * :mod:`chunked_fnet.viz`: the paper's figures, a local store server and neuroglancer views.
 
 Beside them: the command line (:mod:`chunked_fnet.cli`), configs (:mod:`chunked_fnet.config`), the

@@ -127,12 +127,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = PredictOptions(precision=args.precision)
     rows = [row for run in args.runs for row in evaluate_run(run, options=options, progress=not args.no_progress)]
     table, figure = write_report(rows, args.out)
-    print(f"{'structure':<18}{'split':<7}{'n':>3}  {'norm. error':>12}  {'Pearson r':>10}")
+    columns = (("normalized_error", "norm. error"), ("pearson_r", "Pearson r"), ("ssim", "SSIM"), ("psnr_db", "PSNR dB"),
+               ("fsc_resolution_um", "FSC µm"))
+    print(f"{'structure':<18}{'split':<7}{'n':>3}" + "".join(f"  {label:>15}" for _, label in columns))
     for (structure, split), m in sorted(summarize(rows).items()):
-        print(
-            f"{structure:<18}{split:<7}{int(m['n']):>3}  {m['normalized_error']:>6.3f} ± {m['normalized_error_std']:<5.3f}"
-            f"{m['pearson_r']:>6.3f} ± {m['pearson_r_std']:.3f}"
-        )
+        print(f"{structure:<18}{split:<7}{int(m['n']):>3}" + "".join(f"  {m[k]:>7.3f} ± {m[k + '_std']:<5.3f}" for k, _ in columns))
     print(f"per image: {table}\nfigure: {figure}")
     return 0
 
@@ -488,7 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="normalised error and Pearson r of trained runs on their train/test splits")
+    p = sub.add_parser(
+        "evaluate", help="normalised error, Pearson r, SSIM, PSNR, NRMSE and FSC resolution of trained runs on their train/test splits"
+    )
     p.add_argument("runs", nargs="+", help="training run directories")
     p.add_argument("--out", required=True, help="folder for metrics.csv and metrics.png")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
@@ -591,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
             k.add_argument("--y", type=float, help="y of the xz plane in µm (default: the middle)")
         k.add_argument("--overwrite", action="store_true", help="replace an existing output file")
         k.set_defaults(func=cmd_figure)
-    k = kinds.add_parser("metrics", help="per-structure normalised error and Pearson r, train and test (Figure 4b)")
+    k = kinds.add_parser("metrics", help="per-structure metrics of chunked-fnet evaluate, train and test (Figure 4b)")
     k.add_argument("source", metavar="METRICS.csv", help="metrics.csv from chunked-fnet evaluate (or its folder)")
     k.add_argument("--out", required=True, help="PNG file to write (never overwritten without --overwrite)")
     k.add_argument("--colors-from", help="an OME-Zarr prediction whose channel colours (model cards) to use")

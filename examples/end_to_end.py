@@ -9,7 +9,7 @@ Writes, in OUT_DIR (default ``example_end_to_end``):
     train.zarr/0..3          4 synthetic fields of view (bright-field + 6 fluorescence channels)
     timelapse.zarr           a held-out field of view, 6 frames 5 min apart
     run_<structure>/         one small U-Net per structure (<structure>.ckpt, losses.csv/png)
-    eval/metrics.csv         normalised error and Pearson r per image, train and test
+    eval/metrics.csv         normalised error, Pearson r, SSIM, PSNR, NRMSE, FSC per image, train and test
     prediction.zarr          the ensemble's prediction of the time-lapse (NGFF 0.5, a coloured channel each)
     figures/fig3_slices.png  input / target / prediction z-slices           (paper Figure 3)
     figures/fig4b_metrics.png  per-structure metrics, train and test        (Figure 4b)

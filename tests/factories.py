@@ -1,10 +1,10 @@
-"""Small things many tests make: a tiny, randomly initialised fnet checkpoint with a complete card, and
-a cluster whose workers are on two hosts."""
+"""Small things many tests make: a tiny, randomly initialised fnet checkpoint with a complete card, a
+small HCS plate on disk, and a cluster whose workers are on two hosts."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,50 @@ def tiny_checkpoint(
         training={"dataset": "random init", "iterations": 0, "seed": seed, "batch_size": 1, "patch_shape": [8, 16, 16], "learning_rate": 0.001},
     )
     return save_checkpoint(path, model, card)
+
+
+def write_plate(
+    path: Path,
+    fmt: Any = None,
+    *,
+    wells: Sequence[str] = ("A/1", "A/2", "B/1"),
+    fields: Sequence[str] = ("0", "1"),
+    shape: Sequence[int] = (8, 24, 20),
+    channels: Sequence[str] = ("brightfield", "dna"),
+    without: Mapping[str, Sequence[str]] | None = None,
+) -> None:
+    """A real OME-Zarr plate (ome-zarr-py's writer; NGFF 0.5 unless ``fmt``) of random czyx fields at 0.4 µm,
+    every field of every well with ``channels`` except those ``without`` leaves out of a field ("A/2/1": [...]),
+    each field given a translation of its own (ome-zarr-py writes zeros)."""
+    import numpy as np
+    import zarr
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
+
+    fmt = fmt or FormatV05()
+    rows = sorted({w.split("/")[0] for w in wells})
+    columns = sorted({w.split("/")[1] for w in wells})
+    root = zarr.open_group(str(path), mode="w", zarr_format=3 if fmt.version == "0.5" else 2)
+    write_plate_metadata(root, rows, columns, list(wells), fmt=fmt, field_count=len(fields), name="test plate")
+    rng = np.random.default_rng(0)
+
+    def channel(name: str) -> dict[str, Any]:
+        return {"label": name, "color": "FFFFFF", "active": True, "window": {"min": -4, "max": 4, "start": -2, "end": 2}}
+
+    for k, well in enumerate(wells):
+        row, col = well.split("/")
+        group = root.require_group(row).require_group(col)
+        write_well_metadata(group, [{"path": f} for f in fields], fmt=fmt)
+        for i, f in enumerate(fields):
+            names = [c for c in channels if c not in (without or {}).get(f"{well}/{f}", ())]
+            data = rng.normal(size=(len(names), *shape)).astype("float32")
+            image = group.require_group(f)
+            write_image(data, image, axes="czyx", fmt=fmt, scale_factors=[], scale={"c": 1.0, "z": 0.4, "y": 0.4, "x": 0.4},
+                        axes_units={a: "micrometer" for a in "zyx"}, omero={"channels": [channel(n) for n in names]})
+            attrs = image.attrs.asdict()
+            ms = (attrs["ome"] if "ome" in attrs else attrs)["multiscales"]
+            ms[0]["datasets"][0]["coordinateTransformations"][1]["translation"] = [0.0, 0.8 * k, 1.2 * i, 2.0]
+            image.update_attributes(attrs)
 
 
 @contextlib.contextmanager

@@ -161,3 +161,37 @@ def test_figure_errors_name_the_file_and_what_was_expected(data: VizData, tmp_pa
         figures.read_metrics(bad)
     with pytest.raises(Exception, match=r"no (transmitted-light|input).*channel named 'phase'"):
         figures.slices_figure(open_image(data.input), pred, input_channel="phase")
+
+
+def test_report_figure_shows_every_metric_of_every_structure_train_and_test(tmp_path: Path) -> None:
+    """write_report's metrics.png (from rows like evaluate_run's) has one panel per metric, each with a
+    train and a test bar per structure; non-finite values (a perfect PSNR) are left out, not plotted as inf."""
+    from chunked_fnet.evaluate.metrics import METRICS
+    from chunked_fnet.evaluate.report import FIELDS, summarize, write_report
+
+    rng = np.random.default_rng(0)
+    structures = ["dna", "er", "membrane"]
+    rows = [
+        {"structure": s, "split": split, "image": f"{s}{i}", **{m: float(rng.uniform(0.2, 0.9)) for m in METRICS}}
+        for s in structures for split in ("train", "test") for i in range(3)
+    ]
+    rows[0]["psnr_db"] = float("inf")
+    table, png = write_report(rows, tmp_path / "eval")
+    assert table.read_text().splitlines()[0] == ",".join(FIELDS) and "inf" in table.read_text()
+    assert _png(png).std() > 20
+    back = figures.read_metrics(table)
+    assert [back[0][m] for m in METRICS] == pytest.approx([rows[0][m] for m in METRICS], rel=1e-5)
+    fig = figures.metrics_figure(back)
+    assert [ax.get_ylabel() for ax in fig.axes] == [figures.METRIC_LABELS[m] for m in METRICS]
+    for ax, metric in zip(fig.axes, METRICS, strict=True):
+        assert [t.get_text() for t in ax.get_xticklabels()] == structures
+        assert len(ax.patches) == 2 * len(structures)  # a train and a test bar per structure
+        assert all(np.isfinite(b.get_height()) for b in ax.patches)
+    finite = [r["psnr_db"] for r in rows[1:3]]
+    assert summarize(rows)[("dna", "train")]["psnr_db"] == pytest.approx(np.mean(finite))
+    unresolved = [{**r, "fsc_resolution_um": float("inf")} for r in rows if r["structure"] == "er"]
+    assert summarize(unresolved)[("er", "test")]["fsc_resolution_um"] == np.inf  # every image unresolved: inf, not NaN
+    # a table from before the new metrics still draws its two panels
+    old = tmp_path / "old.csv"
+    old.write_text("structure,split,image,normalized_error,pearson_r\ndna,test,a,0.3,0.8\ndna,train,b,0.2,0.9\n")
+    assert [ax.get_ylabel() for ax in figures.metrics_figure(figures.read_metrics(old)).axes] == [figures.METRIC_LABELS[m] for m in METRICS[:2]]

@@ -17,7 +17,7 @@ from chunked_fnet.cluster import ClusterSpec, local_client
 from chunked_fnet.errors import InputError, OmeZarrError, OutputExistsError
 from chunked_fnet.io.plate import read_plate
 from chunked_fnet.predict import PredictOptions, predict, predict_plate
-from factories import tiny_checkpoint
+from factories import tiny_checkpoint, write_plate
 
 OPTIONS = dict(patch_shape=(8, 16, 16), overlap=0.25, chunks=(8, 16, 16), precision="fp32")
 WELLS = ["A/1", "A/2", "B/1"]
@@ -26,26 +26,7 @@ SHAPE = (8, 24, 20)
 
 
 def _write_plate(path: Path, fmt) -> None:  # noqa: ANN001
-    from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
-
-    root = zarr.open_group(str(path), mode="w", zarr_format=3 if fmt.version == "0.5" else 2)
-    write_plate_metadata(root, ["A", "B"], ["1", "2"], WELLS, fmt=fmt, field_count=2, name="test plate")
-    rng = np.random.default_rng(0)
-    for k, well in enumerate(WELLS):
-        row, col = well.split("/")
-        group = root.require_group(row).require_group(col)
-        write_well_metadata(group, [{"path": "0"}, {"path": "1"}], fmt=fmt)
-        for f in "01":
-            names = ["dna"] if f"{well}/{f}" == REFUSED else ["brightfield", "dna"]
-            data = rng.normal(size=(len(names), *SHAPE)).astype("float32")
-            image = group.require_group(f)
-            channel = lambda n: {"label": n, "color": "FFFFFF", "active": True, "window": {"min": -4, "max": 4, "start": -2, "end": 2}}  # noqa: E731
-            write_image(data, image, axes="czyx", fmt=fmt, scale_factors=[], scale={"c": 1.0, "z": 0.4, "y": 0.4, "x": 0.4},
-                        axes_units={a: "micrometer" for a in "zyx"}, omero={"channels": [channel(n) for n in names]})
-            attrs = image.attrs.asdict()  # a translation of its own per field (ome-zarr-py writes zeros)
-            ms = (attrs["ome"] if "ome" in attrs else attrs)["multiscales"]
-            ms[0]["datasets"][0]["coordinateTransformations"][1]["translation"] = [0.0, 0.8 * k, 1.2 * int(f), 2.0]
-            image.update_attributes(attrs)
+    write_plate(path, fmt, wells=WELLS, shape=SHAPE, without={REFUSED: ("brightfield",)})
 
 
 @pytest.fixture(scope="module")

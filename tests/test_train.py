@@ -193,8 +193,11 @@ def test_evaluate_writes_metrics_and_figure(dataset: Path, tmp_path: Path) -> No
     assert {r["split"] for r in rows} == {"train", "test"} and len(rows) == 6
     for r in rows:
         assert np.isfinite(r["normalized_error"]) and -1 <= r["pearson_r"] <= 1
+        assert -1 <= r["ssim"] <= 1 and np.isfinite(r["psnr_db"])
+        assert r["nrmse"] ** 2 == pytest.approx(r["normalized_error"], rel=1e-6)  # scikit-image and ours agree
+        assert r["fsc_resolution_um"] >= 2 * 0.4  # the model grid's sampling limit, µm (or inf: nothing resolved)
     table, figure = write_report(rows, tmp_path / "eval")
-    assert table.read_text().startswith("structure,split,image,normalized_error,pearson_r")
+    assert table.read_text().startswith("structure,split,image,normalized_error,pearson_r,ssim,psnr_db,nrmse,fsc_resolution_um")
     assert figure.stat().st_size > 1000
 
 

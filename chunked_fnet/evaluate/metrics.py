@@ -15,6 +15,17 @@ al.'s pairwise formulas; :mod:`chunked_fnet.moments`, which z-scoring for traini
 uses too); the blank prediction still scores exactly 1.0, other values agree with the numpy path to
 ~1e-12. Inputs containing NaN/inf, of different shapes, or constant where a standard
 deviation is needed are refused with ``ValueError`` rather than answered with NaN.
+
+:func:`image_metrics` gathers every metric ``chunked-fnet evaluate`` reports for one image (numpy,
+in memory): the two above, scikit-image's SSIM, PSNR and NRMSE against the z-scored target, and the
+Fourier shell correlation resolution (:mod:`chunked_fnet.evaluate.fsc`).
+
+**data_range of SSIM and PSNR**: the range ``max - min`` of the *z-scored target*, for both images.
+The target is the reference: its range fixes SSIM's stabilising constants and PSNR's peak, so a
+prediction cannot change its own score by its outliers, and since the target is z-scored the value
+does not depend on the camera's units. (Floating-point images have no natural range, and scikit-image
+asks for one.) SSIM uses scikit-image's default uniform window of 7 voxels per axis (smaller, odd,
+for an axis shorter than 7), on the model's voxel grid (isotropic in the paper's settings).
 """
 
 from __future__ import annotations
@@ -22,10 +33,18 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import skimage.metrics
 
+from chunked_fnet.evaluate.fsc import fourier_shell_correlation
 from chunked_fnet.moments import Moments, as_dask, is_constant, is_dask, moments
 
-__all__ = ["normalized_error", "pearson_r", "zscore"]
+__all__ = [
+    "METRICS", "image_metrics", "normalized_error", "normalized_root_mse", "peak_signal_noise_ratio", "pearson_r",
+    "structural_similarity", "zscore",
+]
+
+#: Every metric of :func:`image_metrics`, in the order the report's table and figure show them.
+METRICS = ("normalized_error", "pearson_r", "ssim", "psnr_db", "nrmse", "fsc_resolution_um")
 
 
 def _as_f64(a: Any) -> np.ndarray:
@@ -117,3 +136,57 @@ def normalized_error(target: Any, prediction: Any, *, standardize_prediction: bo
         raise ValueError("normalized_error: the prediction contains NaN or infinite values")
     diff = t - p
     return float(np.sum(diff * diff) / np.sum(t * t))
+
+
+def _reference(target: Any, prediction: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The z-scored target and the prediction as float64 numpy arrays, checked for shape and finiteness."""
+    _check_pair(target, prediction)
+    t = np.asarray(zscore(target))
+    p = _as_f64(prediction)
+    if not np.all(np.isfinite(p)):
+        raise ValueError("the prediction contains NaN or infinite values")
+    return t, p
+
+
+def _data_range(t: np.ndarray) -> float:
+    """SSIM's and PSNR's ``data_range``: the z-scored target's range (see the module docstring)."""
+    return float(t.max() - t.min())
+
+
+def structural_similarity(target: Any, prediction: Any) -> float:
+    """scikit-image's SSIM (2D or 3D) of the prediction against the z-scored target; 1 for a perfect one."""
+    t, p = _reference(target, prediction)
+    win = min(7, min(t.shape) - (1 - min(t.shape) % 2))  # odd, at most the shortest axis
+    if win < 3:
+        raise ValueError(f"structural_similarity needs at least 3 samples along every axis, the arrays are {t.shape}")
+    return float(skimage.metrics.structural_similarity(t, p, win_size=win, data_range=_data_range(t)))
+
+
+def peak_signal_noise_ratio(target: Any, prediction: Any) -> float:
+    """scikit-image's PSNR in dB against the z-scored target; ``inf`` for a perfect prediction (MSE 0)."""
+    t, p = _reference(target, prediction)
+    with np.errstate(divide="ignore"):
+        return float(skimage.metrics.peak_signal_noise_ratio(t, p, data_range=_data_range(t)))
+
+
+def normalized_root_mse(target: Any, prediction: Any) -> float:
+    """scikit-image's NRMSE, ``||t - p|| / ||t||`` (its default 'euclidean' normalisation), against the
+    z-scored target ``t``: 0 perfect, 1 blank; the square root of :func:`normalized_error`, computed by
+    the library (a check on each other)."""
+    t, p = _reference(target, prediction)
+    return float(skimage.metrics.normalized_root_mse(t, p, normalization="euclidean"))
+
+
+def image_metrics(target: Any, prediction: Any, voxel_size: Any) -> dict[str, float]:
+    """Every metric of :data:`METRICS` for one image; ``voxel_size`` (µm per axis) is the arrays' grid,
+    which the Fourier shell correlation resolution needs. Pearson r of a constant (e.g. blank) prediction
+    is undefined and recorded as NaN here, so that one image does not stop a whole evaluation."""
+    t, p = _reference(target, prediction)
+    return {
+        "normalized_error": normalized_error(t, p),
+        "pearson_r": float("nan") if np.ptp(p) == 0 else pearson_r(t, p),
+        "ssim": structural_similarity(t, p),
+        "psnr_db": peak_signal_noise_ratio(t, p),
+        "nrmse": normalized_root_mse(t, p),
+        "fsc_resolution_um": fourier_shell_correlation(t, p, voxel_size).resolution_um,
+    }

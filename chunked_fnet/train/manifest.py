@@ -10,6 +10,18 @@ image (or a TIFF, converted once into the run directory) with its input and targ
         split: train          # optional: train | test; otherwise the split is drawn reproducibly
         time_points: [0, 1]   # optional: default all; every time point is one training pair
 
+Or ``images:`` names an OME-Zarr HCS plate, every field of which is one image (and each of its time
+points one pair), split by well so that no well is in both splits::
+
+    images:
+      plate: data/plate.zarr
+      input_channel: brightfield
+      target_channel: dna
+      test_wells: [B/3, C/5]  # the test split: every field of these wells; the other wells train
+
+A field without the input or the target channel is refused, naming the plate, the well, the field, the
+channel and the channels it has.
+
 Relative paths are relative to the manifest's folder.
 """
 
@@ -24,7 +36,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from chunked_fnet.config import build
-from chunked_fnet.errors import InputError
+from chunked_fnet.errors import InputError, OmeZarrError
+from chunked_fnet.io.plate import join, read_plate
+from chunked_fnet.io.reader import channel_index, open_image
 
 
 class ManifestEntry(BaseModel):
@@ -36,6 +50,17 @@ class ManifestEntry(BaseModel):
     series: str | None = None
     time_points: tuple[int, ...] | None = None
     voxel_size: tuple[float, float, float] | None = Field(None, description="z, y, x µm, for TIFFs without it")
+
+
+class PlateImages(BaseModel):
+    """``images:`` as a plate: every field a pair, the wells ``test_wells`` the test split."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    plate: str
+    input_channel: str | int = "brightfield"
+    target_channel: str | int | None = None  # may be left to the training config, as for an image
+    test_wells: tuple[str, ...] = Field(min_length=1, description="wells (e.g. B/3) whose fields are the test split")
+    time_points: tuple[int, ...] | None = None
 
 
 class Pair(BaseModel):
@@ -72,17 +97,60 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
     else:
         data = yaml.safe_load(path.read_text()) or {}
         rows = data.get("images") if isinstance(data, dict) else None
+        if isinstance(rows, dict):
+            plate = build(PlateImages, rows, f"manifest {path}, images")
+            return plate_entries(plate.model_copy(update={"plate": _resolve(plate.plate, path)}), f"manifest {path}")
         if not isinstance(rows, list):
-            raise InputError(f"manifest {path}: expected a top-level 'images:' list of entries")
+            raise InputError(f"manifest {path}: expected a top-level 'images:' list of entries, or a plate ({{plate: PLATE.zarr, ...}})")
     entries = []
     for i, row in enumerate(rows):
         entry = build(ManifestEntry, row, f"manifest {path}, entry {i + 1}")
-        if not ("://" in entry.path or Path(entry.path).is_absolute()):
-            entry = entry.model_copy(update={"path": str((path.parent / entry.path).resolve())})
-        entries.append(entry)
+        entries.append(entry.model_copy(update={"path": _resolve(entry.path, path)}))
     if not entries:
         raise InputError(f"manifest {path} lists no images")
     return entries
+
+
+def _resolve(where: str, manifest: Path) -> str:
+    """A path relative to the manifest's folder made absolute; a URL or an absolute path kept."""
+    return where if "://" in where or Path(where).is_absolute() else str((manifest.parent / where).resolve())
+
+
+def plate_entries(spec: PlateImages, what: str) -> list[ManifestEntry]:
+    """One entry per field of the plate, its ``split`` fixed by its well (``test`` for ``test_wells``,
+    else ``train``); an unknown test well, or any field without the input or target channel, is refused."""
+    plate = read_plate(spec.plate)
+    plate.select(spec.test_wells)  # refuses a well the plate lacks, naming the plate's wells
+    test = {w.strip("/") for w in spec.test_wells}
+    if set(plate.wells) <= test:
+        raise InputError(f"{what}: test_wells names every well of {plate.path} ({sorted(plate.wells)}); leave some wells to train on")
+    entries, missing = [], []
+    for well, field in plate.fields:
+        path = join(spec.plate, well, field)
+        missing += _missing_channels(path, spec, f"{plate.path}: well {well}, field {field}")
+        split = "test" if well in test else "train"
+        entries.append(ManifestEntry(path=path, input_channel=spec.input_channel, target_channel=spec.target_channel, split=split,
+                                     time_points=spec.time_points))
+    if missing:
+        raise InputError(f"{what}: {len(missing)} field(s) of the plate lack a channel: " + "; ".join(missing))
+    if not entries:
+        raise InputError(f"{what}: the plate {plate.path} lists no fields")
+    return entries
+
+
+def _missing_channels(path: str, spec: PlateImages, field: str) -> list[str]:
+    """``["<field> has no input channel 'x'; its channels are [...]"]`` for each of the spec's channels the field lacks."""
+    image = open_image(path)
+    names = [str(c) for c in image["c"].values] if "c" in image.dims else []
+    out = []
+    for what, channel in (("input", spec.input_channel), ("target", spec.target_channel)):
+        if channel is None:
+            continue
+        try:
+            channel_index(image, channel, what)
+        except OmeZarrError:
+            out.append(f"{field} has no {what} channel {channel!r}; its channels are {names}")
+    return out
 
 
 def split_pairs(pairs: list[Pair], n_train: int, seed: int) -> tuple[list[Pair], list[Pair]]:

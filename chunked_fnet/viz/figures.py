@@ -7,7 +7,8 @@ are ever read. Figures are built with :class:`matplotlib.figure.Figure` (no pypl
 so they work in any process, with or without a display.
 
 - :func:`slices_figure`: z-slices of input / target / prediction side by side (the paper's Figure 3);
-- :func:`metrics_figure`: per-structure normalised error and Pearson r, train and test (Figure 4b);
+- :func:`metrics_figure`: per-structure metrics (normalised error, Pearson r, SSIM, PSNR, NRMSE, FSC
+  resolution), train and test (Figure 4b);
 - :func:`overlay_figure`: a merged multi-structure colour overlay of an ensemble prediction (Figure 5);
 - :func:`timelapse_figure` / :func:`timelapse_gif`: merged predictions over time (Figure 6).
 """
@@ -25,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from chunked_fnet.errors import InputError, OutputExistsError
+from chunked_fnet.evaluate.metrics import METRICS
 from chunked_fnet.io.reader import channel_index
 from chunked_fnet.viz.display import FULL_PERCENTILES, STRUCTURE_PERCENTILES, percentile_range
 
@@ -259,8 +261,21 @@ def slices_figure(
 # ---------------------------------------------------------------- Figure 4b
 
 
+#: Axis label of each metric :func:`chunked_fnet.evaluate.metrics.image_metrics` reports (panels in ``METRICS`` order).
+METRIC_LABELS = {
+    "normalized_error": "normalised error (blank = 1)",
+    "pearson_r": "Pearson r",
+    "ssim": "SSIM",
+    "psnr_db": "PSNR (dB)",
+    "nrmse": "NRMSE (blank = 1)",
+    "fsc_resolution_um": "FSC resolution at 1/7 (µm)",
+}
+REQUIRED_METRICS = ("normalized_error", "pearson_r")  # older tables hold only these
+
+
 def read_metrics(path: str | Path) -> list[dict[str, object]]:
-    """Rows of a ``metrics.csv`` written by ``chunked-fnet evaluate`` (or the folder holding it)."""
+    """Rows of a ``metrics.csv`` written by ``chunked-fnet evaluate`` (or the folder holding it); the
+    metrics other than the paper's two are read where the table has them (older tables do not)."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.csv"
@@ -268,36 +283,55 @@ def read_metrics(path: str | Path) -> list[dict[str, object]]:
         raise InputError(f"{path}: no such file; expected the metrics.csv written by chunked-fnet evaluate")
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    needed = {"structure", "split", "normalized_error", "pearson_r"}
+    needed = {"structure", "split", *REQUIRED_METRICS}
     if not rows or not needed <= set(rows[0]):
         raise InputError(f"{path}: expected a CSV with columns {sorted(needed)} and at least one row")
+    metrics = [m for m in METRICS if m in rows[0]]
     out: list[dict[str, object]] = []
     for i, row in enumerate(rows, start=2):
         try:
-            out.append({**row, "normalized_error": float(row["normalized_error"]), "pearson_r": float(row["pearson_r"])})
+            out.append({**row, **{m: float(row[m]) for m in metrics}})
         except ValueError as exc:
             raise InputError(f"{path}, line {i}: a metric is not a number ({exc})") from None
     return out
 
 
+def _metric_axis(ax, metric: str, top: float) -> None:  # noqa: ANN001 - matplotlib Axes
+    """Limits and reference lines: correlations end at 1, errors start at 0 with the blank's 1 dashed."""
+    if metric in ("pearson_r", "ssim"):
+        ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.0)
+    elif metric in ("normalized_error", "nrmse"):
+        ax.set_ylim(0, max(1.0, top) * 1.08)
+        ax.axhline(1.0, color="k", lw=0.6, ls="--")
+    else:
+        ax.set_ylim(0, top * 1.08 if top > 0 else 1.0)
+
+
 def metrics_figure(rows: Sequence[Mapping[str, object]], colors: Mapping[str, str] | None = None) -> Figure:
-    """Per structure, mean ± s.d. over images of the normalised error (blank prediction = 1) and
-    Pearson r, train (light, hatched) beside test (solid), each image a dot."""
+    """Per structure, mean ± s.d. over images of each metric the rows hold (one panel each, in
+    :data:`~chunked_fnet.evaluate.metrics.METRICS` order), train (light, hatched) beside test (solid), each image a dot. A
+    non-finite value (a perfect image's PSNR, a blank one's Pearson r or FSC resolution) is left out."""
     if not rows:
         raise InputError("no metrics to plot: the table has no rows")
     structures = sorted({str(r["structure"]) for r in rows})
+    metrics = [m for m in METRICS if all(m in r for r in rows)]
     colors = dict(colors or {})
     for i, s in enumerate(structures):
         colors.setdefault(s, "#" + FALLBACK_COLORS[i % len(FALLBACK_COLORS)])
-    fig = Figure(figsize=(2.4 + 1.1 * len(structures), 3.2), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, 2)
+    ncols = min(3, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig = Figure(figsize=(ncols * (0.8 + 0.55 * len(structures)) + 0.6, 0.4 + 2.8 * nrows), dpi=DPI, layout="constrained")
+    grid = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax in grid[len(metrics):]:
+        fig.delaxes(ax)
     width = 0.38
     xs = np.arange(len(structures))
-    for ax, metric, label in zip(axes, ("normalized_error", "pearson_r"), ("normalised error (blank = 1)", "Pearson r"), strict=True):
-        top = 1.0
+    for ax, metric in zip(grid, metrics, strict=False):
+        top = 0.0
         for k, split in enumerate(("train", "test")):
             for x, s in zip(xs + (k - 0.5) * width, structures, strict=True):
                 values = np.array([float(r[metric]) for r in rows if r["structure"] == s and r["split"] == split])  # type: ignore[arg-type]
+                values = values[np.isfinite(values)]
                 if values.size == 0:
                     continue
                 face = colors[s] if split == "test" else (*to_rgb(colors[s]), 0.35)
@@ -306,14 +340,10 @@ def metrics_figure(rows: Sequence[Mapping[str, object]], colors: Mapping[str, st
                 ax.plot(np.full(values.size, x), values, "k.", ms=2.5)
                 top = max(top, float(values.max()))
         ax.set_xticks(xs, structures, rotation=30, ha="right", fontsize=7)
-        ax.set_ylabel(label, fontsize=8)
+        ax.set_ylabel(METRIC_LABELS[metric], fontsize=8)
         ax.set_xlabel("structure", fontsize=8)
         ax.tick_params(labelsize=7)
-        if metric == "pearson_r":
-            ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.0)
-        else:
-            ax.set_ylim(0, top * 1.08)
-            ax.axhline(1.0, color="k", lw=0.6, ls="--")
+        _metric_axis(ax, metric, top)
     fig.legend(
         handles=[Patch(facecolor="0.8", edgecolor="0.2", hatch="///", label="train"), Patch(facecolor="0.3", edgecolor="0.2", label="test")],
         frameon=False, fontsize=7, loc="outside upper center", ncols=2,
