@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from chunked_fnet.cluster import ClusterSpec
-from chunked_fnet.errors import InputError
+from chunked_fnet.errors import InputError, OutputExistsError
 from chunked_fnet.io.reader import open_image
 from chunked_fnet.predict import PredictOptions, predict
 from chunked_fnet.predict.follow import follow
@@ -31,13 +31,23 @@ CHUNKS_PER_FRAME = 8  # 8 x 32 x 32 chunks of a 9 x 40 x 36 frame: 2 x 2 x 2
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], np.ndarray]:
+def client():
+    """One real local cluster (a worker process) for the in-process follows, up before any writer starts:
+    its start-up must not decide how many frames the first look finds."""
+    from chunked_fnet.cluster import local_client
+
+    with local_client(ONE_WORKER) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, client) -> tuple[Path, list[Path], np.ndarray]:
     """A finished time-lapse, a tiny model, and the batch prediction of every frame (the reference)."""
     root = tmp_path_factory.mktemp("follow")
     generate(SynthConfig(size_t=FRAMES, size_z=9, size_y=40, size_x=36, voxel_size=(0.4, 0.4, 0.4), chunks=(9, 20, 20)),
              root / "source.zarr", progress=False)
     models = [tiny_checkpoint(root / "dna.ckpt", color="0000FF")]
-    reference, _ = predict(root / "source.zarr", models, root / "batch.zarr", options=OPTIONS, client=ONE_WORKER, progress=False)
+    reference, _ = predict(root / "source.zarr", models, root / "batch.zarr", options=OPTIONS, client=client, progress=False)
     return root / "source.zarr", models, reference.values
 
 
@@ -54,12 +64,14 @@ def _frames_done(out: Path, chunks_per_frame: int) -> int:
 
 
 @pytest.mark.parametrize(("mode", "version"), [("grow", "0.5"), ("allocate", "0.4")])
-def test_the_followed_output_equals_the_batch_prediction_of_the_finished_time_lapse(finished, tmp_path: Path, mode: str, version: str) -> None:
+def test_the_followed_output_equals_the_batch_prediction_of_the_finished_time_lapse(
+    finished, client, tmp_path: Path, mode: str, version: str,
+) -> None:
     source, models, reference = finished
     live, out = tmp_path / "live.zarr", tmp_path / "pred.zarr"
-    writer = _writer(source, live, mode=mode, version=version, start_after=1.0)
+    writer = _writer(source, live, mode=mode, version=version, interval=2.0)
     try:
-        summary = follow(live, models, out, options=OPTIONS, client=ONE_WORKER, progress=False, poll=0.2)
+        summary = follow(live, models, out, options=OPTIONS, client=client, progress=False, poll=0.2)
     finally:
         stdout, stderr = writer.communicate(timeout=120)
     assert writer.returncode == 0, stderr
@@ -79,7 +91,7 @@ def test_the_followed_output_equals_the_batch_prediction_of_the_finished_time_la
     assert record["output"]["shape"][0] == FRAMES
 
 
-def test_a_follower_killed_mid_way_is_resumed_to_the_same_output(finished, tmp_path: Path) -> None:
+def test_a_follower_killed_mid_way_is_resumed_to_the_same_output(finished, client, tmp_path: Path) -> None:
     """SIGKILL of the follower (a preempted job) while the writer goes on; ``--follow --resume`` finishes it."""
     source, models, reference = finished
     live, out = tmp_path / "live.zarr", tmp_path / "pred.zarr"
@@ -99,7 +111,7 @@ def test_a_follower_killed_mid_way_is_resumed_to_the_same_output(finished, tmp_p
         assert follower.wait(timeout=60) == -signal.SIGKILL
         chunks_before = len(list((out / ".chunked_fnet" / "done").glob("t*")))
         assert chunks_before < FRAMES * CHUNKS_PER_FRAME
-        summary = follow(live, models, out, options=OPTIONS, client=ONE_WORKER, resume=True, progress=False, poll=0.2)
+        summary = follow(live, models, out, options=OPTIONS, client=client, resume=True, progress=False, poll=0.2)
     finally:
         if follower.poll() is None:
             follower.kill()
@@ -108,22 +120,23 @@ def test_a_follower_killed_mid_way_is_resumed_to_the_same_output(finished, tmp_p
     np.testing.assert_allclose(open_image(out).values, reference, atol=1e-5, rtol=0)
 
 
-def test_the_idle_timeout_ends_a_follow_whose_writer_never_marks_the_end(finished, tmp_path: Path) -> None:
+def test_the_idle_timeout_ends_a_follow_whose_writer_never_marks_the_end(finished, client, tmp_path: Path) -> None:
     source, models, reference = finished
     live, out = tmp_path / "live.zarr", tmp_path / "pred.zarr"
-    writer = _writer(source, live, mode="allocate", interval=0.3, mark=False)
-    try:
-        summary = follow(live, models, out, options=OPTIONS, client=ONE_WORKER, idle_timeout=4.0, progress=False, poll=0.2)
-    finally:
-        writer.communicate(timeout=120)
-    assert summary.stopped == "no new frame in 4 s (--idle-timeout)"
-    assert summary.total_frames == FRAMES
+    writer = _writer(source, live, mode="allocate", interval=0.1, mark=False)
+    assert writer.wait(timeout=120) == 0  # every frame written, the end never marked
+    summary = follow(live, models, out, options=OPTIONS, client=client, idle_timeout=2.0, progress=False, poll=0.2)
+    assert summary.stopped == "no new frame in 2 s (--idle-timeout)"
+    assert (summary.frames, summary.total_frames) == (FRAMES, FRAMES)
     np.testing.assert_allclose(open_image(out).values, reference, atol=1e-5, rtol=0)
-    # a resume of the finished follow, and a batch run of the same output: nothing left to do, nothing refused
-    again = follow(live, models, out, options=OPTIONS, client=ONE_WORKER, resume=True, idle_timeout=0.5, progress=False, poll=0.1)
-    assert (again.frames, again.total_frames) == (0, FRAMES)
+    # a resume of the finished follow: nothing left to do, nothing refused
+    again = follow(live, models, out, options=OPTIONS, client=client, resume=True, idle_timeout=0.5, progress=False, poll=0.1)
+    assert (again.frames, again.chunks, again.total_frames) == (0, 0, FRAMES)
+    # a follow without --resume into an output that exists, or with a time range, is refused
+    with pytest.raises(OutputExistsError, match="already exists"):
+        follow(live, models, out, options=OPTIONS, client=client, idle_timeout=0.5)
     with pytest.raises(InputError, match=r"a time range \(--time\) selects a fixed set"):
-        follow(live, models, tmp_path / "other.zarr", options=OPTIONS.model_copy(update={"time": (0, 2)}), client=ONE_WORKER)
+        follow(live, models, tmp_path / "other.zarr", options=OPTIONS.model_copy(update={"time": (0, 2)}), client=client)
 
 
 def test_sigterm_ends_a_follow_in_one_line_with_the_resume_hint(finished, tmp_path: Path) -> None:
