@@ -164,3 +164,22 @@ def test_sigterm_ends_a_follow_in_one_line_with_the_resume_hint(finished, tmp_pa
     assert not list((out / ".chunked_fnet" / "owner").glob("*.json")) or all(
         json.loads(p.read_text()).get("released") for p in (out / ".chunked_fnet" / "owner").glob("*.json")
     )
+
+
+@pytest.mark.parametrize("encoding", [None, {"name": "v2", "separator": "/"}, {"name": "v2", "separator": "."}])
+def test_a_frame_is_complete_when_every_chunk_of_its_channel_is_stored(tmp_path: Path, encoding) -> None:
+    """zarr v3 keys, NGFF 0.4's nested v2 keys, and flat v2 keys; frames counted from the first, stopping at the first gap."""
+    import zarr
+
+    from chunked_fnet.io.completeness import complete_prefix
+
+    kwargs = {"zarr_format": 3} if encoding is None else {"zarr_format": 2, "chunk_key_encoding": encoding}
+    array = zarr.create_array(tmp_path / "a.zarr", shape=(5, 2, 8, 8), chunks=(1, 1, 4, 4), dtype="f4", **kwargs)
+    array[0] = array[1] = array[3] = 1
+    array[2, 0] = 1
+    array[2, 1, :4, :4] = 1  # frame 2 of channel 1: one of its four chunks
+    def frames(c: int, start: int = 0) -> list:
+        return [(slice(t, t + 1), slice(c, c + 1), slice(0, 8), slice(0, 8)) for t in range(start, 5)]
+    assert complete_prefix(array, frames(0)) == 4  # frame 4 never written
+    assert complete_prefix(array, frames(1)) == 2
+    assert complete_prefix(array, frames(1, start=3)) == 1

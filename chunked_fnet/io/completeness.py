@@ -8,6 +8,7 @@ store holds (one listing, no chunk is read) tells the difference before any work
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +30,11 @@ class Completeness:
         return f"{where}: {len(self.missing)} of the {self.needed} stored chunks the prediction reads are missing ({shown})"
 
 
-async def _stored_keys(array: zarr.Array) -> set[str]:
+async def _stored_keys(array: zarr.Array, folder: str = "") -> set[str]:
+    """The keys (relative to the array) stored under ``folder`` of the array (default: all of them)."""
     path = array.store_path.path
     prefix = f"{path}/" if path else ""
-    return {key[len(prefix):] async for key in array.store_path.store.list_prefix(prefix)}
+    return {key[len(prefix):] async for key in array.store_path.store.list_prefix(prefix + folder)}
 
 
 def chunk_ranges(array: zarr.Array, index: tuple[Any, ...]) -> list[range] | None:
@@ -63,12 +65,19 @@ def completeness(array: zarr.Array, region: Sequence[slice]) -> Completeness:
 
 
 def complete_prefix(array: zarr.Array, regions: Sequence[Sequence[slice]]) -> int:
-    """How many of ``regions``, in order from the first, have every chunk (or shard) they touch stored:
-    one listing for all of them (a followed time-lapse asks this of every frame not yet predicted)."""
-    stored = sync(_stored_keys(array))
+    """How many of ``regions``, in order from the first, have every chunk (or shard) they touch stored.
+    A followed time-lapse asks this of every frame not yet predicted at every look, so each region's
+    listing covers only the folder its keys share (NGFF keys nest by t, then c: one frame's channel),
+    and listing stops at the first incomplete region."""
+    listed: dict[str, set[str]] = {}
     for n, region in enumerate(regions):
         ranges = chunk_ranges(array, tuple(region))
         assert ranges is not None
-        if any(array.metadata.encode_chunk_key(coords) not in stored for coords in itertools.product(*ranges)):
+        keys = [array.metadata.encode_chunk_key(coords) for coords in itertools.product(*ranges)]
+        shared = os.path.commonprefix(keys)
+        folder = shared[: shared.rfind("/") + 1]  # "" for flat keys ("0.0.1"): the whole array
+        if folder not in listed:
+            listed[folder] = sync(_stored_keys(array, folder))
+        if any(key not in listed[folder] for key in keys):
             return n
     return len(regions)
