@@ -268,10 +268,39 @@ def _predict_plate(args: argparse.Namespace, options: Any, spec: Any) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from chunked_fnet.io.reader import open_image
+    from chunked_fnet.io.reader import image_attributes, open_image
 
     print(describe_image(open_image(args.path, level=args.level, series=args.series)))
+    made = image_attributes(args.path, series=args.series).get("chunked_fnet")
+    if isinstance(made, dict):
+        print("\n".join(describe_provenance(made)))
     return 0
+
+
+def describe_provenance(made: dict[str, Any]) -> list[str]:
+    """What made a predicted image, from its ``chunked_fnet`` attribute (predict/prepare.py:provenance)."""
+    lines = [f"  made by chunked_fnet {made.get('version', '?')} ({made.get('method', 'chunked_fnet.predict')})"]
+    source = made.get("input") or {}
+    if source:
+        times = source.get("time_points")
+        lines.append(
+            f"  from {source.get('path')} (level {source.get('level')}, channel {source.get('channel')}, z/y/x offset "
+            f"{source.get('offset_zyx')}, shape {source.get('shape_zyx')}" + (f", t {times[0]}..{times[1]})" if times else ")")
+        )
+    for card in (made.get("models") or {}).get("cards", []):
+        training = card.get("training") or {}
+        trained = f"; trained {training.get('iterations')} iterations on {training.get('dataset')}" if training else ""
+        lines.append(f"  model {card.get('structure', '?')}: {card.get('file')} ({card.get('format')}), sha256 {str(card.get('sha256'))[:12]}{trained}")
+    window = made.get("window") or {}
+    if window:
+        lines.append(
+            f"  window: patch {'x'.join(map(str, window.get('patch', [])))}, overlap {window.get('overlap')}, blend {window.get('blend')}, "
+            f"each voxel evaluated {window.get('recompute')}x; TTA flips {'on' if made.get('tta_flips') else 'off'}"
+        )
+    precision = made.get("precision") or {}
+    if precision:
+        lines.append(f"  precision: {precision.get('chosen')} ({precision.get('why')})")
+    return lines
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

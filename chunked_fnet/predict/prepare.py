@@ -17,13 +17,14 @@ import chunked_fnet
 from chunked_fnet.errors import ChunkedFnetError, InputError
 from chunked_fnet.io.store import redact
 from chunked_fnet.io.writer import create_image, open_for_writing
+from chunked_fnet.model.summary import model_summary
 from chunked_fnet.predict.job import PredictJob
 from chunked_fnet.config import differences
 from chunked_fnet.predict.ledger import Ledger
 from chunked_fnet.predict.ownership import Claim, already_exists, clear_for_overwrite
 from chunked_fnet.predict.policy import PATCH_MEMORY_FRACTION, Hardware, RunPolicy
 
-__all__ = ["cluster_hardware", "create_output", "prepare"]
+__all__ = ["METHOD", "cluster_hardware", "create_output", "prepare", "provenance"]
 
 
 def cluster_hardware(client: Client, device: str) -> Hardware:
@@ -127,13 +128,37 @@ def create_output(job: PredictJob, policy: RunPolicy, overwrite: bool = False) -
         name=f"chunked_fnet prediction of {Path(job.input_path).name}",
         overwrite=overwrite,
     )
-    open_for_writing(job.output_path).attrs["chunked_fnet"] = {
+    group = open_for_writing(job.output_path)
+    made = provenance(job, policy)
+    attrs = group.attrs.asdict()
+    ngff = attrs["ome"] if "ome" in attrs else attrs  # NGFF 0.5 nests its metadata under "ome"
+    ngff["multiscales"][0]["metadata"] = {"method": METHOD, "version": chunked_fnet.__version__, "kwargs": made["options"]}
+    group.attrs.update({**attrs, "chunked_fnet": made})
+    Ledger(job.output_path).write_record(job.record(policy))
+
+
+#: What made the image, as the NGFF multiscales ``metadata`` names it.
+METHOD = "chunked_fnet.predict"
+
+
+def provenance(job: PredictJob, policy: RunPolicy) -> dict[str, Any]:
+    """What made the output, kept in the image's own attributes (``attrs["chunked_fnet"]``), so that a
+    copy of the arrays by any zarr tool, or a viewer, still says it: the models (structure, sha256, card
+    summary), the input and its selection, the window, blend, TTA flips and precision, and the version.
+    (The run record beside it, ``.chunked_fnet/run.json``, is for ``--resume`` and is not a zarr node.)"""
+    record = job.record(policy)
+    return {
         "version": chunked_fnet.__version__,
-        "models": {"structures": list(job.structures), "sha256": list(job.hashes)},
+        "method": METHOD,
+        "models": {"structures": list(job.structures), "sha256": list(job.hashes),
+                   "cards": [model_summary(p, h) for p, h in zip(job.models, job.hashes, strict=True)]},
+        "input": {"path": redact(job.input_path), "series": job.series, "level": job.input_level, "channel": job.channel_index,
+                  "offset_zyx": list(job.input_offset), "shape_zyx": list(job.grid.source_shape),
+                  "time_points": [job.times[0], job.times[-1]] if job.times[0] is not None else None},
         "tta_flips": job.options.tta_flips,
+        "options": record["options"],
         **policy.record(),
     }
-    Ledger(job.output_path).write_record(job.record(policy))
 
 
 def create_or_leave_nothing(job: PredictJob, policy: RunPolicy, claim: Claim) -> None:
