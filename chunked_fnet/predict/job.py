@@ -25,7 +25,7 @@ from chunked_fnet.memory import bound_heap_growth, trim_heap
 from chunked_fnet.device import autocast_dtype, resolve_device
 from chunked_fnet.io.reader import open_level_array
 from chunked_fnet.io.writer import open_for_writing, write_region
-from chunked_fnet.predict.ensemble import StackedEnsemble, cached_model
+from chunked_fnet.predict.ensemble import cached_ensemble
 from chunked_fnet.predict.policy import Hardware, ModelConstraints, RunPolicy, resolve_policy
 from chunked_fnet.predict.shipping import JobRef, resolve_run
 from chunked_fnet.predict.ledger import Ledger, chunk_key
@@ -35,6 +35,7 @@ from chunked_fnet.preprocess.normalize import FrameStats
 from chunked_fnet.preprocess.frame import ModelGridFrame
 from chunked_fnet.preprocess.resample import ModelGrid, interpolate_axis
 from chunked_fnet.sliding_window import Box, PatchRunner, SlidingWindow, WeightedSum, padded_reader
+from chunked_fnet.sliding_window.runner import default_channels_last
 
 
 @dataclass(frozen=True)
@@ -179,9 +180,11 @@ def _prepare_worker_process(threads: int | None = None) -> None:
 
 def ensemble_runner(job: PredictJob, policy: RunPolicy) -> PatchRunner:
     """The ensemble on this worker's device, each model loaded once per process, computing as the policy says."""
-    device = str(resolve_device(job.options.device))
-    ensemble = StackedEnsemble([cached_model(p, h, device) for p, h in zip(job.models, job.hashes, strict=True)])
-    return PatchRunner(ensemble, device, job.options.tta_flips, autocast_dtype(policy.precision, device), batch_size=policy.batch_size)
+    device = resolve_device(job.options.device)
+    amp = autocast_dtype(policy.precision, device)
+    channels_last = default_channels_last(device, amp)
+    ensemble = cached_ensemble(job.models, job.hashes, str(device), channels_last)
+    return PatchRunner(ensemble, device, job.options.tta_flips, amp, channels_last=channels_last, batch_size=policy.batch_size)
 
 
 def _torch_threads(job: PredictJob, policy: RunPolicy) -> int | None:

@@ -1,0 +1,124 @@
+"""The GPU code path made safe and checked on the CPU (issue 29): a worker's cached models stay in eval
+mode whatever its threads do, are converted once, and blending weights are uploaded once."""
+
+from __future__ import annotations
+
+import gc
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from chunked_fnet.predict import ensemble
+from chunked_fnet.predict.job import ensemble_runner, predict_block
+from chunked_fnet.predict.options import PredictOptions
+from chunked_fnet.predict.plan import plan
+from chunked_fnet.predict.policy import Hardware
+from chunked_fnet.sliding_window import runner
+from factories import tiny_checkpoint
+
+OPTIONS = PredictOptions(patch_shape=(8, 16, 16), chunks=(4, 8, 8), overlap=0.25, precision="fp32", device="cpu")
+
+
+class NormAndDropout(nn.Module):
+    """A network whose train mode changes its output: batch norm (batch statistics) and dropout, as a
+    bioimage.io package may hold; loaded in eval mode, like every loader returns its networks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.first = nn.Conv3d(1, 4, 3, padding=1)
+        self.middle = nn.Conv3d(4, 4, 3, padding=1)  # 4 -> 4 channels: its weight tells the memory formats apart
+        self.norm = nn.BatchNorm3d(4)
+        self.drop = nn.Dropout(0.5)
+        self.last = nn.Conv3d(4, 1, 1)
+        with torch.no_grad():
+            self.norm.running_mean.uniform_(-1, 1)
+            self.norm.running_var.uniform_(0.5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.drop(torch.relu(self.norm(self.middle(torch.relu(self.first(x)))))))
+
+
+@pytest.fixture
+def blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A planned job whose one model loads as :class:`NormAndDropout`, its policy and its block tasks,
+    with this process's model caches empty (as a fresh worker's)."""
+    from chunked_fnet.synth.dataset import SynthConfig, generate
+
+    generate(SynthConfig(size_t=1, size_z=9, size_y=40, size_x=36, voxel_size=(0.4, 0.4, 0.4), chunks=(9, 20, 20)), tmp_path / "in.zarr", progress=False)
+    ckpt = tiny_checkpoint(tmp_path / "dna.ckpt")
+    job = plan(str(tmp_path / "in.zarr"), [ckpt], tmp_path / "out.zarr", OPTIONS)
+    policy = job.resolve_policy(Hardware())
+    monkeypatch.setattr(ensemble, "_CACHE", {})
+    monkeypatch.setattr(ensemble, "_ENSEMBLES", {}, raising=False)
+    monkeypatch.setattr(ensemble, "_load", lambda path, device: NormAndDropout().to(device).eval())
+    tasks = job.schedule(policy.window).blocks
+    assert len(tasks) >= 4
+    return job, policy, tasks
+
+
+def _values(pieces) -> list[np.ndarray]:
+    return [p.values for p in pieces]
+
+
+def test_blocks_in_two_threads_leave_the_shared_model_in_eval_mode_and_equal_one_thread(blocks) -> None:
+    """Two task threads of one worker run blocks on the one cached model: one block's end must not put
+    it in train mode while another's forward runs (batch norm and dropout would change its output)."""
+    job, policy, tasks = blocks
+    one = [_values(predict_block((job, policy), t)) for t in tasks]
+    (model,) = ensemble._CACHE.values()
+    assert isinstance(model, NormAndDropout) and not any(m.training for m in model.modules())
+    with ThreadPoolExecutor(2) as pool:
+        two = list(pool.map(lambda t: _values(predict_block((job, policy), t)), tasks * 3))
+    assert not any(m.training for m in model.modules())
+    assert not any(m.training for m in ensemble_runner(job, policy).models[0].modules())
+    for i, pieces in enumerate(two):
+        for a, b in zip(pieces, one[i % len(tasks)], strict=True):
+            np.testing.assert_array_equal(a, b)
+    # and what the blocks computed is the model in eval mode (dropout off, running statistics)
+    assert np.ptp(np.concatenate([v.ravel() for v in one[0]])) > 0
+
+
+def test_blocks_convert_the_cached_ensemble_once(blocks, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every block of a worker runs one cached ensemble, converted to channels_last_3d once when loaded,
+    not converted and back at every block."""
+    job, policy, tasks = blocks
+    conversions: list[object] = []
+    to = nn.Module.to
+
+    def counting_to(self, *args, **kwargs):
+        if "memory_format" in kwargs:
+            conversions.append(kwargs["memory_format"])
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "to", counting_to)
+    for t in tasks:
+        predict_block((job, policy), t)
+    assert conversions == [torch.channels_last_3d]  # one member, converted once, never back
+    first, again = ensemble_runner(job, policy), ensemble_runner(job, policy)
+    assert first.models[0] is again.models[0] and first.channels_last
+    weight = first.models[0].members[0].middle.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
+
+
+def test_blend_weights_go_to_a_device_once_while_the_array_lives() -> None:
+    """A window's weight array is copied to an accelerator once per process (here the meta device,
+    which takes the same path as CUDA without one), and forgotten when the array is freed."""
+    device = torch.device("meta")
+    weights = np.ones((8, 16, 16), dtype=np.float32)
+    first = runner.device_weights(weights, device)
+    assert first.device.type == "meta" and tuple(first.shape) == weights.shape
+    assert runner.device_weights(weights, device) is first
+    other = np.ones((8, 16, 16), dtype=np.float32)
+    assert runner.device_weights(other, device) is not first  # another array, its own copy
+    key = (id(weights), str(device))
+    assert key in runner._DEVICE_WEIGHTS
+    del weights, first
+    gc.collect()
+    assert key not in runner._DEVICE_WEIGHTS
+    cpu = np.ones((2, 2, 2), dtype=np.float32)
+    assert np.shares_memory(runner.device_weights(cpu, torch.device("cpu")).numpy(), cpu)  # the CPU: the array itself
