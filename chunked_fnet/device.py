@@ -64,3 +64,19 @@ def bf16_is_native(device: torch.device) -> bool:
         checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
         return any(getattr(cpu, name, lambda: False)() for name in checks)
     return False
+
+
+def device_memory(device: torch.device) -> tuple[str, int]:
+    """The name and total memory (bytes) of ``device``: a GPU's own, or this machine's for the CPU."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return props.name, int(props.total_memory)
+    import psutil
+
+    return "host memory", int(psutil.virtual_memory().total)
+
+
+def describe_device(device: torch.device) -> str:
+    """``device`` in words for a message: ``cuda:0 (NVIDIA H200, 139.8 GiB)``."""
+    name, total = device_memory(device)
+    return f"{device} ({name}, {total / 2**30:.1f} GiB)"

@@ -122,3 +122,61 @@ def test_blend_weights_go_to_a_device_once_while_the_array_lives() -> None:
     assert key not in runner._DEVICE_WEIGHTS
     cpu = np.ones((2, 2, 2), dtype=np.float32)
     assert np.shares_memory(runner.device_weights(cpu, torch.device("cpu")).numpy(), cpu)  # the CPU: the array itself
+
+
+@pytest.mark.parametrize("raised", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    RuntimeError("CUDNN_STATUS_INTERNAL_ERROR: out of memory"),
+])
+def test_out_of_memory_ends_in_one_line_naming_a_patch_that_fits(blocks, monkeypatch: pytest.MonkeyPatch, raised: RuntimeError) -> None:
+    """An out-of-memory forward pass ends the run (no retry can fit the same patch) in one line that
+    names the patch, the device and its memory, and a smaller patch from the policy's own sizing."""
+    import re
+
+    from chunked_fnet.errors import DeviceMemoryError, retryable
+    from chunked_fnet.predict.policy import patch_bytes
+
+    job, policy, tasks = blocks
+
+    def exhausted(self, x):
+        raise raised
+
+    monkeypatch.setattr(NormAndDropout, "forward", exhausted)
+    with pytest.raises(DeviceMemoryError) as caught:
+        predict_block((job, policy), tasks[0])
+    text = str(caught.value)
+    assert "\n" not in text and not retryable(caught.value)
+    assert "out of memory on cpu (host memory, " in text and " GiB)" in text
+    ran = re.search(r"running patch \[8, 16, 16\] x (\d+) per forward pass", text)
+    assert ran and 1 <= int(ran.group(1)) <= policy.batch_size, text
+    batch = int(ran.group(1))
+    suggested = re.search(r"rerun with patch_shape \[(\d+), (\d+), (\d+)\] and batch_size 1", text)
+    assert suggested, text
+    patch = tuple(int(n) for n in suggested.groups())
+    width = job.constraints.width
+    assert patch_bytes(patch, width) <= patch_bytes((8, 16, 16), width, batch) / 2
+    assert all(p % job.constraints.multiple == 0 for p in patch)
+    assert caught.value.patch == (8, 16, 16) and caught.value.batch == batch and caught.value.device == "cpu"
+
+
+def test_other_runtime_errors_of_a_forward_pass_are_not_memory_errors(blocks, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chunked_fnet.errors import DeviceMemoryError
+
+    job, policy, tasks = blocks
+
+    def broken(self, x):
+        raise RuntimeError("Given groups=1, weight of size [4, 1, 3, 3, 3], expected input to have 1 channels")
+
+    monkeypatch.setattr(NormAndDropout, "forward", broken)
+    with pytest.raises(RuntimeError, match="expected input to have 1 channels") as caught:
+        predict_block((job, policy), tasks[0])
+    assert not isinstance(caught.value, DeviceMemoryError)
+
+
+def test_the_suggested_patch_is_refused_when_none_is_smaller() -> None:
+    """At the models' smallest patch there is nothing smaller to suggest: the message says so."""
+    from chunked_fnet.predict.policy import ModelConstraints, patch_that_fits
+
+    models = ModelConstraints(16, (16, 16, 16), width=32)
+    hint = patch_that_fits(PredictOptions(), (16, 16, 16), models, 80 * 2**30, (16, 16, 16), 1)
+    assert hint.startswith("no smaller patch than [16, 16, 16] x 1 works"), hint

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 
 from chunked_fnet.memory import bound_heap_growth, trim_heap
-from chunked_fnet.device import autocast_dtype, resolve_device
+from chunked_fnet.device import autocast_dtype, device_memory, resolve_device
+from chunked_fnet.errors import DeviceMemoryError, one_line
 from chunked_fnet.io.reader import open_level_array
 from chunked_fnet.io.writer import open_for_writing, write_region
 from chunked_fnet.predict.ensemble import cached_ensemble
-from chunked_fnet.predict.policy import Hardware, ModelConstraints, RunPolicy, resolve_policy
+from chunked_fnet.predict.policy import Hardware, ModelConstraints, RunPolicy, patch_that_fits, resolve_policy
 from chunked_fnet.predict.shipping import JobRef, resolve_run
 from chunked_fnet.predict.ledger import Ledger, chunk_key
 from chunked_fnet.predict.options import RUNTIME_OPTIONS, PredictOptions
@@ -192,6 +193,15 @@ def _torch_threads(job: PredictJob, policy: RunPolicy) -> int | None:
     return policy.block_threads if resolve_device(job.options.device).type == "cpu" else None
 
 
+def _with_patch_that_fits(exc: DeviceMemoryError, job: PredictJob) -> DeviceMemoryError:
+    """``exc`` naming a patch that would fit this worker's device (the policy's sizing), in one line."""
+    device = torch.device(exc.device or job.options.device)
+    hint = patch_that_fits(job.options, job.grid.shape, job.constraints, device_memory(device)[1], exc.patch, exc.batch)
+    error = DeviceMemoryError(one_line(f"{exc}: {hint}"))
+    error.patch, error.batch, error.device = exc.patch, exc.batch, exc.device
+    return error
+
+
 def predict_block(run: JobRef | tuple[PredictJob, RunPolicy], task: BlockTask) -> tuple[WeightedSum, ...]:
     """Evaluate the patches ``task.block`` owns, once each; return their weighted sums over ``task.pieces``.
 
@@ -205,7 +215,10 @@ def predict_block(run: JobRef | tuple[PredictJob, RunPolicy], task: BlockTask) -
     if extent is None:  # the schedule only plans blocks that own patches
         raise RuntimeError(f"block {task.block} of the model grid owns no patch")
     frame = model_grid_frame(job, task.time_index)
-    sums = ensemble_runner(job, policy).weighted_sums(window, padded_reader(frame, window.pad_mode), corners, extent)
+    try:
+        sums = ensemble_runner(job, policy).weighted_sums(window, padded_reader(frame, window.pad_mode), corners, extent)
+    except DeviceMemoryError as exc:
+        raise _with_patch_that_fits(exc, job) from exc
     pieces = tuple(sums.crop(piece) for piece in task.pieces)
     del sums, frame
     trim_heap()

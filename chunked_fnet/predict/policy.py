@@ -39,7 +39,7 @@ from chunked_fnet.sliding_window.window import SlidingWindow, fit_patch, min_ban
 
 __all__ = [
     "AUTO_OVERLAP", "MAX_RECOMPUTE", "MAX_TENSOR_ELEMENTS", "PATCH_MEMORY_FRACTION", "Hardware", "ModelConstraints", "RunPolicy",
-    "auto_patch", "resolve_policy",
+    "auto_patch", "patch_bytes", "patch_that_fits", "resolve_policy",
 ]
 
 #: Overlap (model voxels) where patches meet: a 36-voxel rim on each side without weight and a 24-voxel
@@ -110,13 +110,12 @@ class Hardware:
     @classmethod
     def here(cls, device: str = "auto") -> Hardware:
         """This process, for prediction in memory (``predict_volume``, ``evaluate``, a notebook)."""
-        import psutil
         import torch
 
-        from chunked_fnet.device import bf16_is_native, resolve_device
+        from chunked_fnet.device import bf16_is_native, device_memory, resolve_device
 
         dev = resolve_device(device)
-        memory = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else psutil.virtual_memory().total
+        memory = device_memory(dev)[1]
         return cls(PATCH_MEMORY_FRACTION * memory, 1, (torch.get_num_threads(),), dev.type, bf16_is_native(dev))
 
 
@@ -171,6 +170,36 @@ def resolve_policy(
     per_host = hardware.threads_per_host or (1,)
     threads = max(1, min(sum(per_host) // max(1, blocks), min(per_host)))
     return RunPolicy(window, precision, reason, batch, threads)
+
+
+def patch_bytes(patch: Sequence[int], width: int, batch: int = 1) -> float:
+    """Estimated peak memory of one forward pass of ``batch`` patches (what :func:`auto_patch` sizes by)."""
+    return BYTES_PER_VOXEL_AND_CHANNEL * max(1, width) * math.prod(patch) * batch
+
+
+def patch_that_fits(
+    options: PredictOptions, frame: Sequence[int], models: ModelConstraints, device_bytes: float, failed: Sequence[int], batch: int,
+) -> str:
+    """What to say after ``failed`` x ``batch`` patches ran out of device memory: the auto patch (this
+    policy's own sizing) for half the memory that pass was estimated to take, or for the device's share
+    if less; or that none is smaller. Advice for the next run, never applied to this one: its patch grid
+    is global, and one block with a patch of its own would blend differently."""
+    budget = min(PATCH_MEMORY_FRACTION * device_bytes, patch_bytes(failed, models.width, batch) / 2)
+    smaller = options.model_copy(update={"patch_shape": "auto", "batch_size": 1})
+    try:
+        patch = resolve_policy(smaller, frame, models, Hardware(patch_budget=budget)).window.patch_shape
+    except InputError as exc:
+        return f"no smaller patch works with these options ({exc})"
+    if math.prod(patch) >= math.prod(failed) * batch:
+        return f"no smaller patch than {list(failed)} x 1 works for these models; free the device or use one with more memory"
+    return (
+        f"rerun with patch_shape {list(patch)} and batch_size 1 (estimated {_in_words(patch_bytes(patch, models.width))}; "
+        "the patch grid is one for the whole run, so no block shrinks its own)"
+    )
+
+
+def _in_words(size: float) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
 
 
 def _window(

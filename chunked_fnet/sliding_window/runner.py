@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from chunked_fnet.errors import InputError
+from chunked_fnet.errors import DeviceMemoryError, InputError, one_line
 from chunked_fnet.sliding_window.box import Box
 from chunked_fnet.sliding_window.grid import Corner
 from chunked_fnet.sliding_window.padding import Reader
@@ -58,6 +58,12 @@ def _use_exact_cuda_math(fp32: bool) -> None:
     if fp32:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device running out of memory: torch's ``OutOfMemoryError``, or a RuntimeError
+    saying so (cuDNN's and older torch's allocation failures)."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
 def tta_flip_sets(tta_flips: FlipSpec) -> list[tuple[int, ...]]:
@@ -314,6 +320,19 @@ class PatchRunner:
             total = total / n
         return total
 
+    def _out_of_memory(self, patch: Sequence[int], batch: int) -> DeviceMemoryError:
+        """The error a forward pass that ran out of device memory ends in: what ran, where (the device's
+        memory is freed for the other threads first)."""
+        from chunked_fnet.device import describe_device
+
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        error = DeviceMemoryError(one_line(
+            f"out of memory on {describe_device(self.device)} running patch {list(patch)} x {batch} per forward pass"
+        ))
+        error.patch, error.batch, error.device = tuple(int(n) for n in patch), int(batch), str(self.device)
+        return error
+
     def weighted_sums(self, window: SlidingWindow, read: Reader, corners: Sequence[Corner], target: Box) -> WeightedSum:
         """``sum_p w * f(patch p)`` of the patches ``corners`` over ``target`` (frame coordinates).
 
@@ -342,7 +361,12 @@ class PatchRunner:
             acc: torch.Tensor | None = None
             for i in range(0, len(corners), self.batch_size):
                 batch = [grid.patch_box(c) for c in corners[i : i + self.batch_size]]
-                pred = self.forward(torch.stack([x[(slice(None), *p.within(box))] for p in batch]))
+                try:
+                    pred = self.forward(torch.stack([x[(slice(None), *p.within(box))] for p in batch]))
+                except RuntimeError as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    raise self._out_of_memory(grid.patch, len(batch)) from exc
                 if acc is None:
                     acc = torch.zeros((pred.shape[1], *target.shape), dtype=torch.float32, device=self.device)
                 elif pred.shape[1] != acc.shape[0]:
