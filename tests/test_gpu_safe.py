@@ -180,3 +180,55 @@ def test_the_suggested_patch_is_refused_when_none_is_smaller() -> None:
     models = ModelConstraints(16, (16, 16, 16), width=32)
     hint = patch_that_fits(PredictOptions(), (16, 16, 16), models, 80 * 2**30, (16, 16, 16), 1)
     assert hint.startswith("no smaller patch than [16, 16, 16] x 1 works"), hint
+
+
+@pytest.mark.parametrize(("torch_version", "cudnn", "expected"), [
+    ("2.8.0+cu128", 91002, "silently wrong"),  # the known-bad release
+    ("2.10.0", 91000, "silently wrong"),  # the rest of 9.10, conservatively
+    ("2.9.1+cu130", 91002, "silently wrong"),  # wrong beats slow
+    ("2.9.0+cu128", 90800, "slowly"),
+    ("2.9.1", 91400, "slowly"),
+    ("2.9.0", 91500, None),
+    ("2.9.0", 90701, None),
+    ("2.8.0", 90800, None),  # slow only under torch 2.9
+    ("2.10.0", 91100, None),
+    ("2.9.0", 8902, None),  # cuDNN 8.9.2
+    ("2.9.0", None, None),  # no cuDNN
+])
+def test_bf16_conv3d_hazard_by_torch_and_cudnn(torch_version: str, cudnn: int | None, expected: str | None) -> None:
+    from chunked_fnet.predict.policy import bf16_conv3d_hazard
+
+    hazard = bf16_conv3d_hazard(torch_version, cudnn)
+    assert (hazard is None) if expected is None else (expected in hazard)
+
+
+def test_cudnn_release_reads_both_numberings() -> None:
+    from chunked_fnet.predict.policy import cudnn_release
+
+    assert cudnn_release(91002) == (9, 10, 2) and cudnn_release(90800) == (9, 8, 0) and cudnn_release(8902) == (8, 9, 2)
+
+
+def test_auto_precision_avoids_bf16_where_cudnn_is_known_bad_and_explicit_bf16_warns() -> None:
+    """``precision: auto`` on native-bf16 GPUs with a known-bad cuDNN computes fp32 and says why; an explicit
+    bf16 there runs as asked with a one-line warning; a good stack keeps bf16, silently."""
+    import warnings
+
+    from chunked_fnet.predict.policy import ModelConstraints, resolve_policy
+
+    def policy(precision: str, *stacks: tuple[str, int]):
+        hardware = Hardware(device="cuda", native_bf16=True, gpu_stacks=stacks)
+        return resolve_policy(PredictOptions(precision=precision), (32, 128, 128), ModelConstraints(), hardware)
+
+    bad = policy("auto", ("2.9.0+cu128", 91500), ("2.8.0+cu128", 91002))  # one bad worker is enough
+    assert bad.precision == "fp32" and bad.reason.startswith("auto: bf16 is native, but cuDNN 9.10.2 ") and "silently wrong" in bad.reason
+    slow = policy("auto", ("2.9.0+cu128", 91100))
+    assert slow.precision == "fp32" and "slowly" in slow.reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        good = policy("auto", ("2.10.0+cu130", 91500))
+        assert good.precision == "bf16" and good.reason == "auto: bf16 is native on every cuda worker"
+        assert policy("fp32", ("2.8.0", 91002)).precision == "fp32"  # fp32 asked: nothing to warn of
+    with pytest.warns(RuntimeWarning, match=r"^precision bf16 as asked, though cuDNN 9\.10\.2 .*precision fp32 or auto avoids it$") as seen:
+        explicit = policy("bf16", ("2.8.0", 91002))
+    assert explicit.precision == "bf16" and explicit.reason == "explicit"
+    assert len(seen) == 1 and "\n" not in str(seen[0].message)
