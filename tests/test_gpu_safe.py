@@ -203,7 +203,7 @@ def test_bf16_conv3d_hazard_by_torch_and_cudnn(torch_version: str, cudnn: int | 
 
 
 def test_cudnn_release_reads_both_numberings() -> None:
-    from chunked_fnet.predict.policy import cudnn_release
+    from chunked_fnet.device import cudnn_release
 
     assert cudnn_release(91002) == (9, 10, 2) and cudnn_release(90800) == (9, 8, 0) and cudnn_release(8902) == (8, 9, 2)
 
@@ -232,3 +232,71 @@ def test_auto_precision_avoids_bf16_where_cudnn_is_known_bad_and_explicit_bf16_w
         explicit = policy("bf16", ("2.8.0", 91002))
     assert explicit.precision == "bf16" and explicit.reason == "explicit"
     assert len(seen) == 1 and "\n" not in str(seen[0].message)
+
+
+def test_the_stack_line_names_torch_and_the_device_and_is_logged_once(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker logs what it computes with once (here the CPU: torch and its threads; on a GPU also CUDA,
+    cuDNN and the GPU's name and memory)."""
+    import logging
+
+    from chunked_fnet.device import stack_line
+    from chunked_fnet.predict import job as job_module
+
+    cpu = torch.device("cpu")
+    line = stack_line(cpu)
+    assert line == f"chunked_fnet on cpu: torch {torch.__version__}, {torch.get_num_threads()} intra-op threads"
+    monkeypatch.setattr(job_module, "_STACK_LOGGED", set())
+    with caplog.at_level(logging.INFO, logger="distributed.worker.chunked_fnet"):
+        job_module.log_stack_once(cpu)
+        job_module.log_stack_once(cpu)
+    assert [r.getMessage() for r in caplog.records if r.name == "distributed.worker.chunked_fnet"] == [line]
+
+
+@pytest.mark.parametrize(("name", "visible", "worker", "refused"), [
+    ("cuda:1", "1,2,3,0", "tcp://127.0.0.1:4000", "so cuda:1 would be GPU 2, another worker's"),  # dask-cuda's worker 1 of 4
+    ("cuda:3", "2", "tcp://127.0.0.1:4000", "so cuda:3 would be GPU none, another worker's"),
+    ("cuda:0", "1,2,3,0", "tcp://127.0.0.1:4000", None),  # the worker's own
+    ("cuda", "1,2,3,0", "tcp://127.0.0.1:4000", None),
+    ("cuda:1", None, "tcp://127.0.0.1:4000", None),  # no pinning: every worker on the same GPU 1, as asked
+    ("cuda:1", "1,2,3,0", None, None),  # not a dask worker: the user's own numbering
+    ("cpu", "1,2,3,0", "tcp://127.0.0.1:4000", None),
+])
+def test_an_explicit_gpu_index_on_a_pinned_dask_worker_is_refused(name: str, visible: str | None, worker: str | None, refused: str | None) -> None:
+    from chunked_fnet.device import refuse_another_workers_gpu
+    from chunked_fnet.errors import InputError
+
+    device = torch.device(name)
+    if refused is None:
+        refuse_another_workers_gpu(name, device, visible, worker)
+        return
+    with pytest.raises(InputError) as caught:
+        refuse_another_workers_gpu(name, device, visible, worker)
+    text = str(caught.value)
+    assert refused in text and f"CUDA_VISIBLE_DEVICES={visible}" in text and "use device 'cuda'" in text and "\n" not in text
+
+
+def test_resolve_device_outside_a_worker_keeps_its_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside a dask worker CUDA_VISIBLE_DEVICES changes nothing (on this machine without CUDA: no GPU)."""
+    from chunked_fnet.errors import InputError
+    from chunked_fnet.device import resolve_device
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    with pytest.raises(InputError, match="sees no cuda device here"):
+        resolve_device("cuda:1")
+
+
+def test_resolve_device_in_a_pinned_dask_worker_refuses_a_neighbours_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a real dask worker (in this process) pinned by CUDA_VISIBLE_DEVICES, ``cuda:1`` is refused
+    before torch is asked about GPUs; ``cpu`` still resolves."""
+    from distributed import Client, LocalCluster
+
+    from chunked_fnet.device import resolve_device
+    from chunked_fnet.errors import InputError
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2,3,0")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        with pytest.raises(InputError, match=r"^device 'cuda:1' on dask worker .*so cuda:1 would be GPU 2, another worker's"):
+            client.submit(resolve_device, "cuda:1", pure=False).result()
+        assert client.submit(resolve_device, "cpu", pure=False).result() == torch.device("cpu")

@@ -11,6 +11,7 @@ chunk. See :mod:`chunked_fnet.predict.schedule` for why the work is split this w
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from chunked_fnet.memory import bound_heap_growth, trim_heap
-from chunked_fnet.device import autocast_dtype, device_memory, resolve_device
+from chunked_fnet.device import autocast_dtype, device_memory, resolve_device, stack_line
 from chunked_fnet.errors import DeviceMemoryError, one_line
 from chunked_fnet.io.reader import open_level_array
 from chunked_fnet.io.writer import open_for_writing, write_region
@@ -156,11 +157,22 @@ def _back_to_input_grid(model_values: np.ndarray, source: Box, grid: ModelGrid, 
 
 
 _WORKER_READY = False
+_STACK_LOGGED: set[str] = set()
 
 
-def _prepare_worker_process(threads: int | None = None) -> None:
+def log_stack_once(device: torch.device) -> None:
+    """Log what this process computes with on ``device`` (:func:`~chunked_fnet.device.stack_line`), once
+    per process and device: in a worker's log (``distributed.worker``'s handlers and level)."""
+    if str(device) in _STACK_LOGGED:
+        return
+    _STACK_LOGGED.add(str(device))
+    logging.getLogger("distributed.worker.chunked_fnet").info(stack_line(device))
+
+
+def _prepare_worker_process(threads: int | None = None, device: str | None = None) -> None:
     """In a worker process: ``threads`` torch intra-op threads (default: one per dask worker thread), and
-    once, a heap that returns large freed arrays to the system, however the worker was started.
+    once, a heap that returns large freed arrays to the system, however the worker was started, and a log
+    line naming torch, CUDA, cuDNN and the ``device`` computed on.
 
     torch otherwise starts a thread per core in every worker process (N workers on N cores would run
     N*N threads), and glibc would keep each task's freed buffers, raising every later peak.
@@ -177,6 +189,8 @@ def _prepare_worker_process(threads: int | None = None) -> None:
     if not _WORKER_READY:
         bound_heap_growth()
         _WORKER_READY = True
+    if device is not None:
+        log_stack_once(resolve_device(device))
 
 
 def ensemble_runner(job: PredictJob, policy: RunPolicy) -> PatchRunner:
@@ -209,7 +223,7 @@ def predict_block(run: JobRef | tuple[PredictJob, RunPolicy], task: BlockTask) -
     and every consumer receives only its own voxels.
     """
     job, policy = resolve_run(run)
-    _prepare_worker_process(_torch_threads(job, policy))
+    _prepare_worker_process(_torch_threads(job, policy), job.options.device)
     window = policy.window
     corners, extent = window.owned(task.block)
     if extent is None:  # the schedule only plans blocks that own patches

@@ -35,13 +35,14 @@ from typing import Any
 
 import numpy as np
 
+from chunked_fnet.device import cudnn_release
 from chunked_fnet.errors import InputError, one_line
 from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.sliding_window.window import SlidingWindow, fit_patch, min_band_overlap
 
 __all__ = [
     "AUTO_OVERLAP", "MAX_RECOMPUTE", "MAX_TENSOR_ELEMENTS", "PATCH_MEMORY_FRACTION", "Hardware", "ModelConstraints", "RunPolicy",
-    "auto_patch", "bf16_conv3d_hazard", "cudnn_release", "patch_bytes", "patch_that_fits", "resolve_policy",
+    "auto_patch", "bf16_conv3d_hazard", "patch_bytes", "patch_that_fits", "resolve_policy",
 ]
 
 #: Overlap (model voxels) where patches meet: a 36-voxel rim on each side without weight and a 24-voxel
@@ -282,14 +283,6 @@ def _smallest_patch(start: Sequence[int], frame: Sequence[int], needed: Sequence
 def _blocks_per_frame(window: SlidingWindow, block_shape: Sequence[int]) -> int:
     """Block tasks per frame: model-grid blocks that own at least one patch (the one holding its centre)."""
     return math.prod(len(np.unique(window.grid.owner_voxels(a) // max(1, int(b)))) for a, b in enumerate(block_shape))
-
-
-def cudnn_release(version: int) -> tuple[int, int, int]:
-    """cuDNN's version number (``torch.backends.cudnn.version()``) as (major, minor, patch): 91002 is
-    9.10.2 (cuDNN 9 counts major x 10000), 8902 is 8.9.2 (cuDNN 8 counted major x 1000)."""
-    if version >= 90000:
-        return version // 10000, version // 100 % 100, version % 100
-    return version // 1000, version // 100 % 10, version % 100
 
 
 def bf16_conv3d_hazard(torch_version: str, cudnn_version: int | None) -> str | None:
