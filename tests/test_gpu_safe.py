@@ -300,3 +300,29 @@ def test_resolve_device_in_a_pinned_dask_worker_refuses_a_neighbours_gpu(monkeyp
         with pytest.raises(InputError, match=r"^device 'cuda:1' on dask worker .*so cuda:1 would be GPU 2, another worker's"):
             client.submit(resolve_device, "cuda:1", pure=False).result()
         assert client.submit(resolve_device, "cpu", pure=False).result() == torch.device("cpu")
+
+
+def test_out_of_memory_stops_a_dask_run_at_once_in_one_line(blocks, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through ``predict`` on a real (in-process) dask cluster: the first out-of-memory block stops the
+    run without retries, and its one line names a patch that fits."""
+    from distributed import Client, LocalCluster
+
+    from chunked_fnet.predict import predict
+    from chunked_fnet.predict.submit import RunStoppedError
+
+    calls: list[int] = []
+
+    def exhausted(self, x):
+        calls.append(1)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(NormAndDropout, "forward", exhausted)
+    options = OPTIONS.model_copy(update={"retries": 2})
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        with pytest.raises(RunStoppedError) as caught:
+            predict(tmp_path / "in.zarr", [tmp_path / "dna.ckpt"], tmp_path / "oom.zarr", options=options, client=client, progress=False)
+    text = str(caught.value)
+    assert "stopped at a failure no retry can fix" in text and "DeviceMemoryError: out of memory on cpu (host memory, " in text
+    assert "running patch [8, 16, 16] x " in text and "rerun with patch_shape [" in text and "\n" not in text
+    blocks_total = len(blocks[2])
+    assert 1 <= len(calls) < blocks_total * (1 + options.retries)  # stopped at once, not every block tried 3 times
