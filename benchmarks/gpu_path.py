@@ -84,8 +84,11 @@ def host_side(args: argparse.Namespace, device) -> tuple[float, float, str]:  # 
         job = plan(image, [checkpoint], str(out), options)
     policy = job.resolve_policy(Hardware.here(str(device)))  # explicit patch and overlap: the window is the options'
     create_output(job, policy, overwrite=True)
-    real = job_module.cached_model
-    job_module.cached_model = lambda path, digest, dev: Free().to(dev)
+    from chunked_fnet.predict import ensemble as ensemble_module
+
+    real = ensemble_module._load
+    ensemble_module._load = lambda path, dev: Free().to(dev)  # loaded (and cached) as any model is
+    ensemble_module._CACHE.clear(), ensemble_module._ENSEMBLES.clear()
     try:
         job_module.run_in_process(job, policy)  # warm-up
         seconds = []
@@ -94,7 +97,8 @@ def host_side(args: argparse.Namespace, device) -> tuple[float, float, str]:  # 
             job_module.run_in_process(job, policy)
             seconds.append(time.perf_counter() - start)
     finally:
-        job_module.cached_model = real
+        ensemble_module._load = real
+        ensemble_module._CACHE.clear(), ensemble_module._ENSEMBLES.clear()  # no free model left for a real run
         shutil.rmtree(out, ignore_errors=True)
     chunks = tuple(min(c, n) for c, n in zip(options.chunks, shape))
     recompute = job.schedule(policy.window).patch_evaluations * C.prod(policy.window.patch_shape) / C.prod(shape)

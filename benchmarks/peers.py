@@ -94,10 +94,8 @@ def chunk_tasks(args: argparse.Namespace, device: str) -> tuple[object, int]:
 
     import dask
 
-    from chunked_fnet.model import checkpoint_hash
     from chunked_fnet.predict import Hardware, PredictOptions, create_output, plan
-    from chunked_fnet.predict.ensemble import cached_model
-    from chunked_fnet.predict.job import run_in_process
+    from chunked_fnet.predict.job import ensemble_runner, run_in_process
 
     out = tempfile.mkdtemp(suffix=".zarr")
     shutil.rmtree(out)
@@ -107,7 +105,7 @@ def chunk_tasks(args: argparse.Namespace, device: str) -> tuple[object, int]:
         job = plan(args.image, [args.checkpoint], out, options)
     policy = job.resolve_policy(Hardware.here(device))  # explicit patch, overlap (gaussian) and batch: the options' window
     create_output(job, policy, overwrite=True)
-    cached_model(args.checkpoint, checkpoint_hash(args.checkpoint), device)  # loaded before the clock starts
+    ensemble_runner(job, policy)  # the tasks' ensemble loaded and prepared before the clock starts
 
     def run() -> str:
         run_in_process(job, policy)

@@ -62,16 +62,16 @@ def bare_forward(paths: list[str], hashes: list[str], device: str, patches: np.n
     ``sizes`` patches (the first ones of ``patches``), after one untimed full batch."""
     import torch
 
-    from chunked_fnet.predict.ensemble import StackedEnsemble, cached_model
+    from chunked_fnet.predict.ensemble import cached_ensemble
+    from chunked_fnet.sliding_window.runner import default_channels_last
     C.prepare_like_a_task()
-    model = StackedEnsemble([cached_model(p, h, device) for p, h in zip(paths, hashes)]).eval()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
+    channels_last = default_channels_last(torch.device(device), dtype)  # what PatchRunner does by default
+    model = cached_ensemble(paths, hashes, device, channels_last)  # the tasks' own module, prepared once
     x = torch.from_numpy(patches).to(device)
-    channels_last = torch.device(device).type == "cpu"  # what PatchRunner does by default on this device
     if channels_last:
-        model.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
 
     def forward(n: int) -> None:
         if dtype is None:
@@ -88,8 +88,6 @@ def bare_forward(paths: list[str], hashes: list[str], device: str, patches: np.n
             forward(n)
         sync()
         result = time.perf_counter() - start, cpu_seconds() - cpu0
-    if channels_last:
-        model.to(memory_format=torch.contiguous_format)  # as the pipeline leaves the cached models
     return result
 
 

@@ -28,13 +28,17 @@ COLUMNS = ["date", "model, patch, batch, precision", "volume, chunks (tasks)", "
            "noise", "command", "machine"]
 
 
-def warm(paths: list[str], hashes: list[str], device: str, shape: tuple[int, ...]) -> int:
-    """Load the models into this worker and run one forward pass of ``shape`` (torch threads as a task would)."""
+def warm(paths: list[str], hashes: list[str], device: str, shape: tuple[int, ...], precision: str = "fp32") -> int:
+    """Load the models into this worker as its tasks will (the cached ensemble of ``precision``'s memory
+    format) and run one forward pass of ``shape`` (torch threads as a task would)."""
     import torch
 
-    from chunked_fnet.predict.ensemble import StackedEnsemble, cached_model
+    from chunked_fnet.device import autocast_dtype
+    from chunked_fnet.predict.ensemble import cached_ensemble
+    from chunked_fnet.sliding_window.runner import default_channels_last
     C.prepare_like_a_task()
-    model = StackedEnsemble([cached_model(p, h, device) for p, h in zip(paths, hashes)]).eval()
+    dev = torch.device(device)
+    model = cached_ensemble(paths, hashes, device, default_channels_last(dev, autocast_dtype(precision, dev)))
     with torch.inference_mode():
         model(torch.zeros(shape, device=device))
     return torch.get_num_threads()
@@ -71,7 +75,7 @@ def main() -> None:
         for config in args.configs:
             client = stack.enter_context(local_client(spec_for(config)))
             workers = list(client.scheduler_info()["workers"])
-            threads = [client.submit(warm, models, hashes, args.device, batch_shape, workers=[w], allow_other_workers=False,
+            threads = [client.submit(warm, models, hashes, args.device, batch_shape, args.precision, workers=[w], allow_other_workers=False,
                                      pure=False) for w in workers]
             print(f"{config}: {len(workers)} workers ready, torch threads {[t.result() for t in threads]}", flush=True)
             clients[config] = client

@@ -21,6 +21,16 @@ class InputError(ChunkedFnetError, ValueError):
     """A user-supplied argument or file is unusable."""
 
 
+class DeviceMemoryError(ChunkedFnetError, RuntimeError):
+    """A forward pass ran out of its device's memory. No retry of the same patch can fit, and no block may
+    shrink its own patch (the patch grid is one for the whole run): the message names one that fits.
+    ``patch`` (z, y, x), ``batch`` and ``device`` say what failed."""
+
+    patch: tuple[int, ...] = ()
+    batch: int = 1
+    device: str = ""
+
+
 class OutputExistsError(ChunkedFnetError, FileExistsError):
     """Refusing to overwrite an existing output without an explicit ``overwrite``."""
 
@@ -38,10 +48,11 @@ def retryable(exc: BaseException) -> bool:
     """Whether trying a failed task again may succeed: the one place that decides (a run stops at the
     first error this refuses, see :mod:`chunked_fnet.predict.submit`).
 
-    No for an OSError of :data:`PERMANENT_ERRNOS` and a damaged or refused input chunk
-    (:class:`UnreadableChunkError`): every try would fail the same way. Yes for everything else: a lost
+    No for an OSError of :data:`PERMANENT_ERRNOS`, a damaged or refused input chunk
+    (:class:`UnreadableChunkError`) and a patch too large for its device (:class:`DeviceMemoryError`):
+    every try would fail the same way. Yes for everything else: a lost
     worker (KilledWorker), a timeout, a transient OSError of a network store, and what is not known.
     """
-    if isinstance(exc, UnreadableChunkError):
+    if isinstance(exc, (UnreadableChunkError, DeviceMemoryError)):
         return False
     return not (isinstance(exc, OSError) and exc.errno in PERMANENT_ERRNOS)

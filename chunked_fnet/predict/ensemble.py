@@ -17,8 +17,10 @@ import torch
 from chunked_fnet.errors import InputError
 from chunked_fnet.model import checkpoint_hash, load_checkpoint
 from chunked_fnet.model.bioimageio import is_package, load_package_model, package_hash
+from chunked_fnet.sliding_window.runner import prepare_for_inference
 
-_CACHE: dict[tuple[str, str], torch.nn.Module] = {}
+_CACHE: dict[tuple[str, str, bool], torch.nn.Module] = {}  # (content hash, device, channels_last)
+_ENSEMBLES: dict[tuple[tuple[str, ...], str, bool], StackedEnsemble] = {}  # (content hashes, device, channels_last)
 _LOCK = threading.Lock()
 
 
@@ -56,16 +58,32 @@ def _load(path: str, device: str) -> torch.nn.Module:
     return load_checkpoint(path, device=device)[0].inference_copy()
 
 
-def cached_model(path: str, digest: str, device: str) -> torch.nn.Module:
-    """Load a checkpoint or package once per process and device; later calls return the same module."""
-    key = (digest, device)
+def cached_model(path: str, digest: str, device: str, channels_last: bool = False) -> torch.nn.Module:
+    """Load a checkpoint or package once per process, device and memory format; later calls return the
+    same module, put in eval mode (and converted) once here and never toggled afterwards: the task
+    threads of a worker run it at once (:func:`~chunked_fnet.sliding_window.runner.prepare_for_inference`)."""
+    key = (digest, device, channels_last)
     with _LOCK:
         model = _CACHE.get(key)
         if model is None:
-            model = _load(path, device)
+            model = prepare_for_inference(_load(path, device), torch.device(device), channels_last)
             _CACHE[key] = model
     return model
 
+
+def cached_ensemble(paths: Sequence[str], digests: Sequence[str], device: str, channels_last: bool) -> StackedEnsemble:
+    """The stacked ensemble of ``paths`` on ``device``, built once per process, device and memory format
+    (the models' content hashes name them): every block of a run, in any thread, runs this one module,
+    already in eval mode and converted, so no block converts, toggles or restores anything."""
+    key = (tuple(digests), device, channels_last)
+    with _LOCK:
+        ensemble = _ENSEMBLES.get(key)
+    if ensemble is None:
+        members = [cached_model(p, h, device, channels_last) for p, h in zip(paths, digests, strict=True)]
+        built = StackedEnsemble(members).eval()
+        with _LOCK:
+            ensemble = _ENSEMBLES.setdefault(key, built)
+    return ensemble
 
 
 def _member(path: str) -> Member:

@@ -11,6 +11,7 @@ chunk. See :mod:`chunked_fnet.predict.schedule` for why the work is split this w
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -22,11 +23,12 @@ import numpy as np
 import torch
 
 from chunked_fnet.memory import bound_heap_growth, trim_heap
-from chunked_fnet.device import autocast_dtype, resolve_device
+from chunked_fnet.device import autocast_dtype, device_memory, resolve_device, stack_line
+from chunked_fnet.errors import DeviceMemoryError, one_line
 from chunked_fnet.io.reader import open_level_array
 from chunked_fnet.io.writer import open_for_writing, write_region
-from chunked_fnet.predict.ensemble import StackedEnsemble, cached_model
-from chunked_fnet.predict.policy import Hardware, ModelConstraints, RunPolicy, resolve_policy
+from chunked_fnet.predict.ensemble import cached_ensemble
+from chunked_fnet.predict.policy import Hardware, ModelConstraints, RunPolicy, patch_that_fits, resolve_policy
 from chunked_fnet.predict.shipping import JobRef, resolve_run
 from chunked_fnet.predict.ledger import Ledger, chunk_key
 from chunked_fnet.predict.options import RUNTIME_OPTIONS, PredictOptions
@@ -35,6 +37,7 @@ from chunked_fnet.preprocess.normalize import FrameStats
 from chunked_fnet.preprocess.frame import ModelGridFrame
 from chunked_fnet.preprocess.resample import ModelGrid, interpolate_axis
 from chunked_fnet.sliding_window import Box, PatchRunner, SlidingWindow, WeightedSum, padded_reader
+from chunked_fnet.sliding_window.runner import default_channels_last
 
 
 @dataclass(frozen=True)
@@ -157,11 +160,22 @@ def back_to_input_grid(model_values: np.ndarray, source: Box, grid: ModelGrid, r
 
 
 _WORKER_READY = False
+_STACK_LOGGED: set[str] = set()
 
 
-def _prepare_worker_process(threads: int | None = None) -> None:
+def log_stack_once(device: torch.device) -> None:
+    """Log what this process computes with on ``device`` (:func:`~chunked_fnet.device.stack_line`), once
+    per process and device: in a worker's log (``distributed.worker``'s handlers and level)."""
+    if str(device) in _STACK_LOGGED:
+        return
+    _STACK_LOGGED.add(str(device))
+    logging.getLogger("distributed.worker.chunked_fnet").info(stack_line(device))
+
+
+def _prepare_worker_process(threads: int | None = None, device: str | None = None) -> None:
     """In a worker process: ``threads`` torch intra-op threads (default: one per dask worker thread), and
-    once, a heap that returns large freed arrays to the system, however the worker was started.
+    once, a heap that returns large freed arrays to the system, however the worker was started, and a log
+    line naming torch, CUDA, cuDNN and the ``device`` computed on.
 
     torch otherwise starts a thread per core in every worker process (N workers on N cores would run
     N*N threads), and glibc would keep each task's freed buffers, raising every later peak.
@@ -178,18 +192,31 @@ def _prepare_worker_process(threads: int | None = None) -> None:
     if not _WORKER_READY:
         bound_heap_growth()
         _WORKER_READY = True
+    if device is not None:
+        log_stack_once(resolve_device(device))
 
 
 def ensemble_runner(job: PredictJob, policy: RunPolicy) -> PatchRunner:
     """The ensemble on this worker's device, each model loaded once per process, computing as the policy says."""
-    device = str(resolve_device(job.options.device))
-    ensemble = StackedEnsemble([cached_model(p, h, device) for p, h in zip(job.models, job.hashes, strict=True)])
-    return PatchRunner(ensemble, device, job.options.tta_flips, autocast_dtype(policy.precision, device), batch_size=policy.batch_size)
+    device = resolve_device(job.options.device)
+    amp = autocast_dtype(policy.precision, device)
+    channels_last = default_channels_last(device, amp)
+    ensemble = cached_ensemble(job.models, job.hashes, str(device), channels_last)
+    return PatchRunner(ensemble, device, job.options.tta_flips, amp, channels_last=channels_last, batch_size=policy.batch_size)
 
 
 def _torch_threads(job: PredictJob, policy: RunPolicy) -> int | None:
     """The run's torch threads per task on a CPU worker; None on an accelerator."""
     return policy.block_threads if resolve_device(job.options.device).type == "cpu" else None
+
+
+def _with_patch_that_fits(exc: DeviceMemoryError, job: PredictJob) -> DeviceMemoryError:
+    """``exc`` naming a patch that would fit this worker's device (the policy's sizing), in one line."""
+    device = torch.device(exc.device or job.options.device)
+    hint = patch_that_fits(job.options, job.grid.shape, job.constraints, device_memory(device)[1], exc.patch, exc.batch)
+    error = DeviceMemoryError(one_line(f"{exc}: {hint}"))
+    error.patch, error.batch, error.device = exc.patch, exc.batch, exc.device
+    return error
 
 
 def predict_block(run: JobRef | tuple[PredictJob, RunPolicy], task: BlockTask) -> tuple[WeightedSum, ...]:
@@ -199,13 +226,16 @@ def predict_block(run: JobRef | tuple[PredictJob, RunPolicy], task: BlockTask) -
     and every consumer receives only its own voxels.
     """
     job, policy = resolve_run(run)
-    _prepare_worker_process(_torch_threads(job, policy))
+    _prepare_worker_process(_torch_threads(job, policy), job.options.device)
     window = policy.window
     corners, extent = window.owned(task.block)
     if extent is None:  # the schedule only plans blocks that own patches
         raise RuntimeError(f"block {task.block} of the model grid owns no patch")
     frame = model_grid_frame(job, task.time_index)
-    sums = ensemble_runner(job, policy).weighted_sums(window, padded_reader(frame, window.pad_mode), corners, extent)
+    try:
+        sums = ensemble_runner(job, policy).weighted_sums(window, padded_reader(frame, window.pad_mode), corners, extent)
+    except DeviceMemoryError as exc:
+        raise _with_patch_that_fits(exc, job) from exc
     pieces = tuple(sums.crop(piece) for piece in task.pieces)
     del sums, frame
     trim_heap()

@@ -27,19 +27,22 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from chunked_fnet.errors import InputError
+from chunked_fnet.device import cudnn_release
+from chunked_fnet.errors import InputError, one_line
 from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.sliding_window.window import SlidingWindow, fit_patch, min_band_overlap
 
 __all__ = [
     "AUTO_OVERLAP", "MAX_RECOMPUTE", "MAX_TENSOR_ELEMENTS", "PATCH_MEMORY_FRACTION", "Hardware", "ModelConstraints", "RunPolicy",
-    "auto_patch", "resolve_policy",
+    "auto_patch", "bf16_conv3d_hazard", "patch_bytes", "patch_that_fits", "resolve_policy",
 ]
 
 #: Overlap (model voxels) where patches meet: a 36-voxel rim on each side without weight and a 24-voxel
@@ -98,7 +101,8 @@ class Hardware:
     ``patch_budget``: bytes one patch's forward pass may use (the smallest worker's share, or its GPU's
     free memory); ``busy``: patches needed at once to keep every GPU (or CPU host) busy;
     ``threads_per_host``: dask task threads per host (CPU); ``device``: the device type computed on;
-    ``native_bf16``: whether every worker computes bf16 natively.
+    ``native_bf16``: whether every worker computes bf16 natively; ``gpu_stacks``: the distinct (torch
+    version, cuDNN version) pairs of the CUDA workers (:func:`bf16_conv3d_hazard` reads them).
     """
 
     patch_budget: float = 2 * 2**30  # what any worker can take
@@ -106,18 +110,19 @@ class Hardware:
     threads_per_host: tuple[int, ...] = (1,)
     device: str = "cpu"
     native_bf16: bool = False
+    gpu_stacks: tuple[tuple[str, int | None], ...] = ()
 
     @classmethod
     def here(cls, device: str = "auto") -> Hardware:
         """This process, for prediction in memory (``predict_volume``, ``evaluate``, a notebook)."""
-        import psutil
         import torch
 
-        from chunked_fnet.device import bf16_is_native, resolve_device
+        from chunked_fnet.device import bf16_is_native, device_memory, resolve_device
 
         dev = resolve_device(device)
-        memory = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else psutil.virtual_memory().total
-        return cls(PATCH_MEMORY_FRACTION * memory, 1, (torch.get_num_threads(),), dev.type, bf16_is_native(dev))
+        memory = device_memory(dev)[1]
+        stacks = ((torch.__version__, torch.backends.cudnn.version()),) if dev.type == "cuda" else ()
+        return cls(PATCH_MEMORY_FRACTION * memory, 1, (torch.get_num_threads(),), dev.type, bf16_is_native(dev), stacks)
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,36 @@ def resolve_policy(
     per_host = hardware.threads_per_host or (1,)
     threads = max(1, min(sum(per_host) // max(1, blocks), min(per_host)))
     return RunPolicy(window, precision, reason, batch, threads)
+
+
+def patch_bytes(patch: Sequence[int], width: int, batch: int = 1) -> float:
+    """Estimated peak memory of one forward pass of ``batch`` patches (what :func:`auto_patch` sizes by)."""
+    return BYTES_PER_VOXEL_AND_CHANNEL * max(1, width) * math.prod(patch) * batch
+
+
+def patch_that_fits(
+    options: PredictOptions, frame: Sequence[int], models: ModelConstraints, device_bytes: float, failed: Sequence[int], batch: int,
+) -> str:
+    """What to say after ``failed`` x ``batch`` patches ran out of device memory: the auto patch (this
+    policy's own sizing) for half the memory that pass was estimated to take, or for the device's share
+    if less; or that none is smaller. Advice for the next run, never applied to this one: its patch grid
+    is global, and one block with a patch of its own would blend differently."""
+    budget = min(PATCH_MEMORY_FRACTION * device_bytes, patch_bytes(failed, models.width, batch) / 2)
+    smaller = options.model_copy(update={"patch_shape": "auto", "batch_size": 1})
+    try:
+        patch = resolve_policy(smaller, frame, models, Hardware(patch_budget=budget)).window.patch_shape
+    except InputError as exc:
+        return f"no smaller patch works with these options ({exc})"
+    if math.prod(patch) >= math.prod(failed) * batch:
+        return f"no smaller patch than {list(failed)} x 1 works for these models; free the device or use one with more memory"
+    return (
+        f"rerun with patch_shape {list(patch)} and batch_size 1 (estimated {_in_words(patch_bytes(patch, models.width))}; "
+        "the patch grid is one for the whole run, so no block shrinks its own)"
+    )
+
+
+def _in_words(size: float) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
 
 
 def _window(
@@ -250,13 +285,42 @@ def _blocks_per_frame(window: SlidingWindow, block_shape: Sequence[int]) -> int:
     return math.prod(len(np.unique(window.grid.owner_voxels(a) // max(1, int(b)))) for a, b in enumerate(block_shape))
 
 
+def bf16_conv3d_hazard(torch_version: str, cudnn_version: int | None) -> str | None:
+    """Why bf16 3-D convolutions should not run under this torch and cuDNN, or None where nothing is known.
+
+    - cuDNN 9.10.2 computes bf16 conv3d silently wrong on large inputs; the whole 9.10 series is
+      treated so (conservatively: no fixed 9.10 release is known here).
+    - torch 2.9 with cuDNN 9.8 to 9.14 picks slow bf16 conv3d kernels (several times fp32's time).
+    """
+    if cudnn_version is None:
+        return None
+    major, minor, patch = cudnn_release(int(cudnn_version))
+    if (major, minor) == (9, 10):
+        return (f"cuDNN {major}.{minor}.{patch} can compute bf16 3-D convolutions silently wrong on large inputs "
+                "(known for 9.10.2; 9.10.x treated alike)")
+    torch_release = tuple(int(n) for n in re.findall(r"\d+", torch_version)[:2])
+    if torch_release == (2, 9) and major == 9 and 8 <= minor <= 14:
+        return f"torch {torch_version} with cuDNN {major}.{minor}.{patch} runs bf16 3-D convolutions slowly (cuDNN 9.8-9.14 under torch 2.9)"
+    return None
+
+
+def _bf16_hazard(hardware: Hardware) -> str | None:
+    """The first known bf16 conv3d hazard among the CUDA workers' torch and cuDNN versions."""
+    return next((h for t, c in hardware.gpu_stacks if (h := bf16_conv3d_hazard(t, c))), None)
+
+
 def _precision(option: str, hardware: Hardware, recorded: Mapping[str, Any] | None) -> tuple[str, str]:
+    hazard = _bf16_hazard(hardware)
     if option != "auto":
+        if option == "bf16" and hazard:
+            warnings.warn(one_line(f"precision bf16 as asked, though {hazard}; precision fp32 or auto avoids it"), RuntimeWarning, stacklevel=4)
         return option, "explicit"
     if recorded is not None:  # a resume computes in the interrupted run's precision
         return str(recorded["chosen"]), str(recorded.get("why", "recorded"))
     if hardware.device == "unknown":
         return "fp32", "auto: no worker was up to ask when the run started"
+    if hardware.native_bf16 and hazard:
+        return "fp32", f"auto: bf16 is native, but {hazard}"
     if hardware.native_bf16:
         return "bf16", f"auto: bf16 is native on every {hardware.device} worker"
     return "fp32", f"auto: not every {hardware.device} worker computes bf16 natively"

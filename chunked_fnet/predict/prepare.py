@@ -49,18 +49,21 @@ def cluster_hardware(client: Client, device: str) -> Hardware:
     if gpus:
         budget = PATCH_MEMORY_FRACTION * min(gpus)
     native = all(f["native_bf16"] for f in facts.values())
-    return Hardware(budget, len(gpus) or len(per_host), tuple(per_host.values()), kind, native)
+    stacks = tuple(sorted({(f["torch"], f["cudnn"]) for f in facts.values() if f["type"] == "cuda"}, key=str))
+    return Hardware(budget, len(gpus) or len(per_host), tuple(per_host.values()), kind, native, stacks)
 
 
 def _device_facts(device: str) -> dict[str, Any]:
-    """On a worker: the device it computes on, its total memory (GPU), and whether bf16 is native there."""
+    """On a worker: the device it computes on, its total memory (GPU), whether bf16 is native there, and
+    its torch and cuDNN versions (known bf16 conv3d hazards: :func:`~chunked_fnet.predict.policy.bf16_conv3d_hazard`)."""
     import torch
 
     from chunked_fnet.device import bf16_is_native, resolve_device
 
     dev = resolve_device(device)
     memory = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else 0
-    return {"type": dev.type, "memory": memory, "native_bf16": bf16_is_native(dev)}
+    cudnn = torch.backends.cudnn.version() if dev.type == "cuda" else None
+    return {"type": dev.type, "memory": memory, "native_bf16": bf16_is_native(dev), "torch": torch.__version__, "cudnn": cudnn}
 
 
 def prepare(

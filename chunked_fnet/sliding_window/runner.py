@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import threading
 import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from chunked_fnet.errors import InputError
+from chunked_fnet.errors import DeviceMemoryError, InputError, one_line
 from chunked_fnet.sliding_window.box import Box
 from chunked_fnet.sliding_window.grid import Corner
 from chunked_fnet.sliding_window.padding import Reader
@@ -59,6 +60,12 @@ def _use_exact_cuda_math(fp32: bool) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device running out of memory: torch's ``OutOfMemoryError``, or a RuntimeError
+    saying so (cuDNN's and older torch's allocation failures)."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
 def tta_flip_sets(tta_flips: FlipSpec) -> list[tuple[int, ...]]:
     """The spatial-axis flips (0 = z, 1 = y, 2 = x) averaged by test-time augmentation.
 
@@ -96,9 +103,12 @@ def _device_thread(device: torch.device) -> ThreadPoolExecutor:
         return executor
 
 
-#: id(module) -> (sessions using it now, its train flag before the first of them, whether the first
-#: of them converted it to channels_last_3d)
-_EVAL_USERS: dict[int, tuple[int, bool, bool]] = {}
+#: id(submodule) -> (sessions using it now, its own train flag before the first of them): counted per
+#: submodule, not per top module, so that two wrappers sharing members (two blocks' ensembles) cannot
+#: flip a member back to train mode while the other one's forward runs
+_EVAL_USERS: dict[int, tuple[int, bool]] = {}
+#: id(module) -> (sessions using it now, whether the first of them converted it to channels_last_3d)
+_FORMAT_USERS: dict[int, tuple[int, bool]] = {}
 _EVAL_LOCK = threading.Lock()
 
 
@@ -113,13 +123,83 @@ def _in_channels_last(weight: torch.Tensor) -> bool:
     return weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
 
 
+def default_channels_last(device: torch.device, amp_dtype: torch.dtype | None) -> bool:
+    """Whether activations (and weights) use ``channels_last_3d`` by default: the one rule, used by
+    :class:`PatchRunner` and by whoever prepares a model for it once (the workers' cached ensembles).
+
+    On the CPU, oneDNN's 3-D convolutions skip reordering every activation (the paper's U-Net, batch 4
+    of 32x64x64: about 25 % less CPU time on an AVX-512 Xeon, benchmarks/gpu_path.py); on CUDA under
+    bf16/fp16 autocast cuDNN's tensor-core kernels want it too (H100, a whole 64x512x512 frame in bf16:
+    318 against 254 M voxels/s, BENCHMARKS.md, GPU acceptance); fp32 on CUDA stays NCDHW, not yet measured."""
+    return device.type == "cpu" or (device.type == "cuda" and amp_dtype is not None)
+
+
+def _on_device(t: torch.Tensor, device: torch.device) -> bool:
+    """Whether ``t`` lives on ``device`` (``cuda`` means the current CUDA device, as ``.to`` takes it)."""
+    if t.device.type != device.type:
+        return False
+    if device.type == "cuda" and device.index is None:
+        return t.device.index == torch.cuda.current_device()
+    return device.index is None or t.device.index == device.index
+
+
+def inference_ready(module: torch.nn.Module, device: torch.device, channels_last: bool) -> bool:
+    """Whether ``module`` can run as it is: every submodule in eval mode, every tensor on ``device``,
+    and, if asked, its convolution weights in ``channels_last_3d``. Such a module (the workers' cached
+    ensembles, prepared once by :func:`prepare_for_inference`) is never changed by a session, so any
+    number of threads may run it at once."""
+    if any(m.training for m in module.modules()):
+        return False
+    if not all(_on_device(t, device) for t in itertools.chain(module.parameters(), module.buffers())):
+        return False
+    weight = _conv_weight(module) if channels_last else None
+    return weight is None or _in_channels_last(weight)
+
+
+def prepare_for_inference(module: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """``module`` on ``device``, in eval mode and (if asked) in ``channels_last_3d``, changed in place,
+    once: for a module this process owns and shares between threads (a worker's cached model)."""
+    module.to(device).eval()
+    if channels_last and _conv_weight(module) is not None:
+        module.to(memory_format=torch.channels_last_3d)
+    return module
+
+
+#: (id(weights), device) -> (a weak reference to the weight array, its copy on that device)
+_DEVICE_WEIGHTS: dict[tuple[int, str], tuple[weakref.ref, torch.Tensor]] = {}
+_WEIGHTS_LOCK = threading.Lock()
+
+
+def device_weights(weights: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A window's blending weights on ``device``, copied there once per process and kept while the
+    array lives (a worker holds its run's window, whose arrays are cached per kind of position): every
+    block of a run reuses them, where each used to upload its own (a whole-frame patch's all-ones
+    weights, a frame's size, at every block). On the CPU they are the array itself, never copied."""
+    if device.type == "cpu":
+        return _as_tensor(weights, device)
+    key = (id(weights), str(device))
+    with _WEIGHTS_LOCK:
+        hit = _DEVICE_WEIGHTS.get(key)
+        if hit is not None and hit[0]() is weights:
+            return hit[1]
+        copy = _as_tensor(weights, device)
+
+        def forget(ref: weakref.ref, key: tuple[int, str] = key) -> None:  # runs when the array is freed
+            if _DEVICE_WEIGHTS.get(key, (None,))[0] is ref:
+                _DEVICE_WEIGHTS.pop(key, None)
+
+        _DEVICE_WEIGHTS[key] = (weakref.ref(weights, forget), copy)
+        return copy
+
+
 class PatchRunner:
     """Runs the model on patches: ``(N, C, pz, py, px)`` -> the averaged output, float32, ensemble
     members x flips, each un-flipped, summed in a fixed order on the device.
 
     - ``model``: a ``torch.nn.Module``, any callable ``(N, C, ...) tensor -> (N, C_out, ...)``, or a list
-      of them (averaged). Modules are moved to ``device`` and run in eval mode under
-      ``torch.inference_mode``; the caller's mode and memory format are restored afterwards.
+      of them (averaged), run in eval mode under ``torch.inference_mode``. A module already on
+      ``device`` in eval mode and the memory format asked (:func:`prepare_for_inference`) is used as
+      it is; any other is moved there and gets the caller's mode and memory format back afterwards.
     - ``tta_flips``: test-time flip augmentation (:func:`tta_flip_sets`).
     - ``amp_dtype``: e.g. ``torch.bfloat16`` to run the model under autocast.
     - ``channels_last``: ``torch.channels_last_3d`` activations; default on the CPU (about a quarter
@@ -150,50 +230,65 @@ class PatchRunner:
         self.device = torch.device(device)
         self.flips = [tuple(a + 2 for a in f) for f in tta_flip_sets(tta_flips)]
         self.amp_dtype = amp_dtype
-        # channels_last_3d: on the CPU, oneDNN's 3-D convolutions skip reordering every activation
-        # (the paper's U-Net, batch 4 of 32x64x64: about 25 % less CPU time on an AVX-512 Xeon,
-        # benchmarks/gpu_path.py); on CUDA under bf16/fp16 autocast cuDNN's tensor-core kernels want
-        # it too (H100, a whole 64x512x512 frame in bf16: 318 against 254 M voxels/s, BENCHMARKS.md,
-        # GPU acceptance); fp32 on CUDA stays NCDHW, not yet measured
-        if channels_last is None:
-            channels_last = self.device.type == "cpu" or (self.device.type == "cuda" and amp_dtype is not None)
-        self.channels_last = bool(channels_last)
+        self.channels_last = default_channels_last(self.device, amp_dtype) if channels_last is None else bool(channels_last)
         # the forward passes in the device's own thread (see _DEVICE_THREADS): default on accelerators
         self.device_thread = self.device.type != "cpu" if device_thread is None else bool(device_thread)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
         """Modules on the device, in eval mode (and in ``channels_last_3d`` when asked), under inference
-        mode. The caller's train/eval mode and memory format are restored when the last concurrent
-        session using that module ends (dask runs several chunk tasks on one shared model in threads:
-        none may change it back mid-run)."""
-        modules = list({id(m): m for m in self.models if isinstance(m, torch.nn.Module)}.values())
+        mode. A module already so (:func:`inference_ready`: a worker's cached ensemble) is left alone:
+        nothing is toggled or restored, whatever the threads. A caller's module that is not gets the
+        caller's train/eval flags and memory format back when the last concurrent session using it ends
+        (counted per submodule: dask runs several chunk tasks on one shared model in threads, and none
+        may change it back mid-run)."""
         if self.device.type == "cuda":
             _use_exact_cuda_math(fp32=self.amp_dtype is None)
-        with _EVAL_LOCK:
-            for m in modules:
-                count, training, converted = _EVAL_USERS.get(id(m), (0, m.training, False))
-                m.to(self.device)
-                if count == 0 and self.channels_last:
-                    weight = _conv_weight(m)
-                    converted = weight is not None and not _in_channels_last(weight)
-                    if converted:
-                        m.to(memory_format=torch.channels_last_3d)
-                _EVAL_USERS[id(m)] = (count + 1, training, converted)
-                m.eval()
+        with _EVAL_LOCK:  # one that another session borrowed looks ready, but is only lent: count this user too
+            modules = [
+                m for m in {id(m): m for m in self.models if isinstance(m, torch.nn.Module)}.values()
+                if id(m) in _FORMAT_USERS or not inference_ready(m, self.device, self.channels_last)
+            ]
+            self._borrow(modules)
         try:
             with torch.inference_mode():
                 yield
         finally:
-            with _EVAL_LOCK:
-                for m in modules:
-                    count, training, converted = _EVAL_USERS.pop(id(m))
-                    if count > 1:
-                        _EVAL_USERS[id(m)] = (count - 1, training, converted)
+            if modules:
+                self._give_back(modules)
+
+    def _borrow(self, modules: Sequence[torch.nn.Module]) -> None:
+        """A caller's modules on the device, in eval mode and the asked memory format, counting the users
+        (the caller holds ``_EVAL_LOCK``)."""
+        for m in modules:
+            count, converted = _FORMAT_USERS.get(id(m), (0, False))
+            m.to(self.device)
+            if count == 0 and self.channels_last:
+                weight = _conv_weight(m)
+                converted = weight is not None and not _in_channels_last(weight)
+                if converted:
+                    m.to(memory_format=torch.channels_last_3d)
+            _FORMAT_USERS[id(m)] = (count + 1, converted)
+            for sub in m.modules():
+                users, training = _EVAL_USERS.get(id(sub), (0, sub.training))
+                _EVAL_USERS[id(sub)] = (users + 1, training)
+                sub.training = False
+
+    def _give_back(self, modules: Sequence[torch.nn.Module]) -> None:
+        """Each submodule's own train flag (and the module's memory format) back once its last user is done."""
+        with _EVAL_LOCK:
+            for m in modules:
+                for sub in m.modules():
+                    users, training = _EVAL_USERS.pop(id(sub))
+                    if users > 1:
+                        _EVAL_USERS[id(sub)] = (users - 1, training)
                     else:
-                        m.train(training)
-                        if converted:
-                            m.to(memory_format=torch.contiguous_format)
+                        sub.training = training
+                count, converted = _FORMAT_USERS.pop(id(m))
+                if count > 1:
+                    _FORMAT_USERS[id(m)] = (count - 1, converted)
+                elif converted:
+                    m.to(memory_format=torch.contiguous_format)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -225,6 +320,19 @@ class PatchRunner:
             total = total / n
         return total
 
+    def _out_of_memory(self, patch: Sequence[int], batch: int) -> DeviceMemoryError:
+        """The error a forward pass that ran out of device memory ends in: what ran, where (the device's
+        memory is freed for the other threads first)."""
+        from chunked_fnet.device import describe_device
+
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        error = DeviceMemoryError(one_line(
+            f"out of memory on {describe_device(self.device)} running patch {list(patch)} x {batch} per forward pass"
+        ))
+        error.patch, error.batch, error.device = tuple(int(n) for n in patch), int(batch), str(self.device)
+        return error
+
     def weighted_sums(self, window: SlidingWindow, read: Reader, corners: Sequence[Corner], target: Box) -> WeightedSum:
         """``sum_p w * f(patch p)`` of the patches ``corners`` over ``target`` (frame coordinates).
 
@@ -250,21 +358,22 @@ class PatchRunner:
         """The weighted sums on the host (pinned memory when from a GPU, copied as soon as they are complete)."""
         grid = window.grid
         with self.session():
-            weights: dict[int, torch.Tensor] = {}  # one device copy per distinct weight array
             acc: torch.Tensor | None = None
             for i in range(0, len(corners), self.batch_size):
                 batch = [grid.patch_box(c) for c in corners[i : i + self.batch_size]]
-                pred = self.forward(torch.stack([x[(slice(None), *p.within(box))] for p in batch]))
+                try:
+                    pred = self.forward(torch.stack([x[(slice(None), *p.within(box))] for p in batch]))
+                except RuntimeError as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    raise self._out_of_memory(grid.patch, len(batch)) from exc
                 if acc is None:
                     acc = torch.zeros((pred.shape[1], *target.shape), dtype=torch.float32, device=self.device)
                 elif pred.shape[1] != acc.shape[0]:
                     raise ValueError(f"the model changed its channel count from {acc.shape[0]} to {pred.shape[1]}")
                 for patch, out in zip(batch, pred):
                     dst, src = overlap_slices(patch, target)
-                    w_np = window.weights_for(patch.start)
-                    w = weights.get(id(w_np))
-                    if w is None:
-                        w = weights[id(w_np)] = _as_tensor(w_np, self.device)
+                    w = device_weights(window.weights_for(patch.start), self.device)
                     acc[(slice(None), *dst)] += w[src] * out[(slice(None), *src)]
                 del pred
             assert acc is not None
