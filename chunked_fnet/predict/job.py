@@ -198,11 +198,17 @@ def _prepare_worker_process(threads: int | None = None, device: str | None = Non
 
 def ensemble_runner(job: PredictJob, policy: RunPolicy) -> PatchRunner:
     """The ensemble on this worker's device, each model loaded once per process, computing as the policy says."""
-    device = resolve_device(job.options.device)
-    amp = autocast_dtype(policy.precision, device)
-    channels_last = default_channels_last(device, amp)
-    ensemble = cached_ensemble(job.models, job.hashes, str(device), channels_last)
-    return PatchRunner(ensemble, device, job.options.tta_flips, amp, channels_last=channels_last, batch_size=policy.batch_size)
+    return models_runner(job.models, job.hashes, job.options.device, job.options.tta_flips, policy)
+
+
+def models_runner(models: Sequence[str], hashes: Sequence[str], device: str, tta_flips: bool, policy: RunPolicy) -> PatchRunner:
+    """The runner of ``models`` (their content ``hashes``) on ``device`` as ``policy`` says: the process's
+    one cached ensemble (a chunked run's workers, :class:`~chunked_fnet.predict.predictor.Predictor`)."""
+    dev = resolve_device(device)
+    amp = autocast_dtype(policy.precision, dev)
+    channels_last = default_channels_last(dev, amp)
+    ensemble = cached_ensemble(list(models), list(hashes), str(dev), channels_last)
+    return PatchRunner(ensemble, dev, tta_flips, amp, channels_last=channels_last, batch_size=policy.batch_size)
 
 
 def _torch_threads(job: PredictJob, policy: RunPolicy) -> int | None:

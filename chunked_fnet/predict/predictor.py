@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from chunked_fnet.device import autocast_dtype, resolve_device
+from chunked_fnet.device import resolve_device
 from chunked_fnet.errors import InputError
-from chunked_fnet.predict.ensemble import StackedEnsemble, cached_model, check_ensemble
-from chunked_fnet.predict.job import back_to_input_grid
+from chunked_fnet.predict.ensemble import check_ensemble
+from chunked_fnet.predict.job import back_to_input_grid, models_runner
 from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.predict.plan import check_eps
 from chunked_fnet.predict.policy import Hardware, ModelConstraints, RunPolicy, resolve_policy
@@ -30,7 +30,7 @@ from chunked_fnet.predict.schedule import interpolation_region
 from chunked_fnet.preprocess.frame import ModelGridFrame
 from chunked_fnet.preprocess.normalize import frame_stats
 from chunked_fnet.preprocess.resample import ModelGrid
-from chunked_fnet.sliding_window import Box, PatchRunner, padded_reader
+from chunked_fnet.sliding_window import Box, padded_reader
 
 __all__ = ["Predictor"]
 
@@ -39,7 +39,7 @@ class Predictor:
     """``Predictor(models, options)(frame)``: the blended prediction of every structure for one frame.
 
     ``models`` are checkpoints or bioimage.io packages, one per structure (checked and loaded once, on
-    ``options.device``). ``frame`` is a ``(z, y, x)`` NumPy array (``scale``: its voxel size in µm,
+    ``options.device``; the ensemble itself is built once per process, at the first frame). ``frame`` is a ``(z, y, x)`` NumPy array (``scale``: its voxel size in µm,
     z, y, x; default the models' voxel size) or a DataArray with ``z``, ``y``, ``x`` dims (a ``c``
     axis is narrowed to ``options.input_channel``; a ``t`` axis must hold one time point), as
     :func:`chunked_fnet.open_image` gives: its ``scale`` attribute (or its coordinates' spacing) is its
@@ -56,7 +56,6 @@ class Predictor:
         self.voxel_size = tuple(float(v) for v in self.members[0].voxel_size)
         self.device = str(resolve_device(self.options.device))
         self.hardware = Hardware.here(self.device)
-        self.ensemble = StackedEnsemble([cached_model(p, h, self.device) for p, h in zip(self.paths, self.hashes, strict=True)])
         self._policies: dict[tuple[int, ...], RunPolicy] = {}
 
     def policy(self, model_shape: Sequence[int]) -> RunPolicy:
@@ -73,8 +72,7 @@ class Predictor:
         grid = ModelGrid(values.shape, voxel, self.voxel_size)  # type: ignore[arg-type]
         policy = self.policy(grid.shape)
         window = policy.window
-        runner = PatchRunner(self.ensemble, self.device, self.options.tta_flips, autocast_dtype(policy.precision, self.device),
-                             batch_size=policy.batch_size)
+        runner = models_runner(self.paths, self.hashes, self.device, self.options.tta_flips, policy)  # loaded once per process
         reader = padded_reader(ModelGridFrame(values, ("z", "y", "x"), None, 0, stats, grid, self.options.nonfinite), window.pad_mode)
         whole = window.grid.frame
         sums = runner.weighted_sums(window, reader, list(window.grid.corners()), whole)
