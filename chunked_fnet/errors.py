@@ -49,10 +49,10 @@ def retryable(exc: BaseException) -> bool:
     first error this refuses, see :mod:`chunked_fnet.predict.submit`).
 
     No for an OSError of :data:`PERMANENT_ERRNOS`, a damaged or refused input chunk
-    (:class:`UnreadableChunkError`) and a patch too large for its device (:class:`DeviceMemoryError`):
-    every try would fail the same way. Yes for everything else: a lost
+    (:class:`UnreadableChunkError`), a patch too large for its device (:class:`DeviceMemoryError`) and
+    input a task finds unusable (:class:`InputError`: NaN voxels, say): every try would fail the same way. Yes for everything else: a lost
     worker (KilledWorker), a timeout, a transient OSError of a network store, and what is not known.
     """
-    if isinstance(exc, (UnreadableChunkError, DeviceMemoryError)):
+    if isinstance(exc, (UnreadableChunkError, DeviceMemoryError, InputError)):
         return False
     return not (isinstance(exc, OSError) and exc.errno in PERMANENT_ERRNOS)

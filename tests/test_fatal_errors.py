@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from chunked_fnet import open_image
-from chunked_fnet.errors import OmeZarrError, UnreadableChunkError, retryable
+from chunked_fnet.errors import InputError, OmeZarrError, UnreadableChunkError, retryable
 from chunked_fnet.predict import PredictOptions, predict
 from factories import prediction_case
 
@@ -170,6 +170,7 @@ def test_a_retryable_failure_is_tried_retries_plus_one_times(data, tmp_path: Pat
         (PermissionError(errno.EACCES, "Permission denied"), False),
         (PermissionError(errno.EPERM, "Operation not permitted"), False),
         (UnreadableChunkError("in.zarr/0/c/0/0/0/0/0: chunk cannot be decoded"), False),
+        (InputError("input has NaN/Inf voxels in the (z, y, x) region ((0, 8), (0, 16), (0, 16)) at t=0"), False),
         (OSError(errno.ECONNRESET, "Connection reset by peer"), True),
         (TimeoutError("timed out"), True),
         (OmeZarrError("s3://b/in.zarr/0: cannot be read (ClientError: 503 Slow Down)"), True),

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from chunked_fnet.errors import InputError
 from chunked_fnet.io.reader import region_reader
 from chunked_fnet.preprocess.normalize import FrameStats
 from chunked_fnet.preprocess.resample import ModelGrid, resample_region
@@ -35,7 +36,10 @@ class ModelGridFrame:
         if not finite.all():
             if self.nonfinite != "fill":
                 bad = tuple((s.start, s.stop) for s in region)
-                raise ValueError(f"input has NaN/Inf voxels in the (z, y, x) region {bad} at t={self.t}")
+                raise InputError(
+                    f"input has NaN/Inf voxels in the (z, y, x) region {bad} at t={self.t}; "
+                    "fix the input, or pass --nonfinite fill to predict them as the frame's mean"
+                )
             values = np.where(finite, values, self.stats.mean)  # z-scores to 0: the frame's mean
         return values
 
