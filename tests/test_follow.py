@@ -132,9 +132,12 @@ def test_the_idle_timeout_ends_a_follow_whose_writer_never_marks_the_end(finishe
     # a resume of the finished follow: nothing left to do, nothing refused
     again = follow(live, models, out, options=OPTIONS, client=client, resume=True, idle_timeout=0.5, progress=False, poll=0.1)
     assert (again.frames, again.chunks, again.total_frames) == (0, 0, FRAMES)
-    # a follow without --resume into an output that exists, or with a time range, is refused
+    # a follow without --resume into an output that exists, or with a time range, is refused; --overwrite starts over
     with pytest.raises(OutputExistsError, match="already exists"):
         follow(live, models, out, options=OPTIONS, client=client, idle_timeout=0.5)
+    anew = follow(live, models, out, options=OPTIONS, client=client, overwrite=True, idle_timeout=0.5, progress=False, poll=0.1)
+    assert (anew.frames, anew.chunks) == (FRAMES, FRAMES * CHUNKS_PER_FRAME)
+    np.testing.assert_allclose(open_image(out).values, reference, atol=1e-5, rtol=0)
     with pytest.raises(InputError, match=r"a time range \(--time\) selects a fixed set"):
         follow(live, models, tmp_path / "other.zarr", options=OPTIONS.model_copy(update={"time": (0, 2)}), client=client)
 
