@@ -19,7 +19,7 @@ and float64 moments (:mod:`chunked_fnet.moments`).
 
 from chunked_fnet.io.reader import open_image, select_channels
 from chunked_fnet.io.writer import build_pyramid, create_image, write_region
-from chunked_fnet.predict import PredictOptions, Predictor, predict
+from chunked_fnet.predict import PredictOptions, Predictor  # not predict(): the name is the subpackage's
 
-__all__ = ["open_image", "select_channels", "create_image", "write_region", "build_pyramid", "PredictOptions", "Predictor", "predict"]
+__all__ = ["open_image", "select_channels", "create_image", "write_region", "build_pyramid", "PredictOptions", "Predictor"]
 __version__ = "0.1.0"

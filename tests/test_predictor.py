@@ -94,3 +94,14 @@ def test_the_readme_example_runs_as_written(timelapse: Path, tmp_path: Path, mon
 
     assert prediction.shape[1:] == ModelGrid((9, 40, 36), (0.4, 0.4, 0.4), (0.29, 0.108, 0.108)).shape
     assert prediction.attrs["scale"] == {"z": 0.29, "y": 0.108, "x": 0.108}
+
+
+def test_the_top_level_names_leave_the_subpackages_reachable() -> None:
+    """``cf.Predictor`` and ``cf.PredictOptions`` are at the top; ``cf.predict`` stays the subpackage
+    (a function of that name there made ``import chunked_fnet.predict.ownership as o`` fail)."""
+    import types
+
+    import chunked_fnet.predict.ownership as ownership
+
+    assert isinstance(cf.predict, types.ModuleType) and ownership.claimed is not None
+    assert cf.Predictor is cf.predict.Predictor and cf.PredictOptions is cf.predict.PredictOptions

@@ -25,7 +25,6 @@ import sys
 from collections import Counter
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 from distributed import Client
 from tqdm.auto import tqdm
 
-from chunked_fnet.cluster import ClusterSpec, local_client
+from chunked_fnet.cluster import ClusterSpec
 from chunked_fnet.errors import InputError, OmeZarrError, one_line
 from chunked_fnet.io.completeness import complete_prefix, completeness
 from chunked_fnet.io.reader import image_attributes, open_level_array
@@ -44,11 +43,11 @@ from chunked_fnet.predict.job import PredictJob
 from chunked_fnet.config import differences
 from chunked_fnet.predict.ledger import Ledger
 from chunked_fnet.predict.options import PredictOptions
-from chunked_fnet.predict.ownership import Claim, already_exists, claimed, clear_for_overwrite, refuse_if_held, refuse_unless_replaceable
+from chunked_fnet.predict.ownership import Claim
 from chunked_fnet.predict.plan import more_frames, plan
 from chunked_fnet.predict.policy import RunPolicy
 from chunked_fnet.predict.prepare import cluster_hardware, create_or_leave_nothing
-from chunked_fnet.predict.run import refuse_resume_with_overwrite
+from chunked_fnet.predict.run import claimed_cluster, refuse_before_claim, start_writing
 from chunked_fnet.predict.submit import BATCH_CHUNKS, execute_many
 from chunked_fnet.preprocess.normalize import FrameStats
 
@@ -151,37 +150,25 @@ def follow(
     poll = POLL_S if poll is None else poll
     if poll <= 0 or (idle_timeout is not None and idle_timeout <= 0):
         raise InputError(f"poll and idle_timeout are positive seconds; got poll {poll:g}, idle_timeout {idle_timeout}")
-    refuse_resume_with_overwrite(resume, overwrite)
     if options.time is not None:
         raise InputError("--follow predicts every frame of the time-lapse as it arrives; a time range (--time) selects a fixed set: drop one")
     if not isinstance(image, (str, Path)):
         raise InputError("follow reads the input store again at each look: pass its path or URL, not a DataArray")
     source, target = str(image), str(out)
+    refuse_before_claim(target, resume=resume, overwrite=overwrite)  # before any wait for the first frame
     members = check_ensemble([str(m) for m in models])[0]
     base = _first_frame(source, models, target, options, series, idle_timeout, poll)
-    watch = InputWatch(base)
-    refuse_if_held(target)
-    if overwrite:
-        refuse_unless_replaceable(target)
-    elif not resume and Ledger(target).output_exists():
-        raise already_exists(target)
-    with claimed(target) as claim:
-        context = nullcontext(client) if isinstance(client, Client) else local_client(client or ClusterSpec())
-        with context as c:
-            ledger = Ledger(target)
-            recorded = ledger.read_record() if resume else None
-            if resume and recorded is None and ledger.output_exists():
-                raise InputError(f"cannot resume {redact(target)}: it holds no run record (.chunked_fnet/run.json); choose another --out")
-            policy = base.resolve_policy(cluster_hardware(c, options.device), recorded)
-            follower = _Follower(base, policy, members, c, watch, claim, progress)
-            if recorded is not None:
-                follower.restore(recorded)
-            claim.writing = True
-            if overwrite:
-                clear_for_overwrite(target)
-            elif recorded is None and ledger.output_exists():
-                raise already_exists(target)
-            return follower.run(idle_timeout, poll)
+    with claimed_cluster(target, client) as (claim, c):
+        ledger = Ledger(target)
+        recorded = ledger.read_record() if resume else None
+        if resume and recorded is None and ledger.output_exists():
+            raise InputError(f"cannot resume {redact(target)}: it holds no run record (.chunked_fnet/run.json); choose another --out")
+        policy = base.resolve_policy(cluster_hardware(c, options.device), recorded)
+        follower = _Follower(base, policy, members, c, InputWatch(base), claim, progress)
+        if recorded is not None:
+            follower.restore(recorded)
+        start_writing(claim, target, resume=recorded is not None, overwrite=overwrite)
+        return follower.run(idle_timeout, poll)
 
 
 def _first_frame(
