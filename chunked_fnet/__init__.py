@@ -19,7 +19,19 @@ and float64 moments (:mod:`chunked_fnet.moments`).
 
 from chunked_fnet.io.reader import open_image, select_channels
 from chunked_fnet.io.writer import build_pyramid, create_image, write_region
-from chunked_fnet.predict import PredictOptions, Predictor  # not predict(): the name is the subpackage's
 
 __all__ = ["open_image", "select_channels", "create_image", "write_region", "build_pyramid", "PredictOptions", "Predictor"]
 __version__ = "0.1.0"
+
+#: Names of the prediction API at the top level, imported on first use: importing the package must stay
+#: light (a dask scheduler imports ``chunked_fnet.run_watch``, and with it this module, but never torch).
+#: ``predict`` itself is not among them: that name is the subpackage's.
+_LAZY = {"Predictor": "chunked_fnet.predict", "PredictOptions": "chunked_fnet.predict"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'chunked_fnet' has no attribute {name!r}")
