@@ -562,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", help="OME-Zarr image whose first frame's centre becomes the test input, mirrored where thinner than the network takes (default: a seeded random volume)")
     p.add_argument("--author", action="append", metavar="NAME", help="an author's name (repeat for several; default: the current user)")
     p.add_argument("--license", default="CC-BY-4.0", help="SPDX license id of the weights (default CC-BY-4.0)")
-    p.add_argument("--halo", type=int, help="model voxels a tile's output is cropped by where tiles meet (default: the U-Net's receptive field, at most 36)")
+    p.add_argument("--halo", type=int, help="model voxels a tile's output is cropped by where tiles meet; 2 * halo a multiple of 2**depth, and the minimum input grows to fit it (default: none, so the minimum is the U-Net's multiple and thin stacks are not padded)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing package")
     p.set_defaults(func=cmd_export_bioimageio)
 

@@ -24,6 +24,7 @@ from chunked_fnet.predict import Hardware, PredictOptions, plan, predict  # noqa
 from chunked_fnet.predict.ensemble import check_ensemble  # noqa: E402
 from chunked_fnet.synth.dataset import SynthConfig, generate  # noqa: E402
 from chunked_fnet.train.trainer import TrainConfig, train  # noqa: E402
+from factories import tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def exported(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     ckpt, image = trained
     out = tmp_path_factory.mktemp("export") / "dna_bioimageio.zip"
-    assert cli(["export-bioimageio", str(ckpt), str(out), "--sample", str(image), "--author", "Test Person"]) == 0
+    # an explicit halo (the default declares none, so that thin stacks are not padded): the tests below check it is kept
+    assert cli(["export-bioimageio", str(ckpt), str(out), "--sample", str(image), "--author", "Test Person", "--halo", "11"]) == 0
     return out
 
 
@@ -172,3 +174,49 @@ def test_not_a_package_and_duplicate_structures_are_refused(tmp_path: Path, expo
         check_ensemble([str(bogus)])
     with pytest.raises(InputError, match=r"same structure \['dna'\]"):
         check_ensemble([str(trained[0]), str(exported)])
+
+
+def test_a_thin_stack_predicts_through_the_package_as_through_its_checkpoint(client, tmp_path: Path) -> None:
+    """A depth-2 package declares the network's multiple (4) as its minimum and no halo, so a 16-slice field is
+    not padded: bioimageio.core and the chunked pipeline give the checkpoint's prediction, and the package still
+    passes bioimageio's own test. (It used to declare 56^3 and a halo of 27: the field was mirrored to 56 slices.)"""
+    from bioimageio.core import predict as bioimageio_predict
+    from bioimageio.core import test_model
+
+    from chunked_fnet.model.bioimageio_export import export_bioimageio
+    from chunked_fnet.model.checkpoint import load_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "d2.ckpt")
+    package = export_bioimageio(ckpt, tmp_path / "d2.zip", authors=["Test Person"])
+    summary = test_model(package)
+    assert summary.status == "passed", summary.format()
+    info = read_package(package)
+    assert (info.min_shape, info.step, info.halo) == ((4,) * 3, (4,) * 3, (0,) * 3)
+    readme = zipfile.ZipFile(package).read("README.md").decode()
+    assert "overlap tiles by at least 27 voxels" in readme and "`--halo 28`, which raises the minimum size to 60" in readme
+
+    shape = (16, 48, 40)
+    volume = _volume(tmp_path / "in.zarr", shape)
+    model = load_checkpoint(ckpt)[0].eval()
+    with torch.no_grad():  # the checkpoint on the whole volume: its own zero padding, nothing mirrored
+        reference = model(torch.from_numpy(zscore(volume))[None, None]).numpy()[0, 0]
+    assert reference.std() > 0
+    through_core = next(iter(bioimageio_predict(model=str(package), inputs=volume[None, None]).members.values())).data.values[0, 0]
+    assert through_core.shape == shape
+    np.testing.assert_allclose(through_core, reference, atol=min(1e-5, 1e-3 * reference.std()), rtol=0)
+
+    options = PredictOptions(precision="fp32")  # the automatic window, the same for both: the whole field, unpadded
+    windows = [plan(str(tmp_path / "in.zarr"), [m], "unused", options).resolve_policy(Hardware()).window for m in (package, ckpt)]
+    assert windows[0].patch_shape == windows[1].patch_shape == shape
+    from_zip, _ = predict(tmp_path / "in.zarr", [package], tmp_path / "zip.zarr", options=options, client=client, progress=False)
+    from_ckpt, _ = predict(tmp_path / "in.zarr", [ckpt], tmp_path / "ckpt.zarr", options=options, client=client, progress=False)
+    np.testing.assert_allclose(from_zip.values, from_ckpt.values, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(from_ckpt.values[0, 0], reference, atol=1e-5, rtol=0)
+
+
+def test_a_halo_consumers_cannot_pad_by_is_refused(tmp_path: Path) -> None:
+    from chunked_fnet.model.bioimageio_export import declared_sizes
+
+    assert declared_sizes(2, 4) == (4, 0) and declared_sizes(2, 4, 28) == (60, 28)
+    with pytest.raises(InputError, match=r"halo 27: .* 2 \* halo must be a multiple of 4; use 26 or 28"):
+        declared_sizes(2, 4, 27)

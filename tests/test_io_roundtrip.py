@@ -294,6 +294,8 @@ def test_metadata_validates(written_images, version, dims):
     assert [ds["path"] for ds in ms["datasets"]] == [str(i) for i in range(LEVELS)]
     if "c" in dims:
         assert [ch["label"] for ch in ome["omero"]["channels"]] == list(CHANNELS)
+        # iohub (VisCy) refuses an image whose rdefs lack the plane to open on: the first frame, the middle z plane
+        assert ome["omero"]["rdefs"] == {"defaultT": 0, "defaultZ": SIZES["z"] // 2 if "z" in dims else 0, "model": "color"}
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -97,8 +97,12 @@ def build_image_attrs(
     channel_names: Sequence[str] | None = None,
     channel_colors: Sequence[str] | None = None,
     display_ranges: Sequence[Mapping[str, float]] | None = None,
+    size_z: int = 1,
 ) -> dict[str, Any]:
-    """The group attributes of an NGFF image with one dataset per pyramid level ("0", "1", ...)."""
+    """The group attributes of an NGFF image with one dataset per pyramid level ("0", "1", ...).
+
+    ``size_z`` (the full-resolution z extent; 1 without a z axis) sets the omero plane a viewer opens on.
+    """
     if version not in SUPPORTED_VERSIONS:
         raise OmeZarrError(f"NGFF version {version!r} is not supported; choose one of {SUPPORTED_VERSIONS}")
     axes = [{"name": d, "type": AXIS_TYPES[d], **({"unit": units[d]} if units.get(d) else {})} for d in dims]
@@ -123,7 +127,7 @@ def build_image_attrs(
         multiscale["version"] = "0.4"
     attrs: dict[str, Any] = {"multiscales": [multiscale]}
     if channel_names is not None:
-        attrs["omero"] = _omero(channel_names, channel_colors, display_ranges)
+        attrs["omero"] = _omero(channel_names, channel_colors, display_ranges, size_z)
     return ngff_attrs(version, **attrs)
 
 
@@ -151,7 +155,15 @@ def _omero(
     names: Sequence[str],
     colors: Sequence[str] | None,
     ranges: Sequence[Mapping[str, float]] | None,
+    size_z: int = 1,
 ) -> dict[str, Any]:
+    """The ``omero`` block: one channel per name, and ``rdefs`` naming the plane a viewer opens on.
+
+    ``rdefs.defaultT``/``defaultZ`` (the first frame, the middle z plane, as OMERO picks) are optional in
+    NGFF but required by iohub 0.2 (VisCy/Cytoland's reader), which otherwise refuses the whole image.
+    """
+    if size_z < 1:
+        raise OmeZarrError(f"size_z must be >= 1 (the image's z extent), got {size_z}")
     if len(set(names)) != len(names):
         raise OmeZarrError(f"channel names must be unique, got {list(names)}")
     if colors is not None and len(colors) != len(names):
@@ -175,7 +187,7 @@ def _omero(
                 "window": {k: float(shown[k]) for k in ("min", "max", "start", "end")},
             }
         )
-    return {"channels": channels, "rdefs": {"model": "color"}}
+    return {"channels": channels, "rdefs": {"defaultT": 0, "defaultZ": int(size_z) // 2, "model": "color"}}
 
 
 def _not_an_image(ome: Mapping[str, Any], attrs: Mapping[str, Any], where: str) -> OmeZarrError:

@@ -121,6 +121,7 @@ def create_image(
         channel_names=channel_names if "c" in dims else None,
         channel_colors=channel_colors,
         display_ranges=display_ranges if display_ranges is not None else _default_display_ranges(dtype, channel_names),
+        size_z=shape[dims.index("z")] if "z" in dims else 1,
     )
     zarr_format = 3 if version == "0.5" else 2
     local = None if isinstance(store, zarr.abc.store.Store) or is_url(store) else Path(str(store).removeprefix("file://"))

@@ -29,7 +29,7 @@ from chunked_fnet.model import unet as unet_module
 from chunked_fnet.model.checkpoint import ModelCard, load_checkpoint
 from chunked_fnet.model.unet import FnetUNet, count_parameters
 
-__all__ = ["DEFAULT_CITATION", "DEFAULT_LICENSE", "INPUT_ID", "default_halo", "export_bioimageio", "receptive_radius"]
+__all__ = ["DEFAULT_CITATION", "DEFAULT_LICENSE", "INPUT_ID", "declared_sizes", "default_halo", "export_bioimageio", "receptive_radius"]
 
 #: The id of the package's input tensor (its output tensor is named after the structure).
 INPUT_ID = "transmitted_light"
@@ -60,6 +60,32 @@ def default_halo(depth: int) -> int:
 def _min_size(halo: int, multiple: int) -> int:
     """The smallest size a multiple of ``multiple`` that leaves a voxel after cropping ``halo`` on both sides."""
     return multiple * (2 * halo // multiple + 1)
+
+
+def declared_sizes(depth: int, multiple: int, halo: int | None = None) -> tuple[int, int]:
+    """The ``(minimum input size, output halo)`` a package declares on each space axis.
+
+    By default the minimum is the network's own multiple and there is no halo. A consumer pads an
+    input thinner than the declared minimum (a 16-slice stack under a minimum of 56 was mirrored to
+    56, and its prediction was then not its checkpoint's), and nothing in the U-Net needs more.
+    bioimage.io requires ``minimum - 2 * halo >= 1``, and bioimageio.core pads a whole input by the
+    halo on both sides before running it, so ``2 * halo`` must be a multiple of ``multiple`` too: at
+    the minimum no halo fits both. An explicit ``halo`` (a multiple of ``multiple / 2``) is declared
+    as given, and the minimum grows to the smallest multiple that leaves a voxel inside it.
+    """
+    if halo is None or halo == 0:
+        return multiple, 0
+    if halo < 0:
+        raise InputError(f"halo must be >= 0 model voxels, got {halo}")
+    if (2 * halo) % multiple:
+        half = multiple // 2
+        lower, upper = half * (halo // half), half * (halo // half + 1)
+        options = f"{lower} or {upper}" if lower else f"{upper}"
+        raise InputError(
+            f"halo {halo}: bioimage.io consumers pad an input by the halo on both sides, and a depth-{depth} U-Net takes sizes "
+            f"in multiples of {multiple}, so 2 * halo must be a multiple of {multiple}; use {options}"
+        )
+    return _min_size(halo, multiple), halo
 
 
 def _test_shape(min_size: int, step: int, scales: Sequence[float]) -> tuple[int, int, int]:
@@ -137,6 +163,18 @@ def _cover(path: Path, x: np.ndarray, y: np.ndarray, structure: str) -> None:
 
 
 def _readme(card: ModelCard, halo: int, min_size: int, step: int, source: str) -> str:
+    rim = default_halo(card.architecture.depth)
+    if halo >= rim:
+        tiles = f"Crop or blend away a halo of {halo} voxels where tiles meet: the network's zero padding reaches that far in."
+    else:
+        half = max(1, step // 2)
+        enough = half * -(-rim // half)  # the smallest halo >= rim that bioimage.io consumers can pad by
+        tiles = (
+            f"The declared halo is {halo} voxels (bioimage.io needs the minimum size to exceed twice the halo, and a larger "
+            f"minimum would make consumers pad thin stacks); the network's zero padding reaches up to {rim} voxels in, so where "
+            f"you tile, overlap tiles by at least {rim} voxels on each side (or export with `--halo {enough}`, which raises the "
+            f"minimum size to {_min_size(enough, step)})."
+        )
     t = card.training
     lines = [
         f"# {card.structure}: label-free prediction from transmitted light",
@@ -152,8 +190,7 @@ def _readme(card: ModelCard, halo: int, min_size: int, step: int, source: str) -
         "* preprocessing: z-scoring with the mean and standard deviation of the whole image (chunked_fnet uses the "
         "statistics of the whole frame, also when it predicts in tiles).",
         f"* sizes: at least {min_size} voxels per axis, in steps of {step} (the U-Net's down-sampling).",
-        f"* output `{card.structure}`: z-scored fluorescence, same shape as the input. Crop or blend away a halo of "
-        f"{halo} voxels where tiles meet: the network's zero padding reaches that far in.",
+        f"* output `{card.structure}`: z-scored fluorescence, same shape as the input. {tiles}",
         "",
         "## Training",
         "",
@@ -208,7 +245,8 @@ def export_bioimageio(
 
     ``sample``: an OME-Zarr image whose first frame's centre (mirrored where too thin) becomes the test input (default: a seeded
     random volume); ``authors``: names (default: the current user); ``halo``: model voxels to crop
-    where tiles meet (default :func:`default_halo`). Refuses an existing ``out`` unless ``overwrite``.
+    where tiles meet (default none, so the minimum input is the network's multiple; one raises the
+    minimum to fit it, see :func:`declared_sizes`). Refuses an existing ``out`` unless ``overwrite``.
     """
     from bioimageio.spec import save_bioimageio_package
 
@@ -221,13 +259,12 @@ def export_bioimageio(
     model, card = load_checkpoint(src)
     _check_card(src, card)
     arch = card.architecture
-    halo = default_halo(arch.depth) if halo is None else int(halo)
-    if halo < 0:
-        raise InputError(f"halo must be >= 0 model voxels, got {halo}")
     step = arch.multiple
-    min_size = _min_size(halo, step)
+    min_size, halo = declared_sizes(arch.depth, step, None if halo is None else int(halo))
     eps = 1e-6
-    x = _test_input(_test_shape(min_size, step, card.voxel_size), sample, card)
+    # the test input is as large as the receptive rim needs (not the minimum): a meaningful test and cover
+    test_size = max(min_size, _min_size(max(halo, default_halo(arch.depth)), step))
+    x = _test_input(_test_shape(test_size, step, card.voxel_size), sample, card)
     with torch.no_grad():
         y = model(torch.from_numpy(_zscore(x, eps))).numpy()
 
