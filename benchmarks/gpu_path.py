@@ -141,7 +141,7 @@ def main() -> None:
     # 1. the device's bf16 matmul rate
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    mm = 2 * n**3 / timed(lambda: torch.matmul(a, b), sync, args.reps) / 1e12
+    mm = 2 * n**3 / timed(lambda a=a, b=b: torch.matmul(a, b), sync, args.reps) / 1e12
     del a, b
     print(f"{name}: bf16 matmul {n}x{n}: {mm:.2f} TFLOP/s")
 
