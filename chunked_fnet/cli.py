@@ -182,7 +182,7 @@ PREDICT_FLAGS = {
     "version": ("--ngff-version",),  # not --version, which reads as the program's version
 }
 ZYX = ("Z", "Y", "X")
-PREDICT_METAVARS = {"time": ("START", "STOP"), "patch_shape": ZYX, "chunks": ZYX}
+PREDICT_METAVARS = {"time": ("START", "STOP"), "patch_shape": ZYX, "chunks": ZYX, "shards": ZYX}
 
 
 def predict_options(args: argparse.Namespace) -> PredictOptions:

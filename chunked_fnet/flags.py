@@ -39,7 +39,7 @@ def _argument(name: str, field: FieldInfo, metavar: Sequence[str] | None) -> dic
     annotation = _without_none(field.annotation)
     if get_origin(annotation) in (Union, types.UnionType):  # a value or a keyword: (Z, Y, X) | "auto", float | "auto"
         words = [w for a in get_args(annotation) if get_origin(a) is Literal for w in get_args(a)]
-        rest = [a for a in get_args(annotation) if get_origin(a) is not Literal]
+        rest = [a for a in get_args(annotation) if get_origin(a) is not Literal and a is not type(None)]  # None: a keyword's value
         if words and len(rest) == 1:
             inner = _argument(name, FieldInfo(annotation=rest[0]), metavar)
             convert = inner.get("type", str)

@@ -61,6 +61,7 @@ def create_image(
     shape: Sequence[int],
     dims: Sequence[str] = ("t", "c", "z", "y", "x"),
     chunks: Sequence[int] | None = None,
+    shards: Sequence[int] | None = None,
     dtype: Any = "float32",
     scale: Mapping[str, float] | None = None,
     translation: Mapping[str, float] | None = None,
@@ -80,7 +81,8 @@ def create_image(
     ``dims`` must be in NGFF order (a subset of t, c, z, y, x containing y and x); ``scale`` and
     ``translation`` are physical (µm for space, ``units['t']`` for time) for the full resolution;
     ``display_ranges`` are the channels' omero ``window`` entries. An existing ``store`` is refused
-    unless ``overwrite=True``.
+    unless ``overwrite=True``. ``shards`` (NGFF 0.5 only; multiples of ``chunks``) makes every level a
+    zarr v3 sharded array: one stored object per shard, which :func:`write_region` then writes whole.
     """
     where = describe(store)
     dims = check_dims(dims, where)
@@ -93,6 +95,12 @@ def create_image(
     if len(chunks) != len(dims) or any(c < 1 for c in chunks):
         raise OmeZarrError(f"{where}: chunks {chunks} do not give a positive size for each of the axes {list(dims)}")
     chunks = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
+    if shards is not None:
+        shards = tuple(int(s) for s in shards)
+        if version != "0.5":
+            raise OmeZarrError(f"{where}: shards {list(shards)} need NGFF 0.5 (zarr v3); NGFF {version} (zarr v2) has no shards")
+        if len(shards) != len(dims) or any(s < 1 or s % c for s, c in zip(shards, chunks, strict=True)):
+            raise OmeZarrError(f"{where}: shards {list(shards)} must be positive multiples of the chunks {list(chunks)} for the axes {list(dims)}")
     if levels < 1:
         raise OmeZarrError(f"{where}: levels must be >= 1, got {levels}")
     if "c" in dims and channel_names is not None and len(channel_names) != shape[dims.index("c")]:
@@ -139,10 +147,15 @@ def create_image(
             kwargs: dict[str, Any] = {"dimension_names": dims} if zarr_format == 3 else {}
             for level, f in enumerate(factors):
                 lshape = tuple(math.ceil(s / f[d]) for s, d in zip(shape, dims, strict=True))
+                lchunks = tuple(min(c, s) for c, s in zip(chunks, lshape, strict=True))
+                if shards is not None:  # each level's shards: whole chunks, no larger than the level needs
+                    kwargs["shards"] = tuple(
+                        min(s, math.ceil(n / c) * c) for s, c, n in zip(shards, lchunks, lshape, strict=True)
+                    )
                 group.create_array(
                     str(level),
                     shape=lshape,
-                    chunks=tuple(min(c, s) for c, s in zip(chunks, lshape, strict=True)),
+                    chunks=lchunks,
                     dtype=dtype,
                     fill_value=fill_value,
                     **kwargs,
@@ -263,14 +276,21 @@ def _level_array(group: zarr.Group, level: int) -> zarr.Array:
     return arr
 
 
+def write_grid(arr: zarr.Array) -> tuple[int, ...]:
+    """The shape of ``arr``'s stored objects: its shards when sharded, else its chunks. A parallel writer
+    owns whole ones: two writing parts of one shard would each rewrite the whole object (one loses)."""
+    return tuple(getattr(arr, "shards", None) or arr.chunks)
+
+
 def check_chunk_aligned(region: Sequence[slice], shape: Sequence[int], chunks: Sequence[int], where: str) -> None:
-    """Raise unless every slice starts on a chunk boundary and ends on one (or at the array's end)."""
+    """Raise unless every slice starts on a boundary of ``chunks`` (the array's :func:`write_grid`) and
+    ends on one (or at the array's end)."""
     for axis, (sl, n, c) in enumerate(zip(region, shape, chunks, strict=True)):
         start, stop, step = sl.indices(n)
         if step != 1 or start % c or (stop % c and stop != n) or stop <= start:
             raise OmeZarrError(
-                f"{where}: region {sl} on axis {axis} is not aligned to the zarr chunks of size {c} "
-                f"(array size {n}); parallel writers must each write whole chunks"
+                f"{where}: region {sl} on axis {axis} is not aligned to the zarr chunks (shards, when sharded) of "
+                f"size {c} (array size {n}); parallel writers must each write whole chunks (shards)"
             )
 
 
@@ -278,7 +298,7 @@ def write_region(group: zarr.Group, region: Sequence[slice], data: np.ndarray, l
     """Write ``data`` into a chunk-aligned ``region`` (a slice per axis) of one pyramid level."""
     arr = _level_array(group, level)
     region = tuple(region)
-    check_chunk_aligned(region, arr.shape, arr.chunks, describe(group.store))
+    check_chunk_aligned(region, arr.shape, write_grid(arr), describe(group.store))
     expected = tuple(sl.indices(n)[1] - sl.indices(n)[0] for sl, n in zip(region, arr.shape, strict=True))
     if tuple(data.shape) != expected:
         raise OmeZarrError(f"{describe(group.store)}: data of shape {data.shape} for a region of shape {expected}")
@@ -305,7 +325,8 @@ def build_pyramid(
     store: str | Path | zarr.Group, progress: bool = True, storage_options: Mapping[str, Any] | None = None,
     times: tuple[int, int] | None = None,
 ) -> None:
-    """Fill levels 1.. from level 0 by block means, one target chunk per dask task (bounded memory);
+    """Fill levels 1.. from level 0 by block means, one target chunk (shard, when sharded) per dask task
+    (bounded memory; never two tasks writing one stored object);
     ``times``: only the time points [start, stop) (a followed time-lapse adds its new frames' levels)."""
     group = store if isinstance(store, zarr.Group) else open_for_writing(store, storage_options)
     meta = parse_image_attrs(group.attrs.asdict(), describe(group.store))
@@ -315,7 +336,7 @@ def build_pyramid(
         factors = tuple(
             int(round(meta.scales[level].get(d, 1.0) / meta.scales[level - 1].get(d, 1.0))) for d in meta.dims
         )
-        source = da.from_zarr(src, chunks=tuple(c * f for c, f in zip(dst.chunks, factors, strict=True)))
+        source = da.from_zarr(src, chunks=tuple(c * f for c, f in zip(write_grid(dst), factors, strict=True)))
         region: tuple[slice, ...] = (slice(None),) * len(meta.dims)
         if times is not None and "t" in meta.dims:
             if factors[meta.dims.index("t")] != 1:

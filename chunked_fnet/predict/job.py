@@ -77,7 +77,8 @@ class PredictJob:
             "models": {"checkpoints": list(self.models), "sha256": list(self.hashes), "structures": list(self.structures)},
             "options": {k: v for k, v in self.options.model_dump(mode="json").items() if k not in RUNTIME_OPTIONS},
             **policy.record(),
-            "output": {"shape": list(self.output_shape), "scale": list(self.output_scale), "origin": list(self.origin)},
+            "output": {"shape": list(self.output_shape), "scale": list(self.output_scale), "origin": list(self.origin),
+                       "shards": list(self.shards) if self.shards else None},
         }
 
     @property
@@ -93,10 +94,21 @@ class PredictJob:
     def output_shape(self) -> tuple[int, ...]:
         return (self.time_offset + len(self.times), len(self.models), *self.spatial_shape)
 
+    @cached_property
+    def shards(self) -> tuple[int, int, int] | None:
+        """The output's zarr shard z, y, x (None: unsharded), resolved once from ``options.shards`` (:func:`resolve_shards`)."""
+        return resolve_shards(self.options, self.spatial_shape, max(1, len(self.models)))
+
+    @property
+    def write_shape(self) -> tuple[int, int, int]:
+        """The output region one chunk task finishes and writes: a shard when sharded (so no two tasks ever
+        write one stored object), else a chunk."""
+        return self.shards or self.options.chunks
+
     @property
     def n_chunks(self) -> int:
-        """Output chunks (one chunk task each), over all time points."""
-        return len(self.times) * math.prod(math.ceil(n / min(c, n)) for n, c in zip(self.spatial_shape, self.options.chunks, strict=True))
+        """Output regions (one chunk task each: :attr:`write_shape`), over all time points."""
+        return len(self.times) * math.prod(math.ceil(n / min(c, n)) for n, c in zip(self.spatial_shape, self.write_shape, strict=True))
 
     @property
     def block_shape(self) -> tuple[int, int, int]:
@@ -126,7 +138,7 @@ class PredictJob:
         return schedule(
             window.grid,
             output_shape=self.spatial_shape,
-            output_chunks=self.options.chunks,
+            output_chunks=self.write_shape,
             block_shape=self.block_shape,
             time_points=len(self.times),
             first_time=self.time_offset,
@@ -135,6 +147,32 @@ class PredictJob:
         )
 
 
+#: The most output values (float32, all structures) an auto shard holds: its write task gathers them all,
+#: plus the pieces it adds up (about twice this at its peak), so 13 structures get smaller shards than 2.
+SHARD_TASK_BYTES = 256 * 2**20
+
+
+def resolve_shards(options: PredictOptions, spatial_shape: tuple[int, ...], structures: int) -> tuple[int, int, int] | None:
+    """The output's shard z, y, x: the one place the shard choice is made.
+
+    An explicit ``options.shards`` is kept (clipped to the image, rounded up to whole chunks); none:
+    unsharded. auto: unsharded for NGFF 0.4 (zarr v2 has no shards); for 0.5 the chunks' y and x are
+    doubled together while the shard still fits the image and holds at most :data:`SHARD_TASK_BYTES`
+    of output values; a shard of a single chunk is left unsharded.
+    """
+    chunks = tuple(min(c, n) for c, n in zip(options.chunks, spatial_shape, strict=True))
+    whole = tuple(math.ceil(n / c) * c for n, c in zip(spatial_shape, chunks, strict=True))  # the image in whole chunks
+    if options.shards is None or (options.shards == "auto" and options.version == "0.4"):
+        return None
+    if options.shards != "auto":
+        return tuple(min(s, w) for s, w in zip(options.shards, whole, strict=True))  # type: ignore[return-value]
+    shard = list(chunks)
+    while True:
+        grown = [shard[0], min(2 * shard[1], whole[1]), min(2 * shard[2], whole[2])]
+        if grown == shard or structures * 4 * math.prod(grown) > SHARD_TASK_BYTES:
+            break
+        shard = grown
+    return None if tuple(shard) == chunks else tuple(shard)  # type: ignore[return-value]
 def model_grid_frame(job: PredictJob, time_index: int) -> ModelGridFrame:
     """The frame of ``job``'s input selection written at output time index ``time_index``, read from its store."""
     i = time_index - job.time_offset

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class PredictOptions(BaseModel):
@@ -41,6 +41,11 @@ class PredictOptions(BaseModel):
     chunks: tuple[int, int, int] = Field(
         (32, 256, 256), description="output chunk z, y, x on the output grid (see output_grid): one block and one chunk task each"
     )
+    shards: tuple[int, int, int] | Literal["auto", "none"] | None = Field(
+        "auto",
+        description="zarr v3 shard z, y, x on the output grid (multiples of chunks; NGFF 0.5 only): one stored object and one "
+        "write task per shard, its chunks still read one by one; none: one object per chunk. auto: y and x grown from the chunks while a shard holds at most 256 MiB of output (all structures); none for 0.4 (not yet chosen by measurement: benchmark pending)",
+    )
     dtype: Literal["float32", "float16"] = Field("float32", description="dtype the prediction is stored in")
     version: Literal["0.4", "0.5"] = Field("0.5", description="OME-NGFF version of the output: 0.5 (zarr v3) or 0.4 (zarr v2)")
     levels: int = Field(1, ge=1, description="pyramid levels written (1: full resolution only)")
@@ -70,6 +75,21 @@ class PredictOptions(BaseModel):
         description="seconds without any chunk finishing after which the run stops, everything finished kept, with a --resume hint",
     )
 
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _none_word_is_unsharded(cls, value: object) -> object:
+        return None if value == "none" else value
+
+    @model_validator(mode="after")
+    def _shards_fit_chunks(self) -> PredictOptions:
+        """Shards hold whole chunks, and only zarr v3 (NGFF 0.5) has them: refused here, before anything is written."""
+        if isinstance(self.shards, tuple):
+            if self.version == "0.4":
+                raise ValueError(f"shards {list(self.shards)} need NGFF 0.5 (zarr v3); with version 0.4 pass shards none (--shards none)")
+            if any(s < 1 or s % c for s, c in zip(self.shards, self.chunks, strict=True)):
+                raise ValueError(f"shards {list(self.shards)} must be positive multiples of chunks {list(self.chunks)} (z, y, x)")
+        return self
 
     @field_validator("batch_size")
     @classmethod

@@ -119,6 +119,7 @@ def create_output(job: PredictJob, policy: RunPolicy, overwrite: bool = False) -
         shape=job.output_shape,
         dims=("t", "c", "z", "y", "x"),
         chunks=(1, 1, *job.options.chunks),
+        shards=(1, 1, *job.shards) if job.shards else None,
         dtype=job.options.dtype,
         scale={"t": job.time_scale, **dict(zip(("z", "y", "x"), job.output_scale, strict=True))},
         translation=dict(zip(("t", "z", "y", "x"), job.origin, strict=True)),
