@@ -42,7 +42,7 @@ class PredictOptions(BaseModel):
         (32, 256, 256), description="output chunk z, y, x on the output grid (see output_grid): one block and one chunk task each"
     )
     shards: tuple[int, int, int] | Literal["auto", "none"] | None = Field(
-        "auto",
+        None,
         description="zarr v3 shard z, y, x on the output grid (multiples of chunks; NGFF 0.5 only): one stored object and one "
         "write task per shard, its chunks still read one by one; none: one object per chunk. auto: y and x grown from the chunks while a shard holds at most 256 MiB of output (all structures); none for 0.4 (not yet chosen by measurement: benchmark pending)",
     )
