@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zarr
 from matplotlib.colors import to_rgb
 
 from chunked_fnet import open_image
 from chunked_fnet.synth.dataset import CHANNEL_COLORS
-from viz_data import ORIGIN, STRUCTURES, VizData, shared_prediction
+from viz_data import ORIGIN, PREDICTION_SHARDS, STRUCTURES, VizData, shared_prediction
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # npe2's pydantic-v1 style fields
 napari = pytest.importorskip("napari", reason="napari is not installed (pip install -e '.[test]')")
@@ -51,6 +52,7 @@ def _origin_as_read(corner: np.ndarray) -> None:
 
 
 def test_prediction_opens_with_channel_names_colours_and_display_ranges(data: VizData, viewer) -> None:  # noqa: ANN001
+    assert zarr.open_array(data.prediction / "0", mode="r").shards == (1, 1, *PREDICTION_SHARDS)  # napari reads shards
     layers = viewer.open(str(data.prediction), plugin="napari-ome-zarr")
     prediction = open_image(data.prediction)
     assert [layer.name.rsplit(": ", 1)[1] for layer in layers] == list(STRUCTURES)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from PIL import Image
 
 from chunked_fnet import open_image
@@ -24,7 +25,7 @@ from chunked_fnet.synth.dataset import CHANNEL_COLORS
 from chunked_fnet.viz.neuroglancer import INPUT_OPACITY, build_state, describe_source, open_view
 from chunked_fnet.viz.serve import StoreServer, parse_range
 from browser import Chromium, all_loaded, find_chromium, layer_problems, wait_for_neuroglancer
-from viz_data import ORIGIN, STRUCTURES, VizData, shared_prediction
+from viz_data import ORIGIN, PREDICTION_SHARDS, STRUCTURES, VizData, shared_prediction
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("CHUNKED_FNET_TEST_ARTIFACTS", ROOT / "test-artifacts"))
@@ -195,6 +196,7 @@ def test_neuroglancer_loads_every_layer_in_headless_chromium(data: VizData) -> N
         pytest.skip("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it where apt-get works")
     pred = describe_source(data.prediction, "")
     inp = describe_source(data.input, "")
+    assert zarr.open_array(data.prediction / "0", mode="r").shards == (1, 1, *PREDICTION_SHARDS)  # neuroglancer reads shards
     with open_view(data.prediction, data.input) as session, Chromium(binary) as chrome:
         chrome.navigate(session.viewer_url)
         status = wait_for_neuroglancer(chrome, timeout=90)

@@ -3,7 +3,7 @@
 A synthetic 3-frame time-lapse written as NGFF 0.4 (zarr v2) and moved off the origin (so positions
 are checked, not assumed), two tiny models trained for a few iterations (dna, er; their cards carry
 the structures' colours), their evaluation on train and test pairs, and a chunked ensemble prediction
-written as NGFF 0.5 (zarr v3) on the models' coarser grid by ``chunked_fnet.predict.predict`` on a
+written as NGFF 0.5 (zarr v3, sharded) on the models' coarser grid by ``chunked_fnet.predict.predict`` on a
 one-worker local cluster. So the viewer sees both NGFF versions and two different voxel grids.
 """
 
@@ -21,6 +21,8 @@ import yaml
 #: Physical origin (µm) given to the input; the prediction inherits it.
 ORIGIN = {"z": 1.2, "y": 2.5, "x": -3.0}
 STRUCTURES = ("dna", "er")
+#: The prediction is sharded (zarr v3 sharding, 4 chunks a shard), so every viewer test reads shards.
+PREDICTION_SHARDS = (12, 32, 32)
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ def _build(root: Path) -> None:
     with local_client(ClusterSpec(n_workers=1)) as client:
         predict(
             root / "input.zarr", models, root / "prediction.zarr",
-            options=PredictOptions(patch_shape=(8, 16, 16), overlap=0.25, chunks=(12, 16, 16)), client=client, progress=False,
+            options=PredictOptions(patch_shape=(8, 16, 16), overlap=0.25, chunks=(12, 16, 16), shards=PREDICTION_SHARDS),
+            client=client, progress=False,
         )
 
 

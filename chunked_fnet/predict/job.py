@@ -97,7 +97,7 @@ class PredictJob:
     @cached_property
     def shards(self) -> tuple[int, int, int] | None:
         """The output's zarr shard z, y, x (None: unsharded), resolved once from ``options.shards`` (:func:`resolve_shards`)."""
-        return resolve_shards(self.options, self.spatial_shape, max(1, len(self.models)))
+        return resolve_shards(self.options, self.spatial_shape)
 
     @property
     def write_shape(self) -> tuple[int, int, int]:
@@ -147,18 +147,20 @@ class PredictJob:
         )
 
 
-#: The most output values (float32, all structures) an auto shard holds: its write task gathers them all,
-#: plus the pieces it adds up (about twice this at its peak), so 13 structures get smaller shards than 2.
-SHARD_TASK_BYTES = 256 * 2**20
+#: The stored object an auto shard makes, per structure (uncompressed): ``benchmarks/shards.py`` measured
+#: (BENCHMARKS.md, 2-core CPU, local disk and S3) 256 KiB chunks sharded into 8 MiB objects writing 2.7x
+#: (disk) and 5.3x (S3) as fast in 31x fewer files, while 8 MiB chunks sharded 4 to an object wrote at
+#: most 1.2x as fast and read 6-26 % slower, and 64 MiB objects read 2-10x slower from S3.
+SHARD_OBJECT_BYTES = 8 * 2**20
 
 
-def resolve_shards(options: PredictOptions, spatial_shape: tuple[int, ...], structures: int) -> tuple[int, int, int] | None:
-    """The output's shard z, y, x: the one place the shard choice is made.
+def resolve_shards(options: PredictOptions, spatial_shape: Sequence[int]) -> tuple[int, int, int] | None:
+    """The output's shard z, y, x: the one place the shard choice is made (None: one object per chunk).
 
-    An explicit ``options.shards`` is kept (clipped to the image, rounded up to whole chunks); none:
-    unsharded. auto: unsharded for NGFF 0.4 (zarr v2 has no shards); for 0.5 the chunks' y and x are
-    doubled together while the shard still fits the image and holds at most :data:`SHARD_TASK_BYTES`
-    of output values; a shard of a single chunk is left unsharded.
+    An explicit ``options.shards`` is kept, clipped to the image in whole chunks. ``auto`` (the default):
+    chunks are gathered into objects of about :data:`SHARD_OBJECT_BYTES` (y and x doubled together, then
+    z, while the shard fits the image and the size); so the default 32x256x256 float32 chunks (8 MiB) stay
+    unsharded and small chunks are sharded. NGFF 0.4 (zarr v2) has no shards.
     """
     chunks = tuple(min(c, n) for c, n in zip(options.chunks, spatial_shape, strict=True))
     whole = tuple(math.ceil(n / c) * c for n, c in zip(spatial_shape, chunks, strict=True))  # the image in whole chunks
@@ -166,13 +168,17 @@ def resolve_shards(options: PredictOptions, spatial_shape: tuple[int, ...], stru
         return None
     if options.shards != "auto":
         return tuple(min(s, w) for s, w in zip(options.shards, whole, strict=True))  # type: ignore[return-value]
+    itemsize = np.dtype(options.dtype).itemsize
     shard = list(chunks)
-    while True:
-        grown = [shard[0], min(2 * shard[1], whole[1]), min(2 * shard[2], whole[2])]
-        if grown == shard or structures * 4 * math.prod(grown) > SHARD_TASK_BYTES:
-            break
-        shard = grown
+    for axes in ((1, 2), (0,)):
+        while True:
+            grown = [min(2 * n, w) if a in axes else n for a, (n, w) in enumerate(zip(shard, whole, strict=True))]
+            if grown == shard or itemsize * math.prod(grown) > SHARD_OBJECT_BYTES:
+                break
+            shard = grown
     return None if tuple(shard) == chunks else tuple(shard)  # type: ignore[return-value]
+
+
 def model_grid_frame(job: PredictJob, time_index: int) -> ModelGridFrame:
     """The frame of ``job``'s input selection written at output time index ``time_index``, read from its store."""
     i = time_index - job.time_offset

@@ -42,9 +42,10 @@ class PredictOptions(BaseModel):
         (32, 256, 256), description="output chunk z, y, x on the output grid (see output_grid): one block and one chunk task each"
     )
     shards: tuple[int, int, int] | Literal["auto", "none"] | None = Field(
-        None,
-        description="zarr v3 shard z, y, x on the output grid (multiples of chunks; NGFF 0.5 only): one stored object and one "
-        "write task per shard, its chunks still read one by one; none: one object per chunk. auto: y and x grown from the chunks while a shard holds at most 256 MiB of output (all structures); none for 0.4 (not yet chosen by measurement: benchmark pending)",
+        "auto",
+        description="zarr v3 shard z, y, x on the output grid (whole chunks; NGFF 0.5 only): one stored object and one write "
+        "task per shard, its chunks still read one by one. auto: chunks gathered into objects of about 8 MiB, so the default "
+        "chunks stay one object each and small chunks are sharded (measured: benchmarks/shards.py); none: one object per chunk",
     )
     dtype: Literal["float32", "float16"] = Field("float32", description="dtype the prediction is stored in")
     version: Literal["0.4", "0.5"] = Field("0.5", description="OME-NGFF version of the output: 0.5 (zarr v3) or 0.4 (zarr v2)")

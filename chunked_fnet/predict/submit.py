@@ -47,6 +47,7 @@ class RunSummary:
     total_chunks: int = 0  # of the whole output; more than ``chunks`` when a resumed run skipped finished ones
     patch_evaluations: int = 0  # model patches evaluated (each global sliding-window patch of a frame once)
     policy: RunPolicy | None = None  # what the run chose: window, precision (and why), recompute factor
+    shards: tuple[int, ...] | None = None  # z, y, x of the output's shards: a chunk task writes one whole (None: a chunk)
 
     @property
     def precision(self) -> str:
@@ -62,8 +63,9 @@ class RunSummary:
         rate = self.voxels / self.seconds if self.seconds else float("nan")
         skipped = self.total_chunks - self.chunks
         resumed = f" ({skipped} of {self.total_chunks} were already done)" if skipped > 0 else ""
+        sharded = f" (whole shards of {'x'.join(map(str, self.shards))})" if self.shards else ""
         return (
-            f"wrote {self.output}: {self.chunks} chunk tasks on {self.workers} worker(s) in {self.seconds:.1f} s{resumed}, "
+            f"wrote {self.output}: {self.chunks} chunk tasks{sharded} on {self.workers} worker(s) in {self.seconds:.1f} s{resumed}, "
             f"{self.voxels / 1e6:.2f} M output voxels x structures, {rate / 1e6:.3f} M voxels/s, {self.patch_evaluations} patches evaluated"
             + (f" of {'x'.join(map(str, self.policy.window.patch_shape))} (each voxel evaluated {self.recompute:.2f}x)"
                f"; {self.precision}" if self.policy else "")
@@ -230,7 +232,7 @@ def execute_many(
     return [
         RunSummary(
             job.output_path, len(graph.chunks), workers, seconds, voxels[j], total_chunks=job.n_chunks,
-            patch_evaluations=graph.patch_evaluations, policy=policy,
+            patch_evaluations=graph.patch_evaluations, policy=policy, shards=job.shards,
         )
         for j, (job, policy, graph) in enumerate(zip(jobs, policies, graphs, strict=True))
     ]
