@@ -51,7 +51,7 @@ def test_auto_window_is_recorded_chunk_invariant_and_reused_on_resume(data) -> N
     options = dict(time=(0, 1), precision="fp32")  # one frame on two hosts: auto cuts it into two patches
     for k, chunks in enumerate([(9, 224, 72), (4, 24, 40)]):
         with two_host_client("1GiB") as client:
-            out, _ = predict(image, models, root / f"o{k}.zarr", options=PredictOptions(chunks=chunks, **options), client=client, progress=False)
+            out, _ = predict(image, models, root / f"o{k}.zarr", options=PredictOptions(chunks=chunks, shards="none", **options), client=client, progress=False)
         window = _record(root / f"o{k}.zarr")["window"]
         expected_patch, expected_overlap = auto_patch((9, 224, 72), 4, 4, PATCH_MEMORY_FRACTION * 2**30, min_patches=2)
         assert {k: window[k] for k in ("patch", "overlap", "blend", "align")} == {
@@ -62,7 +62,7 @@ def test_auto_window_is_recorded_chunk_invariant_and_reused_on_resume(data) -> N
     # a resume on another cluster (one worker: auto would now choose one patch) keeps the recorded window
     (root / "o1.zarr" / ".chunked_fnet" / "done" / "t0-z4-y24-x40").unlink()
     with local_client(ClusterSpec(n_workers=1, memory_limit="2GiB")) as client:
-        resumed, summary = predict(image, models, root / "o1.zarr", options=PredictOptions(chunks=(4, 24, 40), **options), client=client, resume=True, progress=False)
+        resumed, summary = predict(image, models, root / "o1.zarr", options=PredictOptions(chunks=(4, 24, 40), shards="none", **options), client=client, resume=True, progress=False)
     assert summary.chunks == 1
     np.testing.assert_allclose(resumed.values, outputs[0], atol=1e-5, rtol=0)
 

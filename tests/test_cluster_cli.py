@@ -25,7 +25,7 @@ from dask_cli import cli_cluster
 from factories import tiny_checkpoint
 
 STRUCTURES = ("dna", "er", "membrane")
-FLAGS = ["--patch", "8", "16", "16", "--chunks", "8", "16", "16", "--overlap", "0.25", "--precision", "fp32", "--no-progress"]
+FLAGS = ["--patch", "8", "16", "16", "--chunks", "8", "16", "16", "--overlap", "0.25", "--precision", "fp32", "--shards", "none", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_cli_predict_on_dask_scheduler_and_dask_worker_processes(data, tmp_path:
     assert _snapshot(image) == before
 
 
-FINE = ["--patch", "8", "16", "16", "--chunks", "4", "8", "8", "--overlap", "0.25", "--precision", "fp32", "--no-progress"]
+FINE = ["--patch", "8", "16", "16", "--chunks", "4", "8", "8", "--overlap", "0.25", "--precision", "fp32", "--shards", "none", "--no-progress"]
 TOTAL_FINE = 3 * 3 * 5 * 5  # time points x chunks along z, y, x
 
 
@@ -149,7 +149,7 @@ def test_a_chunk_damaged_mid_run_stops_the_run_at_once_naming_it(data, tmp_path:
     copy = tmp_path / "in.zarr"
     shutil.copytree(image, copy)
     out = tmp_path / "out.zarr"
-    options = PredictOptions(patch_shape=(8, 16, 16), chunks=(8, 16, 16), overlap=0.25, retries=1, precision="fp32")
+    options = PredictOptions(patch_shape=(8, 16, 16), chunks=(8, 16, 16), overlap=0.25, retries=1, precision="fp32", shards="none")
     job = plan(str(copy), models, str(out), options)  # frame statistics read before the fault
     policy = job.resolve_policy(Hardware())
     create_output(job, policy)

@@ -22,8 +22,8 @@ from chunked_fnet.errors import InputError, OmeZarrError, UnreadableChunkError, 
 from chunked_fnet.predict import PredictOptions, predict
 from factories import prediction_case
 
-FLAGS = ["--patch", "8", "16", "16", "--chunks", "4", "8", "8", "--overlap", "0.25", "--precision", "fp32", "--no-progress"]
-OPTIONS = PredictOptions(patch_shape=(8, 16, 16), chunks=(4, 8, 8), overlap=0.25, precision="fp32")
+FLAGS = ["--patch", "8", "16", "16", "--chunks", "4", "8", "8", "--overlap", "0.25", "--precision", "fp32", "--shards", "none", "--no-progress"]
+OPTIONS = PredictOptions(patch_shape=(8, 16, 16), chunks=(4, 8, 8), overlap=0.25, precision="fp32", shards="none")
 TOTAL = 225  # chunks: 3 time points x 3 x 5 x 5
 PAGE = 4096  # a tmpfs stores each small file (a chunk, a marker) in one page
 COUNTER = Path(__file__).with_name("try_counter.py")

@@ -25,7 +25,8 @@ from factories import tiny_checkpoint
 
 WRITER = Path(__file__).parents[1] / "examples" / "live_timelapse_writer.py"
 FRAMES = 4
-OPTIONS = PredictOptions(chunks=(8, 32, 32), precision="fp32", levels=2)
+OPTIONS = PredictOptions(chunks=(8, 32, 32), precision="fp32", levels=2, shards="none")  # a task per chunk: frames in steps
+SHARDED = OPTIONS.model_copy(update={"shards": "auto"})  # 16 x 64 x 64: one shard a frame
 ONE_WORKER = ClusterSpec(n_workers=1)
 CHUNKS_PER_FRAME = 8  # 8 x 32 x 32 chunks of a 9 x 40 x 36 frame: 2 x 2 x 2
 
@@ -71,7 +72,7 @@ def test_the_followed_output_equals_the_batch_prediction_of_the_finished_time_la
     live, out = tmp_path / "live.zarr", tmp_path / "pred.zarr"
     writer = _writer(source, live, mode=mode, version=version, interval=2.0)
     try:
-        summary = follow(live, models, out, options=OPTIONS, client=client, progress=False, poll=0.2)
+        summary = follow(live, models, out, options=SHARDED if mode == "grow" else OPTIONS, client=client, progress=False, poll=0.2)
     finally:
         stdout, stderr = writer.communicate(timeout=120)
     assert writer.returncode == 0, stderr
@@ -89,6 +90,7 @@ def test_the_followed_output_equals_the_batch_prediction_of_the_finished_time_la
     record = json.loads((out / ".chunked_fnet" / "run.json").read_text())
     assert record["follow"] is True and record["time_points"] == list(range(FRAMES)) and len(record["frame_stats"]) == FRAMES
     assert record["output"]["shape"][0] == FRAMES
+    assert record["output"]["shards"] == ([16, 64, 64] if mode == "grow" else None)  # a sharded output grows too
 
 
 def test_a_follower_killed_mid_way_is_resumed_to_the_same_output(finished, client, tmp_path: Path) -> None:
@@ -98,7 +100,7 @@ def test_a_follower_killed_mid_way_is_resumed_to_the_same_output(finished, clien
     writer = _writer(source, live, mode="grow", interval=2.0)
     follower = subprocess.Popen(
         [sys.executable, "-m", "chunked_fnet", "predict", str(live), "--models", *map(str, models), "--out", str(out), "--follow",
-         "--workers", "1", "--chunks", "8", "32", "32", "--precision", "fp32", "--levels", "2", "--no-progress", "--poll", "0.2"],
+         "--workers", "1", "--chunks", "8", "32", "32", "--shards", "none", "--precision", "fp32", "--levels", "2", "--no-progress", "--poll", "0.2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -149,7 +151,7 @@ def test_sigterm_ends_a_follow_in_one_line_with_the_resume_hint(finished, tmp_pa
     writer.communicate(timeout=120)
     follower = subprocess.Popen(
         [sys.executable, "-m", "chunked_fnet", "predict", str(live), "--models", *map(str, models), "--out", str(out), "--follow",
-         "--workers", "1", "--chunks", "8", "32", "32", "--precision", "fp32", "--no-progress"],
+         "--workers", "1", "--chunks", "8", "32", "32", "--shards", "none", "--precision", "fp32", "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 180

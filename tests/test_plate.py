@@ -19,7 +19,7 @@ from chunked_fnet.io.plate import read_plate
 from chunked_fnet.predict import PredictOptions, predict, predict_plate
 from factories import tiny_checkpoint, write_plate
 
-OPTIONS = dict(patch_shape=(8, 16, 16), overlap=0.25, chunks=(8, 16, 16), precision="fp32")
+OPTIONS = dict(patch_shape=(8, 16, 16), overlap=0.25, chunks=(8, 16, 16), precision="fp32", shards="none")
 WELLS = ["A/1", "A/2", "B/1"]
 REFUSED = "A/2/1"  # written without the brightfield channel
 SHAPE = (8, 24, 20)

@@ -58,7 +58,7 @@ def test_the_recompute_factor_and_the_choices_are_in_the_summary_the_record_and_
     root, image, models = data
     out = root / "summary.zarr"
     with local_client(ClusterSpec(n_workers=1)) as client:
-        _, summary = predict(image, models, out, options=PredictOptions(chunks=(9, 40, 40)), client=client, progress=False)
+        _, summary = predict(image, models, out, options=PredictOptions(chunks=(9, 40, 40), shards="none"), client=client, progress=False)
     assert summary.recompute == pytest.approx(summary.policy.window.grid.recompute_factor)
     assert f"each voxel evaluated {summary.recompute:.2f}x" in str(summary) and summary.precision in str(summary)
     record = _record(out)
@@ -73,7 +73,7 @@ def test_the_same_command_twice_writes_bit_identical_outputs_at_the_defaults(dat
     outputs = []
     for k in range(2):
         with local_client(ClusterSpec(n_workers=2)) as client:
-            out, summary = predict(image, models, root / f"same{k}.zarr", options=PredictOptions(chunks=(9, 40, 40)), client=client, progress=False)
+            out, summary = predict(image, models, root / f"same{k}.zarr", options=PredictOptions(chunks=(9, 40, 40), shards="none"), client=client, progress=False)
         outputs.append(out.values)
         assert summary.chunks == 2 * 2 * 2
     np.testing.assert_array_equal(outputs[0], outputs[1])

@@ -54,7 +54,7 @@ def test_chunk_and_worker_invariance_equals_global_sliding_window(setup, tmp_pat
     image, models = setup
     outputs = []
     for k, (chunks, workers) in enumerate([((16, 16, 16), 1), ((5, 35, 9), 2), ((13, 35, 31), 2)]):
-        options = PredictOptions(**OPTIONS, chunks=chunks)
+        options = PredictOptions(**OPTIONS, chunks=chunks, shards="none")  # a task per chunk (tests/test_shards.py: per shard)
         with local_client(ClusterSpec(n_workers=workers)) as client:
             assert len(client.scheduler_info()["workers"]) == workers
             out, summary = predict(image, models, tmp_path / f"out{k}.zarr", options=options, client=client, progress=False)
@@ -164,7 +164,7 @@ def test_a_long_run_is_handed_to_the_scheduler_a_batch_of_frames_at_a_time(setup
     import chunked_fnet.predict.submit as run
 
     image, models = setup
-    options = PredictOptions(**OPTIONS, chunks=(13, 18, 31))  # 2 chunks per frame: 35 = 18 + 17
+    options = PredictOptions(**OPTIONS, chunks=(13, 18, 31), shards="none")  # 2 chunks per frame: 35 = 18 + 17
     windows: list[list[int]] = []
     more = run.FrameBatches.more
 

@@ -37,7 +37,7 @@ def test_a_frame_predicted_in_process_equals_the_chunked_run(timelapse: Path, tm
     extra, voxel = CASES[case]
     models = [tiny_checkpoint(tmp_path / "dna.ckpt", "dna", seed=1, voxel=voxel),
               tiny_checkpoint(tmp_path / "membrane.ckpt", "membrane", seed=2, voxel=voxel, color="FF00FF")]
-    options = PredictOptions(chunks=(4, 16, 16), **extra)
+    options = PredictOptions(chunks=(4, 16, 16), shards="none", **extra)
     chunked, summary = predict(timelapse / "in.zarr", models, tmp_path / "out.zarr", options=options, progress=False)
     assert summary.total_chunks > 2  # the chunked side really is chunked
 

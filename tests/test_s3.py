@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import io
 import json
 import re
 import signal
@@ -31,9 +32,10 @@ from dask_cli import cli_cluster
 from factories import tiny_checkpoint
 
 BUCKET = "chunked-fnet-test"
-FLAGS = ["--patch", "8", "16", "16", "--chunks", "8", "16", "16", "--overlap", "0.25", "--precision", "fp32", "--no-progress"]
-FINE = ["--patch", "8", "16", "16", "--chunks", "4", "8", "8", "--overlap", "0.25", "--precision", "fp32", "--no-progress"]
-TOTAL = 3 * 2 * 3 * 3  # time points x chunks along z, y, x at FLAGS' chunks
+# the prediction on the store is sharded (an object per 8x48x48 shard: 2 a frame and structure), the killed-and-resumed one is not
+FLAGS = ["--patch", "8", "16", "16", "--chunks", "8", "16", "16", "--overlap", "0.25", "--precision", "fp32", "--shards", "8", "48", "48", "--no-progress"]
+FINE = ["--patch", "8", "16", "16", "--chunks", "4", "8", "8", "--overlap", "0.25", "--precision", "fp32", "--shards", "none", "--no-progress"]
+TOTAL = 3 * 2 * 1 * 1  # time points x shards along z, y, x at FLAGS' shards
 TOTAL_FINE = 3 * 3 * 5 * 5
 
 
@@ -174,15 +176,16 @@ def test_info_figure_and_view_take_s3_urls(s3, data, s3_run, tmp_path: Path) -> 
 
 
 @pytest.fixture
-def http_root(data, s3_run, tmp_path: Path) -> Iterator[str]:
-    """The prediction and its input served read-only by Python's http.server on 127.0.0.1 (a plain static web server)."""
+def http_root(data, s3_run, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The prediction and its input served read-only on 127.0.0.1 by a static web server that answers byte ranges
+    (``request.param`` False: Python's http.server as it is, which does not)."""
     import s3fs
 
     served = tmp_path / "served"
     served.mkdir()
     s3fs.S3FileSystem(skip_instance_cache=True).get(f"{BUCKET}/out.zarr", str(served / "out.zarr"), recursive=True)  # AWS variables, as the CLI
     (served / "in.zarr").symlink_to(data["root"] / "in.zarr")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(served)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler if getattr(request, "param", True) else _PlainHandler, directory=str(served)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -192,9 +195,31 @@ def http_root(data, s3_run, tmp_path: Path) -> Iterator[str]:
         server.server_close()
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class _PlainHandler(http.server.SimpleHTTPRequestHandler):
+    """Python's own static server: it ignores Range requests (sends the whole file, 200)."""
+
     def log_message(self, *args: object) -> None:
         pass
+
+
+class _QuietHandler(_PlainHandler):
+    """A static web server as nginx or a bucket's website is: single byte ranges answered with 206."""
+
+    def send_head(self):  # noqa: ANN202
+        match = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
+        path = Path(self.translate_path(self.path))
+        if not match or not path.is_file():
+            return super().send_head()
+        body = path.read_bytes()
+        first, last = match.groups()
+        start = len(body) - int(last) if not first else int(first)
+        stop = len(body) if not first or not last else min(int(last) + 1, len(body))
+        part = body[start:stop]
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(body)}")
+        self.send_header("Content-Length", str(len(part)))
+        self.end_headers()
+        return io.BytesIO(part)
 
 
 def test_info_and_figure_read_http_stores(data, http_root: str, tmp_path: Path) -> None:
@@ -207,6 +232,16 @@ def test_info_and_figure_read_http_stores(data, http_root: str, tmp_path: Path) 
         result = _cli("figure", kind, pred, "--input", inp, "--out", str(png))
         assert result.returncode == 0, result.stderr
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("http_root", [False], indirect=True)
+def test_a_sharded_output_behind_a_server_without_byte_ranges_fails_in_one_line_naming_why(http_root: str, tmp_path: Path) -> None:
+    info = _cli("info", f"{http_root}/out.zarr")
+    assert info.returncode == 0 and "channels: dna, er" in info.stdout, info.stderr  # metadata needs no ranges
+    result = _cli("figure", "slices", f"{http_root}/out.zarr", "--input", f"{http_root}/in.zarr", "--out", str(tmp_path / "never.png"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "ignore HTTP Range requests" in lines[0] and "--shards none" in lines[0], result.stderr
+    assert not (tmp_path / "never.png").exists()
 
 
 def test_view_proxy_serves_a_private_bucket_through_loopback(s3, data, s3_run) -> None:

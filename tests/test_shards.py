@@ -66,7 +66,7 @@ def test_sharded_output_is_the_unsharded_output_whatever_the_shards_chunks_and_w
     shards_per_frame = math.prod(math.ceil(n / s) for n, s in zip(SHAPE[1:], expected, strict=True))
     assert _files(out / "0") == SHAPE[0] * len(STRUCTURES) * shards_per_frame
     assert summary.chunks == summary.total_chunks == SHAPE[0] * shards_per_frame
-    assert f"whole shards of {'x'.join(map(str, expected))}" in str(summary)
+    assert f"each writing whole shards of {'x'.join(map(str, expected))}" in str(summary)
     assert len(list((out / ".chunked_fnet" / "done").iterdir())) == SHAPE[0] * shards_per_frame
     chunks_per_frame = math.prod(math.ceil(n / c) for n, c in zip(SHAPE[1:], chunks, strict=True))
     assert shards_per_frame < chunks_per_frame
@@ -190,5 +190,5 @@ def test_a_sharded_image_grows_frame_by_frame_with_its_pyramid(tmp_path: Path) -
     np.testing.assert_array_equal(group["0"][:], frames)
     np.testing.assert_allclose(group["1"][:], frames.reshape(3, 1, 2, 2, 8, 2, 8, 2).mean(axis=(3, 5, 7)), atol=1e-6)
     assert group["1"].shards == (1, 1, 2, 8, 8) and _files(store / "0") == 3
-    with pytest.raises(Exception, match="not aligned to the zarr chunks"):  # half a shard is never written
+    with pytest.raises(Exception, match="not aligned to the zarr chunks of size"):  # half a shard is never written
         write_region(zarr.open_group(store, mode="r+"), (slice(0, 1), slice(None), slice(0, 2), slice(None), slice(None)), frames[:1, :, :2])

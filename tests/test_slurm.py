@@ -26,7 +26,7 @@ from slurm_fixture import Slurm
 ROOT = Path(__file__).resolve().parents[1]
 STRUCTURES = ("dna", "er")
 T = 4  # time points: enough chunks that a worker job can be cancelled while the run is computing
-FLAGS = ["--patch", "8", "16", "16", "--chunks", "4", "8", "8", "--overlap", "0.25", "--precision", "fp32", "--no-progress"]
+FLAGS = ["--patch", "8", "16", "16", "--chunks", "4", "8", "8", "--overlap", "0.25", "--precision", "fp32", "--shards", "none", "--no-progress"]
 TOTAL = T * 3 * 5 * 5  # time points x chunks along z, y, x
 JOBS = 2
 

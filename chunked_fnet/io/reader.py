@@ -331,6 +331,12 @@ def _read_error(array: zarr.Array, index: tuple[Any, ...], exc: BaseException) -
     except Exception:  # noqa: BLE001 - naming the chunk is a courtesy; the error stays the one below
         bad = None
     advice = "the store is damaged: restore this file from a copy, or write the image again, then rerun"
+    if getattr(array, "shards", None) and name.startswith(("http://", "https://")):
+        advice = (  # fsspec takes a server's whole file, sent in answer to a byte-range request, for the range
+            "this array is sharded, so its chunks are read as byte ranges of its shards: the web server may ignore HTTP "
+            "Range requests (Python's http.server does); serve it with one that honours them (nginx, a bucket, "
+            "chunked-fnet view), or write the output with --shards none"
+        )
     if bad:
         more = f" (and {len(bad) - 1} more damaged chunks: {', '.join(bad[1:4])}{', ...' if len(bad) > 4 else ''})" if len(bad) > 1 else ""
         return UnreadableChunkError(one_line(f"{name}/{bad[0]}: chunk cannot be decoded ({cause}){more}; {advice}"))

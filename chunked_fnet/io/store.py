@@ -46,7 +46,8 @@ def describe(store: Any) -> str:
     if isinstance(store, LocalStore):
         return str(store.root)
     if isinstance(store, FsspecStore):
-        return redact(f"{store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]}://{store.path}")
+        protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
+        return redact(store.path if "://" in store.path else f"{protocol}://{store.path}")  # HTTP paths are whole URLs
     if isinstance(store, zarr.abc.store.Store):
         return redact(repr(store))
     return redact(str(store))

@@ -289,8 +289,8 @@ def check_chunk_aligned(region: Sequence[slice], shape: Sequence[int], chunks: S
         start, stop, step = sl.indices(n)
         if step != 1 or start % c or (stop % c and stop != n) or stop <= start:
             raise OmeZarrError(
-                f"{where}: region {sl} on axis {axis} is not aligned to the zarr chunks (shards, when sharded) of "
-                f"size {c} (array size {n}); parallel writers must each write whole chunks (shards)"
+                f"{where}: region {sl} on axis {axis} is not aligned to the zarr chunks of size {c} (the shards, when "
+                f"sharded; array size {n}); parallel writers must each write whole chunks (shards)"
             )
 
 

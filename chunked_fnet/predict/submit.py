@@ -63,9 +63,9 @@ class RunSummary:
         rate = self.voxels / self.seconds if self.seconds else float("nan")
         skipped = self.total_chunks - self.chunks
         resumed = f" ({skipped} of {self.total_chunks} were already done)" if skipped > 0 else ""
-        sharded = f" (whole shards of {'x'.join(map(str, self.shards))})" if self.shards else ""
+        sharded = f", each writing whole shards of {'x'.join(map(str, self.shards))}" if self.shards else ""
         return (
-            f"wrote {self.output}: {self.chunks} chunk tasks{sharded} on {self.workers} worker(s) in {self.seconds:.1f} s{resumed}, "
+            f"wrote {self.output}: {self.chunks} chunk tasks on {self.workers} worker(s) in {self.seconds:.1f} s{resumed}{sharded}, "
             f"{self.voxels / 1e6:.2f} M output voxels x structures, {rate / 1e6:.3f} M voxels/s, {self.patch_evaluations} patches evaluated"
             + (f" of {'x'.join(map(str, self.policy.window.patch_shape))} (each voxel evaluated {self.recompute:.2f}x)"
                f"; {self.precision}" if self.policy else "")
