@@ -149,8 +149,8 @@ class PredictJob:
 
 #: The stored object an auto shard makes, per structure (uncompressed): ``benchmarks/shards.py`` measured
 #: (BENCHMARKS.md, 2-core CPU, local disk and S3) 256 KiB chunks sharded into 8 MiB objects writing 2.7x
-#: (disk) and 5.3x (S3) as fast in 31x fewer files, while 8 MiB chunks sharded 4 to an object wrote at
-#: most 1.2x as fast and read 6-26 % slower, and 64 MiB objects read 2-10x slower from S3.
+#: (disk) and 5.0x (S3) as fast in 31x fewer files (reading 25-38 % slower), while 8 MiB chunks sharded 4 to
+#: an object wrote at most 1.13x as fast and read 5-9 % slower, and 64 MiB objects read 3-11x slower from S3.
 SHARD_OBJECT_BYTES = 8 * 2**20
 
 
