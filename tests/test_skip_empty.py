@@ -24,6 +24,7 @@ from chunked_fnet.preprocess.frame import ModelGridFrame
 from chunked_fnet.preprocess.normalize import frame_stats
 from chunked_fnet.preprocess.resample import ModelGrid
 from chunked_fnet.sliding_window import SlidingWindow, predict_volume
+from chunked_fnet.sliding_window.padding import read_extent
 from factories import tiny_checkpoint
 
 SHAPE = (16, 64, 96)
@@ -82,6 +83,12 @@ def test_white_noise_scores_low_and_anything_imaged_high() -> None:
     bump = np.zeros((16, 32, 32))
     bump[6:10, 12:20, 12:20] = 3.0  # a small object well above the noise
     assert white_noise_score(noise + bump) > 10
+
+
+def test_a_patch_past_the_frame_is_scored_on_the_voxels_its_padding_mirrors() -> None:
+    # x 60..69 of a 64-voxel axis reads 60..63, then 62..57 mirrored: voxels 57..63
+    assert read_extent((slice(0, 8), slice(0, 8), slice(60, 70)), (8, 8, 64), "reflect") == (slice(0, 8), slice(0, 8), slice(57, 64))
+    assert read_extent((slice(0, 8), slice(0, 8), slice(60, 70)), (8, 8, 64), "constant")[2] == slice(60, 64)  # zeros past the end
 
 
 def test_the_rule_reads_the_input_voxels_not_the_resampled_ones() -> None:

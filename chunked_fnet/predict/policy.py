@@ -1,10 +1,10 @@
 """The run policy: everything a prediction run chooses, decided in one place, once per run.
 
 A run chooses its sliding window (patch, overlap, blend, alignment), its precision, the patches per
-forward pass, the torch threads per block and whether background patches are skipped (at what level). :func:`resolve_policy` makes these choices from the
-options, the models' constraints, the hardware's facts and, on resume, the run record; ``predict``,
-``predict_plate``, ``predict_volume`` and ``evaluate`` all call it, so the same models on the same
-frame get the same window everywhere.
+forward pass, the torch threads per block and the level at which background patches are skipped, if
+they are. :func:`resolve_policy` makes these choices from the options, the models' constraints, the
+hardware's facts and, on resume, the run record; ``predict``, ``predict_plate``, ``predict_volume`` and
+``evaluate`` all call it, so the same models on the same frame get the same window everywhere.
 
 - *The inference patch is not the training patch*: a U-Net in eval mode gives the same output away
   from a patch's border whatever its size, so the whole z-depth is taken and y/x grow until one
@@ -44,9 +44,8 @@ from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.sliding_window.window import SlidingWindow, fit_patch, min_band_overlap
 
 __all__ = [
-    "AUTO_OVERLAP", "MAX_RECOMPUTE", "MAX_TENSOR_ELEMENTS", "PATCH_MEMORY_FRACTION", "SKIP_EMPTY_LEVEL", "Hardware", "ModelConstraints",
-    "RunPolicy",
-    "auto_patch", "bf16_conv3d_hazard", "patch_bytes", "patch_that_fits", "resolve_policy",
+    "AUTO_OVERLAP", "MAX_RECOMPUTE", "MAX_TENSOR_ELEMENTS", "PATCH_MEMORY_FRACTION", "SKIP_EMPTY_LEVEL", "Hardware",
+    "ModelConstraints", "RunPolicy", "auto_patch", "bf16_conv3d_hazard", "patch_bytes", "patch_that_fits", "resolve_policy",
 ]
 
 #: Overlap (model voxels) where patches meet: a 36-voxel rim on each side without weight and a 24-voxel
@@ -68,9 +67,9 @@ PATCH_MEMORY_FRACTION = 0.6
 BYTES_PER_VOXEL_AND_CHANNEL = 32.0
 
 #: ``skip_empty: auto``: a patch is background when its input's white-noise score is at most this
-#: (``predict/background.py``). On the synthetic phantom (``benchmarks/skip_empty.py --scores``) empty medium
-#: scored at most 3.7 over 1,300 patches (about |N(0, 1)| on each of three axes: 4 is passed by all but
-#: 2 in 10,000 noise patches), medium beside a cell's faint fringe 6 and up, any part of a cell 10 and up.
+#: (``predict/background.py``). For camera noise the score is the largest of three |N(0, 1)| (4 is passed by
+#: all but 2 in 10,000 noise patches); on the synthetic phantom (``benchmarks/skip_empty.py --scores``) empty
+#: medium scored at most 3.97 over 5,131 patches, any patch holding part of a cell 58.8 and up.
 SKIP_EMPTY_LEVEL = 4.0
 BACKGROUND_RULE = "input is white noise: |lag-1 autocorrelation| * sqrt(pairs) <= level along z, y and x"
 
