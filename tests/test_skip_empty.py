@@ -17,7 +17,7 @@ from chunked_fnet.cluster import ClusterSpec, local_client
 from chunked_fnet.errors import InputError
 from chunked_fnet.io.writer import create_image, write_region
 from chunked_fnet.model import load_checkpoint
-from chunked_fnet.predict import Hardware, ModelConstraints, PredictOptions, Predictor, predict, resolve_policy
+from chunked_fnet.predict import Hardware, ModelConstraints, PredictOptions, Predictor, predict, predict_plate, resolve_policy
 from chunked_fnet.predict.background import background_patches, white_noise_score
 from chunked_fnet.predict.ensemble import StackedEnsemble
 from chunked_fnet.preprocess.frame import ModelGridFrame
@@ -25,7 +25,7 @@ from chunked_fnet.preprocess.normalize import frame_stats
 from chunked_fnet.preprocess.resample import ModelGrid
 from chunked_fnet.sliding_window import SlidingWindow, predict_volume
 from chunked_fnet.sliding_window.padding import read_extent
-from factories import tiny_checkpoint
+from factories import tiny_checkpoint, write_plate
 
 SHAPE = (16, 64, 96)
 BLOB = (8, 16, 16)  # a bright-field "cell": a smooth bump, the rest camera noise on medium
@@ -153,6 +153,14 @@ def test_an_image_without_background_is_predicted_exactly_as_without_skipping(se
                             progress=False)
     assert summary.background_patches == 0 and summary.patch_evaluations == 15
     np.testing.assert_array_equal(skip.values, full.values)
+
+
+def test_a_plate_summary_counts_the_fields_skipped_patches(setup, tmp_path: Path) -> None:
+    _, _, models, client, _, _, _ = setup
+    write_plate(tmp_path / "plate.zarr", wells=("A/1", "B/1"), fields=("0",))  # random normal fields: white noise throughout
+    summary = predict_plate(tmp_path / "plate.zarr", models, tmp_path / "pred.zarr", options=PredictOptions(**OPTIONS, skip_empty="auto"),
+                            client=client, progress=False)
+    assert [r.background_patches for r in summary.runs] == [1, 1] and "2 background patches skipped, 2 block tasks without a model call" in str(summary)
 
 
 def test_the_in_memory_predictor_skips_as_a_chunked_run_does(setup) -> None:
