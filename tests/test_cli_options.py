@@ -17,7 +17,7 @@ REQUIRED = ["predict", "in.zarr", "--models", "dna.ckpt", "--out", "out.zarr"]
 # Every field, none at its default: the same settings as flags and as a YAML file.
 FLAGS = [
     "--input-channel", "2", "--time", "1", "3", "--patch-shape", "16", "32", "48", "--overlap", "0.5",
-    "--blend", "cosine", "--batch-size", "8", "--tta-flips", "--chunks", "8", "64", "96", "--dtype", "float16",
+    "--blend", "cosine", "--batch-size", "8", "--tta-flips", "--skip-empty", "2.5", "--chunks", "8", "64", "96", "--dtype", "float16",
     "--ngff-version", "0.4", "--levels", "3", "--device", "cpu", "--precision", "bf16", "--pad-mode", "edge",
     "--output-grid", "input", "--nonfinite", "fill", "--missing-chunks", "fill", "--retries", "5", "--stall-timeout", "60",
     "--shards", "none",
@@ -30,6 +30,7 @@ overlap: 0.5
 blend: cosine
 batch_size: 8
 tta_flips: true
+skip_empty: 2.5
 chunks: [8, 64, 96]
 dtype: float16
 version: "0.4"

@@ -27,6 +27,7 @@ from chunked_fnet.device import autocast_dtype, device_memory, resolve_device, s
 from chunked_fnet.errors import DeviceMemoryError, one_line
 from chunked_fnet.io.reader import open_level_array
 from chunked_fnet.io.writer import open_for_writing, write_region
+from chunked_fnet.predict.background import sums_with_background
 from chunked_fnet.predict.ensemble import cached_ensemble
 from chunked_fnet.predict.policy import Hardware, ModelConstraints, RunPolicy, patch_that_fits, resolve_policy
 from chunked_fnet.predict.shipping import JobRef, resolve_run
@@ -36,7 +37,7 @@ from chunked_fnet.predict.schedule import BlockTask, ChunkTask, Schedule, schedu
 from chunked_fnet.preprocess.normalize import FrameStats
 from chunked_fnet.preprocess.frame import ModelGridFrame
 from chunked_fnet.preprocess.resample import ModelGrid, interpolate_axis
-from chunked_fnet.sliding_window import Box, PatchRunner, SlidingWindow, WeightedSum, padded_reader
+from chunked_fnet.sliding_window import Box, PatchRunner, SlidingWindow, WeightedSum
 from chunked_fnet.sliding_window.runner import default_channels_last
 
 
@@ -270,7 +271,8 @@ def _with_patch_that_fits(exc: DeviceMemoryError, job: PredictJob) -> DeviceMemo
 
 
 def predict_block(run: JobRef | tuple[PredictJob, RunPolicy], task: BlockTask) -> tuple[WeightedSum, ...]:
-    """Evaluate the patches ``task.block`` owns, once each; return their weighted sums over ``task.pieces``.
+    """Evaluate the patches ``task.block`` owns, once each (background ones not at all with ``skip_empty``:
+    :mod:`~chunked_fnet.predict.background`); return their weighted sums over ``task.pieces``.
 
     Each piece is its own array (copied out), so the block's full sums are freed when the task ends
     and every consumer receives only its own voxels.
@@ -283,9 +285,11 @@ def predict_block(run: JobRef | tuple[PredictJob, RunPolicy], task: BlockTask) -
         raise RuntimeError(f"block {task.block} of the model grid owns no patch")
     frame = model_grid_frame(job, task.time_index)
     try:
-        sums = ensemble_runner(job, policy).weighted_sums(window, padded_reader(frame, window.pad_mode), corners, extent)
+        sums, background = sums_with_background(ensemble_runner(job, policy), job.hashes, window, frame, corners, extent, policy.skip_empty)
     except DeviceMemoryError as exc:
         raise _with_patch_that_fits(exc, job) from exc
+    if policy.skip_empty is not None:  # what the summary counts (a recomputed block writes the same again)
+        Ledger(job.output_path).mark_block(chunk_key(task.time_index, task.block), {"patches": len(corners), "background": background})
     pieces = tuple(sums.crop(piece) for piece in task.pieces)
     del sums, frame
     trim_heap()

@@ -2,7 +2,8 @@
 
 ``OUT.zarr/.chunked_fnet/run.json`` holds what determines the output (input, models, parameters);
 ``OUT.zarr/.chunked_fnet/done/<chunk>`` is written by a chunk task only after every zarr chunk of
-its region has been stored. A chunk without its marker is recomputed on resume, so a half-written
+its region has been stored; ``OUT.zarr/.chunked_fnet/blocks/<block>`` by a block task of a run that skips
+background, counting its patches and the background ones (the summary adds them up). A chunk without its marker is recomputed on resume, so a half-written
 chunk is never taken as done. The folder is not a zarr node: zarr and OME-Zarr readers ignore it.
 
 Markers are separate small objects rather than one shared file because many workers finish chunks
@@ -17,7 +18,7 @@ disk) is refused in one line by :meth:`Ledger.read_record`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import fsspec
@@ -102,6 +103,16 @@ class Ledger:
 
     def mark_done(self, key: str, info: Mapping[str, float]) -> None:
         self.put(f"{self.root}/done/{key}", json.dumps(dict(info)).encode())
+
+    def mark_block(self, key: str, info: Mapping[str, int]) -> None:
+        """What a block task of a run that skips background did: its patches, and how many were background."""
+        self.fs.makedirs(f"{self.root}/blocks", exist_ok=True)
+        self.put(f"{self.root}/blocks/{key}", json.dumps(dict(info)).encode())
+
+    def blocks(self, keys: Collection[str]) -> list[dict[str, int]]:
+        """The records of the block tasks ``keys`` (those there are), read at once (concurrently from an object store)."""
+        paths = [f"{self.root}/blocks/{k}" for k in keys]
+        return [json.loads(raw) for raw in self.fs.cat(paths, on_error="omit").values()] if paths else []
 
     def done(self) -> set[str]:
         try:

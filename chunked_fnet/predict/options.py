@@ -38,6 +38,13 @@ class PredictOptions(BaseModel):
         "With an auto patch an explicit batch shares the budget: each patch gets 1/batch_size of it",
     )
     tta_flips: bool = Field(False, description="test-time augmentation: also predict the z, y and x flips, and average")
+    skip_empty: float | Literal["off", "auto"] = Field(
+        "off",
+        description="skip empty background: a patch whose input is indistinguishable from white noise (camera noise on "
+        "medium) is not evaluated and gets the models' response to flat medium; auto: at the measured level (4), or a "
+        "level > 0 (a white-noise score: higher skips more); off: every patch evaluated. Outputs where no skipped patch "
+        "has weight are unchanged; the skipped patches are counted in the summary",
+    )
     chunks: tuple[int, int, int] = Field(
         (32, 256, 256), description="output chunk z, y, x on the output grid (see output_grid): one block and one chunk task each"
     )
@@ -97,6 +104,18 @@ class PredictOptions(BaseModel):
     def _batch_is_positive(cls, value: int | str) -> int | str:
         if value != "auto" and value < 1:
             raise ValueError(f"batch_size is a number of patches >= 1 or auto, got {value}")
+        return value
+
+    @field_validator("skip_empty", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: object) -> object:
+        return ("auto" if value else "off") if isinstance(value, bool) else value  # YAML reads on/off as booleans
+
+    @field_validator("skip_empty")
+    @classmethod
+    def _level_is_positive(cls, value: float | str) -> float | str:
+        if value not in ("off", "auto") and not (0 < value < float("inf")):
+            raise ValueError(f"skip_empty is off, auto or a level > 0 (a white-noise score; auto: 4), got {value:g}")
         return value
 
     @field_validator("overlap")

@@ -49,6 +49,9 @@ class PlateSummary:
             f"{max((r.workers for r in self.runs), default=0)} worker(s) in {seconds:.1f} s{resumed}, "
             f"{sum(r.patch_evaluations for r in self.runs)} patches evaluated" + (f"; {precision}" if precision else "")
         )
+        if any(r.policy and r.policy.skip_empty is not None for r in self.runs):
+            text += (f"; {sum(r.background_patches for r in self.runs)} background patches skipped, "
+                     f"{sum(r.background_blocks for r in self.runs)} block tasks without a model call")
         if self.refused:
             text += f"; {len(self.refused)} field(s) refused: " + "; ".join(f"{k}: {v}" for k, v in self.refused.items())
         return text

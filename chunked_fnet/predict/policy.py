@@ -1,10 +1,10 @@
 """The run policy: everything a prediction run chooses, decided in one place, once per run.
 
 A run chooses its sliding window (patch, overlap, blend, alignment), its precision, the patches per
-forward pass and the torch threads per block. :func:`resolve_policy` makes these choices from the
-options, the models' constraints, the hardware's facts and, on resume, the run record; ``predict``,
-``predict_plate``, ``predict_volume`` and ``evaluate`` all call it, so the same models on the same
-frame get the same window everywhere.
+forward pass, the torch threads per block and the level at which background patches are skipped, if
+they are. :func:`resolve_policy` makes these choices from the options, the models' constraints, the
+hardware's facts and, on resume, the run record; ``predict``, ``predict_plate``, ``predict_volume`` and
+``evaluate`` all call it, so the same models on the same frame get the same window everywhere.
 
 - *The inference patch is not the training patch*: a U-Net in eval mode gives the same output away
   from a patch's border whatever its size, so the whole z-depth is taken and y/x grow until one
@@ -21,6 +21,9 @@ frame get the same window everywhere.
   (AMX/AVX512-BF16 CPUs, CUDA), else fp32. A timing sample let noise pick the precision on machines
   near its threshold, so one command could write outputs differing at the bf16 level run to run.
 - *Sizes come from total, not free, memory*, so that one machine always chooses one window.
+- *Skipping background is opt-in*: a skipped patch's output is the models' response to flat medium, not
+  to its noise (``predict/background.py``), so it changes the output inside skipped patches; a resume
+  keeps the interrupted run's level, like its window.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.sliding_window.window import SlidingWindow, fit_patch, min_band_overlap
 
 __all__ = [
-    "AUTO_OVERLAP", "MAX_RECOMPUTE", "MAX_TENSOR_ELEMENTS", "PATCH_MEMORY_FRACTION", "Hardware", "ModelConstraints", "RunPolicy",
-    "auto_patch", "bf16_conv3d_hazard", "patch_bytes", "patch_that_fits", "resolve_policy",
+    "AUTO_OVERLAP", "MAX_RECOMPUTE", "MAX_TENSOR_ELEMENTS", "PATCH_MEMORY_FRACTION", "SKIP_EMPTY_LEVEL", "Hardware",
+    "ModelConstraints", "RunPolicy", "auto_patch", "bf16_conv3d_hazard", "patch_bytes", "patch_that_fits", "resolve_policy",
 ]
 
 #: Overlap (model voxels) where patches meet: a 36-voxel rim on each side without weight and a 24-voxel
@@ -62,6 +65,13 @@ PATCH_MEMORY_FRACTION = 0.6
 #: Peak host memory of a float32 forward pass of the fnet U-Net per voxel and top-level channel (25
 #: measured for width 32 at 32x128x128 to 48x384x384), plus room for the input box and the sums.
 BYTES_PER_VOXEL_AND_CHANNEL = 32.0
+
+#: ``skip_empty: auto``: a patch is background when its input's white-noise score is at most this
+#: (``predict/background.py``). For camera noise the score is the largest of three |N(0, 1)| (4 is passed by
+#: all but 2 in 10,000 noise patches); on the synthetic phantom (``benchmarks/skip_empty.py --scores``) empty
+#: medium scored at most 3.97 over 5,131 patches, any patch holding part of a cell 58.8 and up.
+SKIP_EMPTY_LEVEL = 4.0
+BACKGROUND_RULE = "input is white noise: |lag-1 autocorrelation| * sqrt(pairs) <= level along z, y and x"
 
 #: cuDNN's and oneDNN's 3-D convolutions index with 32-bit integers; the U-Net's largest activation
 #: (the top level's skip concatenation) has 2 x width channels per voxel.
@@ -135,6 +145,7 @@ class RunPolicy:
     reason: str  # why that precision ("explicit", "auto: bf16 is native on every worker", ...)
     batch_size: int  # patches per forward pass
     block_threads: int  # torch threads per block task on a CPU worker (speed only, not values)
+    skip_empty: float | None = None  # the background rule's level (predict/background.py); None: every patch evaluated
 
     @property
     def recompute(self) -> float:
@@ -148,6 +159,7 @@ class RunPolicy:
             "window": {"patch": list(w.patch_shape), "overlap": list(w.overlap_voxels), "blend": w.blend, "align": w.align,
                        "pad_mode": w.pad_mode, "recompute": round(self.recompute, 4)},
             "precision": {"chosen": self.precision, "why": self.reason},
+            **({"skip_empty": {"rule": BACKGROUND_RULE, "level": self.skip_empty}} if self.skip_empty is not None else {}),
         }
 
 
@@ -165,7 +177,8 @@ def resolve_policy(
 
     ``block_shape`` is the model-grid block of one block task (default: the frame), which sets how many
     block tasks share the hardware's threads; ``recorded`` is an interrupted run's record
-    (:meth:`RunPolicy.record`), whose window and precision a resume keeps wherever the options say ``auto``.
+    (:meth:`RunPolicy.record`), whose window, precision and background level a resume keeps wherever the
+    options say ``auto``.
     """
     frame = tuple(int(n) for n in frame)
     recorded = recorded or {}
@@ -175,7 +188,7 @@ def resolve_policy(
     blocks = frames * _blocks_per_frame(window, block_shape or frame)
     per_host = hardware.threads_per_host or (1,)
     threads = max(1, min(sum(per_host) // max(1, blocks), min(per_host)))
-    return RunPolicy(window, precision, reason, batch, threads)
+    return RunPolicy(window, precision, reason, batch, threads, _skip_level(options.skip_empty, recorded.get("skip_empty")))
 
 
 def patch_bytes(patch: Sequence[int], width: int, batch: int = 1) -> float:
@@ -324,6 +337,16 @@ def _precision(option: str, hardware: Hardware, recorded: Mapping[str, Any] | No
     if hardware.native_bf16:
         return "bf16", f"auto: bf16 is native on every {hardware.device} worker"
     return "fp32", f"auto: not every {hardware.device} worker computes bf16 natively"
+
+
+def _skip_level(option: float | str, recorded: Mapping[str, Any] | None) -> float | None:
+    """The background rule's level: none when off, the option's number, or for ``auto`` the interrupted
+    run's level (a resume skips what it skipped) or :data:`SKIP_EMPTY_LEVEL`."""
+    if option == "off":
+        return None
+    if option == "auto":
+        return float(recorded["level"]) if recorded is not None else SKIP_EMPTY_LEVEL
+    return float(option)
 
 
 def _up(n: int, m: int) -> int:

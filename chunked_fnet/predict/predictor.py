@@ -21,6 +21,7 @@ import xarray as xr
 
 from chunked_fnet.device import resolve_device
 from chunked_fnet.errors import InputError
+from chunked_fnet.predict.background import sums_with_background
 from chunked_fnet.predict.ensemble import check_ensemble
 from chunked_fnet.predict.job import back_to_input_grid, models_runner
 from chunked_fnet.predict.options import PredictOptions
@@ -30,7 +31,7 @@ from chunked_fnet.predict.schedule import interpolation_region
 from chunked_fnet.preprocess.frame import ModelGridFrame
 from chunked_fnet.preprocess.normalize import frame_stats
 from chunked_fnet.preprocess.resample import ModelGrid
-from chunked_fnet.sliding_window import Box, padded_reader
+from chunked_fnet.sliding_window import Box
 
 __all__ = ["Predictor"]
 
@@ -73,9 +74,9 @@ class Predictor:
         policy = self.policy(grid.shape)
         window = policy.window
         runner = models_runner(self.paths, self.hashes, self.device, self.options.tta_flips, policy)  # loaded once per process
-        reader = padded_reader(ModelGridFrame(values, ("z", "y", "x"), None, 0, stats, grid, self.options.nonfinite), window.pad_mode)
+        model_frame = ModelGridFrame(values, ("z", "y", "x"), None, 0, stats, grid, self.options.nonfinite)
         whole = window.grid.frame
-        sums = runner.weighted_sums(window, reader, list(window.grid.corners()), whole)
+        sums, _ = sums_with_background(runner, self.hashes, window, model_frame, list(window.grid.corners()), whole, policy.skip_empty)
         if self.options.output_grid == "input":
             region = Box((0, 0, 0), tuple(values.shape))
             source = interpolation_region(region, grid.factor, grid.shape)

@@ -45,9 +45,11 @@ class RunSummary:
     seconds: float
     voxels: int
     total_chunks: int = 0  # of the whole output; more than ``chunks`` when a resumed run skipped finished ones
-    patch_evaluations: int = 0  # model patches evaluated (each global sliding-window patch of a frame once)
+    patch_evaluations: int = 0  # model patches evaluated (each global sliding-window patch of a frame once, bar background)
     policy: RunPolicy | None = None  # what the run chose: window, precision (and why), recompute factor
     shards: tuple[int, ...] | None = None  # z, y, x of the output's shards: a chunk task writes one whole (None: a chunk)
+    background_patches: int = 0  # patches skipped as background (policy.skip_empty), by this run's block tasks
+    background_blocks: int = 0  # block tasks all of whose patches were background: the models never ran for them
 
     @property
     def precision(self) -> str:
@@ -69,6 +71,8 @@ class RunSummary:
             f"{self.voxels / 1e6:.2f} M output voxels x structures, {rate / 1e6:.3f} M voxels/s, {self.patch_evaluations} patches evaluated"
             + (f" of {'x'.join(map(str, self.policy.window.patch_shape))} (each voxel evaluated {self.recompute:.2f}x)"
                f"; {self.precision}" if self.policy else "")
+            + (f"; {self.background_patches} background patches skipped (level {self.policy.skip_empty:g}), "
+               f"{self.background_blocks} block tasks without a model call" if self.policy and self.policy.skip_empty is not None else "")
         )
 
 
@@ -229,13 +233,24 @@ def execute_many(
         if job.options.levels > 1:
             build_pyramid(job.output_path, progress=progress, times=(job.time_offset, job.time_offset + len(job.times)))
     seconds = time.perf_counter() - start
-    return [
-        RunSummary(
+    summaries = []
+    for j, (job, policy, graph) in enumerate(zip(jobs, policies, graphs, strict=True)):
+        background, whole = _background(job, policy, graph)
+        summaries.append(RunSummary(
             job.output_path, len(graph.chunks), workers, seconds, voxels[j], total_chunks=job.n_chunks,
-            patch_evaluations=graph.patch_evaluations, policy=policy, shards=job.shards,
-        )
-        for j, (job, policy, graph) in enumerate(zip(jobs, policies, graphs, strict=True))
-    ]
+            patch_evaluations=graph.patch_evaluations - background, policy=policy, shards=job.shards,
+            background_patches=background, background_blocks=whole,
+        ))
+    return summaries
+
+
+def _background(job: PredictJob, policy: RunPolicy, graph: Any) -> tuple[int, int]:
+    """The patches this run skipped as background, and its block tasks that skipped all of theirs, from
+    the blocks' records in the ledger (a resumed run counts the blocks it computed itself)."""
+    if policy.skip_empty is None:
+        return 0, 0
+    records = Ledger(job.output_path).blocks({chunk_key(b.time_index, b.block) for b in graph.blocks})
+    return sum(r["background"] for r in records), sum(r["background"] == r["patches"] for r in records)
 
 
 def _run_tasks(

@@ -43,6 +43,14 @@ class ModelGridFrame:
             values = np.where(finite, values, self.stats.mean)  # z-scores to 0: the frame's mean
         return values
 
+    def input_region(self, region: Sequence[slice]) -> tuple[slice, ...]:
+        """The input voxels (z, y, x of the selection) that the model-grid ``region`` is computed from."""
+        return tuple(region) if self.grid.identity else self.grid.source_region(region)
+
+    def read_input(self, region: Sequence[slice]) -> np.ndarray:
+        """The input's own values (not z-scored, not resampled) of the input-grid ``region`` (z, y, x)."""
+        return self._read_source(tuple(region))
+
     def read(self, region: Sequence[slice]) -> np.ndarray:
         """The z-scored model-grid voxels of ``region`` (z, y, x)."""
         return self.stats.apply(resample_region(self._read_source, self.grid, tuple(region)))

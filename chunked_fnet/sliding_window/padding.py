@@ -14,7 +14,7 @@ import numpy as np
 from chunked_fnet.errors import InputError
 from chunked_fnet.sliding_window.window import PadMode
 
-__all__ = ["Reader", "padded_reader"]
+__all__ = ["Reader", "padded_reader", "read_extent"]
 
 #: Three unit-step slices in padded coordinates -> ``(C, len_z, len_y, len_x)``.
 Reader = Callable[[Sequence[slice]], np.ndarray]
@@ -45,6 +45,21 @@ def _pad_index(idx: np.ndarray, n: int, mode: str) -> tuple[np.ndarray, np.ndarr
     raise InputError(f"unknown pad_mode {mode!r}; expected reflect, symmetric, edge or constant")
 
 
+def _axis_reads(s: slice, n: int, mode: str) -> tuple[np.ndarray, np.ndarray | None, int, int]:
+    """One axis of a padded read: the in-range index of each requested voxel, the validity mask
+    (``constant``), and the in-range ``[lo, hi)`` that holds them all."""
+    if s.start is None or s.stop is None or s.step not in (None, 1) or s.stop <= s.start:
+        raise InputError(f"padded reads need explicit, non-empty unit-step slices, got {s!r}")
+    idx, valid = _pad_index(np.arange(s.start, s.stop, dtype=np.int64), n, mode)
+    return idx, valid, int(idx.min()), int(idx.max()) + 1
+
+
+def read_extent(region: Sequence[slice], shape: Sequence[int], pad_mode: PadMode = "reflect") -> tuple[slice, ...]:
+    """The in-range voxels (z, y, x slices of a frame of ``shape``) that a padded read of ``region`` reads:
+    where a patch's input comes from, its mirrored padding included."""
+    return tuple(slice(*_axis_reads(s, int(n), pad_mode)[2:]) for s, n in zip(region, shape, strict=True))
+
+
 def padded_reader(volume: Any, pad_mode: PadMode = "reflect") -> Reader:
     """A :data:`Reader` over an array-like ``(C, Z, Y, X)`` volume (numpy,
     zarr, dask, anything with ``.shape`` and basic slicing).
@@ -66,10 +81,7 @@ def padded_reader(volume: Any, pad_mode: PadMode = "reflect") -> Reader:
             raise InputError(f"read_region takes three slices (z, y, x), got {region!r}")
         maps, masks, box = [], [], []
         for s, n in zip(region, shape[1:]):
-            if s.start is None or s.stop is None or s.step not in (None, 1) or s.stop <= s.start:
-                raise InputError(f"padded reads need explicit, non-empty unit-step slices, got {s!r}")
-            idx, valid = _pad_index(np.arange(s.start, s.stop, dtype=np.int64), n, pad_mode)
-            lo, hi = int(idx.min()), int(idx.max()) + 1
+            idx, valid, lo, hi = _axis_reads(s, n, pad_mode)
             maps.append(None if (idx.size == hi - lo and idx[0] == lo and np.all(np.diff(idx) == 1)) else idx - lo)
             masks.append(valid)
             box.append(slice(lo, hi))

@@ -320,6 +320,18 @@ class PatchRunner:
             total = total / n
         return total
 
+    def outputs(self, batch: np.ndarray) -> np.ndarray:
+        """The averaged output of a host batch ``(N, C, pz, py, px)``, float32 on the host: for a patch
+        wanted whole rather than blended (the models' response to background, ``predict/background.py``)."""
+        x = _as_tensor(batch, self.device)
+
+        def run() -> torch.Tensor:
+            with self.session():
+                return self.forward(x).cpu()
+
+        out = _device_thread(self.device).submit(run).result() if self.device_thread else run()
+        return out.numpy()
+
     def _out_of_memory(self, patch: Sequence[int], batch: int) -> DeviceMemoryError:
         """The error a forward pass that ran out of device memory ends in: what ran, where (the device's
         memory is freed for the other threads first)."""
