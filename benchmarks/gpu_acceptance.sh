@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU acceptance: the first thing to run on a machine with a GPU (issue 15 item 4); under 8 minutes on one H100.
+# GPU acceptance: the first thing to run on a machine with a GPU (issues 15 and 29); under 8 minutes on one H100/H200.
 #
 #   bash benchmarks/gpu_acceptance.sh [OUT_DIR] [extra arguments of benchmarks/gpu_acceptance.py]
 #
@@ -34,4 +34,5 @@ trained=()
 if [ -e .gpu_accept/dna.ckpt ] && [ -e .gpu_accept/image.zarr ]; then
     trained=(--trained .gpu_accept/dna.ckpt .gpu_accept/image.zarr)
 fi
-"$py" benchmarks/gpu_acceptance.py --out "$out" "${trained[@]}" "$@" 2>&1 | tee "$out/log.txt"
+# The script bounds each section and itself (a watchdog); `timeout` is the last resort: SIGTERM, then SIGKILL 15 s later
+timeout -k 15 "${ACCEPT_TIMEOUT:-540}" "$py" benchmarks/gpu_acceptance.py --out "$out" "${trained[@]}" "$@" 2>&1 | tee "$out/log.txt"

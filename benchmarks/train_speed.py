@@ -124,7 +124,8 @@ def _pytorch_fnet_net(depth: int = 4, mult_chan: int = 32):  # noqa: ANN202
     return net
 
 
-def _run_pytorch_fnet(data: Path, iterations: int, device: str, threads: int | None = None) -> dict:
+def _run_pytorch_fnet(data: Path, iterations: int, device: str, threads: int | None = None, settings: dict | None = None) -> dict:
+    """pytorch_fnet's loop at ``settings`` (default :data:`PAPER`: model depth/width, patch, batch)."""
     import numpy as np
     import torch
 
@@ -137,9 +138,10 @@ def _run_pytorch_fnet(data: Path, iterations: int, device: str, threads: int | N
     rng = np.random.default_rng(0)
     train_pairs, _ = split_pairs(expand_pairs(read_manifest(data / "manifest.yaml")), 30, 0)
     buffer = [PairReader(describe_pair(p), (0.29, 0.29, 0.29)).whole() for p in train_pairs]  # z-scored, model grid
-    net = _pytorch_fnet_net().to(device)
+    settings = settings or PAPER
+    net = _pytorch_fnet_net(settings["model"]["depth"], settings["model"]["width"]).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.5, 0.999))
-    patch, batch = PAPER["patch_shape"], PAPER["batch_size"]
+    patch, batch = settings["patch_shape"], settings["batch_size"]
     times = []
     for _ in range(iterations):
         start = time.perf_counter()
@@ -163,13 +165,14 @@ def _run_pytorch_fnet(data: Path, iterations: int, device: str, threads: int | N
 
 
 def _run_chunked_fnet(
-    data: Path, iterations: int, device: str, precision: str, out: Path, compile: bool = False, threads: int | None = None
+    data: Path, iterations: int, device: str, precision: str, out: Path, compile: bool = False, threads: int | None = None,
+    settings: dict | None = None,
 ) -> dict:
     from chunked_fnet.train.trainer import TrainConfig, train
 
     config = TrainConfig(
         manifest=str(data / "manifest.yaml"), output=str(out), structure="dna", iterations=iterations, precision=precision,
-        device=device, validation_patches=0, checkpoint_every=10**6, compile=compile, threads=threads, **PAPER,
+        device=device, validation_patches=0, checkpoint_every=10**6, compile=compile, threads=threads, **(settings or PAPER),
     )
     train(config, progress=False)
     record = json.loads((out / "throughput.json").read_text())
