@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 #: seconds each section may take on one H100/H200 (their sum and ~30 s of start-up stay under 8 minutes)
-BOUNDS = {"1_timelapse": 165, "2_equal_to_cpu": 75, "3_device_rates": 70, "4_projection": 75, "5_memory": 15, "6_training": 45}
+BOUNDS = {"1_timelapse": 160, "2_equal_to_cpu": 75, "3_device_rates": 70, "4_projection": 75, "5_memory": 15, "6_training": 40}
 #: the whole process is ended this long after --budget, whatever it is doing (results.json is written first)
 WATCHDOG_GRACE = 20.0
 #: --tiny: the CPU dry run's sizes (every section runs, in seconds, on 2 cores)
