@@ -3,6 +3,7 @@ mode whatever its threads do, are converted once, and blending weights are uploa
 
 from __future__ import annotations
 
+import warnings
 import gc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -326,3 +327,30 @@ def test_out_of_memory_stops_a_dask_run_at_once_in_one_line(blocks, tmp_path: Pa
     assert "running patch [8, 16, 16] x " in text and "rerun with patch_shape [" in text and "\n" not in text
     blocks_total = len(blocks[2])
     assert 1 <= len(calls) < blocks_total * (1 + options.retries)  # stopped at once, not every block tried 3 times
+
+
+def test_workers_sharing_one_gpu_each_budget_their_share_and_are_named() -> None:
+    """Several dask workers started without dask-cuda all compute on GPU 0: each gets its share of that
+    GPU's memory (not the whole, three times over), they count as one GPU, and a warning names them.
+    Workers on GPUs of their own (dask-cuda) keep a whole GPU each. (The workers' facts are injected:
+    no GPU here; on one they come from ``_device_facts``.)"""
+    from chunked_fnet.predict.prepare import gpu_shares
+
+    gib = 2**30
+    workers = {f"tcp://127.0.0.1:{p}": {"host": "127.0.0.1"} for p in (1, 2, 3)} | {"tcp://10.0.0.2:1": {"host": "10.0.0.2"}}
+
+    def fact(gpu: str, memory: int = 80 * gib) -> dict:
+        return {"type": "cuda", "memory": memory, "gpu": gpu}
+
+    crowded = {"tcp://127.0.0.1:1": fact("GPU-aaa"), "tcp://127.0.0.1:2": fact("GPU-aaa"), "tcp://127.0.0.1:3": fact("GPU-aaa"),
+               "tcp://10.0.0.2:1": fact("GPU-aaa")}  # the same id on another host is another GPU
+    with pytest.warns(RuntimeWarning, match=r"3 dask workers on host 127\.0\.0\.1 compute on one GPU \(GPU-aaa\).*1/3 of its memory.*dask-cuda") as record:
+        memory, gpus = gpu_shares(workers, crowded)
+    assert len(record) == 1 and "tcp://127.0.0.1:1, tcp://127.0.0.1:2, tcp://127.0.0.1:3" in str(record[0].message)
+    assert (memory, gpus) == (80 * gib // 3, 2)
+
+    own = {f"tcp://127.0.0.1:{p}": fact(f"GPU-{p}", (40 + p) * gib) for p in (1, 2, 3)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gpu_shares(workers, own) == (41 * gib, 3)
+    assert gpu_shares(workers, {"tcp://127.0.0.1:1": {"type": "cpu", "memory": 0, "gpu": None}}) == (0, 0)

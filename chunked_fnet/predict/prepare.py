@@ -7,14 +7,15 @@ output whose creation fails part way is removed again, so a rerun with the cause
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from distributed import Client
 
 import chunked_fnet
-from chunked_fnet.errors import ChunkedFnetError, InputError
+from chunked_fnet.errors import ChunkedFnetError, InputError, one_line
 from chunked_fnet.io.store import redact
 from chunked_fnet.io.writer import create_image, open_for_writing
 from chunked_fnet.model.summary import model_summary
@@ -44,13 +45,38 @@ def cluster_hardware(client: Client, device: str) -> Hardware:
     shares = [w["memory_limit"] / max(1, w["nthreads"]) for w in workers.values() if w.get("memory_limit")]
     budget = PATCH_MEMORY_FRACTION * min(shares) if shares else Hardware().patch_budget
     facts = client.run(_device_facts, device)
-    gpus = [f["memory"] for f in facts.values() if f["type"] == "cuda"]
-    kind = "cuda" if gpus else "cpu"
-    if gpus:
-        budget = PATCH_MEMORY_FRACTION * min(gpus)
+    gpu_memory, n_gpus = gpu_shares(workers, facts)
+    kind = "cuda" if n_gpus else "cpu"
+    if n_gpus:
+        budget = PATCH_MEMORY_FRACTION * gpu_memory
     native = all(f["native_bf16"] for f in facts.values())
     stacks = tuple(sorted({(f["torch"], f["cudnn"]) for f in facts.values() if f["type"] == "cuda"}, key=str))
-    return Hardware(budget, len(gpus) or len(per_host), tuple(per_host.values()), kind, native, stacks)
+    return Hardware(budget, n_gpus or len(per_host), tuple(per_host.values()), kind, native, stacks)
+
+
+def gpu_shares(workers: Mapping[str, Mapping[str, Any]], facts: Mapping[str, Mapping[str, Any]]) -> tuple[int, int]:
+    """The smallest GPU memory one CUDA worker may count on, and how many distinct GPUs the workers use.
+
+    Workers that compute on one GPU (the same host and GPU id: several ``dask worker`` processes started
+    without dask-cuda all land on GPU 0) share its memory: each is given its share, not the whole, and
+    a warning names them, since they also queue on one device while the others idle."""
+    groups: dict[tuple[Any, str], list[str]] = {}
+    memory: dict[tuple[Any, str], int] = {}
+    for address, fact in facts.items():
+        if fact["type"] != "cuda":
+            continue
+        key = (workers.get(address, {}).get("host"), str(fact.get("gpu") or address))
+        groups.setdefault(key, []).append(address)
+        memory[key] = int(fact["memory"])
+    for (host, gpu), addresses in groups.items():
+        if len(addresses) > 1:
+            warnings.warn(one_line(
+                f"{len(addresses)} dask workers on host {host} compute on one GPU ({gpu}): {', '.join(sorted(addresses))}; each is given "
+                f"1/{len(addresses)} of its memory for patches and their blocks queue on that one device; start one worker per GPU "
+                "(dask-cuda's LocalCUDACluster or dask-cuda-worker, or CUDA_VISIBLE_DEVICES per worker)"
+            ), RuntimeWarning, stacklevel=3)
+    shares = [memory[key] // len(addresses) for key, addresses in groups.items()]
+    return (min(shares) if shares else 0), len(groups)
 
 
 def _device_facts(device: str) -> dict[str, Any]:
@@ -61,9 +87,11 @@ def _device_facts(device: str) -> dict[str, Any]:
     from chunked_fnet.device import bf16_is_native, resolve_device
 
     dev = resolve_device(device)
-    memory = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else 0
+    props = torch.cuda.get_device_properties(dev) if dev.type == "cuda" else None
+    memory = props.total_memory if props is not None else 0
+    gpu = str(getattr(props, "uuid", "") or f"{props.name} #{dev.index or 0}") if props is not None else None  # the physical GPU
     cudnn = torch.backends.cudnn.version() if dev.type == "cuda" else None
-    return {"type": dev.type, "memory": memory, "native_bf16": bf16_is_native(dev), "torch": torch.__version__, "cudnn": cudnn}
+    return {"type": dev.type, "memory": memory, "gpu": gpu, "native_bf16": bf16_is_native(dev), "torch": torch.__version__, "cudnn": cudnn}
 
 
 def prepare(

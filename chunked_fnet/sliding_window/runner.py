@@ -49,6 +49,34 @@ def _as_tensor(data: np.ndarray, device: torch.device) -> torch.Tensor:
     return host.to(device)
 
 
+#: device -> (host-to-device stream, device-to-host stream): a block's input is copied in, and its sums
+#: copied out, on streams of their own, so that the copy engines move them while the device thread's
+#: default stream runs another block's forward passes; events order each copy against the compute
+#: that needs it, and nothing waits for the whole device (no per-block ``synchronize``)
+_COPY_STREAMS: dict[str, tuple[Any, Any]] = {}
+
+
+def _copy_streams(device: torch.device) -> tuple[Any, Any]:
+    with _EVAL_LOCK:
+        streams = _COPY_STREAMS.get(str(device))
+        if streams is None:
+            streams = _COPY_STREAMS[str(device)] = (torch.cuda.Stream(device=device), torch.cuda.Stream(device=device))
+        return streams
+
+
+def _stage(data: np.ndarray, device: torch.device) -> tuple[torch.Tensor, Any]:
+    """A block's input on ``device`` and, on CUDA, the event its copy records: the copy runs on the
+    host-to-device stream, in the calling task thread, while the device computes another block."""
+    if device.type != "cuda":
+        return _as_tensor(data, device), None
+    h2d, _ = _copy_streams(device)
+    with torch.cuda.stream(h2d):
+        x = _as_tensor(data, device)
+        ready = torch.cuda.Event()
+        ready.record(h2d)
+    return x, ready
+
+
 def _use_exact_cuda_math(fp32: bool) -> None:
     """cuDNN picks its fastest algorithm per patch shape (the window's patches all have one shape), and
     float32 means float32: torch lets cuDNN convolutions round to TF32 by default (~1e-3 relative),
@@ -359,16 +387,26 @@ class PatchRunner:
         data = np.asarray(read(box.slices))
         if data.ndim != 4 or data.shape[1:] != box.shape:
             raise ValueError(f"the reader returned shape {data.shape} for {box}; expected (C, {', '.join(map(str, box.shape))})")
-        x = _as_tensor(data, self.device)
+        x, ready = _stage(data, self.device)
         if self.device_thread:
-            sums = _device_thread(self.device).submit(self._sums, window, x, box, corners, target).result()
+            sums, done = _device_thread(self.device).submit(self._sums, window, x, box, corners, target, ready).result()
         else:
-            sums = self._sums(window, x, box, corners, target)
+            sums, done = self._sums(window, x, box, corners, target, ready)
+        if done is not None:  # this block's copy out, only: the device goes on with the next block meanwhile
+            done.synchronize()
         return WeightedSum(target, sums.numpy() if self.device.type == "cpu" else np.array(sums))
 
-    def _sums(self, window: SlidingWindow, x: torch.Tensor, box: Box, corners: Sequence[Corner], target: Box) -> torch.Tensor:
-        """The weighted sums on the host (pinned memory when from a GPU, copied as soon as they are complete)."""
+    def _sums(
+        self, window: SlidingWindow, x: torch.Tensor, box: Box, corners: Sequence[Corner], target: Box, ready: Any = None,
+    ) -> tuple[torch.Tensor, Any]:
+        """The weighted sums on the host and, from a GPU, the event that says they have arrived (page-locked
+        memory, copied on the device-to-host stream as soon as they are complete; the caller waits for it).
+        ``ready``: the event of ``x``'s copy in, which the compute stream waits for."""
         grid = window.grid
+        if ready is not None:
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_event(ready)
+            x.record_stream(compute)  # x was allocated on the copy stream: not reused before compute is done with it
         with self.session():
             acc: torch.Tensor | None = None
             for i in range(0, len(corners), self.batch_size):
@@ -390,8 +428,13 @@ class PatchRunner:
                 del pred
             assert acc is not None
             if self.device.type != "cuda":
-                return acc.cpu()
+                return acc.cpu(), None
+            _, d2h = _copy_streams(self.device)
+            d2h.wait_stream(torch.cuda.current_stream(self.device))  # after the forward passes and blending queued so far
             host = torch.empty(acc.shape, dtype=acc.dtype, pin_memory=True)
-            host.copy_(acc, non_blocking=True)  # page-locked: at the bus's speed, not a pageable copy's
-            torch.cuda.current_stream(self.device).synchronize()
-            return host
+            with torch.cuda.stream(d2h):
+                host.copy_(acc, non_blocking=True)  # page-locked: at the bus's speed, not a pageable copy's
+                acc.record_stream(d2h)
+                done = torch.cuda.Event()
+                done.record(d2h)
+            return host, done
