@@ -90,9 +90,9 @@ def render(results: Path = RESULTS) -> str:
             tables: dict[str, list[dict[str, Any]]] = {}
             for r in titles[title]:
                 tables.setdefault(r.get("table", ""), []).append(r)
-            for name, table in tables.items():
-                if name:
-                    out += [f"*{name}*", ""]
+            order = {name: min(r.get("params", {}).get("table_order", 1 << 30) for r in rs) for name, rs in tables.items()}
+            for name in sorted(tables, key=lambda n: order[n]):  # stable: otherwise as they first appeared
+                table = tables[name]
                 for paragraph in notes_of(table):
                     out += [paragraph, ""]
                 lines = render_table(table)
