@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 
 import _common as C
+from harness.peers import PAPER_TRAINING
 
 SECTION = "Training speed (issue 17)"
 COLUMNS = [
@@ -71,97 +72,14 @@ MULTI_SECTION = "Several structures in one training run (issue 17)"
 MULTI_COLUMNS = ["date", "settings", "structures", "one run: wall, patches read", "separate runs: wall, patches read", "one run / separate (wall)", "command", "machine"]
 METHODS = ("pytorch_fnet", "chunked_fnet_fp32", "chunked_fnet_bf16")
 COMPILED = "chunked_fnet_bf16_compiled"  # --compile: also torch.compile'd (its first iteration compiles)
-PAPER = {"model": {"depth": 4, "width": 32}, "patch_shape": [32, 64, 64], "batch_size": 24}
+PAPER = PAPER_TRAINING  # the paper's settings: harness/peers.py
 
 
 # ------------------------------------------------------------------------ pytorch_fnet, rebuilt
-def _pytorch_fnet_net(depth: int = 4, mult_chan: int = 32):  # noqa: ANN202
-    """pytorch_fnet's ``fnet_nn_3d`` network, written from its published architecture: a recursive
-    U-Net whose levels are ``SubNet2Conv`` blocks (conv3-BN-ReLU twice), a stride-2 conv + BN + ReLU
-    down, a stride-2 transposed conv + BN + ReLU up, concatenation, and a final conv3 to one channel."""
-    import torch
-    from torch import nn
-
-    def two_convs(n_in: int, n_out: int) -> nn.Sequential:
-        return nn.Sequential(
-            nn.Conv3d(n_in, n_out, 3, padding=1), nn.BatchNorm3d(n_out), nn.ReLU(),
-            nn.Conv3d(n_out, n_out, 3, padding=1), nn.BatchNorm3d(n_out), nn.ReLU(),
-        )
-
-    class Level(nn.Module):
-        def __init__(self, n_in: int, n_out: int, depth: int) -> None:
-            super().__init__()
-            self.depth = depth
-            self.more = two_convs(n_in, n_out)
-            if depth > 0:
-                self.less = two_convs(2 * n_out, n_out)
-                self.down = nn.Sequential(nn.Conv3d(n_out, n_out, 2, stride=2), nn.BatchNorm3d(n_out), nn.ReLU())
-                self.up = nn.Sequential(nn.ConvTranspose3d(2 * n_out, n_out, 2, stride=2), nn.BatchNorm3d(n_out), nn.ReLU())
-                self.sub = Level(n_out, 2 * n_out, depth - 1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = self.more(x)
-            if self.depth == 0:
-                return x
-            return self.less(torch.cat((x, self.up(self.sub(self.down(x)))), 1))
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rec = Level(1, mult_chan, depth)
-            self.out = nn.Conv3d(mult_chan, 1, 3, padding=1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.out(self.rec(x))
-
-    net = Net()
-    for m in net.modules():  # its _weights_init
-        if type(m).__name__.startswith("Conv"):
-            m.weight.data.normal_(0.0, 0.02)
-        elif "BatchNorm" in type(m).__name__:
-            m.weight.data.normal_(1.0, 0.02)
-            m.bias.data.fill_(0)
-    return net
-
-
-def _run_pytorch_fnet(data: Path, iterations: int, device: str, threads: int | None = None, settings: dict | None = None) -> dict:
-    """pytorch_fnet's loop at ``settings`` (default :data:`PAPER`: model depth/width, patch, batch)."""
-    import numpy as np
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    from chunked_fnet.train.data import PairReader, describe_pair, expand_pairs
-    from chunked_fnet.train.manifest import read_manifest, split_pairs
-
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    train_pairs, _ = split_pairs(expand_pairs(read_manifest(data / "manifest.yaml")), 30, 0)
-    buffer = [PairReader(describe_pair(p), (0.29, 0.29, 0.29)).whole() for p in train_pairs]  # z-scored, model grid
-    settings = settings or PAPER
-    net = _pytorch_fnet_net(settings["model"]["depth"], settings["model"]["width"]).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.5, 0.999))
-    patch, batch = settings["patch_shape"], settings["batch_size"]
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        xs, ys = [], []
-        for _ in range(batch):  # BufferedPatchDataset.get_batch: random image of the buffer, random corner
-            x, y = buffer[int(rng.integers(len(buffer)))]
-            c = [int(rng.integers(0, n - p + 1)) for n, p in zip(x.shape, patch, strict=True)]
-            region = tuple(slice(a, a + p) for a, p in zip(c, patch, strict=True))
-            xs.append(x[region][None])
-            ys.append(y[region][None])
-        x_batch = torch.tensor(np.stack(xs), dtype=torch.float32, device=device)
-        y_batch = torch.tensor(np.stack(ys), dtype=torch.float32, device=device)
-        net.train()
-        optimizer.zero_grad()
-        loss = torch.nn.functional.mse_loss(net(x_batch), y_batch)
-        loss.backward()
-        optimizer.step()
-        loss.item()
-        times.append(time.perf_counter() - start)
-    return {"iteration_s": statistics.median(times[1:] or times), "times": times}
+# pytorch_fnet's network and training loop live with the other peers (benchmarks/harness/peers.py);
+# the names stay here for gpu_acceptance.py, which calls them through this module.
+from harness.peers import pytorch_fnet_net as _pytorch_fnet_net  # noqa: E402, F401
+from harness.peers import run_pytorch_fnet_training as _run_pytorch_fnet  # noqa: E402
 
 
 def _run_chunked_fnet(
