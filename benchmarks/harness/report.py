@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # run as a file: put benchmarks/ on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.questions import FALLBACK, QUESTIONS  # noqa: E402
-from harness.results import RESULTS, ROOT, load_all  # noqa: E402
+from harness.results import ROOT, STORED, load_all  # noqa: E402
 
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 HEADER = (
@@ -67,7 +67,7 @@ def notes_of(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return seen
 
 
-def render(results: Path = RESULTS) -> str:
+def render(results: Path = STORED) -> str:
     """The whole of BENCHMARKS.md for the records stored under ``results``."""
     loaded = [record for _, record in load_all(results)]
     by_question: dict[str, list[dict[str, Any]]] = {}
@@ -106,7 +106,7 @@ def _desc(date: str) -> tuple[int, ...]:
     return tuple(-int(p) for p in date.split("-") if p.isdigit())
 
 
-def write(path: Path = BENCHMARKS, results: Path = RESULTS) -> bool:
+def write(path: Path = BENCHMARKS, results: Path = STORED) -> bool:
     """Rewrite ``path`` from the results; returns whether it changed."""
     text = render(results)
     old = path.read_text() if path.exists() else None

@@ -6,7 +6,7 @@ process's whole life, which began with this cluster) and the workers' logs (any 
 restart or memory warning is reported), and appends a row to BENCHMARKS.md. E.g.
 
     chunked-fnet synth /tmp/big8.zarr --size 8 48 1024 1024 --config configs/synth_timelapse_2gb.yaml
-    python benchmarks/predict_memory.py /tmp/big8.zarr --models dna.ckpt ne.ckpt nucleoli.ckpt \\
+    python benchmarks/run.py memory predict /tmp/big8.zarr --models dna.ckpt ne.ckpt nucleoli.ckpt \\
         --memory-limit 768MiB --output-grid input
 """
 
@@ -24,7 +24,9 @@ import dask
 import numpy as np
 import torch
 
-import _common as C
+from harness import timing as T
+
+SUITE = "memory"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 from chunked_fnet.cluster import ClusterSpec, local_client
 from chunked_fnet.io.reader import open_image
 from chunked_fnet.predict import PredictOptions, predict
@@ -40,7 +42,7 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("input")
     parser.add_argument("--models", nargs="+", required=True)
@@ -54,7 +56,7 @@ def main() -> None:
     # (0 in z, 48 in y/x) cannot be given as one option value
     parser.add_argument("--overlap", type=float, default=0.25, help="fraction of the patch (< 1) or model voxels")
     parser.add_argument("--output-grid", choices=("model", "input"), default="model")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     shutil.rmtree(args.out, ignore_errors=True)
     image = open_image(args.input)
     channel_bytes = image.nbytes // image.sizes.get("c", 1)
@@ -66,7 +68,7 @@ def main() -> None:
         before = set(info)
         limits = [w["memory_limit"] for w in info.values()]
         output, summary = predict(args.input, args.models, args.out, options=options, client=client, progress=True)
-        peaks = client.run(C.peak_rss_mib)
+        peaks = client.run(T.peak_rss_mib)
         after = set(client.scheduler_info()["workers"])
         logs = client.get_worker_logs()
     lines = [line for entries in logs.values() for _, line in entries]

@@ -1,6 +1,6 @@
 """Seams and error against one whole-volume forward pass, old default window vs band blend at several overlaps.
 
-    python benchmarks/seams_vs_overlap.py RUN_DIR [--synth 32 352 352] [--fit] [--patch-yx 128] [--overlaps 32 48 64 80 96]
+    python benchmarks/run.py seams vs-overlap RUN_DIR [--synth 32 352 352] [--fit] [--patch-yx 128] [--overlaps 32 48 64 80 96]
 
 For a trained model (a training run of examples/train_cpu.py: its checkpoint, split.json and stats.json)
 predicts every test image, and optionally a larger synthetic frame (chunked_fnet.synth at 0.29 µm
@@ -37,7 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import _common as C
+from harness import machine as M, workloads as W
+
+SUITE = "seams"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 
 from chunked_fnet.evaluate.seams import seam_metrics
 from chunked_fnet.sliding_window import SlidingWindow, predict_volume
@@ -126,7 +128,7 @@ def evaluate(model, volume: np.ndarray, whole: np.ndarray, label: str, options: 
     return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
     parser.add_argument("--overlaps", nargs="+", type=int, default=(32, 48, 64, 80, 96))
@@ -139,17 +141,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--fit", action="store_true", help="also each band window on the frame cut to end on its grid")
     parser.add_argument("--json", help="write every row here")
-    C.add_data_args(parser)
-    args = parser.parse_args()
+    W.add_data_args(parser)
+    args = parser.parse_args(argv)
 
-    torch.set_num_threads(C.cores())
-    structure, model, card, stats, test_pairs = C.load_run(args.run)
+    torch.set_num_threads(M.cores())
+    structure, model, card, stats, test_pairs = W.load_run(args.run)
     model = model.eval()
     m = model.multiple
     print(f"{structure} model (depth {card.architecture.depth}, width {card.architecture.width}, multiple {m}), voxel {card.voxel_size}")
     pairs = [] if args.no_test else test_pairs
     if args.synth:
-        image = C.bench_input(args.data, 1, tuple(args.synth))
+        image = W.bench_input(args.data, 1, tuple(args.synth))
         pairs.append(Pair(path=image, series=None, t=0, input_channel="brightfield", target_channel="dna", split=None))
     rows = []
     for pair in pairs:

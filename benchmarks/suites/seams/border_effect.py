@@ -1,6 +1,6 @@
 """How far inward from a patch's border does the U-Net's output differ from the whole-frame output?
 
-    python benchmarks/border_effect.py [--arch default] [--checkpoint dna.ckpt] [--frame 32 192 192] [--patch 96]
+    python benchmarks/run.py seams border-effect [--arch default] [--checkpoint dna.ckpt] [--frame 32 192 192] [--patch 96]
 
 A fully convolutional U-Net gives the same output for a voxel whatever patch it is computed in,
 except near the patch's border, where its zero padding (and, at each down-sampling level, the
@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-import _common as C
+from harness import machine as M, results as R, workloads as W
+
+SUITE = "seams"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 
 
 def _by_distance(diff: np.ndarray, distance: np.ndarray, scale: float) -> list[tuple[int, float, float]]:
@@ -40,30 +42,30 @@ def _first_below(rows: list[tuple[int, float, float]], threshold: float) -> int 
     return None
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=sorted(C.ARCHS), default="default")
+    parser.add_argument("--arch", choices=sorted(W.ARCHS), default="default")
     parser.add_argument("--checkpoint", help="a trained checkpoint instead of a random initialisation of --arch")
     parser.add_argument("--frame", nargs=3, type=int, default=(32, 192, 192))
     parser.add_argument("--patch", type=int, default=96, help="y/x size of the crop")
-    C.add_data_args(parser)
-    args = parser.parse_args()
+    W.add_data_args(parser)
+    args = parser.parse_args(argv)
 
     import torch
 
     from chunked_fnet.io.reader import open_image, select_channels
     from chunked_fnet.model import FnetUNet, UNetConfig, load_checkpoint
 
-    torch.set_num_threads(C.cores())
+    torch.set_num_threads(M.cores())
     if args.checkpoint:
         model, card = load_checkpoint(args.checkpoint)
         what = f"{Path(args.checkpoint).name} (trained, depth {card.architecture.depth}, width {card.architecture.width})"
     else:
         torch.manual_seed(0)
-        model = FnetUNet(UNetConfig(**C.ARCHS[args.arch]))
+        model = FnetUNet(UNetConfig(**W.ARCHS[args.arch]))
         what = f"random init, arch {args.arch} (depth {model.config.depth}, width {model.config.width})"
     model = model.eval()
-    image = C.bench_input(args.data, 1, tuple(args.frame))
+    image = W.bench_input(args.data, 1, tuple(args.frame))
     bf = select_channels(open_image(image), "brightfield").isel(t=0).values.astype(np.float32)
     x = (bf - bf.mean()) / bf.std()
     z, y, w = x.shape
@@ -95,11 +97,11 @@ def main() -> None:
     result = {t: (_first_below(rows_yx, t), _first_below(rows_z, t)) for t in (1e-2, 1e-3)}
     for t, (dyx, dz) in result.items():
         print(f"difference below {t:g} x std from {dyx} voxels (y/x) and {dz} voxels (z) of the border inward")
-    if not args.no_append:
-        C.append_row(
+    if not args.no_save:
+        R.save_row(SUITE, 
             "Patch-border effect (how far zero padding reaches inward)",
             ["date", "machine", "command", "model", "y/x: < 1e-2 std from", "y/x: < 1e-3 std from", "z: < 1e-2 std from", "z: < 1e-3 std from"],
-            [C.today(), C.machine(), C.command_line(), what, result[1e-2][0], result[1e-3][0], result[1e-2][1], result[1e-3][1]],
+            [R.today(), M.machine(), R.command_line(), what, result[1e-2][0], result[1e-3][0], result[1e-2][1], result[1e-3][1]],
         )
 
 

@@ -2,9 +2,9 @@
 
 Needs MONAI, a benchmark-only dependency: ``pip install -e '.[bench]'`` (or ``pip install monai``).
 
-    python benchmarks/peers.py                                  # paper U-Net, 32x128x192, 3 rounds
-    python benchmarks/peers.py --arch small --shape 32 256 256 --reps 5
-    python benchmarks/peers.py --device cuda --batch 16 --shape 64 512 512
+    python benchmarks/run.py throughput peers                                  # paper U-Net, 32x128x192, 3 rounds
+    python benchmarks/run.py throughput peers --arch small --shape 32 256 256 --reps 5
+    python benchmarks/run.py throughput peers --device cuda --batch 16 --shape 64 512 512
 
 All three predict the same in-memory volume (time point 0 of the synthetic bright-field channel,
 z-scored) with the same model (seeded random init), patch, overlap and Gaussian blending (sigma =
@@ -45,7 +45,11 @@ from pathlib import Path
 
 import numpy as np
 
-import _common as C
+from harness import machine as M, results as R, timing as T, workloads as W
+from harness.peers import monai_sliding_window, pytorch_fnet_predict
+
+RUN = Path(__file__).resolve().parents[2] / "run.py"  # the child runs through it (benchmarks/ on the path)
+SUITE = "throughput"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 
 SECTION = "Sliding window vs MONAI and pytorch_fnet (issue 6.2)"
 COLUMNS = [
@@ -58,34 +62,6 @@ METHODS = ("chunked_fnet", "chunked_fnet_tasks", "monai", "monai_cl", "pytorch_f
 
 
 # ------------------------------------------------------------------------------------ one method
-def load_volume(image: str) -> np.ndarray:
-    from chunked_fnet.io.reader import open_image, select_channels
-
-    bf = select_channels(open_image(image), "brightfield")
-    frame = np.asarray(bf.isel(t=0).squeeze(drop=True).values, dtype=np.float32) if "t" in bf.dims else np.asarray(bf.squeeze(drop=True).values, dtype=np.float32)
-    return ((frame - frame.mean()) / frame.std()).astype(np.float32)
-
-
-def pytorch_fnet_way(model, volume: np.ndarray, patch, overlap: float, multiple: int, device: str) -> np.ndarray:  # noqa: ANN001
-    """One patch per forward, float32, no batching; weighted sums into whole-volume buffers."""
-    import torch
-
-    from chunked_fnet.sliding_window import SlidingWindow
-
-    window = SlidingWindow(volume.shape, patch, overlap, multiple, "gaussian")
-    grid, weights = window.grid, window.weights
-    out = np.zeros(volume.shape, dtype=np.float32)
-    wsum = np.zeros(volume.shape, dtype=np.float32)
-    with torch.no_grad():
-        for corner in grid.corners():
-            box = tuple(slice(c, c + p) for c, p in zip(corner, grid.patch))
-            x = torch.from_numpy(np.ascontiguousarray(volume[box])[None, None]).to(device)
-            y = model(x)[0, 0].cpu().numpy()
-            out[box] += weights * y
-            wsum[box] += weights
-    return out / wsum
-
-
 def chunk_tasks(args: argparse.Namespace, device: str) -> tuple[object, int]:
     """The pipeline's tasks (``run_in_process``: read from the OME-Zarr, z-score, predict, blend,
     write each chunk of the output OME-Zarr) in this process, one after the other, without dask.
@@ -111,16 +87,14 @@ def chunk_tasks(args: argparse.Namespace, device: str) -> tuple[object, int]:
         run_in_process(job, policy)
         return out
 
-    return run, len(job.times) * C.prod(job.spatial_shape)
+    return run, len(job.times) * W.prod(job.spatial_shape)
 
 
 def run_one(args: argparse.Namespace) -> None:
     """Child process: one method, one run; prints one JSON line."""
     import torch
-    from monai.inferers import sliding_window_inference
 
     from chunked_fnet.sliding_window import predict_volume
-    from chunked_fnet.model import FnetUNet, UNetConfig
 
     torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -130,33 +104,29 @@ def run_one(args: argparse.Namespace) -> None:
         volume = None
         model = None
     else:
-        volume = load_volume(args.image)
+        volume = W.load_frame(args.image)
         voxels = int(volume.size)
-        torch.manual_seed(0)  # the weights make_checkpoints saves for the chunk tasks
-        model = FnetUNet(UNetConfig(**C.ARCHS[args.arch])).eval().to(args.device)
+        model = W.seeded_model(args.arch, 0).eval().to(args.device)  # the weights make_checkpoints saves for the chunk tasks
         if args.method == "monai_cl":  # the user converts the model, as chunked_fnet does on the CPU
             model.to(memory_format=torch.channels_last_3d)
         with torch.inference_mode():  # warm-up, one patch: library initialisation, not the method's memory
             model(torch.zeros((1, 1, *patch), device=args.device))
     sync()
-    base = C.current_rss_mib()
+    base = T.current_rss_mib()
     start = time.perf_counter()
     if args.method == "chunked_fnet":
         pred = predict_volume(model, volume[None], patch=patch, overlap=args.overlap, blend="gaussian",
                               batch_size=args.batch, device=args.device, multiple=model.multiple)[0]
     elif args.method in ("monai", "monai_cl"):
-        with torch.inference_mode():
-            x = torch.from_numpy(volume[None, None]).to(args.device)
-            pred = sliding_window_inference(x, roi_size=patch, sw_batch_size=args.batch, predictor=model,
-                                            overlap=args.overlap, mode="gaussian", sigma_scale=0.125)
-            pred = pred[0, 0].cpu().numpy()
+        pred = monai_sliding_window(model, [volume], args.device, "fp32", roi_size=patch, sw_batch_size=args.batch,
+                                    overlap=args.overlap, sigma_scale=0.125)()[0][0, 0].cpu().numpy()
     elif args.method == "pytorch_fnet":
-        pred = pytorch_fnet_way(model, volume, patch, args.overlap, model.multiple, args.device)
+        pred = pytorch_fnet_predict(model, volume, patch, args.overlap, model.multiple, args.device)
     else:
         pred = run()  # the output's path
     sync()
     seconds = time.perf_counter() - start
-    peak = C.peak_rss_mib()
+    peak = T.peak_rss_mib()
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None
     if args.method == "chunked_fnet_tasks":
         from chunked_fnet.io.reader import open_image
@@ -172,9 +142,9 @@ def run_one(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------- parent
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=sorted(C.ARCHS), default="default", help="default: the paper's U-Net (depth 4, width 32)")
+    parser.add_argument("--arch", choices=sorted(W.ARCHS), default="default", help="default: the paper's U-Net (depth 4, width 32)")
     parser.add_argument("--shape", nargs=3, type=int, default=(32, 128, 192), help="z y x of the in-memory volume")
     parser.add_argument("--patch", nargs=3, type=int, default=(32, 64, 64))
     parser.add_argument("--overlap", type=float, default=0.25)
@@ -185,12 +155,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="rounds; each round runs every method once")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--device", default="cpu")
-    C.add_data_args(parser)
+    W.add_data_args(parser)
     parser.add_argument("--method", help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--image", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.method:
         run_one(args)
         return
@@ -198,9 +168,9 @@ def main() -> None:
 
     data = Path(args.data)
     shape = tuple(args.shape)
-    image = C.bench_input(data, 1, shape)
-    checkpoint = C.make_checkpoints(data / "models", args.arch, 1)[0]  # the weights every method's model gets (seed 0)
-    common = [sys.executable, __file__, "--arch", args.arch, "--patch", *map(str, args.patch), "--overlap", str(args.overlap),
+    image = W.bench_input(data, 1, shape)
+    checkpoint = W.make_checkpoints(data / "models", args.arch, 1)[0]  # the weights every method's model gets (seed 0)
+    common = [sys.executable, str(RUN), "throughput", "peers", "--arch", args.arch, "--patch", *map(str, args.patch), "--overlap", str(args.overlap),
               "--batch", str(args.batch), "--threads", str(args.threads), "--device", args.device, "--image", image,
               "--checkpoint", checkpoint, "--chunks", *map(str, args.chunks)]
     results: dict[str, list[dict]] = {m: [] for m in args.methods}
@@ -217,7 +187,7 @@ def main() -> None:
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             results[method].append(r)
             print(f"round {rep + 1}/{args.reps} {method:<19} {r['seconds']:7.1f} s  {r['voxels'] / r['seconds'] / 1e6:.4f} M vox/s  "
-                  f"peak RSS {r['peak_mib']:.0f} MiB (before inference {r['base_mib']:.0f}); {C.load_note()}", flush=True)
+                  f"peak RSS {r['peak_mib']:.0f} MiB (before inference {r['base_mib']:.0f}); {M.load_note()}", flush=True)
     diffs = {}
     ref = np.load(saved["monai"]) if "monai" in saved else None
     for method, path in saved.items():
@@ -227,7 +197,7 @@ def main() -> None:
 
     from chunked_fnet.model import UNetConfig
 
-    cfg = UNetConfig(**C.ARCHS[args.arch])
+    cfg = UNetConfig(**W.ARCHS[args.arch])
     summary = {}
     print()
     print(f"{args.arch} U-Net (depth {cfg.depth}, width {cfg.width}), volume {shape}, patch {tuple(args.patch)}, overlap {args.overlap}, "
@@ -235,19 +205,19 @@ def main() -> None:
     print(f"{'method':<20}{'M vox/s':>10}{'spread':>9}{'peak RSS MiB':>14}{'+inference':>12}{'max|diff| vs MONAI':>20}")
     for method, runs in results.items():
         rates = [r["voxels"] / r["seconds"] for r in runs]
-        peak = C.median([r["peak_mib"] for r in runs])
-        extra = C.median([r["peak_mib"] - r["base_mib"] for r in runs])
-        gpu = C.median([r["gpu_peak_mib"] for r in runs]) if runs[0]["gpu_peak_mib"] is not None else None
-        summary[method] = (C.median(rates), rates, peak, extra, gpu)
+        peak = T.median([r["peak_mib"] for r in runs])
+        extra = T.median([r["peak_mib"] - r["base_mib"] for r in runs])
+        gpu = T.median([r["gpu_peak_mib"] for r in runs]) if runs[0]["gpu_peak_mib"] is not None else None
+        summary[method] = (T.median(rates), rates, peak, extra, gpu)
         diff = f"{diffs[method]:.2e}" if method in diffs else "-"
-        print(f"{method:<20}{C.median(rates) / 1e6:>10.4f}{C.fmt_spread(rates):>9}{peak:>14.0f}{extra:>12.0f}{diff:>20}"
+        print(f"{method:<20}{T.median(rates) / 1e6:>10.4f}{T.fmt_spread(rates):>9}{peak:>14.0f}{extra:>12.0f}{diff:>20}"
               + (f"   GPU peak {gpu:.0f} MiB" if gpu is not None else ""))
     ratios = {}
     for peer in ("monai", "monai_cl", "pytorch_fnet", "chunked_fnet_tasks"):
         if "chunked_fnet" in summary and peer in summary:
             # per-round ratios: the methods of a round ran back to back, so saw similar load
             per_round = [b["seconds"] / a["seconds"] for a, b in zip(results["chunked_fnet"], results[peer])]
-            ratios[peer] = C.median(per_round)
+            ratios[peer] = T.median(per_round)
             print(f"throughput chunked_fnet / {peer}: {ratios[peer]:.3f} (median of per-round ratios {', '.join(f'{r:.3f}' for r in per_round)})")
 
     def cell(method: str) -> str:
@@ -256,19 +226,19 @@ def main() -> None:
         rate, _, peak, extra, gpu = summary[method]
         return f"{rate / 1e6:.4f}, {peak:.0f} MiB (+{extra:.0f})" + (f", GPU {gpu:.0f} MiB" if gpu is not None else "")
 
-    if not args.no_append:
-        row = C.append_row(SECTION, COLUMNS, [
-            C.today(),
+    if not args.no_save:
+        row = R.save_row(SUITE, SECTION, COLUMNS, [
+            R.today(),
             f"{args.arch} U-Net (depth {cfg.depth}, width {cfg.width}), {tuple(args.patch)}, {args.batch}, {args.overlap} gaussian, fp32, "
             f"{args.device} ({args.threads} threads)",
             f"{shape}",
             cell("chunked_fnet"), cell("chunked_fnet_tasks"), cell("monai"), cell("monai_cl"), cell("pytorch_fnet"),
             " / ".join(f"{ratios[p]:.2f}" for p in ("monai", "monai_cl") if p in ratios) or "-",
             f"{diffs.get('chunked_fnet', float('nan')):.1e}",
-            f"median of {args.reps} interleaved rounds; spread " + ", ".join(f"{m} {C.fmt_spread(s[1])}" for m, s in summary.items())
-            + f"; {C.load_note()}",
-            C.command_line(),
-            C.machine(),
+            f"median of {args.reps} interleaved rounds; spread " + ", ".join(f"{m} {T.fmt_spread(s[1])}" for m, s in summary.items())
+            + f"; {M.load_note()}",
+            R.command_line(),
+            M.machine(),
         ])
         print(row)
 

@@ -1,8 +1,8 @@
 """Pipeline efficiency: chunked prediction end to end against the bare model on the same patches, side by side.
 
-    python benchmarks/pipeline_efficiency.py                      # paper U-Net, 32x128x256, 2 CPU workers
-    python benchmarks/pipeline_efficiency.py --arch small --reps 5 --shape 32 256 256
-    python benchmarks/pipeline_efficiency.py --device cuda --cluster cuda --precision bf16 --batch 16 --shape 64 512 512
+    python benchmarks/run.py throughput pipeline-efficiency                      # paper U-Net, 32x128x256, 2 CPU workers
+    python benchmarks/run.py throughput pipeline-efficiency --arch small --reps 5 --shape 32 256 256
+    python benchmarks/run.py throughput pipeline-efficiency --device cuda --cluster cuda --precision bf16 --batch 16 --shape 64 512 512
 
 One warmed dask cluster runs, interleaved ``--reps`` times (bare, pipeline, bare, pipeline, ...):
 
@@ -39,7 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-import _common as C
+from harness import machine as M, results as R, timing as T, workloads as W
+
+SUITE = "throughput"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 
 SECTION = "Pipeline efficiency (issue 6.1)"
 COLUMNS = [
@@ -64,7 +66,7 @@ def bare_forward(paths: list[str], hashes: list[str], device: str, patches: np.n
 
     from chunked_fnet.predict.ensemble import cached_ensemble
     from chunked_fnet.sliding_window.runner import default_channels_last
-    C.prepare_like_a_task()
+    W.prepare_like_a_task()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
     channels_last = default_channels_last(torch.device(device), dtype)  # what PatchRunner does by default
     model = cached_ensemble(paths, hashes, device, channels_last)  # the tasks' own module, prepared once
@@ -121,19 +123,19 @@ def recompute_factors(job, window, graph) -> tuple[float, float, float]:  # noqa
 
     grid = window.grid
     shape = job.grid.shape
-    per_voxel = C.prod(grid.patch) / C.prod(shape) / len(job.times)
+    per_voxel = W.prod(grid.patch) / W.prod(shape) / len(job.times)
     chunks = tuple(min(c, n) for c, n in zip(job.options.chunks, shape))
     halo = sum(len(grid.patches_touching(r)) for r in partition(shape, chunks)) * len(job.times)
     return grid.n_patches * len(job.times) * per_voxel, graph.patch_evaluations * per_voxel, halo * per_voxel
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    C.add_workload_args(parser)
+    W.add_workload_args(parser)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="threads per worker (= torch threads)")
     parser.add_argument("--cluster", choices=["local", "cuda"], default="local", help="cuda: dask-cuda, one worker per GPU")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from chunked_fnet.cluster import ClusterSpec, local_client
     from chunked_fnet.model import UNetConfig, count_flops_per_voxel
@@ -141,8 +143,8 @@ def main() -> None:
 
     data = Path(args.data)
     shape = tuple(args.shape)
-    image, models, hashes, options = C.workload(args)
-    cfg = UNetConfig(**C.ARCHS[args.arch])
+    image, models, hashes, options = W.workload(args)
+    cfg = UNetConfig(**W.ARCHS[args.arch])
     amp = None if args.precision == "fp32" or not args.device.startswith("cuda") else args.precision
     job = plan(image, models, "unused", options)
     # explicit patch, overlap (gaussian) and batch: the window and batch are the options', whatever the hardware
@@ -152,8 +154,8 @@ def main() -> None:
     r_overlap, r_chunked, r_halo = recompute_factors(job, policy.window, graph)
     tasks = task_batches(graph, args.batch)
     out = data / "pipeline_out.zarr"
-    output_voxels = args.time_points * C.prod(shape) * len(models)
-    evaluated = sum(sum(t) for t in tasks) * C.prod(patches.shape[1:]) * len(models)
+    output_voxels = args.time_points * W.prod(shape) * len(models)
+    evaluated = sum(sum(t) for t in tasks) * W.prod(patches.shape[1:]) * len(models)
     assert abs(evaluated / output_voxels - r_chunked) < 1e-9 * r_chunked
 
     spec = ClusterSpec(kind=args.cluster, n_workers=args.workers, threads_per_worker=args.threads)
@@ -193,19 +195,19 @@ def main() -> None:
             walls["tasks"].append(summary.seconds)
             assert summary.voxels == output_voxels, (summary.voxels, output_voxels)
             print(f"rep {rep + 1}/{args.reps}: bare {wall:.1f} s ({cpu:.1f} CPU s), pipeline {walls['pipeline'][-1]:.1f} s "
-                  f"({cpus['pipeline'][-1]:.1f} CPU s; tasks {summary.seconds:.1f} s, {summary.chunks} chunks); {C.load_note()}", flush=True)
+                  f"({cpus['pipeline'][-1]:.1f} CPU s; tasks {summary.seconds:.1f} s, {summary.chunks} chunks); {M.load_note()}", flush=True)
     shutil.rmtree(out, ignore_errors=True)
 
     # per-rep ratios (bare and pipeline ran back to back, so saw similar load), then medians
     halo = [b / p for b, p in zip(walls["bare"], walls["pipeline"])]
     halo_cpu = [b / p for b, p in zip(cpus["bare"], cpus["pipeline"])]
-    eff = C.median(halo)
-    eff_cpu = C.median(halo_cpu)
+    eff = T.median(halo)
+    eff_cpu = T.median(halo_cpu)
     effs = [eff / r_chunked, eff / r_chunked * r_overlap, eff]
     cpu_effs = [eff_cpu / r_chunked, eff_cpu / r_chunked * r_overlap, eff_cpu]
-    bare_rate = evaluated / C.median(walls["bare"])
-    pipe_rate = output_voxels / C.median(walls["pipeline"])
-    task_rate = output_voxels / C.median(walls["tasks"])
+    bare_rate = evaluated / T.median(walls["bare"])
+    pipe_rate = output_voxels / T.median(walls["pipeline"])
+    task_rate = output_voxels / T.median(walls["tasks"])
     gflops = bare_rate / len(models) * count_flops_per_voxel(cfg) / 1e9
     arch = f"{args.arch} U-Net (depth {cfg.depth}, width {cfg.width}) x{len(models)}"
     print()
@@ -213,18 +215,18 @@ def main() -> None:
     print(f"volume {args.time_points} x {shape}, chunks {tuple(args.chunks)} ({len(tasks)} tasks), {len(workers)} workers, "
           f"{threads} threads in all; medians of {args.reps}")
     print(f"{'':<34}{'M vox/s':>10}{'spread':>10}")
-    print(f"{'bare model forward':<34}{bare_rate / 1e6:>10.4f}{C.fmt_spread(walls['bare']):>10}   ({gflops:.1f} GFLOP/s)")
-    print(f"{'pipeline, predict() wall':<34}{pipe_rate / 1e6:>10.4f}{C.fmt_spread(walls['pipeline']):>10}")
-    print(f"{'pipeline, chunk tasks only':<34}{task_rate / 1e6:>10.4f}{C.fmt_spread(walls['tasks']):>10}")
+    print(f"{'bare model forward':<34}{bare_rate / 1e6:>10.4f}{T.fmt_spread(walls['bare']):>10}   ({gflops:.1f} GFLOP/s)")
+    print(f"{'pipeline, predict() wall':<34}{pipe_rate / 1e6:>10.4f}{T.fmt_spread(walls['pipeline']):>10}")
+    print(f"{'pipeline, chunk tasks only':<34}{task_rate / 1e6:>10.4f}{T.fmt_spread(walls['tasks']):>10}")
     print(f"recompute factor: overlap {r_overlap:.3f}, pipeline tasks {r_chunked:.3f} "
           f"(one task per chunk evaluating its halo would be {r_halo:.3f})")
     print(f"efficiency (wall):     raw {effs[0]:.3f}, overlap-corrected {effs[1]:.3f}, halo-corrected {effs[2]:.3f}"
           f"   (per rep: {', '.join(f'{h:.3f}' for h in halo)})")
     print(f"efficiency (CPU time): raw {cpu_effs[0]:.3f}, overlap-corrected {cpu_effs[1]:.3f}, halo-corrected {cpu_effs[2]:.3f}"
           f"   (per rep: {', '.join(f'{h:.3f}' for h in halo_cpu)})")
-    if not args.no_append:
-        row = C.append_row(SECTION, COLUMNS, [
-            C.today(),
+    if not args.no_save:
+        row = R.save_row(SUITE, SECTION, COLUMNS, [
+            R.today(),
             f"{arch}, {tuple(args.patch)}, {args.batch}, {args.overlap} gaussian, {args.precision} {args.device}",
             f"{args.time_points} x {shape}, {tuple(args.chunks)} ({len(tasks)}), {len(workers)} x {args.threads}",
             f"{bare_rate / 1e6:.4f} ({gflops:.0f} GFLOP/s)",
@@ -232,9 +234,9 @@ def main() -> None:
             f"{r_overlap:.2f} / {r_chunked:.2f}",
             " / ".join(f"{e:.2f}" for e in effs) + "; " + " / ".join(f"{e:.2f}" for e in cpu_effs),
             f"median of {args.reps} interleaved; halo-corr. per rep {', '.join(f'{h:.2f}' for h in halo)} (CPU "
-            f"{', '.join(f'{h:.2f}' for h in halo_cpu)}); {C.load_note()}",
-            C.command_line(),
-            C.machine(),
+            f"{', '.join(f'{h:.2f}' for h in halo_cpu)}); {M.load_note()}",
+            R.command_line(),
+            M.machine(),
         ])
         print(row)
 

@@ -1,7 +1,7 @@
 """Kill a whole dask worker for good (its nanny and its worker process) mid-run, many times, under CPU
 load, and count the runs that hang.
 
-    python benchmarks/worker_kill_stress.py [--runs 200] [--load 2] [--stall 60] [--no-append]
+    python benchmarks/run.py reliability worker-kill [--runs 200] [--load 2] [--stall 60] [--no-append]
 
 One ``dask scheduler`` (command line, 127.0.0.1) lives for the whole script. Each run: two
 ``dask worker`` processes (command line, each with its nanny, in its own process group), then
@@ -37,7 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-import _common as C
+from harness import machine as M, results as R, workloads as W
+
+SUITE = "reliability"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 
 DASK = str(Path(sys.executable).with_name("dask"))
 
@@ -67,14 +69,14 @@ def _done(out: Path) -> int:
     return sum(1 for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else 0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--load", type=int, default=2, help="busy-looping processes during the runs")
     parser.add_argument("--stall", type=float, default=60.0, help="the runs' stall_timeout (s)")
     parser.add_argument("--seed", type=int, default=0)
-    C.add_data_args(parser)
-    args = parser.parse_args()
+    W.add_data_args(parser)
+    args = parser.parse_args(argv)
 
     from distributed import Client
 
@@ -82,8 +84,8 @@ def main() -> None:
     from chunked_fnet.predict.submit import RunInterruptedError
 
     work = Path(tempfile.mkdtemp(prefix="kill_stress_"))
-    image = C.synth_input(Path(args.data) / "kill_stress_input.zarr", 2, (9, 40, 36), voxel=0.4)
-    models = C.make_checkpoints(Path(args.data) / "kill_stress_models", "tiny", 2, voxel=0.4)
+    image = W.synth_input(Path(args.data) / "kill_stress_input.zarr", 2, (9, 40, 36), voxel=0.4)
+    models = W.make_checkpoints(Path(args.data) / "kill_stress_models", "tiny", 2, voxel=0.4)
     options = PredictOptions(patch_shape=(8, 16, 16), chunks=(4, 8, 8), overlap=0.25, stall_timeout=args.stall)
     reference, _ = predict(image, models, work / "reference.zarr", options=options, progress=False)
     reference = reference.values
@@ -156,11 +158,11 @@ def main() -> None:
     minutes = (time.monotonic() - start) / 60
     summary = ", ".join(f"{k} {v}" for k, v in counts.items())
     print(f"{args.runs} runs with a worker killed for good under {args.load} busy processes in {minutes:.0f} min: {summary}")
-    if not args.no_append:
-        C.append_row(
+    if not args.no_save:
+        R.save_row(SUITE, 
             "Worker killed for good mid-run (reliability)",
             ["date", "machine", "command", "runs", "ok", "stopped (bounded wait, resumed)", "hang", "wrong output", "minutes"],
-            [C.today(), C.machine(), C.command_line(), args.runs, counts["ok"], counts["stopped"], counts["hang"], counts["wrong"], f"{minutes:.0f}"],
+            [R.today(), M.machine(), R.command_line(), args.runs, counts["ok"], counts["stopped"], counts["hang"], counts["wrong"], f"{minutes:.0f}"],
         )
     shutil.rmtree(work, ignore_errors=True)
 

@@ -3,7 +3,7 @@
 Runs ``chunked-fnet synth`` in a child process and reads the child's peak resident set size from
 ``getrusage``; appends a row with the machine to BENCHMARKS.md.
 
-    python benchmarks/synth_memory.py --config configs/synth_timelapse_2gb.yaml --out /tmp/bench_synth.zarr
+    python benchmarks/run.py memory synth --config configs/synth_timelapse_2gb.yaml --out /tmp/bench_synth.zarr
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ import dask
 import numpy
 import zarr
 
+SUITE = "memory"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "synth_timelapse_2gb.yaml"))
     parser.add_argument("--out", default="/tmp/bench_synth.zarr")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     shutil.rmtree(args.out, ignore_errors=True)
     start = time.perf_counter()
     subprocess.run(

@@ -1,6 +1,6 @@
 """What planning and submitting cost as a run grows to many output chunks (issue 18 item 3).
 
-    python benchmarks/many_chunks.py [--frames 1 10 100 1000] [--frame 8 80 80] [--chunks 8 8 8]
+    python benchmarks/run.py throughput many-chunks [--frames 1 10 100 1000] [--frame 8 80 80] [--chunks 8 8 8]
 
 A tiny U-Net (depth 2, width 4) on a synthetic time-lapse of ``--frames`` frames of ``--frame``
 voxels, written with ``--chunks`` output chunks (so frames x chunks-per-frame chunk tasks, plus as
@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-import _common as C
+from harness import machine as M, results as R, workloads as W
+
+SUITE = "throughput"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 
 
 def _rss_mib() -> float:
@@ -43,7 +45,7 @@ def timelapse(data: Path, frames: int, shape: tuple[int, int, int]) -> str:
     path = data / f"many_{frames}x{'x'.join(map(str, shape))}.zarr"
     if path.exists():
         return str(path)
-    base = select_channels(open_image(C.bench_input(data, 1, shape)), "brightfield").isel(t=0).values
+    base = select_channels(open_image(W.bench_input(data, 1, shape)), "brightfield").isel(t=0).values
     create_image(path, shape=(frames, 1, *shape), chunks=(1, 1, *shape), dtype=base.dtype,
                  scale={"t": 1.0, "c": 1.0, "z": 0.4, "y": 0.4, "x": 0.4}, channel_names=["brightfield"])
     group = zarr.open_group(str(path), mode="r+")
@@ -52,14 +54,14 @@ def timelapse(data: Path, frames: int, shape: tuple[int, int, int]) -> str:
     return str(path)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", nargs="+", type=int, default=(1, 10, 100, 1000))
     parser.add_argument("--frame", nargs=3, type=int, default=(8, 80, 80))
     parser.add_argument("--chunks", nargs=3, type=int, default=(8, 8, 8))
     parser.add_argument("--workers", type=int, default=2)
-    C.add_data_args(parser)
-    args = parser.parse_args()
+    W.add_data_args(parser)
+    args = parser.parse_args(argv)
 
     import dask
 
@@ -119,15 +121,15 @@ def main() -> None:
         rows.append(row)
         print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
         shutil.rmtree(out, ignore_errors=True)
-    if not args.no_append:
+    if not args.no_save:
         for row in rows:
-            C.append_row(
+            R.save_row(SUITE, 
                 "Many chunks: planning and submitting (issue 18 item 3)",
                 ["date", "frames x frame, chunks", "chunk tasks (all tasks)", "plan s", "client RSS growth MiB", "first chunk s",
                  "total s, tasks/s", "scheduler RSS MiB", "command", "machine"],
-                [C.today(), f"{row['frames']} x {frame}, {tuple(args.chunks)}", f"{row['chunks']} ({row['tasks']})", f"{row['plan_s']:.1f}",
+                [R.today(), f"{row['frames']} x {frame}, {tuple(args.chunks)}", f"{row['chunks']} ({row['tasks']})", f"{row['plan_s']:.1f}",
                  f"+{row['client_MiB']:.0f}", f"{row['first_chunk_s']:.1f}",
-                 f"{row['total_s']:.0f}, {row['tasks_per_s']:.0f}", f"{row['scheduler_MiB']:.0f}", C.command_line(), C.machine()],
+                 f"{row['total_s']:.0f}, {row['tasks_per_s']:.0f}", f"{row['scheduler_MiB']:.0f}", R.command_line(), M.machine()],
             )
 
 

@@ -1,6 +1,6 @@
 """Read and write throughput of the package's OME-Zarr I/O on an S3 server against local disk, side by side.
 
-    python benchmarks/object_store.py [--shape 1 1 64 512 512] [--chunks 1 1 32 256 256] [--repeats 3] [--no-append]
+    python benchmarks/run.py storage object-store [--shape 1 1 64 512 512] [--chunks 1 1 32 256 256] [--repeats 3] [--no-append]
 
 Writes a float32 image with ``chunked_fnet.create_image`` + ``write_region`` and reads it back with
 ``chunked_fnet.open_image(...).values``, once into a temporary folder and once into ``s3://`` on a
@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-import _common as C
+from harness import machine as M, results as R, timing as T
+
+SUITE = "storage"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 
 SECTION = "Object storage: OME-Zarr write and read, S3 (moto on 127.0.0.1) vs local disk"
 COLUMNS = ["date", "image (t c z y x), chunks", "disk write MB/s", "S3 write MB/s", "disk read MB/s", "S3 read MB/s", "S3/disk write", "S3/disk read", "load", "command", "machine"]
@@ -87,16 +89,16 @@ def timed(fn: Callable[[], object]) -> float:
 
 def shown(rates: list[float]) -> str:
     """Median MB/s and the spread of the repeats."""
-    return f"{C.median(rates):.0f} ({C.fmt_spread(rates)})"
+    return f"{T.median(rates):.0f} ({T.fmt_spread(rates)})"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", nargs=5, type=int, default=[1, 1, 64, 512, 512], metavar=("T", "C", "Z", "Y", "X"))
     parser.add_argument("--chunks", nargs=5, type=int, default=[1, 1, 32, 256, 256], metavar=("T", "C", "Z", "Y", "X"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-append", action="store_true", help="print only; add no row to BENCHMARKS.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import s3fs
 
     data = np.random.default_rng(0).standard_normal(args.shape, dtype=np.float32)
@@ -118,15 +120,15 @@ def main() -> None:
                 np.testing.assert_array_equal(back[0], data)  # checked, not timed
             print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {megabytes / v[-1]:.0f} MB/s" for k, v in times.items()), flush=True)
     rates = {k: [megabytes / s for s in v] for k, v in times.items()}
-    med = {k: C.median(v) for k, v in rates.items()}
+    med = {k: T.median(v) for k, v in rates.items()}
     print(f"image {tuple(args.shape)} float32 ({megabytes:.1f} MB), chunks {chunks}, {args.repeats} repeats (median, spread):")
     for k, v in rates.items():
         print(f"  {k:10s} {shown(v)}")
-    if not args.no_append:
-        C.append_row(SECTION, COLUMNS, [
-            C.today(), f"{'x'.join(map(str, args.shape))} float32 ({megabytes:.0f} MB), chunks {'x'.join(map(str, chunks))}",
+    if not args.no_save:
+        R.save_row(SUITE, SECTION, COLUMNS, [
+            R.today(), f"{'x'.join(map(str, args.shape))} float32 ({megabytes:.0f} MB), chunks {'x'.join(map(str, chunks))}",
             shown(rates["disk write"]), shown(rates["S3 write"]), shown(rates["disk read"]), shown(rates["S3 read"]),
-            f"{med['S3 write'] / med['disk write']:.2f}x", f"{med['S3 read'] / med['disk read']:.2f}x", C.load_note(), C.command_line(), C.machine(),
+            f"{med['S3 write'] / med['disk write']:.2f}x", f"{med['S3 read'] / med['disk read']:.2f}x", M.load_note(), R.command_line(), M.machine(),
         ])
 
 

@@ -1,8 +1,8 @@
 """Latency of ``predict --follow``: from a frame's last input chunk written (by a writer process) to its
 prediction's last chunk recorded, against the frame's own predict time, side by side on one warm cluster.
 
-    python benchmarks/follow_latency.py --arch tiny --shape 32 256 256
-    python benchmarks/follow_latency.py --arch default --shape 32 192 192   # the paper's U-Net
+    python benchmarks/run.py latency follow --arch tiny --shape 32 256 256
+    python benchmarks/run.py latency follow --arch default --shape 32 192 192   # the paper's U-Net
 
 1. The frame's own predict time: ``predict()`` of one frame (``time=(t, t+1)``) on the warm cluster,
    for each of two frames after one warm-up (the models are then loaded on the workers).
@@ -26,7 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common as C
+from harness import machine as M, results as R, workloads as W
+
+SUITE = "latency"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 
 WRITER = Path(__file__).resolve().parents[1] / "examples" / "live_timelapse_writer.py"
 
@@ -40,21 +42,21 @@ def _frame_predicted(out: Path, t: int) -> float:
     return max(p.stat().st_mtime for p in (out / ".chunked_fnet" / "done").glob(f"t{t}-*"))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    C.add_data_args(parser)
-    parser.add_argument("--arch", choices=sorted(C.ARCHS), default="tiny")
+    W.add_data_args(parser)
+    parser.add_argument("--arch", choices=sorted(W.ARCHS), default="tiny")
     parser.add_argument("--shape", type=int, nargs=3, default=(32, 256, 256), metavar=("Z", "Y", "X"))
     parser.add_argument("--frames", type=int, default=4)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from chunked_fnet.cluster import ClusterSpec, local_client
     from chunked_fnet.predict import PredictOptions, predict
     from chunked_fnet.predict.follow import follow
 
     data = Path(args.data)
-    source = C.bench_input(data, args.frames, args.shape)
-    models = C.make_checkpoints(data / "models", args.arch, 1)
+    source = W.bench_input(data, args.frames, args.shape)
+    models = W.make_checkpoints(data / "models", args.arch, 1)
     work = Path(tempfile.mkdtemp(prefix="follow_latency_"))
     try:
         with local_client(ClusterSpec()) as client:
@@ -80,13 +82,13 @@ def main() -> None:
     print(f"frame's own predict time {frame_s:.2f} s ({', '.join(f'{s:.2f}' for s in own[1:])}); writer interval {interval:.2f} s; "
           f"latency per frame {', '.join(f'{s:.2f}' for s in latencies)} s; median {lat:.2f} s = {lat / frame_s:.2f}x; "
           f"follow wall {wall:.1f} s")
-    if not args.no_append:
-        row = C.append_row(
+    if not args.no_save:
+        row = R.save_row(SUITE, 
             "Live time-lapses: latency of predict --follow",
             ["date", "machine", "model", "frame", "frames", "frame's own predict (s)", "latency per frame (s)", "median latency / own",
              "command"],
-            [C.today(), C.machine(), args.arch, "x".join(map(str, args.shape)), args.frames, f"{frame_s:.2f}",
-             ", ".join(f"{s:.2f}" for s in latencies), f"{lat / frame_s:.2f}x", C.command_line()],
+            [R.today(), M.machine(), args.arch, "x".join(map(str, args.shape)), args.frames, f"{frame_s:.2f}",
+             ", ".join(f"{s:.2f}" for s in latencies), f"{lat / frame_s:.2f}x", R.command_line()],
         )
         print(row)
 

@@ -1,7 +1,7 @@
 """Sharded against unsharded output (zarr v3, NGFF 0.5): files written, write and read throughput, on local
 disk and on an S3 server (moto on 127.0.0.1), side by side in one run.
 
-    python benchmarks/shards.py [--shape 2 2 64 512 512] [--chunks 32 256 256] [--shards 32 512 512 64 512 512]
+    python benchmarks/run.py storage shards [--shape 2 2 64 512 512] [--chunks 32 256 256] [--shards 32 512 512 64 512 512]
                                 [--repeats 3] [--no-append]
 
 The image is written the way ``predict`` writes it: one task per stored object (a chunk unsharded, a whole
@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-import _common as C
-from object_store import BUCKET, moto_server
+from harness import machine as M, results as R, timing as T
+
+SUITE = "storage"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
+from suites.storage.object_store import BUCKET, moto_server
 
 SECTION = "Sharded output: files and throughput, sharded vs unsharded, local disk and S3 (moto on 127.0.0.1)"
 COLUMNS = ["date", "image (t c z y x), chunks", "layout", "objects", "disk write MB/s", "S3 write MB/s", "disk read MB/s",
@@ -88,7 +90,7 @@ def read_chunks(store: str, chunks: tuple[int, int, int], shape: tuple[int, ...]
         start = time.perf_counter()
         array[region]
         seconds.append(time.perf_counter() - start)
-    return C.median(seconds)
+    return T.median(seconds)
 
 
 def count_objects(store: str, fs) -> int:  # noqa: ANN001
@@ -104,7 +106,7 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", nargs=5, type=int, default=[2, 2, 64, 512, 512], metavar=("T", "C", "Z", "Y", "X"))
     parser.add_argument("--chunks", nargs=3, type=int, default=[32, 256, 256], metavar=("Z", "Y", "X"))
@@ -112,7 +114,7 @@ def main() -> None:
                         help="shard shapes to compare, z y x each (the unsharded layout is always measured)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-append", action="store_true", help="print only; add no row to BENCHMARKS.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if len(args.shards) % 3:
         parser.error("--shards takes z y x triples")
     import s3fs
@@ -146,16 +148,16 @@ def main() -> None:
     print(f"image {shape} float32 ({megabytes:.0f} MB), chunks {chunks}, {args.repeats} repeats (median, spread), {THREADS} write threads:")
     for name in layouts:
         d, s = results[("disk", name)], results[("S3", name)]
-        line = (f"  {name:18s} objects {objects[('disk', name)]:5d} | write MB/s disk {C.median(d['write']):6.0f} S3 {C.median(s['write']):6.0f}"
-                f" | read MB/s disk {C.median(d['read']):6.0f} S3 {C.median(s['read']):6.0f}"
-                f" | one chunk ms disk {C.median(d['chunk']):6.1f} S3 {C.median(s['chunk']):6.1f}")
+        line = (f"  {name:18s} objects {objects[('disk', name)]:5d} | write MB/s disk {T.median(d['write']):6.0f} S3 {T.median(s['write']):6.0f}"
+                f" | read MB/s disk {T.median(d['read']):6.0f} S3 {T.median(s['read']):6.0f}"
+                f" | one chunk ms disk {T.median(d['chunk']):6.1f} S3 {T.median(s['chunk']):6.1f}")
         print(line)
-        if not args.no_append:
-            C.append_row(SECTION, COLUMNS, [
-                C.today(), f"{'x'.join(map(str, shape))} float32 ({megabytes:.0f} MB), chunks {'x'.join(map(str, chunks))}", name,
+        if not args.no_save:
+            R.save_row(SUITE, SECTION, COLUMNS, [
+                R.today(), f"{'x'.join(map(str, shape))} float32 ({megabytes:.0f} MB), chunks {'x'.join(map(str, chunks))}", name,
                 objects[("disk", name)],
-                *(f"{C.median(x[k]):.0f} ({C.fmt_spread(x[k])})" for k, x in (("write", d), ("write", s), ("read", d), ("read", s))),
-                f"{C.median(d['chunk']):.1f}", f"{C.median(s['chunk']):.1f}", C.load_note(), C.command_line(), C.machine(),
+                *(f"{T.median(x[k]):.0f} ({T.fmt_spread(x[k])})" for k, x in (("write", d), ("write", s), ("read", d), ("read", s))),
+                f"{T.median(d['chunk']):.1f}", f"{T.median(s['chunk']):.1f}", M.load_note(), R.command_line(), M.machine(),
             ])
 
 

@@ -1,6 +1,6 @@
 """Seam metric of chunked prediction with a trained model, against one whole-volume forward pass.
 
-    python benchmarks/seams.py RUN_DIR [--chunks 16 32 32] [--patch 16 64 64]
+    python benchmarks/run.py seams metrics RUN_DIR [--chunks 16 32 32] [--patch 16 64 64]
 
 Takes the first test image of a training run (examples/train_cpu.py), predicts it (a) as chunk tasks
 on the global blended grid (what `chunked-fnet predict` does) and (b) naively, each chunk as its own
@@ -15,21 +15,23 @@ import argparse
 import numpy as np
 import torch
 
-import _common as C
+from harness import workloads as W
+
+SUITE = "seams"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 
 from chunked_fnet.evaluate.seams import seam_metrics
 from chunked_fnet.sliding_window import PatchRunner, SlidingWindow, padded_reader, partition, predict_volume
 from chunked_fnet.train.data import PairReader, describe_pair
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
     parser.add_argument("--chunks", nargs=3, type=int, default=(16, 32, 32))
     parser.add_argument("--patch", nargs=3, type=int, default=(16, 64, 64))
     parser.add_argument("--overlap", type=float, default=0.25)
-    args = parser.parse_args()
-    structure, model, card, stats, pairs = C.load_run(args.run)
+    args = parser.parse_args(argv)
+    structure, model, card, stats, pairs = W.load_run(args.run)
     pair = pairs[0]
     x, _ = PairReader(describe_pair(pair, stats), card.voxel_size).whole()
     m = model.multiple

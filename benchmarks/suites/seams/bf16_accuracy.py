@@ -19,15 +19,17 @@ import time
 
 import numpy as np
 
-import _common as C
+from harness import machine as M, results as R, workloads as W
+
+SUITE = "seams"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-append", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import torch
 
@@ -35,8 +37,8 @@ def main() -> None:
     from chunked_fnet.sliding_window import predict_volume
     from chunked_fnet.train.data import PairReader, describe_pair
 
-    torch.set_num_threads(C.cores())
-    structure, model, card, stats, pairs = C.load_run(args.run)
+    torch.set_num_threads(M.cores())
+    structure, model, card, stats, pairs = W.load_run(args.run)
     model = model.inference_copy()
     rows = []
     for pair in pairs:
@@ -66,12 +68,12 @@ def main() -> None:
     target16 = float(np.mean([r["r(bf16, target)"] for r in rows]))
     print(f"{structure}, {len(rows)} test images: r(bf16, fp32) >= {worst_r:.6f}; max |bf16 - fp32| <= {worst_err:.4f} x std; "
           f"mean r vs target fp32 {target32:.4f}, bf16 {target16:.4f}")
-    if not args.no_append:
-        C.append_row(
+    if not args.no_save:
+        R.save_row(SUITE, 
             "bf16 against fp32 on a trained model (issue 15)",
             ["date", "model", "images", "min r(bf16, fp32)", "max abs diff / std(fp32)", "mean r vs target fp32 / bf16", "command", "machine"],
-            [C.today(), f"{structure} (depth {card.architecture.depth}, width {card.architecture.width}), {args.device}", len(rows),
-             f"{worst_r:.6f}", f"{worst_err:.4f}", f"{target32:.4f} / {target16:.4f}", C.command_line(), C.machine()],
+            [R.today(), f"{structure} (depth {card.architecture.depth}, width {card.architecture.width}), {args.device}", len(rows),
+             f"{worst_r:.6f}", f"{worst_err:.4f}", f"{target32:.4f} / {target16:.4f}", R.command_line(), M.machine()],
         )
 
 

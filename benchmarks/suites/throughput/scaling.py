@@ -1,8 +1,8 @@
 """Scaling: end-to-end throughput with 1 and 2 CPU worker processes (or 1 GPU worker via dask-cuda).
 
-    python benchmarks/scaling.py                                   # 1x1 vs 2x1 vs 1x2 (workers x threads)
-    python benchmarks/scaling.py --configs 1x1 2x1 --reps 5 --arch small
-    python benchmarks/scaling.py --configs cuda --device cuda --precision bf16 --batch 16 --shape 64 512 512
+    python benchmarks/run.py throughput scaling                                   # 1x1 vs 2x1 vs 1x2 (workers x threads)
+    python benchmarks/run.py throughput scaling --configs 1x1 2x1 --reps 5 --arch small
+    python benchmarks/run.py throughput scaling --configs cuda --device cuda --precision bf16 --batch 16 --shape 64 512 512
 
 Every configuration's cluster is started and warmed first (each worker loads the models and runs one
 forward pass of the real batch shape), then rounds run ``predict`` once per configuration, in turn,
@@ -21,7 +21,9 @@ import shutil
 import time
 from pathlib import Path
 
-import _common as C
+from harness import machine as M, results as R, timing as T, workloads as W
+
+SUITE = "throughput"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 
 SECTION = "Scaling (issue 6.4)"
 COLUMNS = ["date", "model, patch, batch, precision", "volume, chunks (tasks)", "M vox/s by workers x threads", "speed-up vs first",
@@ -36,7 +38,7 @@ def warm(paths: list[str], hashes: list[str], device: str, shape: tuple[int, ...
     from chunked_fnet.device import autocast_dtype
     from chunked_fnet.predict.ensemble import cached_ensemble
     from chunked_fnet.sliding_window.runner import default_channels_last
-    C.prepare_like_a_task()
+    W.prepare_like_a_task()
     dev = torch.device(device)
     model = cached_ensemble(paths, hashes, device, default_channels_last(dev, autocast_dtype(precision, dev)))
     with torch.inference_mode():
@@ -53,11 +55,11 @@ def spec_for(config: str):  # noqa: ANN201
     return ClusterSpec(n_workers=workers, threads_per_worker=threads)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["1x1", "2x1", "1x2"], help="WxT (workers x threads) or cuda")
-    C.add_workload_args(parser)
-    args = parser.parse_args()
+    W.add_workload_args(parser)
+    args = parser.parse_args(argv)
 
     from chunked_fnet.cluster import local_client
     from chunked_fnet.model import UNetConfig
@@ -65,8 +67,8 @@ def main() -> None:
 
     data = Path(args.data)
     shape = tuple(args.shape)
-    image, models, hashes, options = C.workload(args)
-    voxels = args.time_points * C.prod(shape) * len(models)
+    image, models, hashes, options = W.workload(args)
+    voxels = args.time_points * W.prod(shape) * len(models)
     batch_shape = (args.batch, 1, *args.patch)
     rates: dict[str, list[float]] = {c: [] for c in args.configs}
     tasks = 0
@@ -89,28 +91,28 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 tasks = summary.chunks
                 rates[config].append(voxels / seconds)
-                print(f"round {rep + 1}/{args.reps} {config:>5}: {seconds:6.1f} s, {voxels / seconds / 1e6:.4f} M vox/s; {C.load_note()}", flush=True)
+                print(f"round {rep + 1}/{args.reps} {config:>5}: {seconds:6.1f} s, {voxels / seconds / 1e6:.4f} M vox/s; {M.load_note()}", flush=True)
 
     first = args.configs[0]
-    speedups = {c: C.median([r / r0 for r, r0 in zip(rates[c], rates[first])]) for c in args.configs}
-    cfg = UNetConfig(**C.ARCHS[args.arch])
+    speedups = {c: T.median([r / r0 for r, r0 in zip(rates[c], rates[first])]) for c in args.configs}
+    cfg = UNetConfig(**W.ARCHS[args.arch])
     print()
     print(f"{args.arch} U-Net (depth {cfg.depth}, width {cfg.width}) x{len(models)}, patch {tuple(args.patch)}, batch {args.batch}, "
           f"{args.precision}, volume {args.time_points} x {shape}, chunks {tuple(args.chunks)} ({tasks} tasks); medians of {args.reps}")
     print(f"{'workers x threads':<20}{'M vox/s':>10}{'spread':>9}{'speed-up':>10}")
     for c in args.configs:
-        print(f"{c:<20}{C.median(rates[c]) / 1e6:>10.4f}{C.fmt_spread(rates[c]):>9}{speedups[c]:>10.2f}")
-    if not args.no_append:
-        row = C.append_row(SECTION, COLUMNS, [
-            C.today(),
+        print(f"{c:<20}{T.median(rates[c]) / 1e6:>10.4f}{T.fmt_spread(rates[c]):>9}{speedups[c]:>10.2f}")
+    if not args.no_save:
+        row = R.save_row(SUITE, SECTION, COLUMNS, [
+            R.today(),
             f"{args.arch} U-Net (depth {cfg.depth}, width {cfg.width}) x{len(models)}, {tuple(args.patch)}, {args.batch}, {args.precision} {args.device}",
             f"{args.time_points} x {shape}, {tuple(args.chunks)} ({tasks})",
-            ", ".join(f"{c}: {C.median(rates[c]) / 1e6:.4f}" for c in args.configs),
+            ", ".join(f"{c}: {T.median(rates[c]) / 1e6:.4f}" for c in args.configs),
             ", ".join(f"{c}: {speedups[c]:.2f}" for c in args.configs),
-            f"median of {args.reps} interleaved rounds; spread " + ", ".join(f"{c} {C.fmt_spread(rates[c])}" for c in args.configs)
-            + f"; {C.load_note()}",
-            C.command_line(),
-            C.machine(),
+            f"median of {args.reps} interleaved rounds; spread " + ", ".join(f"{c} {T.fmt_spread(rates[c])}" for c in args.configs)
+            + f"; {M.load_note()}",
+            R.command_line(),
+            M.machine(),
         ])
         print(row)
 

@@ -1,0 +1,28 @@
+"""The benchmark suites, one per question (benchmarks/questions.yaml), each measurement a subcommand of
+``python benchmarks/run.py SUITE MEASUREMENT [options]``. Each measurement stores a JSON result through
+``harness.results`` (BENCHMARKS.md regenerated from them) unless ``--no-save``, and calls the package's
+public API only (tests/test_benchmarks_report.py)."""
+
+#: suite -> measurement -> module (with ``main(argv)``).
+SUITES: dict[str, dict[str, str]] = {
+    "throughput": {
+        "pipeline-efficiency": "suites.throughput.pipeline_efficiency",
+        "peers": "suites.throughput.vs_peers",
+        "scaling": "suites.throughput.scaling",
+        "many-chunks": "suites.throughput.many_chunks",
+    },
+    "memory": {
+        "vs-size": "suites.memory.memory_vs_size",
+        "predict": "suites.memory.predict_memory",
+        "synth": "suites.memory.synth_memory",
+    },
+    "seams": {
+        "border-effect": "suites.seams.border_effect",
+        "vs-overlap": "suites.seams.seams_vs_overlap",
+        "metrics": "suites.seams.seams",
+        "bf16-accuracy": "suites.seams.bf16_accuracy",
+    },
+    "reliability": {"worker-kill": "suites.reliability.worker_kill_stress"},
+    "storage": {"object-store": "suites.storage.object_store", "shards": "suites.storage.shards"},
+    "latency": {"follow": "suites.latency.follow_latency"},
+}
