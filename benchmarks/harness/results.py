@@ -138,5 +138,6 @@ def save_row(
         date=row.get("date"), machine=row.get("machine"), command=row.get("command"),
     )
     if save_it:
-        print(f"saved {save(record).relative_to(ROOT)}")
+        path = save(record)
+        print(f"saved {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"

@@ -13,25 +13,21 @@ restart or memory warning is reported), and appends a row to BENCHMARKS.md. E.g.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import shutil
-from datetime import date
 from pathlib import Path
 
-import dask
 import numpy as np
-import torch
 
-from harness import timing as T
+from harness import machine as M, results as R, timing as T
 
 SUITE = "memory"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 from chunked_fnet.cluster import ClusterSpec, local_client
 from chunked_fnet.io.reader import open_image
 from chunked_fnet.predict import PredictOptions, predict
 
-ROOT = Path(__file__).resolve().parents[1]
+TITLE = "Data generation and prediction memory"
+COLUMNS = ["date", "what", "data", "size", "memory", "time", "machine"]
 PAUSED = re.compile(r"(?i)pausing worker|paused")
 SPILLED = re.compile(r"(?i)spill")
 LOST = re.compile(r"(?i)restart|terminat|exceeded|nanny.*kill")
@@ -55,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     # (4 in z, 16 in y/x, gaussian). The peak memory is the patch's and the batch's; the old capped auto overlap
     # (0 in z, 48 in y/x) cannot be given as one option value
     parser.add_argument("--overlap", type=float, default=0.25, help="fraction of the patch (< 1) or model voxels")
+    parser.add_argument("--no-save", action="store_true", help="print only; store no result")
     parser.add_argument("--output-grid", choices=("model", "input"), default="model")
     args = parser.parse_args(argv)
     shutil.rmtree(args.out, ignore_errors=True)
@@ -84,18 +81,19 @@ def main(argv: list[str] | None = None) -> None:
           f"(channel read + output written) / limit = {(channel_bytes + out_bytes) / total_limit:.1f}x")
     print(f"peak worker RSS: {', '.join(f'{p:.0f} MiB' for p in peaks.values())}  (limit {args.memory_limit} each)")
     print(f"workers replaced during the run: {len(before ^ after)}; worker log events: {events}")
-    row = (
-        f"| {date.today()} | predict {Path(args.input).name}, {len(args.models)} models, output on the {args.output_grid} grid, "
-        f"{args.workers} workers x {args.memory_limit} | input {tuple(image.shape)} {image.dtype}; output {tuple(output.shape)} {output.dtype} | "
+    cells = [
+        R.today(),
+        f"predict {Path(args.input).name}, {len(args.models)} models, output on the {args.output_grid} grid, {args.workers} workers x {args.memory_limit}",
+        f"input {tuple(image.shape)} {image.dtype}; output {tuple(output.shape)} {output.dtype}",
         f"input store {_gib(image.nbytes)} = {image.nbytes / total_limit:.1f}x the workers' total limit {_gib(total_limit)}; "
-        f"{_gib(channel_bytes)} read + {_gib(out_bytes)} written = {(channel_bytes + out_bytes) / total_limit:.1f}x | "
-        f"peak worker RSS {', '.join(f'{p:.0f}' for p in peaks.values())} MiB; worker logs: {events}; "
-        f"{len(before ^ after)} workers lost | {summary.seconds:.0f} s, {summary.chunks} chunks | "
-        f"{platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, dask {dask.__version__} |"
-    )
-    print(row)
-    with (ROOT / "BENCHMARKS.md").open("a") as f:
-        f.write(row + "\n")
+        f"{_gib(channel_bytes)} read + {_gib(out_bytes)} written = {(channel_bytes + out_bytes) / total_limit:.1f}x",
+        f"peak worker RSS {', '.join(f'{p:.0f}' for p in peaks.values())} MiB; worker logs: {events}; {len(before ^ after)} workers lost",
+        f"{summary.seconds:.0f} s, {summary.chunks} chunks",
+        M.machine(),
+    ]
+    figures = {"peak_worker_rss_mib_max": max(peaks.values()), "input_over_limit": image.nbytes / total_limit, "seconds": summary.seconds,
+               "workers_lost": len(before ^ after)}
+    print(R.save_row(SUITE, TITLE, COLUMNS, cells, figures=figures, save_it=not args.no_save))
 
 
 if __name__ == "__main__":

@@ -9,29 +9,28 @@ Runs ``chunked-fnet synth`` in a child process and reads the child's peak reside
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
 import shutil
 import subprocess
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
-import dask
-import numpy
-import zarr
+
+from harness import machine as M, results as R
+from harness.results import ROOT
 
 SUITE = "memory"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 
-ROOT = Path(__file__).resolve().parents[1]
+TITLE = "Data generation and prediction memory"
+COLUMNS = ["date", "what", "data", "size", "memory", "time", "machine"]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "synth_timelapse_2gb.yaml"))
     parser.add_argument("--out", default="/tmp/bench_synth.zarr")
+    parser.add_argument("--no-save", action="store_true", help="print only; store no result")
     args = parser.parse_args(argv)
     shutil.rmtree(args.out, ignore_errors=True)
     start = time.perf_counter()
@@ -45,18 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     image = open_image(args.out)
     nbytes = image.nbytes
     disk = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
-    row = (
-        f"| {date.today()} | synth {Path(args.config).name} | shape {tuple(image.shape)} {image.dtype} | "
-        f"{nbytes / 1e9:.2f} GB ({disk / 1e9:.2f} GB on disk) | peak RSS {peak_mib:.0f} MiB | {seconds:.0f} s | "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {numpy.__version__}, "
-        f"dask {dask.__version__}, zarr {zarr.__version__} |"
-    )
-    print(row)
-    bench = ROOT / "BENCHMARKS.md"
-    if not bench.exists():
-        bench.write_text("# Benchmarks\n\n| date | what | data | size | memory | time | machine |\n|---|---|---|---|---|---|---|\n")
-    with bench.open("a") as f:
-        f.write(row + "\n")
+    cells = [
+        R.today(), f"synth {Path(args.config).name}", f"shape {tuple(image.shape)} {image.dtype}",
+        f"{nbytes / 1e9:.2f} GB ({disk / 1e9:.2f} GB on disk)", f"peak RSS {peak_mib:.0f} MiB", f"{seconds:.0f} s", M.machine(),
+    ]
+    figures = {"bytes": nbytes, "disk_bytes": disk, "peak_rss_mib": peak_mib, "seconds": seconds}
+    print(R.save_row(SUITE, TITLE, COLUMNS, cells, figures=figures, save_it=not args.no_save))
 
 
 if __name__ == "__main__":

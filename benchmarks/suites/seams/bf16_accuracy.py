@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-append", action="store_true")
+    parser.add_argument("--no-save", "--no-append", dest="no_save", action="store_true", help="print only; store no result")
     args = parser.parse_args(argv)
 
     import torch
