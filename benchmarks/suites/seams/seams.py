@@ -15,9 +15,10 @@ import argparse
 import numpy as np
 import torch
 
-from harness import workloads as W
+from harness import results as R, workloads as W
 
-SUITE = "seams"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
+SUITE = "seams"
+TITLE = "Seam metric: chunked prediction against the naive per-chunk one, trained model"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 
 from chunked_fnet.evaluate.seams import seam_metrics
 from chunked_fnet.sliding_window import PatchRunner, SlidingWindow, padded_reader, partition, predict_volume
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunks", nargs=3, type=int, default=(16, 32, 32))
     parser.add_argument("--patch", nargs=3, type=int, default=(16, 64, 64))
     parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--no-save", action="store_true", help="print only; store no result")
     args = parser.parse_args(argv)
     structure, model, card, stats, pairs = W.load_run(args.run)
     pair = pairs[0]
@@ -53,9 +55,16 @@ def main(argv: list[str] | None = None) -> None:
         blended[(slice(None), *region.slices)] = window.blend_pieces(region, pieces)
         naive[(slice(None), *region.slices)] = predict_volume(model, np.ascontiguousarray(volume[(slice(None), *region.slices)]), **options)
     print(f"{structure} model on {pair.name}, volume {volume.shape[1:]}, chunks {tuple(args.chunks)}, patch {tuple(args.patch)}, overlap {args.overlap}")
-    for name, pred in (("chunked, global blended grid", blended), ("naive, chunks as separate images", naive)):
+    rows, figures = [], {}
+    for key, name, pred in (("chunked", "chunked, global blended grid", blended), ("naive", "naive, chunks as separate images", naive)):
         metrics = seam_metrics(pred, args.chunks, reference=whole, period=m)
         print(f"  {name:<34} " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        rows.append({"model, image": f"{structure}, {pair.name}", "volume, chunks": f"{volume.shape[1:]}, {tuple(args.chunks)}",
+                     "window": f"{tuple(args.patch)}, {args.overlap} gaussian", "prediction": name,
+                     **{k: f"{v:.3f}" for k, v in metrics.items()}})
+        figures.update({f"{key}_{k}": float(v) for k, v in metrics.items()})
+    if not args.no_save:
+        R.save(R.make(SUITE, "seams", TITLE, rows=rows, figures=figures, params=vars(args)))
 
 
 if __name__ == "__main__":

@@ -37,9 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import machine as M, workloads as W
+from harness import machine as M, results as R, workloads as W
 
-SUITE = "seams"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
+SUITE = "seams"
+TITLE = "Seams against the overlap, with a trained model (issue 15: the default overlap)"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 
 from chunked_fnet.evaluate.seams import seam_metrics
 from chunked_fnet.sliding_window import SlidingWindow, predict_volume
@@ -179,6 +180,10 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append(row)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
+    if not args.no_save:
+        shown = [{k: (f"{v:.3g}" if isinstance(v, float) else str(v)) for k, v in r.items()} for r in rows]
+        R.save(R.make(SUITE, "seams", TITLE, table="runs", rows=shown, params={k: v for k, v in vars(args).items() if k != "json"},
+                      figures={"worst_max_interior": max((r["max_interior"] for r in rows), default=float("nan"))}))
     # worst over the images, per group of frame size and window
     print("\nworst over images (per frame shape):")
     keys = ["relative_step_ratio", "step_ratio", "error_ratio", "relative_error", "max_all", "max_interior", "max_deep", "recompute"]
