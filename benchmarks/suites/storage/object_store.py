@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shape", nargs=5, type=int, default=[1, 1, 64, 512, 512], metavar=("T", "C", "Z", "Y", "X"))
     parser.add_argument("--chunks", nargs=5, type=int, default=[1, 1, 32, 256, 256], metavar=("T", "C", "Z", "Y", "X"))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-append", action="store_true", help="print only; add no row to BENCHMARKS.md")
+    parser.add_argument("--no-save", "--no-append", dest="no_save", action="store_true", help="print only; store no result")
     args = parser.parse_args(argv)
     import s3fs
 

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", nargs="+", type=int, default=[32, 512, 512, 64, 512, 512],
                         help="shard shapes to compare, z y x each (the unsharded layout is always measured)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-append", action="store_true", help="print only; add no row to BENCHMARKS.md")
+    parser.add_argument("--no-save", "--no-append", dest="no_save", action="store_true", help="print only; store no result")
     args = parser.parse_args(argv)
     if len(args.shards) % 3:
         parser.error("--shards takes z y x triples")
