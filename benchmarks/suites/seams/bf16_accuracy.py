@@ -1,6 +1,6 @@
 """bf16 against fp32 on a trained model: how much does running the U-Net in bfloat16 change its prediction?
 
-    python benchmarks/bf16_accuracy.py RUN_DIR [--device cpu] [--no-append]
+    python benchmarks/run.py seams bf16-accuracy RUN_DIR [--device cpu] [--no-save]
 
 RUN_DIR is a training run (``python examples/train_cpu.py OUT --structures dna`` makes
 ``OUT/run_dna``). Every test image of the run is predicted whole through the package's sliding
