@@ -1,7 +1,9 @@
 """A prediction job: what every task needs (small, picklable), and the two tasks themselves.
 
-Only this spec, coordinates and the blocks' weighted sums travel through the scheduler. A block
-task (:func:`predict_block`) opens the input store itself, reads the patches its model-grid block
+Only this spec, coordinates, the blocks' weighted sums and (for frames of several blocks) their
+input chunks travel through the scheduler. A block task (:func:`predict_block`) opens the input store
+itself and reads, or with ``policy.shared_reads`` takes from the read tasks (:func:`read_input_chunk`:
+each input chunk of a frame read once, whichever blocks need it), the patches its model-grid block
 owns (z-scored with the whole frame's statistics, resampled onto the model grid), runs the ensemble
 on them and returns the weighted sums, cut into the pieces each output chunk needs. A chunk task
 (:func:`write_chunk`) adds its pieces, divides by the grid's weight sum, interpolates onto the
