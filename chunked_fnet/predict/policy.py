@@ -21,6 +21,12 @@ hardware's facts and, on resume, the run record; ``predict``, ``predict_plate``,
   (AMX/AVX512-BF16 CPUs, CUDA), else fp32. A timing sample let noise pick the precision on machines
   near its threshold, so one command could write outputs differing at the bf16 level run to run.
 - *Sizes come from total, not free, memory*, so that one machine always chooses one window.
+- *A frame cut into several blocks reads each input chunk once* (``shared_reads``): neighbouring blocks'
+  read boxes (their patches, halo included) share input chunks, which zarr reads whole; read separately, a
+  48x1536x1536 frame's 25 blocks read 2.78x its bytes (``benchmarks/read_amplification.py``). So a read task
+  per input chunk feeds every block task of its frame that needs it (the workers pass it on: no store read).
+  A frame that is one block reads each chunk once anyway, and reads its box itself (no task, no transfer).
+  The values read are the same either way: only where they come from differs.
 - *Skipping background is opt-in*: a skipped patch's output is the models' response to flat medium, not
   to its noise (``predict/background.py``), so it changes the output inside skipped patches; a resume
   keeps the interrupted run's level, like its window.
@@ -146,6 +152,7 @@ class RunPolicy:
     batch_size: int  # patches per forward pass
     block_threads: int  # torch threads per block task on a CPU worker (speed only, not values)
     skip_empty: float | None = None  # the background rule's level (predict/background.py); None: every patch evaluated
+    shared_reads: bool = False  # a frame's input chunks read once by read tasks its block tasks share (speed and bytes, not values)
 
     @property
     def recompute(self) -> float:
@@ -185,10 +192,12 @@ def resolve_policy(
     batch = int(options.batch_size) if options.batch_size != "auto" else (1 if options.patch_shape == "auto" else 4)
     window = _window(options, frame, models, hardware, frames, batch, recorded.get("window"))
     precision, reason = _precision(options.precision, hardware, recorded.get("precision"))
-    blocks = frames * _blocks_per_frame(window, block_shape or frame)
+    per_frame = _blocks_per_frame(window, block_shape or frame)
+    blocks = frames * per_frame
     per_host = hardware.threads_per_host or (1,)
     threads = max(1, min(sum(per_host) // max(1, blocks), min(per_host)))
-    return RunPolicy(window, precision, reason, batch, threads, _skip_level(options.skip_empty, recorded.get("skip_empty")))
+    return RunPolicy(window, precision, reason, batch, threads, _skip_level(options.skip_empty, recorded.get("skip_empty")),
+                     shared_reads=per_frame > 1)
 
 
 def patch_bytes(patch: Sequence[int], width: int, batch: int = 1) -> float:
