@@ -158,3 +158,22 @@ def test_compare_tells_rounding_from_garbage() -> None:
     (r0, m0), (r1, m1) = compare(ref, garbage)
     assert abs(r0) < 0.2 and m0 > 1 and np.isnan(r1) and m1 == np.inf
     assert json.dumps(compare(np.ones((1, 4)), np.ones((1, 4)))) == "[[1.0, 0.0]]"  # a constant output, reproduced
+
+
+def test_the_in_process_predictor_checks_its_first_frame(root: Path, forwards: Path) -> None:
+    """cf.Predictor resolves its policy in this process, without prepare(): it checks the first frame of each shape itself."""
+    from chunked_fnet.io.reader import open_image
+    from chunked_fnet.predict.predictor import Predictor
+
+    frame = open_image(root / "in.zarr").isel(t=0)
+    options = PredictOptions(**OPTIONS, precision="bf16")
+    with pytest.raises(PrecisionError, match=r"precision bf16 computes wrong on cpu .* rerun with --precision fp32"):
+        Predictor([root / "garbage.zip"], options)(frame)
+    predictor = Predictor([root / "sane.zip"], options)
+    _passes(forwards)
+    first = predictor(frame)
+    checked = len(_passes(forwards))
+    second = predictor(frame)
+    assert checked == len(_passes(forwards)) + 2  # the check's two passes, at the first frame only
+    assert first.attrs["precision_check"]["r"] >= REDUCED_MIN_R and second.attrs["precision_check"] == first.attrs["precision_check"]
+    assert "precision_check" not in Predictor([root / "sane.zip"], options.model_copy(update={"precision": "fp32"}))(frame).attrs
