@@ -64,7 +64,7 @@ def main() -> None:
         )
         C.append_row(
             "bf16 against fp32 in the precision check, random-weight U-Nets (issue 29)",
-            ["date", "patch", "models", "worst r / max |diff| / std", "per architecture", "command", "machine"],
+            ["date", "patch", "models", "worst r / max abs diff / std(fp32)", "per architecture", "command", "machine"],
             [C.today(), "x".join(map(str, args.patch)), f"{args.seeds} seeds x {', '.join(args.archs)}, {args.device}",
              f"{worst_r:.7f} / {worst:.4f}", per_arch, C.command_line(), C.machine()],
         )
