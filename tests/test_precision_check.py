@@ -177,3 +177,16 @@ def test_the_in_process_predictor_checks_its_first_frame(root: Path, forwards: P
     assert checked == len(_passes(forwards)) + 2  # the check's two passes, at the first frame only
     assert first.attrs["precision_check"]["r"] >= REDUCED_MIN_R and second.attrs["precision_check"] == first.attrs["precision_check"]
     assert "precision_check" not in Predictor([root / "sane.zip"], options.model_copy(update={"precision": "fp32"}))(frame).attrs
+
+
+def test_a_follow_checks_before_it_creates_its_output(root: Path, client, tmp_path: Path) -> None:
+    """predict --follow resolves its policy without prepare(): it checks the same way, before creating its output."""
+    from chunked_fnet.predict.follow import follow
+
+    options = PredictOptions(**OPTIONS, precision="bf16")
+    out = tmp_path / "followed.zarr"
+    with pytest.raises(PrecisionError, match="rerun with --precision fp32"):
+        follow(root / "in.zarr", [root / "garbage.zip"], out, options=options, client=client, idle_timeout=0.5, poll=0.1, progress=False)
+    assert not out.exists()
+    follow(root / "in.zarr", [root / "sane.zip"], out, options=options, client=client, idle_timeout=0.5, poll=0.1, progress=False)
+    assert Ledger(str(out)).read_record()["precision"]["check"]["r"] >= REDUCED_MIN_R

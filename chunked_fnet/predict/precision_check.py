@@ -35,7 +35,7 @@ from chunked_fnet.predict.policy import REDUCED_MAX_OVER_STD, REDUCED_MIN_R, Run
 from chunked_fnet.preprocess.frame import ModelGridFrame
 from chunked_fnet.sliding_window import PatchRunner, padded_reader
 
-__all__ = ["PrecisionError", "check_runs", "compare", "measure", "measure_job", "needs_check", "refuse_outside_bound"]
+__all__ = ["PrecisionError", "check_runs", "compare", "measure", "measure_job", "needs_check", "refuse_outside_bound", "within_bound"]
 
 
 class PrecisionError(ChunkedFnetError, RuntimeError):
