@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (every method): kernels built, memory mapped")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", choices=["predict", "monai", "bare"], default=["predict", "monai", "bare"],
+                        help="what runs (the ratios need predict and the other)")
     C.add_data_args(parser)
     args = parser.parse_args()
 
@@ -65,13 +67,13 @@ def main() -> None:
     model = load_checkpoint(checkpoint)[0].inference_copy().eval().to(memory_format=torch.channels_last_3d)
     x_cl = [frame.contiguous(memory_format=torch.channels_last_3d) for frame in frames]
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else (lambda: torch.autocast("cpu", enabled=False))
-    times: dict[str, list[float]] = {"predict": [], "monai": [], "bare": []}
+    times: dict[str, list[float]] = {m: [] for m in args.methods}
     window = None
     with local_client(ClusterSpec(n_workers=args.workers, threads_per_worker=1)) as client:
         options = PredictOptions(precision=args.precision, device="cpu")
         cold: dict[str, float] = {}
         for rep in range(-args.warmup, args.reps):
-            for method in ("predict", "monai", "bare"):
+            for method in args.methods:
                 torch.set_num_threads(2)
                 start = time.perf_counter()
                 if method == "predict":
@@ -97,16 +99,17 @@ def main() -> None:
                     times[method].append(seconds)
                 print(f"{'warm-up' if rep < 0 else 'rep'} {rep + 1}: {method} {seconds:.1f} s", flush=True)
     rate = {k: voxels / C.median(v) / 1e6 for k, v in times.items()}
-    vs_monai, vs_bare = rate["predict"] / rate["monai"], rate["predict"] / rate["bare"]
-    print(f"M output voxels/s: predict {rate['predict']:.4f}, MONAI {rate['monai']:.4f}, bare forward {rate['bare']:.4f}")
+    nan = float("nan")
+    vs_monai, vs_bare = rate.get("predict", nan) / rate.get("monai", nan), rate.get("predict", nan) / rate.get("bare", nan)
+    print("M output voxels/s: " + ", ".join(f"{k} {v:.4f}" for k, v in rate.items()))
     print(f"predict / MONAI {vs_monai:.2f}, predict / bare forward {vs_bare:.2f}; predict's window {window}")
     if not args.no_append:
         C.append_row(
             "Throughput at the defaults: predict() vs MONAI vs the bare forward (issue 15)",
             ["date", "frame, model, precision", "predict M vox/s (window chosen)", "MONAI M vox/s", "bare forward M vox/s",
              "predict / MONAI", "predict / bare", "noise", "command", "machine"],
-            [C.today(), f"{args.frames} x {tuple(args.shape)}, paper U-Net, {args.precision}", f"{rate['predict']:.4f} ({window})", f"{rate['monai']:.4f}",
-             f"{rate['bare']:.4f}", f"{vs_monai:.2f}", f"{vs_bare:.2f}",
+            [C.today(), f"{args.frames} x {tuple(args.shape)}, paper U-Net, {args.precision}", f"{rate.get('predict', nan):.4f} ({window})",
+             f"{rate.get('monai', nan):.4f}", f"{rate.get('bare', nan):.4f}", f"{vs_monai:.2f}", f"{vs_bare:.2f}",
              f"median of {args.reps} interleaved rounds after {args.warmup} untimed"
              + (" (first round: " + ", ".join(f"{k} {v:.1f} s" for k, v in cold.items()) + ")" if cold else "")
              + "; spread " + ", ".join(f"{k} {C.fmt_spread(v)}" for k, v in times.items()) + f"; {C.load_note()}",

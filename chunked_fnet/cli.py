@@ -300,6 +300,14 @@ def describe_provenance(made: dict[str, Any]) -> list[str]:
     precision = made.get("precision") or {}
     if precision:
         lines.append(f"  precision: {precision.get('chosen')} ({precision.get('why')})")
+        check = precision.get("check")
+        if isinstance(check, dict):  # predict/precision_check.py; outputs made before it have none
+            bound = check.get("bound") or {}
+            lines.append(
+                f"  precision check against fp32 on a {'x'.join(map(str, check.get('patch', [])))} patch on {check.get('device')}: "
+                f"r {check.get('r')}, max |diff| {check.get('max_over_std')} x std ({check.get('worst')}); bound r >= "
+                f"{bound.get('min_r')}, max <= {bound.get('max_over_std')} x std; {check.get('seconds')} s"
+            )
     return lines
 
 

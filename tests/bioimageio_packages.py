@@ -39,9 +39,14 @@ def _space(v0_5, ids: str, tensor: str | None) -> list:
     ]
 
 
-def build_plain_package(out: Path, *, inputs: int = 1, space: str = "zyx", seed: int = 0) -> Path:
+def build_plain_package(
+    out: Path, *, inputs: int = 1, space: str = "zyx", seed: int = 0, architecture: tuple[Path, str, dict] | None = None,
+) -> Path:
     """A package of :class:`PlainConvNet` (pytorch_state_dict and torchscript) with channel-last axes,
-    z-scoring, a halo and min/step sizes; ``inputs=2`` or ``space="yx"`` make ones predict refuses."""
+    z-scoring, a halo and min/step sizes; ``inputs=2`` or ``space="yx"`` make ones predict refuses.
+    ``architecture``: (source file, class name, kwargs) of another class with PlainConvNet's layers, which
+    the state dict is then loaded into (tests/autocast_net.py)."""
+    source, name, kwargs = architecture or (Path(plain_convnet.__file__), "PlainConvNet", {})
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5
 
@@ -90,7 +95,7 @@ def build_plain_package(out: Path, *, inputs: int = 1, space: str = "zyx", seed:
             pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
                 source=work / "weights.pt",
                 architecture=v0_5.ArchitectureFromFileDescr(
-                    source=Path(plain_convnet.__file__), callable=v0_5.Identifier("PlainConvNet"), kwargs={"layers": LAYERS}
+                    source=source, callable=v0_5.Identifier(name), kwargs={"layers": LAYERS, **kwargs}
                 ),
                 pytorch_version=version,
             ),

@@ -149,11 +149,14 @@ def test_a_retryable_failure_is_tried_retries_plus_one_times(data, tmp_path: Pat
     failed = int(re.match(rf"(\d+) of {TOTAL} chunks", str(info.value)).group(1))
     assert "failed after 3 tries" in str(info.value) and "Too many levels of symbolic links" in str(info.value), info.value
     assert _done(out) == TOTAL - failed
-    # the chunks failed with the blocks that read the input (a chunk never ran), first together, then in
-    # each chunk's own retries: each retry, with keys of its own, failed
+    # the chunks failed with the one task that read the damaged input chunk (a frame of several blocks
+    # reads each input chunk once, in a read task), and no chunk ran: first together, then in each chunk's
+    # own retries, each retry with keys of its own
+    assert policy.shared_reads
     keys = tries.read_text().split()
-    assert all(k.startswith("cfnet-block-") for k in keys) and any(re.match(r"cfnet-block-[0-9a-f]{8}-", k) for k in keys), keys
-    assert len({re.match(r"cfnet-block-[0-9a-f]{8}(r\d+)?-", k).group(1) for k in keys} - {None}) == 2 * failed, keys
+    assert all(re.match(r"cfnet-read-[0-9a-f]{8}(r\d+)?-t2-0\.1\.1$", k) for k in keys), keys
+    assert any(re.match(r"cfnet-read-[0-9a-f]{8}-", k) for k in keys), keys
+    assert len({re.match(r"cfnet-read-[0-9a-f]{8}(r\d+)?-", k).group(1) for k in keys} - {None}) == 2 * failed, keys
     chunk.unlink()
     shutil.copy(image / "0" / "c" / "2" / "0" / "0" / "1" / "1", chunk)
     resumed, summary = predict(copy, models, out, options=OPTIONS, resume=True, progress=False)

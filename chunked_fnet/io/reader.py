@@ -277,6 +277,55 @@ def region_reader(
     return read
 
 
+ChunkIndex = tuple[int, int, int]
+
+
+def _spatial_chunks(array: zarr.Array, dims: Sequence[str]) -> tuple[int, int, int]:
+    """The stored chunk's z, y, x (a shard's inner chunk: what one read decodes)."""
+    dims = tuple(dims)
+    return tuple(int(array.chunks[dims.index(d)]) for d in ("z", "y", "x"))  # type: ignore[return-value]
+
+
+def chunks_under(array: zarr.Array, dims: Sequence[str], region: Sequence[slice], offset: Sequence[int] = (0, 0, 0)) -> list[ChunkIndex]:
+    """The (z, y, x) indices of the stored chunks that hold ``region`` (z, y, x slices of a selection starting at ``offset``)."""
+    import itertools
+
+    grid = _spatial_chunks(array, dims)
+    axes = [range((s.start + o) // c, -(-(s.stop + o) // c)) for s, o, c in zip(region, offset, grid, strict=True)]
+    return list(itertools.product(*axes))  # type: ignore[arg-type]
+
+
+def read_chunk(array: zarr.Array, dims: Sequence[str], t: int | None, channel: int, chunk: ChunkIndex) -> np.ndarray:
+    """The stored values (the array's dtype) of one stored chunk's (z, y, x) extent at time ``t`` and ``channel``."""
+    grid = _spatial_chunks(array, dims)
+    size = {d: int(n) for d, n in zip(dims, array.shape, strict=True)}
+    box = {d: slice(i * c, min((i + 1) * c, size[d])) for d, i, c in zip(("z", "y", "x"), chunk, grid, strict=True)}
+    index = tuple((t or 0) if d == "t" else channel if d == "c" else box[d] for d in dims)
+    return np.asarray(read_array(array, index))
+
+
+def chunks_reader(
+    array: zarr.Array, dims: Sequence[str], chunks: Mapping[ChunkIndex, np.ndarray], offset: Sequence[int] = (0, 0, 0)
+) -> Callable[[tuple[slice, ...]], np.ndarray]:
+    """What :func:`region_reader` reads, cut from ``chunks`` (:func:`read_chunk` of every chunk a region
+    touches) instead of read from the store: the same float32 values."""
+    grid = _spatial_chunks(array, dims)
+
+    def read(region: tuple[slice, ...]) -> np.ndarray:
+        lo = [s.start + o for s, o in zip(region, offset, strict=True)]
+        hi = [s.stop + o for s, o in zip(region, offset, strict=True)]
+        out = np.empty([b - a for a, b in zip(lo, hi, strict=True)], dtype=np.float32)
+        for key in chunks_under(array, dims, region, offset):
+            values = chunks[key]
+            start = [i * c for i, c in zip(key, grid, strict=True)]
+            src = tuple(slice(max(a, s) - s, min(b, s + n) - s) for a, b, s, n in zip(lo, hi, start, values.shape, strict=True))
+            dst = tuple(slice(max(a, s) - a, min(b, s + n) - a) for a, b, s, n in zip(lo, hi, start, values.shape, strict=True))
+            out[dst] = values[src]
+        return out
+
+    return read
+
+
 def read_array(array: zarr.Array, index: tuple[Any, ...]) -> Any:
     """``array[index]``, where a chunk that cannot be read or decoded raises one :class:`OmeZarrError`
     naming the store, the array and the chunk's key (picklable, so dask can ship it from a worker)."""

@@ -46,6 +46,7 @@ from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.predict.ownership import Claim
 from chunked_fnet.predict.plan import more_frames, plan
 from chunked_fnet.predict.policy import RunPolicy
+from chunked_fnet.predict.precision_check import check_runs
 from chunked_fnet.predict.prepare import cluster_hardware, create_or_leave_nothing
 from chunked_fnet.predict.run import claimed_cluster, refuse_before_claim, start_writing
 from chunked_fnet.predict.submit import BATCH_CHUNKS, execute_many
@@ -163,7 +164,9 @@ def follow(
         recorded = ledger.read_record() if resume else None
         if resume and recorded is None and ledger.output_exists():
             raise InputError(f"cannot resume {redact(target)}: it holds no run record (.chunked_fnet/run.json); choose another --out")
-        policy = base.resolve_policy(cluster_hardware(c, options.device), recorded)
+        hardware = cluster_hardware(c, options.device)
+        policy = base.resolve_policy(hardware, recorded)
+        (policy,) = check_runs([base], [policy], c, hardware.device, [recorded is None])  # a new output: its precision checked first
         follower = _Follower(base, policy, members, c, InputWatch(base), claim, progress)
         if recorded is not None:
             follower.restore(recorded)

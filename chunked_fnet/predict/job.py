@@ -1,7 +1,9 @@
 """A prediction job: what every task needs (small, picklable), and the two tasks themselves.
 
-Only this spec, coordinates and the blocks' weighted sums travel through the scheduler. A block
-task (:func:`predict_block`) opens the input store itself, reads the patches its model-grid block
+Only this spec, coordinates, the blocks' weighted sums and (for frames of several blocks) their
+input chunks travel through the scheduler. A block task (:func:`predict_block`) opens the input store
+itself and reads, or with ``policy.shared_reads`` takes from the read tasks (:func:`read_input_chunk`:
+each input chunk of a frame read once, whichever blocks need it), the patches its model-grid block
 owns (z-scored with the whole frame's statistics, resampled onto the model grid), runs the ensemble
 on them and returns the weighted sums, cut into the pieces each output chunk needs. A chunk task
 (:func:`write_chunk`) adds its pieces, divides by the grid's weight sum, interpolates onto the
@@ -25,7 +27,7 @@ import torch
 from chunked_fnet.memory import bound_heap_growth, trim_heap
 from chunked_fnet.device import autocast_dtype, device_memory, resolve_device, stack_line
 from chunked_fnet.errors import DeviceMemoryError, one_line
-from chunked_fnet.io.reader import open_level_array
+from chunked_fnet.io.reader import ChunkIndex, chunks_reader, chunks_under, open_level_array, read_chunk
 from chunked_fnet.io.writer import open_for_writing, write_region
 from chunked_fnet.predict.background import sums_with_background
 from chunked_fnet.predict.ensemble import cached_ensemble
@@ -35,9 +37,10 @@ from chunked_fnet.predict.ledger import Ledger, chunk_key
 from chunked_fnet.predict.options import RUNTIME_OPTIONS, PredictOptions
 from chunked_fnet.predict.schedule import BlockTask, ChunkTask, Schedule, schedule
 from chunked_fnet.preprocess.normalize import FrameStats
-from chunked_fnet.preprocess.frame import ModelGridFrame
+from chunked_fnet.preprocess.frame import ModelGridFrame, input_region
 from chunked_fnet.preprocess.resample import ModelGrid, interpolate_axis
 from chunked_fnet.sliding_window import Box, PatchRunner, SlidingWindow, WeightedSum
+from chunked_fnet.sliding_window.padding import read_extent
 from chunked_fnet.sliding_window.runner import default_channels_last
 
 
@@ -180,13 +183,35 @@ def resolve_shards(options: PredictOptions, spatial_shape: Sequence[int]) -> tup
     return None if tuple(shard) == chunks else tuple(shard)  # type: ignore[return-value]
 
 
-def model_grid_frame(job: PredictJob, time_index: int) -> ModelGridFrame:
-    """The frame of ``job``'s input selection written at output time index ``time_index``, read from its store."""
+def model_grid_frame(job: PredictJob, time_index: int, chunks: Sequence[np.ndarray] = (), window: SlidingWindow | None = None,
+                     block: BlockTask | None = None) -> ModelGridFrame:
+    """The frame of ``job``'s input selection written at output time index ``time_index``, read from its store,
+    or, given ``chunks`` (:func:`read_input_chunk` of each of :func:`block_input_chunks` of ``block``), cut from them."""
     i = time_index - job.time_offset
+    reader = None
+    if chunks:
+        assert window is not None and block is not None
+        held = dict(zip(block_input_chunks(job, window, block), chunks, strict=True))
+        reader = chunks_reader(job.input_array, job.input_dims, held, job.input_offset)
     return ModelGridFrame(
         job.input_array, job.input_dims, job.times[i], job.channel_index, job.stats[i], job.grid,
-        job.options.nonfinite, job.input_offset,
+        job.options.nonfinite, job.input_offset, reader=reader,
     )
+
+
+def block_input_chunks(job: PredictJob, window: SlidingWindow, block: BlockTask) -> list[ChunkIndex]:
+    """The (z, y, x) indices of the input's stored chunks that ``block``'s patches read (their bounding box,
+    mirrored padding folded in, on the input grid): what its read tasks hand it with ``policy.shared_reads``."""
+    corners, _ = window.owned(block.block)
+    box = read_extent(window.grid.bounding_box(corners).slices, window.grid.shape, window.pad_mode)
+    return chunks_under(job.input_array, job.input_dims, input_region(job.grid, box), job.input_offset)
+
+
+def read_input_chunk(run: JobRef | tuple[PredictJob, RunPolicy], time_index: int, chunk: ChunkIndex) -> np.ndarray:
+    """One stored chunk of the input channel at output time index ``time_index`` (the array's dtype): read
+    once, for every block task of its frame that needs it (``policy.shared_reads``)."""
+    job, _ = resolve_run(run)
+    return read_chunk(job.input_array, job.input_dims, job.times[time_index - job.time_offset], job.channel_index, chunk)
 
 
 def back_to_input_grid(model_values: np.ndarray, source: Box, grid: ModelGrid, region: Box) -> np.ndarray:
@@ -270,9 +295,10 @@ def _with_patch_that_fits(exc: DeviceMemoryError, job: PredictJob) -> DeviceMemo
     return error
 
 
-def predict_block(run: JobRef | tuple[PredictJob, RunPolicy], task: BlockTask) -> tuple[WeightedSum, ...]:
+def predict_block(run: JobRef | tuple[PredictJob, RunPolicy], task: BlockTask, *chunks: np.ndarray) -> tuple[WeightedSum, ...]:
     """Evaluate the patches ``task.block`` owns, once each (background ones not at all with ``skip_empty``:
-    :mod:`~chunked_fnet.predict.background`); return their weighted sums over ``task.pieces``.
+    :mod:`~chunked_fnet.predict.background`); return their weighted sums over ``task.pieces``. The input is
+    read from the store, or cut from ``chunks`` (read tasks' results, in :func:`block_input_chunks`' order).
 
     Each piece is its own array (copied out), so the block's full sums are freed when the task ends
     and every consumer receives only its own voxels.
@@ -283,7 +309,7 @@ def predict_block(run: JobRef | tuple[PredictJob, RunPolicy], task: BlockTask) -
     corners, extent = window.owned(task.block)
     if extent is None:  # the schedule only plans blocks that own patches
         raise RuntimeError(f"block {task.block} of the model grid owns no patch")
-    frame = model_grid_frame(job, task.time_index)
+    frame = model_grid_frame(job, task.time_index, chunks, window, task)
     try:
         sums, background = sums_with_background(ensemble_runner(job, policy), job.hashes, window, frame, corners, extent, policy.skip_empty)
     except DeviceMemoryError as exc:
@@ -291,7 +317,7 @@ def predict_block(run: JobRef | tuple[PredictJob, RunPolicy], task: BlockTask) -
     if policy.skip_empty is not None:  # what the summary counts (a recomputed block writes the same again)
         Ledger(job.output_path).mark_block(chunk_key(task.time_index, task.block), {"patches": len(corners), "background": background})
     pieces = tuple(sums.crop(piece) for piece in task.pieces)
-    del sums, frame
+    del sums, frame, chunks
     trim_heap()
     return pieces
 

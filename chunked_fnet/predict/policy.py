@@ -21,6 +21,12 @@ hardware's facts and, on resume, the run record; ``predict``, ``predict_plate``,
   (AMX/AVX512-BF16 CPUs, CUDA), else fp32. A timing sample let noise pick the precision on machines
   near its threshold, so one command could write outputs differing at the bf16 level run to run.
 - *Sizes come from total, not free, memory*, so that one machine always chooses one window.
+- *A frame cut into several blocks reads each input chunk once* (``shared_reads``): neighbouring blocks'
+  read boxes (their patches, halo included) share input chunks, which zarr reads whole; read separately, a
+  48x1536x1536 frame's 25 blocks read 2.78x its bytes (``benchmarks/read_amplification.py``). So a read task
+  per input chunk feeds every block task of its frame that needs it (the workers pass it on: no store read).
+  A frame that is one block reads each chunk once anyway, and reads its box itself (no task, no transfer).
+  The values read are the same either way: only where they come from differs.
 - *Skipping background is opt-in*: a skipped patch's output is the models' response to flat medium, not
   to its noise (``predict/background.py``), so it changes the output inside skipped patches; a resume
   keeps the interrupted run's level, like its window.
@@ -33,7 +39,7 @@ import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,7 +50,8 @@ from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.sliding_window.window import SlidingWindow, fit_patch, min_band_overlap
 
 __all__ = [
-    "AUTO_OVERLAP", "MAX_RECOMPUTE", "MAX_TENSOR_ELEMENTS", "PATCH_MEMORY_FRACTION", "SKIP_EMPTY_LEVEL", "Hardware",
+    "AUTO_OVERLAP", "MAX_RECOMPUTE", "MAX_TENSOR_ELEMENTS", "PATCH_MEMORY_FRACTION", "REDUCED_MAX_OVER_STD", "REDUCED_MIN_R",
+    "SKIP_EMPTY_LEVEL", "Hardware",
     "ModelConstraints", "RunPolicy", "auto_patch", "bf16_conv3d_hazard", "patch_bytes", "patch_that_fits", "resolve_policy",
 ]
 
@@ -72,6 +79,20 @@ BYTES_PER_VOXEL_AND_CHANNEL = 32.0
 #: medium scored at most 3.97 over 5,131 patches, any patch holding part of a cell 58.8 and up.
 SKIP_EMPTY_LEVEL = 4.0
 BACKGROUND_RULE = "input is white noise: |lag-1 autocorrelation| * sqrt(pairs) <= level along z, y and x"
+
+#: The measured bf16 bound (:mod:`~chunked_fnet.predict.precision_check`): a run in a reduced precision is
+#: refused unless, on one real patch, every output channel has Pearson r >= REDUCED_MIN_R with its fp32
+#: output and max |reduced - fp32| <= REDUCED_MAX_OVER_STD x the fp32 output's std. Correct bf16 measured
+#: (``benchmarks/precision_check.py``, CPU autocast, 32x128x128): trained paper U-Nets r 0.999989 / max 0.088
+#: std (CPU), 0.9999913 / 0.072 (GPU) (``benchmarks/bf16_accuracy.py``); random-weight ones, which the
+#: benchmarks run, much looser: depth 2 width 16 r >= 0.99994, max <= 0.088; the tests' depth 2 width 4 r
+#: >= 0.99892, max <= 0.61 (seed 0: an untrained net's output varies little against its bias, so its
+#: rounding is large in units of its std); the paper's U-Net (seeds 0, 1; 16x64x64) r >= 0.99994, max <= 0.116
+#: (BENCHMARKS.md, "bf16 against fp32 in the precision check"). A wrong kernel or an overflow
+#: gives r far below 0.99, or NaN/inf; so the bound is about 9x (1 - r) and 3x the max of the worst correct
+#: figure: rounding passes, a wrong result does not. fp16 rounds finer than bf16 and is held to the same bound.
+REDUCED_MIN_R = 0.99
+REDUCED_MAX_OVER_STD = 2.0
 
 #: cuDNN's and oneDNN's 3-D convolutions index with 32-bit integers; the U-Net's largest activation
 #: (the top level's skip concatenation) has 2 x width channels per voxel.
@@ -146,6 +167,8 @@ class RunPolicy:
     batch_size: int  # patches per forward pass
     block_threads: int  # torch threads per block task on a CPU worker (speed only, not values)
     skip_empty: float | None = None  # the background rule's level (predict/background.py); None: every patch evaluated
+    shared_reads: bool = False  # a frame's input chunks read once by read tasks its block tasks share (speed and bytes, not values)
+    check: Mapping[str, Any] | None = field(default=None, hash=False)  # the reduced precision against fp32 on one patch (predict/precision_check.py); None: unchecked
 
     @property
     def recompute(self) -> float:
@@ -158,7 +181,7 @@ class RunPolicy:
         return {
             "window": {"patch": list(w.patch_shape), "overlap": list(w.overlap_voxels), "blend": w.blend, "align": w.align,
                        "pad_mode": w.pad_mode, "recompute": round(self.recompute, 4)},
-            "precision": {"chosen": self.precision, "why": self.reason},
+            "precision": {"chosen": self.precision, "why": self.reason, **({"check": dict(self.check)} if self.check is not None else {})},
             **({"skip_empty": {"rule": BACKGROUND_RULE, "level": self.skip_empty}} if self.skip_empty is not None else {}),
         }
 
@@ -185,10 +208,13 @@ def resolve_policy(
     batch = int(options.batch_size) if options.batch_size != "auto" else (1 if options.patch_shape == "auto" else 4)
     window = _window(options, frame, models, hardware, frames, batch, recorded.get("window"))
     precision, reason = _precision(options.precision, hardware, recorded.get("precision"))
-    blocks = frames * _blocks_per_frame(window, block_shape or frame)
+    check = (recorded.get("precision") or {}).get("check") if (recorded.get("precision") or {}).get("chosen") == precision else None
+    per_frame = _blocks_per_frame(window, block_shape or frame)
+    blocks = frames * per_frame
     per_host = hardware.threads_per_host or (1,)
     threads = max(1, min(sum(per_host) // max(1, blocks), min(per_host)))
-    return RunPolicy(window, precision, reason, batch, threads, _skip_level(options.skip_empty, recorded.get("skip_empty")))
+    return RunPolicy(window, precision, reason, batch, threads, _skip_level(options.skip_empty, recorded.get("skip_empty")),
+                     shared_reads=per_frame > 1, check=check)
 
 
 def patch_bytes(patch: Sequence[int], width: int, batch: int = 1) -> float:

@@ -8,15 +8,19 @@ precision with the one run policy (:func:`~chunked_fnet.predict.policy.resolve_p
 process's memory) and blends the global patch grid the same way, so a frame's prediction equals
 what ``predict()`` writes for it (fp32, within 1e-5) wherever both choose one window: at the
 defaults for frames that one patch covers, and always with an explicit ``patch_shape`` and ``overlap``.
+In a reduced precision the first frame of each shape is checked against fp32 first, as a run's first
+block is (:mod:`~chunked_fnet.predict.precision_check`), and refused outside the bound.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import xarray as xr
 
 from chunked_fnet.device import resolve_device
@@ -27,6 +31,7 @@ from chunked_fnet.predict.job import back_to_input_grid, models_runner
 from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.predict.plan import check_eps
 from chunked_fnet.predict.policy import Hardware, ModelConstraints, RunPolicy, resolve_policy
+from chunked_fnet.predict.precision_check import measure, needs_check, refuse_outside_bound
 from chunked_fnet.predict.schedule import interpolation_region
 from chunked_fnet.preprocess.frame import ModelGridFrame
 from chunked_fnet.preprocess.normalize import frame_stats
@@ -75,6 +80,10 @@ class Predictor:
         window = policy.window
         runner = models_runner(self.paths, self.hashes, self.device, self.options.tta_flips, policy)  # loaded once per process
         model_frame = ModelGridFrame(values, ("z", "y", "x"), None, 0, stats, grid, self.options.nonfinite)
+        if policy.check is None and needs_check(policy, torch.device(self.device).type):  # the first frame of this shape
+            check = measure(runner, model_frame, policy, self.options.tta_flips, self.structures)
+            refuse_outside_bound(check, policy.precision, "the frame")
+            policy = self._policies[tuple(int(n) for n in grid.shape)] = replace(policy, check=check)
         whole = window.grid.frame
         sums, _ = sums_with_background(runner, self.hashes, window, model_frame, list(window.grid.corners()), whole, policy.skip_empty)
         if self.options.output_grid == "input":
@@ -91,7 +100,8 @@ class Predictor:
         return xr.DataArray(
             predicted, dims=("c", "z", "y", "x"), coords={"c": list(self.structures), **coords},
             attrs={"scale": dict(zip("zyx", out_scale, strict=True)), "units": {d: "micrometer" for d in "zyx"},
-                   "precision": policy.precision, "patch_shape": list(window.patch_shape)},
+                   "precision": policy.precision, "patch_shape": list(window.patch_shape),
+                   **({"precision_check": dict(policy.check)} if policy.check is not None else {})},
         )
 
     def _frame(self, frame: np.ndarray | xr.DataArray, scale: Sequence[float] | None) -> tuple[np.ndarray, tuple[float, ...], tuple[float, ...]]:

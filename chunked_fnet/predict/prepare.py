@@ -24,6 +24,7 @@ from chunked_fnet.config import differences
 from chunked_fnet.predict.ledger import Ledger
 from chunked_fnet.predict.ownership import Claim, already_exists, clear_for_overwrite
 from chunked_fnet.predict.policy import PATCH_MEMORY_FRACTION, Hardware, RunPolicy
+from chunked_fnet.predict.precision_check import check_runs
 
 __all__ = ["METHOD", "cluster_hardware", "create_output", "prepare", "provenance"]
 
@@ -102,7 +103,9 @@ def prepare(
     Refuses before anything is written: an existing output without ``overwrite`` or ``resume``; a resume
     of an output that is no prediction, or was started with other input, models or parameters. A job's
     policy is resolved once, from the cluster's facts, or on resume from its run record (the interrupted
-    run's window and precision, whatever this cluster would choose)."""
+    run's window and precision, whatever this cluster would choose). Last, a new output computed in a
+    reduced precision has it checked against fp32 on one real patch (:mod:`~chunked_fnet.predict.precision_check`),
+    refused outside the measured bound; a resume keeps its interrupted run's check."""
     hardware = cluster_hardware(client, jobs[0].options.device) if jobs else Hardware()
     policies, skips = [], []
     for job in jobs:
@@ -112,6 +115,7 @@ def prepare(
         if skips[-1] is None and not overwrite and Ledger(job.output_path).output_exists():
             raise already_exists(job.output_path)
         policies.append(policy)
+    policies = check_runs(jobs, policies, client, hardware.device, [s is None for s in skips])
     return policies, skips
 
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from chunked_fnet.errors import ChunkedFnetError, retryable
 from chunked_fnet.io.store import redact
 from chunked_fnet.io.writer import build_pyramid
-from chunked_fnet.predict.job import PredictJob, predict_block, write_chunk
+from chunked_fnet.predict.job import PredictJob, block_input_chunks, predict_block, read_input_chunk, write_chunk
 from chunked_fnet.predict.ledger import Ledger, chunk_key, describe_chunk
 from chunked_fnet.predict.policy import RunPolicy
 from chunked_fnet.predict.schedule import ChunkTask
@@ -85,10 +85,12 @@ BATCH_CHUNKS = 1024
 
 class FrameBatches:
     """Hands a job's tasks to the scheduler a batch of frames at a time (frames are independent:
-    a chunk only needs the blocks of its own frame), in storage order."""
+    a chunk only needs the blocks of its own frame), in storage order. With ``policy.shared_reads`` a block
+    task takes its input chunks from read tasks, one per input chunk of the batch's blocks: each read once."""
 
-    def __init__(self, job: PredictJob, graph: Any, client: Client, ref: JobRef, batch: int | None = None) -> None:
+    def __init__(self, job: PredictJob, graph: Any, client: Client, ref: JobRef, batch: int | None = None, policy: RunPolicy | None = None) -> None:
         self.job, self.graph, self.client, self.batch = job, graph, client, batch or BATCH_CHUNKS
+        self.policy = policy
         self.ref = ref  # what the tasks carry instead of the job (see predict/shipping.py)
         self.low_water = max(1, self.batch // 2)
         self.token = uuid.uuid4().hex[:8]  # two runs on one cluster must never share a task key
@@ -119,9 +121,26 @@ class FrameBatches:
         graph, job = self.graph, self.ref
         self.retries += retry
         token = f"{self.token}r{self.retries}" if retry else self.token
+        reads: dict[tuple[int, tuple[int, ...]], Any] = {}
+
+        def inputs(block: int) -> list[Any]:
+            """The read tasks of ``block``'s input chunks (none: the block task reads its box itself)."""
+            if self.policy is None or not self.policy.shared_reads:
+                return []
+            task = graph.blocks[block]
+            out = []
+            for chunk in block_input_chunks(self.job, self.policy.window, task):
+                key = (task.time_index, chunk)
+                if key not in reads:
+                    reads[key] = dask.delayed(read_input_chunk, pure=False)(
+                        job, task.time_index, chunk, dask_key_name=f"cfnet-read-{token}-t{task.time_index}-{'.'.join(map(str, chunk))}",
+                    )
+                out.append(reads[key])
+            return out
+
         blocks = {
             ref.block: dask.delayed(predict_block, pure=False, nout=len(graph.blocks[ref.block].pieces))(
-                job, graph.blocks[ref.block],
+                job, graph.blocks[ref.block], *inputs(ref.block),
                 dask_key_name=f"cfnet-block-{token}-{chunk_key(graph.blocks[ref.block].time_index, graph.blocks[ref.block].block)}",
             )
             for c in tasks for ref in c.sources
@@ -228,7 +247,7 @@ def execute_many(
     labels = [f"{label} " for label in labels] if labels is not None else [""] * len(jobs)
     graphs = [job.schedule(policy.window, set(skip)) for job, policy, skip in zip(jobs, policies, skips, strict=True)]
     with shipped(client, list(zip(jobs, policies, strict=True))) as refs:  # the jobs stay on the workers only while their tasks run
-        workers, voxels = _run_tasks(jobs, graphs, refs, client, progress, labels, output)
+        workers, voxels = _run_tasks(jobs, graphs, refs, client, progress, labels, output, policies)
     for job in jobs:
         if job.options.levels > 1:
             build_pyramid(job.output_path, progress=progress, times=(job.time_offset, job.time_offset + len(job.times)))
@@ -255,11 +274,12 @@ def _background(job: PredictJob, policy: RunPolicy, graph: Any) -> tuple[int, in
 
 def _run_tasks(
     jobs: Sequence[PredictJob], graphs: Sequence[Any], refs: Sequence[JobRef], client: Client, progress: bool, labels: Sequence[str],
-    output: str | None,
+    output: str | None, policies: Sequence[RunPolicy] | None = None,
 ) -> tuple[int, list[int]]:
     """Submit the jobs' tasks a batch at a time and wait for them; returns the workers at the end and
     the output voxels written per job. Failures and a lost cluster are raised as :func:`execute_many` says."""
-    submitters = [FrameBatches(job, graph, client, ref) for job, graph, ref in zip(jobs, graphs, refs, strict=True)]
+    policies = list(policies) if policies is not None else [None] * len(jobs)
+    submitters = [FrameBatches(job, graph, client, ref, policy=policy) for job, graph, ref, policy in zip(jobs, graphs, refs, policies, strict=True)]
     low_water = submitters[0].low_water if submitters else 1
     current = 0
     futures: dict[Any, tuple[int, Any, int]] = {}  # -> job, ChunkTask, its try (0: the first)

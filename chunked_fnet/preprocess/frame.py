@@ -4,7 +4,7 @@ evaluation all read through it, so a model sees at inference exactly what it saw
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,21 +14,27 @@ from chunked_fnet.io.reader import region_reader
 from chunked_fnet.preprocess.normalize import FrameStats
 from chunked_fnet.preprocess.resample import ModelGrid, resample_region
 
-__all__ = ["ModelGridFrame"]
+__all__ = ["ModelGridFrame", "input_region"]
+
+
+def input_region(grid: ModelGrid, region: Sequence[slice]) -> tuple[slice, ...]:
+    """The input voxels (z, y, x of the selection) that the model-grid ``region`` is computed from."""
+    return tuple(region) if grid.identity else grid.source_region(region)
 
 
 class ModelGridFrame:
     """Array-like ``(1, Z, Y, X)`` on the model grid (for :func:`~chunked_fnet.sliding_window.padded_reader`);
     :meth:`read` gives a ``(z, y, x)`` region. NaN/Inf voxels are refused, or with ``nonfinite="fill"``
-    read as the frame's mean."""
+    read as the frame's mean. ``reader`` (``(z, y, x)`` slices of the selection -> float32 values) reads
+    instead of the store: a block task's input chunks already read by the run's read tasks."""
 
     def __init__(
         self, array: Any, dims: Sequence[str], t: int | None, channel: int, stats: FrameStats, grid: ModelGrid,
-        nonfinite: str = "fail", offset: Sequence[int] = (0, 0, 0),
+        nonfinite: str = "fail", offset: Sequence[int] = (0, 0, 0), reader: Callable[[tuple[slice, ...]], np.ndarray] | None = None,
     ) -> None:
         self.t, self.stats, self.grid, self.nonfinite = t, stats, grid, nonfinite
         self.shape = (1, *grid.shape)
-        self._read = region_reader(array, dims, t, channel, offset)
+        self._read = reader or region_reader(array, dims, t, channel, offset)
 
     def _read_source(self, region: tuple[slice, ...]) -> np.ndarray:
         values = self._read(region)
@@ -45,7 +51,7 @@ class ModelGridFrame:
 
     def input_region(self, region: Sequence[slice]) -> tuple[slice, ...]:
         """The input voxels (z, y, x of the selection) that the model-grid ``region`` is computed from."""
-        return tuple(region) if self.grid.identity else self.grid.source_region(region)
+        return input_region(self.grid, region)
 
     def read_input(self, region: Sequence[slice]) -> np.ndarray:
         """The input's own values (not z-scored, not resampled) of the input-grid ``region`` (z, y, x)."""
