@@ -1,6 +1,6 @@
 """A microscope's writer, as a separate process: copies a finished time-lapse into a new OME-Zarr one
 frame at a time, at an interval, the way acquisition software does; what ``chunked-fnet predict
---follow`` follows (the follow tests and benchmarks/follow_latency.py run it).
+--follow`` follows (the follow tests and ``benchmarks/run.py latency follow`` run it).
 
     python examples/live_timelapse_writer.py SOURCE TARGET --mode grow|allocate --version 0.5|0.4 --interval S [--mark-complete]
 

@@ -21,8 +21,13 @@ SUITES: dict[str, dict[str, str]] = {
         "vs-overlap": "suites.seams.seams_vs_overlap",
         "metrics": "suites.seams.seams",
         "bf16-accuracy": "suites.seams.bf16_accuracy",
+        "precision-check": "suites.seams.precision_check",
     },
     "reliability": {"worker-kill": "suites.reliability.worker_kill_stress"},
-    "storage": {"object-store": "suites.storage.object_store", "shards": "suites.storage.shards"},
+    "storage": {
+        "object-store": "suites.storage.object_store",
+        "shards": "suites.storage.shards",
+        "read-amplification": "suites.storage.read_amplification",
+    },
     "latency": {"follow": "suites.latency.follow_latency"},
 }

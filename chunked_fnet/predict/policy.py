@@ -23,7 +23,7 @@ hardware's facts and, on resume, the run record; ``predict``, ``predict_plate``,
 - *Sizes come from total, not free, memory*, so that one machine always chooses one window.
 - *A frame cut into several blocks reads each input chunk once* (``shared_reads``): neighbouring blocks'
   read boxes (their patches, halo included) share input chunks, which zarr reads whole; read separately, a
-  48x1536x1536 frame's 25 blocks read 2.78x its bytes (``benchmarks/read_amplification.py``). So a read task
+  48x1536x1536 frame's 25 blocks read 2.78x its bytes (``benchmarks/run.py storage read-amplification``). So a read task
   per input chunk feeds every block task of its frame that needs it (the workers pass it on: no store read).
   A frame that is one block reads each chunk once anyway, and reads its box itself (no task, no transfer).
   The values read are the same either way: only where they come from differs.
@@ -83,8 +83,8 @@ BACKGROUND_RULE = "input is white noise: |lag-1 autocorrelation| * sqrt(pairs) <
 #: The measured bf16 bound (:mod:`~chunked_fnet.predict.precision_check`): a run in a reduced precision is
 #: refused unless, on one real patch, every output channel has Pearson r >= REDUCED_MIN_R with its fp32
 #: output and max |reduced - fp32| <= REDUCED_MAX_OVER_STD x the fp32 output's std. Correct bf16 measured
-#: (``benchmarks/precision_check.py``, CPU autocast, 32x128x128): trained paper U-Nets r 0.999989 / max 0.088
-#: std (CPU), 0.9999913 / 0.072 (GPU) (``benchmarks/bf16_accuracy.py``); random-weight ones, which the
+#: (``benchmarks/run.py seams precision-check``, CPU autocast, 32x128x128): trained paper U-Nets r 0.999989 / max 0.088
+#: std (CPU), 0.9999913 / 0.072 (GPU) (``benchmarks/run.py seams bf16-accuracy``); random-weight ones, which the
 #: benchmarks run, much looser: depth 2 width 16 r >= 0.99994, max <= 0.088; the tests' depth 2 width 4 r
 #: >= 0.99892, max <= 0.61 (seed 0: an untrained net's output varies little against its bias, so its
 #: rounding is large in units of its std); the paper's U-Net (seeds 0, 1; 16x64x64) r >= 0.99994, max <= 0.116

@@ -1,6 +1,8 @@
 """Read amplification (issue 29): bytes a prediction reads from its input store / the input's stored bytes.
 
-    python benchmarks/read_amplification.py [--cases timelapse fullfield] [--no-append]
+    python benchmarks/run.py storage read-amplification [--cases timelapse fullfield] [--no-save]
+
+(``--cases tiny``: a 2 x 16x96x96 time-lapse, to check the measurement runs, in seconds.)
 
 The input (``chunked-fnet synth``'s defaults: uint16, zstd, chunks 1x1x32x256x256) is served by a loopback
 web server (:class:`CountingServer`, 127.0.0.1 only) that answers single byte ranges and counts every byte
@@ -33,12 +35,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import _common as C
+from harness import machine as M, results as R, workloads as W
 
+SUITE = "storage"
 SECTION = "Read amplification (issue 29)"
 COLUMNS = ["date", "case (t x z y x, chunks)", "window (patch, overlap)", "blocks per frame", "stats pass", "blocks", "total",
            "metadata", "chunks read more than once", "commit", "command", "machine"]
-CASES = {"timelapse": (4, (48, 384, 384)), "fullfield": (1, (48, 1536, 1536))}
+CASES = {"timelapse": (4, (48, 384, 384)), "fullfield": (1, (48, 1536, 1536)), "tiny": (2, (16, 96, 96))}
 INPUT_NAME = "input.zarr"
 
 
@@ -143,8 +146,8 @@ def synth_default_chunks(path: Path, size_t: int, shape: Sequence[int]) -> Path:
 def narrow_checkpoint(folder: Path) -> str:
     """A U-Net of the paper's depth (so its multiple and overlap) but width 4: the window is given, and
     read counts do not depend on FLOPs."""
-    C.ARCHS.setdefault("narrow", {"width": 4})
-    return C.make_checkpoints(folder, "narrow", 1)[0]
+    W.ARCHS.setdefault("narrow", {"width": 4})
+    return W.make_checkpoints(folder, "narrow", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,7 @@ def paper_window(case_input: Path, data: Path, client) -> tuple[tuple[int, ...],
     from chunked_fnet.predict.plan import plan
     from chunked_fnet.predict.prepare import cluster_hardware
 
-    paper = C.make_checkpoints(data / "models", "default", 1)
+    paper = W.make_checkpoints(data / "models", "default", 1)
     options = PredictOptions(device="cpu", precision="fp32")
     job = plan(str(case_input), paper, data / "unused.zarr", options)
     window = job.resolve_policy(cluster_hardware(client, "cpu")).window
@@ -257,16 +260,16 @@ def _commit() -> str:
     """The repository's commit (``+`` when the work tree differs from it): which code was measured."""
     import subprocess
 
-    run = functools.partial(subprocess.run, capture_output=True, text=True, cwd=C.ROOT, check=False)
+    run = functools.partial(subprocess.run, capture_output=True, text=True, cwd=R.ROOT, check=False)
     head = run(["git", "rev-parse", "--short", "HEAD"]).stdout.strip() or "unknown"
     return head + ("+" if run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip() else "")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES, reverse=True))
-    C.add_data_args(parser)
-    args = parser.parse_args()
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=["timelapse", "fullfield"])
+    W.add_data_args(parser)
+    args = parser.parse_args(argv)
     from chunked_fnet.cluster import ClusterSpec, local_client
 
     data = Path(args.data) / "read_amplification"
@@ -274,7 +277,7 @@ def main() -> None:
     root = data / "served"
     root.mkdir(exist_ok=True)
     model = narrow_checkpoint(data / "models")
-    machine = C.machine()
+    machine = M.machine()
     with local_client(ClusterSpec()) as client:
         for name in args.cases:
             size_t, shape = CASES[name]
@@ -292,14 +295,19 @@ def main() -> None:
             print(f"  metadata: {r['meta_bytes'] / 1024:.1f} KiB ({r['stats_meta'] / 1024:.1f} KiB in plan)")
             print(f"  block-phase reads per chunk (reads: chunks): {r['histogram']}; block read boxes touching a frame-0 chunk: {r['touched']}")
             print(f"  {r['summary']}")
-            if not args.no_save:  # harness add_data_args: --no-save (--no-append its alias)
-                C.append_row(SECTION, COLUMNS, [
-                    C.today(), f"{name}: {size_t} x {'x'.join(map(str, shape))}, chunks {'x'.join(map(str, case.chunks[-3:]))}",
+            if not args.no_save:
+                cells = [
+                    R.today(), f"{name}: {size_t} x {'x'.join(map(str, shape))}, chunks {'x'.join(map(str, case.chunks[-3:]))}",
                     f"{'x'.join(map(str, r['patch']))}, {'/'.join(map(str, r['overlap']))} ({r['blend']})", r["blocks"],
                     f"{r['stats']:.2f}", f"{r['run']:.2f}", f"{r['total']:.2f}", f"{r['meta_bytes'] / 1024:.0f} KiB",
-                    f"{r['multi']} of {r['chunks']} (block reads per chunk: {r['histogram']})", r["version"], C.command_line(), machine,
-                ])
-
+                    f"{r['multi']} of {r['chunks']} (block reads per chunk: {r['histogram']})", r["version"], R.command_line(), machine,
+                ]
+                figures = {"stats_pass": r["stats"], "blocks": r["run"], "total": r["total"], "metadata_bytes": r["meta_bytes"],
+                           "blocks_per_frame": r["blocks"], "chunks": r["chunks"], "chunks_read_more_than_once": r["multi"],
+                           "stored_bytes": case.stored}
+                params = {"case": name, "size_t": size_t, "shape": list(shape), "chunks": list(case.chunks), "patch": list(r["patch"]),
+                          "overlap": list(r["overlap"]), "blend": r["blend"], "commit": r["version"]}
+                R.save_row(SUITE, SECTION, COLUMNS, cells, figures=figures, params=params)
 
 if __name__ == "__main__":
     main()
