@@ -47,6 +47,52 @@ def test_every_row_paragraph_and_title_of_the_hand_kept_file_is_in_the_generated
         assert question_for(s.title) != FALLBACK, f"{s.title!r}: list it under a question in benchmarks/questions.yaml"
 
 
+_OLD_STYLE = """# Benchmarks
+
+A preamble.
+
+## Scaling (issue 6.4)
+
+How to read it.
+
+| date | a | command | machine |
+|---|---|---|---|
+| 2026-01-01 | 1 | `c` | m |
+"""
+
+
+def test_the_import_stores_only_rows_and_paragraphs_no_record_has(tmp_path: Path) -> None:
+    first = import_markdown.new_records(import_markdown.records(_OLD_STYLE), [])
+    assert [(r["question"], len(r["rows"]), r["notes"]) for r in first] == [("general", 0, ["A preamble."]),
+                                                                             ("throughput", 1, ["How to read it."])]
+    for record in first:
+        results.save(record, root=tmp_path, regenerate=False)
+    stored = [r for _, r in results.load_all(tmp_path)]
+    assert import_markdown.new_records(import_markdown.records(_OLD_STYLE), stored) == []  # a rerun stores nothing
+    later = (_OLD_STYLE + "| 2026-01-02 | 2 | `c` | m |\n| 2026-01-01 | 1 | `c` | m |\n\nA paragraph added below the table.\n\n"
+             "## Read amplification (issue 29)\n\n| date | total |\n|---|---|\n| 2026-01-03 | 2.00 |\n")
+    fresh = import_markdown.new_records(import_markdown.records(later), stored)
+    assert [(r["title"], [row["a" if "a" in row else "total"] for row in r["rows"]], r["notes"]) for r in fresh] == [
+        ("Scaling (issue 6.4)", ["2"], ["A paragraph added below the table."]),  # the stored row's new paragraph moves on
+        ("Scaling (issue 6.4)", ["1"], []),  # the source has that row twice, the records once
+        ("Read amplification (issue 29)", ["2.00"], []),
+    ]
+    only = import_markdown.records(later, only=["Read amplification (issue 29)"])
+    assert [(r["question"], r["rows"][0]["total"]) for r in only] == [("storage", "2.00")]
+
+
+def test_the_import_refuses_a_generated_file_and_unlisted_titles_and_the_kept_copy_is_all_stored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert import_markdown.main(["--from", str(ROOT / "BENCHMARKS.md"), "--dry-run"]) == 2
+    unlisted = tmp_path / "old.md"
+    unlisted.write_text(_OLD_STYLE.replace("Scaling (issue 6.4)", "A title no question lists"))
+    assert import_markdown.main(["--from", str(unlisted), "--dry-run"]) == 2
+    assert "questions.yaml" in capsys.readouterr().err
+    assert import_markdown.main(["--dry-run"]) == 0
+    assert "not stored yet: 0 records, 0 rows, 0 paragraphs" in capsys.readouterr().out
+
+
 def test_questions_file_lists_titles_as_strings_each_under_one_question() -> None:
     titles = [t for q in QUESTIONS.values() for t in q["titles"]]
     assert all(isinstance(t, str) for t in titles)  # a YAML "a: b" title would silently become a mapping
