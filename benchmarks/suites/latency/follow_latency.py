@@ -3,6 +3,7 @@ prediction's last chunk recorded, against the frame's own predict time, side by 
 
     python benchmarks/run.py latency follow --arch tiny --shape 32 256 256
     python benchmarks/run.py latency follow --arch default --shape 32 192 192   # the paper's U-Net
+    python benchmarks/run.py latency follow --shape 16 64 64 --frames 2 --no-save   # does it run (tiny)
 
 1. The frame's own predict time: ``predict()`` of one frame (``time=(t, t+1)``) on the warm cluster,
    for each of two frames after one warm-up (the models are then loaded on the workers).
@@ -13,6 +14,11 @@ prediction's last chunk recorded, against the frame's own predict time, side by 
    files, and the latest of its ledger markers (each written once its chunk is stored).
 
 Goal (issue "Live time-lapses"): median latency <= 1.5x the frame's own predict time.
+
+``follow`` waits for its input as long as it is not told otherwise (that is its job), so the follow runs
+with an ``idle_timeout`` (``--idle-timeout``, default 10x the writer's interval and at least 60 s): a
+writer that dies or never starts ends the measurement with its exit status, rather than a follow that
+waits for ever; a measurement that did not predict every frame is refused, not stored.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from harness import machine as M, results as R, workloads as W
 
 SUITE = "latency"  # a result lands under benchmarks/results/<its title's question>/ (questions.yaml)
 
-WRITER = Path(__file__).resolve().parents[1] / "examples" / "live_timelapse_writer.py"
+WRITER = R.ROOT / "examples" / "live_timelapse_writer.py"
 
 
 def _frame_written(live: Path, t: int) -> float:
@@ -48,7 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arch", choices=sorted(W.ARCHS), default="tiny")
     parser.add_argument("--shape", type=int, nargs=3, default=(32, 256, 256), metavar=("Z", "Y", "X"))
     parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--idle-timeout", type=float, default=None,
+                        help="seconds the follow waits for a new frame (default: 10x the writer's interval, at least 60)")
     args = parser.parse_args(argv)
+    if not WRITER.is_file():
+        raise SystemExit(f"{WRITER}: the writer process's script is missing")
 
     from chunked_fnet.cluster import ClusterSpec, local_client
     from chunked_fnet.predict import PredictOptions, predict
@@ -61,19 +71,37 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with local_client(ClusterSpec()) as client:
             own = []
-            for t in range(3):  # the first loads the models on the workers
-                _, summary = predict(source, models, work / f"frame{t}.zarr", options=PredictOptions(time=(t, t + 1)),
+            for i in range(3):  # the first loads the models on the workers; frames reused when there are fewer than 3
+                t = i % args.frames
+                _, summary = predict(source, models, work / f"frame{i}.zarr", options=PredictOptions(time=(t, t + 1)),
                                      client=client, progress=False)
                 own.append(summary.seconds)
             frame_s = statistics.median(own[1:])
             interval = 2 * frame_s
             live, out = work / "live.zarr", work / "pred.zarr"
+            idle = args.idle_timeout if args.idle_timeout is not None else max(60.0, 10 * interval)
             writer = subprocess.Popen([sys.executable, str(WRITER), source, str(live), "--mode", "grow", "--interval", f"{interval:.2f}",
                                        "--mark-complete"], stdout=subprocess.DEVNULL)
             start = time.monotonic()
-            result = follow(live, models, out, client=client, progress=False)
+            try:
+                result = follow(live, models, out, client=client, progress=False, idle_timeout=idle)
+            except BaseException as exc:
+                code = writer.poll()
+                writer.kill()
+                writer.wait()
+                if code:  # the writer died first: that is why the follow found no (new) frame
+                    raise SystemExit(f"the writer ({WRITER.name}) exited with status {code}; the follow: {exc}") from exc
+                raise
             wall = time.monotonic() - start
-            writer.wait(timeout=600)
+            try:
+                code = writer.wait(timeout=60)  # it marked the input complete, so it is done or about to be
+            except subprocess.TimeoutExpired:
+                writer.kill()
+                code = writer.wait()
+        if code != 0:
+            raise SystemExit(f"the writer ({WRITER.name}) exited with status {code}; the follow stopped: {result.stopped}")
+        if result.total_frames != args.frames:
+            raise SystemExit(f"the follow predicted {result.total_frames} of {args.frames} frames ({result.stopped}); nothing stored")
         latencies = [_frame_predicted(out, t) - _frame_written(live, t) for t in range(args.frames)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
