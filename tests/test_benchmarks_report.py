@@ -161,3 +161,18 @@ def test_ported_benchmarks_use_the_public_api_only(path: Path) -> None:
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "getattr" and len(node.args) > 1:
             arg = node.args[1]
             assert not (isinstance(arg, ast.Constant) and str(arg.value).startswith("_")), f"{path.name}:{node.lineno}: getattr of a private name"
+
+
+def test_every_suite_measurement_imports_and_the_files_it_runs_exist() -> None:
+    import importlib
+
+    from suites import SUITES
+
+    for suite, measurements in SUITES.items():
+        for name, module_name in measurements.items():
+            module = importlib.import_module(module_name)
+            assert callable(module.main), f"{suite} {name}"
+    follow_latency = importlib.import_module(SUITES["latency"]["follow"])
+    assert follow_latency.WRITER.is_file()  # the writer process (moved suites resolve paths from the repository root)
+    vs_peers = importlib.import_module(SUITES["throughput"]["peers"])
+    assert vs_peers.RUN.is_file()
