@@ -121,6 +121,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the fastest variant")
     parser.add_argument("--threads", type=int, default=C.cores(), help="torch threads (CPU)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--layouts", nargs="+", choices=["NCDHW", "channels_last_3d"], default=["NCDHW", "channels_last_3d"])
+    parser.add_argument("--forward-only", action="store_true", help="steps 1 and 2 only (the matmul rates and the bare forward variants)")
     parser.add_argument("--no-append", action="store_true", help="print only; do not add a row to BENCHMARKS.md")
     args = parser.parse_args()
 
@@ -142,8 +144,10 @@ def main() -> None:
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     mm = 2 * n**3 / timed(lambda a=a, b=b: torch.matmul(a, b), sync, args.reps) / 1e12
+    a, b = a.float(), b.float()
+    mm32 = 2 * n**3 / timed(lambda a=a, b=b: torch.matmul(a, b), sync, args.reps) / 1e12
     del a, b
-    print(f"{name}: bf16 matmul {n}x{n}: {mm:.2f} TFLOP/s")
+    print(f"{name}: bf16 matmul {n}x{n}: {mm:.3g} TFLOP/s; fp32 matmul {mm32:.3g} TFLOP/s")
 
     # 2. model variants
     cfg = UNetConfig(**C.ARCHS[args.arch])
@@ -171,11 +175,12 @@ def main() -> None:
         seconds = timed(step, sync, args.reps, warm=2)
         tflops = flops * voxels / seconds / 1e12
         results[label] = tflops
-        print(f"  {label:<38} {voxels / seconds / 1e6:10.3f} M vox/s  {tflops:8.3f} TFLOP/s  {100 * tflops / mm:6.1f} % of bf16 matmul", flush=True)
+        print(f"  {label:<38} {voxels / seconds / 1e6:10.3f} M vox/s  {tflops:8.3f} TFLOP/s  {100 * tflops / mm:6.1f} % of bf16 matmul, "
+              f"{100 * tflops / mm32:6.1f} % of fp32 matmul ({seconds:.2f} s a pass)", flush=True)
         return tflops
 
     cudnn = [True, False] if cuda else [None]
-    for precision, channels_last in itertools.product(args.precisions, [False, True]):
+    for precision, channels_last in itertools.product(args.precisions, [layout == "channels_last_3d" for layout in args.layouts]):
         model = base.to(memory_format=torch.channels_last_3d) if channels_last else base.to(memory_format=torch.contiguous_format)
         for bench in cudnn if (precision == args.precisions[0] and not channels_last) else cudnn[:1]:
             if bench is not None:
@@ -190,8 +195,20 @@ def main() -> None:
     if args.compile:
         model = base.to(memory_format=torch.channels_last_3d if best_cl else torch.contiguous_format)
         compiled = torch.compile(model)
+        start = time.perf_counter()
         run_variant(best + ", torch.compile", compiled, best_precision, best_cl)
+        print(f"  (torch.compile: {time.perf_counter() - start:.1f} s in all, compiling and the timed passes)", flush=True)
         best = max(results, key=results.get)
+    if args.forward_only:
+        print(f"best: {best}: {results[best]:.3f} TFLOP/s = {100 * results[best] / mm:.0f} % of bf16 matmul, {100 * results[best] / mm32:.0f} % of fp32 matmul")
+        if not args.no_append:
+            print(C.append_row(SECTION, COLUMNS, [
+                C.today(), name, f"{mm:.3g} ({n}x{n}; fp32 {mm32:.3g})", f"{args.arch} U-Net ({flops / 1e6:.3f} MFLOP/voxel), {tuple(args.patch)}, {batch}",
+                "; ".join(f"{k}: {v:.3f} ({100 * v / mm:.0f} % bf16, {100 * v / mm32:.0f} % fp32 matmul)" for k, v in results.items()),
+                f"{best}: {results[best]:.3f} TFLOP/s = {100 * results[best] / mm:.0f} % of bf16 matmul", "not run (--forward-only)",
+                "not run (--forward-only)", C.command_line(), C.machine(),
+            ]))
+        return
 
     # 3. the sliding window on the device, at the best eager variant
     model = base.to(memory_format=torch.channels_last_3d if best_cl else torch.contiguous_format)

@@ -10,6 +10,7 @@ SUITES: dict[str, dict[str, str]] = {
         "peers": "suites.throughput.vs_peers",
         "scaling": "suites.throughput.scaling",
         "many-chunks": "suites.throughput.many_chunks",
+        "ensemble": "suites.throughput.ensemble",
     },
     "memory": {
         "vs-size": "suites.memory.memory_vs_size",
