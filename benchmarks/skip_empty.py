@@ -192,7 +192,7 @@ def main() -> None:
           f"speed-up {ratio:.2f} ({cached:.2f}); {skipped} of {total} patches "
           f"skipped, {blocks} block tasks without a model call; max |diff| unchanged regions {kept:.2e}, background {background:.3g} "
           f"({background / std:.2f} x the cell fields' output std {std:.3g})")
-    if not args.no_append:
+    if not args.no_save:
         C.append_row(
             "Skipping empty background (issue 28 item 4)",
             ["date", "plate, model, window", "off s", "auto s (response cached)", "speed-up (response cached)",

@@ -103,7 +103,7 @@ def main() -> None:
     vs_monai, vs_bare = rate.get("predict", nan) / rate.get("monai", nan), rate.get("predict", nan) / rate.get("bare", nan)
     print("M output voxels/s: " + ", ".join(f"{k} {v:.4f}" for k, v in rate.items()))
     print(f"predict / MONAI {vs_monai:.2f}, predict / bare forward {vs_bare:.2f}; predict's window {window}")
-    if not args.no_append:
+    if not args.no_save:
         C.append_row(
             "Throughput at the defaults: predict() vs MONAI vs the bare forward (issue 15)",
             ["date", "frame, model, precision", "predict M vox/s (window chosen)", "MONAI M vox/s", "bare forward M vox/s",

@@ -136,7 +136,7 @@ def main() -> None:
         print(f"{name:<20}{C.median(s['rate']) / 1e6:>10.4f}{C.median(s['user']):>13.1f}{C.median(s['sys']):>12.1f}"
               f"{C.median(s['faults']):>13.0f}{peaks[name]:>14.0f}")
     print(f"speed-up of reusing freed memory (median of per-round ratios): {speedup:.2f}")
-    if not args.no_append:
+    if not args.no_save:
         row = C.append_row(SECTION, COLUMNS, [
             C.today(), f"{args.arch} U-Net, {tuple(args.patch)}, {args.batch}",
             f"{shape}, {tuple(args.chunks)}, {args.workers} x {args.threads}", cell(PREDICT), cell(TUNED), f"{speedup:.2f}",

@@ -47,6 +47,8 @@ class StackedEnsemble(torch.nn.Module):
         self.members = torch.nn.ModuleList(models)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.members) == 1:  # one structure: its output as it is, not copied by a cat of one
+            return self.members[0](x)
         return torch.cat([m(x) for m in self.members], dim=1)
 
 

@@ -35,9 +35,13 @@ class ModelGridFrame:
         self.t, self.stats, self.grid, self.nonfinite = t, stats, grid, nonfinite
         self.shape = (1, *grid.shape)
         self._read = reader or region_reader(array, dims, t, channel, offset)
+        # integer input (a camera's) holds no NaN/Inf: its frames are not searched for them
+        self._always_finite = np.issubdtype(np.dtype(getattr(array, "dtype", np.float32)), np.integer)
 
     def _read_source(self, region: tuple[slice, ...]) -> np.ndarray:
         values = self._read(region)
+        if self._always_finite:
+            return values
         finite = np.isfinite(values)
         if not finite.all():
             if self.nonfinite != "fill":

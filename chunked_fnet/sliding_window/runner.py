@@ -411,8 +411,9 @@ class PatchRunner:
             acc: torch.Tensor | None = None
             for i in range(0, len(corners), self.batch_size):
                 batch = [grid.patch_box(c) for c in corners[i : i + self.batch_size]]
-                try:
-                    pred = self.forward(torch.stack([x[(slice(None), *p.within(box))] for p in batch]))
+                cut = [x[(slice(None), *p.within(box))] for p in batch]
+                try:  # a batch of one patch (a whole-frame patch) is a view of the input, not a copy of it
+                    pred = self.forward(cut[0].unsqueeze(0) if len(cut) == 1 else torch.stack(cut))
                 except RuntimeError as exc:
                     if not is_out_of_memory(exc):
                         raise
@@ -423,6 +424,9 @@ class PatchRunner:
                     raise ValueError(f"the model changed its channel count from {acc.shape[0]} to {pred.shape[1]}")
                 for patch, out in zip(batch, pred):
                     dst, src = overlap_slices(patch, target)
+                    if window.unit_weights(patch.start):  # weight 1 everywhere (one patch along every axis): w * out is out
+                        acc[(slice(None), *dst)] += out[(slice(None), *src)]
+                        continue
                     w = device_weights(window.weights_for(patch.start), self.device)
                     acc[(slice(None), *dst)] += w[src] * out[(slice(None), *src)]
                 del pred

@@ -224,6 +224,15 @@ class SlidingWindow:
         """The blending weights of the patch starting at ``corner`` (read-only, cached per kind of position)."""
         return self._weights(self.grid.edges(corner) if self.blend == "band" else ())
 
+    def unit_weights(self, corner: Sequence[int]) -> bool:
+        """Whether every weight of the patch at ``corner`` is exactly 1 (a ``band`` patch without neighbours:
+        a whole-frame patch), so that weighting its output is the identity (cached with the weights)."""
+        key = ("ones", self.grid.edges(corner) if self.blend == "band" else ())
+        ones = self._weights_cache.get(key)
+        if ones is None:
+            ones = self._weights_cache[key] = bool((self.weights_for(corner) == 1).all())
+        return ones  # type: ignore[return-value]
+
     def _weights(self, key: tuple) -> np.ndarray:
         w = self._weights_cache.get(key)
         if w is None:

@@ -1,0 +1,376 @@
+"""Host work per frame (issue 29 item 1): can one GPU worker's host side keep up with its GPU at one model?
+
+    python benchmarks/host_side.py [--frames 8] [--reps 3] [--threads 1 2] [--compare OLD_CHECKOUT] [--no-append]
+
+Everything but the forward pass is the real code path: ``chunked_fnet.predict.predict`` at the product's
+defaults (``PredictOptions()`` bar ``device="cpu"``, ``precision="fp32"``) on a real local cluster (one worker
+process, 1 or 2 task threads, 127.0.0.1 only) over a time-lapse of 64x512x512 uint16 frames written by the
+package's own synth (its default chunks 32x256x256 and zstd). The one model is a bioimage.io package whose
+network is ``x * gain + 1e-3 * u`` (``u``: fixed uniform noise, so that its output's low mantissa bits are as
+incompressible as a real prediction's, whose zstd cost the quantised ``x * gain`` alone would overstate
+~4x); its card says width 1, so the auto patch is the whole frame, as the paper U-Net's is on a GPU (one
+block task per frame, its 8 chunk tasks blending and writing).
+
+Per stage, the CPU seconds per frame in the worker process: the package's functions are wrapped in the
+worker (thread CPU time, exclusive of nested wrapped calls), zarr's codec and file calls in its own threads
+too; what is left of each task thread is task overhead, the worker's event loop is scheduling, and the
+client process (the scheduler and the statistics pass of ``plan``, which reads every frame once more) is reported apart. Frames/s is the run's
+execution (``RunSummary.seconds``). Runs are interleaved (1 thread, 2 threads, [old, new], ...), each
+in a fresh subprocess and cluster after an untimed one-frame warm-up; medians are reported.
+
+``--compare OLD``: the same runs with ``PYTHONPATH=OLD`` (e.g. ``git worktree add /tmp/hs-before 40c72c6``)
+interleaved with this checkout's, and the outputs' values checked bit-identical between the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import _common as C
+
+SECTION = "Host work per frame (issue 29)"
+COLUMNS = ["date", "case", "version", "CPU-s per frame by stage", "host CPU-s per frame", "frames/s 1 thread", "frames/s 2 threads",
+           "8-thread projection", "commit", "command", "machine"]
+SHAPE = (64, 512, 512)
+#: GPU's need: the paper U-Net's forward of one 64x512x512 frame on an H100 (issue 29), and the 8 task threads.
+GPU_FRAME_S = 0.060
+GPU_THREADS = 8
+
+GAIN_NET = '''"""x * gain + 1e-3 * u: a near-free network whose output is continuous (benchmarks/host_side.py). Imports only torch."""
+import torch
+from torch import nn
+
+
+class Gain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+        return x * self.gain + 1e-3 * u.to(x.device)
+'''
+
+#: stage -> the functions (module, qualified name) whose exclusive thread CPU time is that stage's.
+STAGES = {
+    "read/decode": [("chunked_fnet.preprocess.frame", "ModelGridFrame._read_source"), ("chunked_fnet.predict.job", "read_input_chunk"),
+                    ("zarr.codecs.zstd", "ZstdCodec._decode_sync"), ("zarr.storage._local", "_get")],
+    "z-score/resample": [("chunked_fnet.preprocess.frame", "ModelGridFrame.read")],
+    "staging": [("chunked_fnet.sliding_window.runner", "_stage")],
+    "forward": [("chunked_fnet.sliding_window.runner", "PatchRunner.forward")],
+    "blend (block task)": [("chunked_fnet.sliding_window.runner", "PatchRunner.weighted_sums"),
+                           ("chunked_fnet.sliding_window.runner", "PatchRunner._sums"),
+                           ("chunked_fnet.sliding_window.window", "WeightedSum.crop")],
+    "finish (chunk task)": [("chunked_fnet.sliding_window.window", "SlidingWindow.blend_pieces"),
+                            ("chunked_fnet.predict.job", "back_to_input_grid")],
+    "compress+write": [("chunked_fnet.io.writer", "write_region"), ("chunked_fnet.predict.ledger", "Ledger.mark_done"),
+                       ("zarr.codecs.zstd", "ZstdCodec._encode_sync"), ("zarr.storage._local", "_put")],
+    "pyramid": [("chunked_fnet.io.writer", "downsample_mean")],
+    "heap trim": [("chunked_fnet.predict.job", "trim_heap")],
+}
+ORDER = [*STAGES, "task overhead", "zarr I/O loop", "scheduling (worker)", "other worker threads"]
+
+
+# ------------------------------------------------------------------------------- in the worker
+def _install() -> None:
+    """Wrap the stages' functions in this process (once): exclusive thread CPU time per stage."""
+    import importlib
+
+    mod = sys.modules.get("__hs_stages__")
+    if mod is not None:
+        return
+    totals: dict[tuple[str, str], float] = collections.defaultdict(float)
+    local = threading.local()
+    lock = threading.Lock()
+
+    def wrap(stage: str, fn):  # noqa: ANN001, ANN202
+        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            stack = local.__dict__.setdefault("stack", [])
+            stack.append(0.0)
+            start = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent = time.thread_time() - start
+                nested = stack.pop()
+                if stack:
+                    stack[-1] += spent
+                with lock:
+                    totals[(stage, _kind(threading.current_thread().name))] += spent - nested
+
+        timed.__wrapped__ = fn
+        return timed
+
+    for stage, names in STAGES.items():
+        for module, qualname in names:
+            try:
+                owner = importlib.import_module(module)
+            except ImportError:
+                continue
+            *path, name = qualname.split(".")
+            for part in path:
+                owner = getattr(owner, part)
+            if hasattr(owner, name):
+                setattr(owner, name, wrap(stage, getattr(owner, name)))
+    import types
+
+    holder = types.ModuleType("__hs_stages__")
+    holder.totals = totals  # type: ignore[attr-defined]
+    sys.modules["__hs_stages__"] = holder
+
+
+def _kind(name: str) -> str:
+    """What a worker thread is, by its name: a dask task thread, zarr's I/O threads, the event loop, other."""
+    if "Dask-Default-Threads" in name:
+        return "task"
+    if name.startswith("zarr_pool") or name == "zarr_io":
+        return "zarr"
+    return "main" if name == "MainThread" else "other"
+
+
+def _snapshot() -> dict:
+    """This worker's stage totals (per stage and kind of thread) and its threads' CPU time, per kind."""
+    import psutil
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    kinds: dict[str, float] = collections.defaultdict(float)
+    for t in psutil.Process().threads():
+        kinds[_kind(names.get(t.id, ""))] += t.user_time + t.system_time
+    proc = psutil.Process().cpu_times()
+    totals = sys.modules["__hs_stages__"].totals
+    return {"stages": {f"{s}|{k}": v for (s, k), v in totals.items()}, "threads": dict(kinds), "process": proc.user + proc.system}
+
+
+# ---------------------------------------------------------------------------------- one run
+def gain_package(folder: Path) -> Path:
+    """The bioimage.io package of :data:`GAIN_NET` (synth's voxel size, sizes 16 + 16k, card width 1)."""
+    out = folder / "gain.zip"
+    if out.exists():
+        return out
+    import numpy as np
+    import torch
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec.model import v0_5
+
+    from chunked_fnet.synth.dataset import SynthConfig
+
+    voxel = SynthConfig().voxel_size
+    work = folder / "gain_files"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "gain_net.py").write_text(GAIN_NET)
+    space: dict = {}
+    exec(compile(GAIN_NET, str(work / "gain_net.py"), "exec"), space)  # noqa: S102 - our own source, written above
+    net = space["Gain"]().eval()
+    x = (500.0 + 100.0 * np.random.default_rng(0).normal(size=(1, 1, 16, 16, 16))).astype(np.float32)
+    with torch.no_grad():
+        y = net(torch.from_numpy(((x - x.mean()) / (x.std() + 1e-6)).astype(np.float32))).numpy()
+    np.save(work / "in.npy", x)
+    np.save(work / "out.npy", y)
+    torch.save(net.state_dict(), work / "weights.pt")
+    (work / "README.md").write_text("# gain network\n\nx * gain + 1e-3 u: the host-side benchmark's near-free model.\n")
+    axis = {a: (s * 1000, v0_5.AxisId(a)) for a, s in zip("zyx", voxel, strict=True)}
+    inputs = [v0_5.SpaceInputAxis(id=i, size=v0_5.ParameterizedSize(min=16, step=16), scale=s, unit="nanometer") for s, i in axis.values()]
+    outputs = [v0_5.SpaceOutputAxis(id=i, size=v0_5.SizeReference(tensor_id=v0_5.TensorId("raw"), axis_id=i), scale=s, unit="nanometer")
+               for s, i in axis.values()]
+    zscore = v0_5.ZeroMeanUnitVarianceDescr(kwargs=v0_5.ZeroMeanUnitVarianceKwargs(axes=[i for _, i in axis.values()]))
+    channel = lambda name: v0_5.ChannelAxis(channel_names=[v0_5.Identifier(name)])  # noqa: E731
+    version = v0_5.Version(torch.__version__.split("+")[0])
+    descr = v0_5.ModelDescr(
+        name="gain network", description="x * gain + 1e-3 u (chunked_fnet's host-side benchmark)",
+        authors=[v0_5.Author(name="chunked_fnet benchmarks")],
+        cite=[v0_5.CiteEntry(text="chunked_fnet benchmarks", url="https://github.com/bioimage-io/spec-bioimage-io")],
+        license=v0_5.LicenseId("MIT"), documentation=v0_5.FileDescr(source=work / "README.md"),
+        inputs=[v0_5.InputTensorDescr(id=v0_5.TensorId("raw"), axes=[v0_5.BatchAxis(), channel("c"), *inputs],
+                                      test_tensor=v0_5.FileDescr(source=work / "in.npy"), preprocessing=[zscore])],
+        outputs=[v0_5.OutputTensorDescr(id=v0_5.TensorId("dna"), axes=[v0_5.BatchAxis(), channel("dna"), *outputs],
+                                        test_tensor=v0_5.FileDescr(source=work / "out.npy"))],
+        weights=v0_5.WeightsDescr(pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
+            source=work / "weights.pt", pytorch_version=version,
+            architecture=v0_5.ArchitectureFromFileDescr(source=work / "gain_net.py", callable=v0_5.Identifier("Gain"), kwargs={}),
+        )),
+        config={"chunked_fnet": {"card": {"structure": "dna", "architecture": {"width": 1}}}},
+    )
+    save_bioimageio_package(descr, output_path=out)
+    return out
+
+
+def input_image(folder: Path, frames: int) -> str:
+    """``frames`` x 64x512x512 of ``chunked_fnet.synth`` at its defaults (uint16, chunks 32x256x256, zstd)."""
+    from chunked_fnet.synth.dataset import SynthConfig, generate
+
+    config = SynthConfig(size_t=frames, size_z=SHAPE[0], size_y=SHAPE[1], size_x=SHAPE[2])
+    path = folder / f"host_side_{frames}x{'x'.join(map(str, SHAPE))}.zarr"
+    marker = path.with_name(path.name + ".config.json")
+    if not (path.exists() and marker.exists() and marker.read_text() == config.model_dump_json()):
+        print(f"generating {path} ...", flush=True)
+        generate(config, path, overwrite=True, progress=False)
+        marker.write_text(config.model_dump_json())
+    return str(path)
+
+
+def values_digest(path: str) -> str:
+    """SHA-256 of the output's decoded values (level 0), frame by frame: equal values, equal digest."""
+    import numpy as np
+    import zarr
+
+    arr = zarr.open_group(path, mode="r")["0"]
+    h = hashlib.sha256()
+    for t in range(arr.shape[0]):
+        h.update(np.ascontiguousarray(arr[t]).tobytes())
+    return h.hexdigest()
+
+
+def one_run(args: argparse.Namespace) -> dict:
+    """In this process: one cluster of 1 worker x ``args.one`` threads, a warm-up frame, then the measured run."""
+    import dask
+    import psutil
+    from distributed import Client, LocalCluster
+
+    from chunked_fnet.predict import PredictOptions, predict
+    from chunked_fnet.predict.plan import plan
+
+    data = Path(args.data)
+    image = input_image(data, args.frames)
+    model = str(gain_package(data))
+    out = tempfile.mkdtemp(prefix="host_side_", dir=args.data)
+    options = PredictOptions(device="cpu", precision="fp32")
+    me = psutil.Process()
+    cpu = lambda: sum(me.cpu_times()[:2])  # noqa: E731
+    start = cpu()
+    plan(image, [model], f"{out}/unused.zarr", options)  # the statistics pass alone, in this (the client's) process
+    stats_pass = cpu() - start
+    with LocalCluster(n_workers=1, threads_per_worker=args.one, processes=True, host="127.0.0.1", dashboard_address=None,
+                      scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client:
+        client.run(_install)
+        predict(image, [model], f"{out}/warm.zarr", options=options.model_copy(update={"time": (0, 1)}), client=client, progress=False)
+        before = next(iter(client.run(_snapshot).values()))
+        c0 = cpu()
+        # plan's statistics pass in this process, as with a ClusterSpec (a connected default client would take
+        # it to the worker, mixing a second read of every frame into the stages); the run's tasks go to the client
+        with dask.config.set(scheduler="threads"):
+            _, summary = predict(image, [model], f"{out}/out.zarr", options=options, client=client, progress=False)
+        client_cpu = cpu() - c0
+        after = next(iter(client.run(_snapshot).values()))
+        info = client.scheduler_info()["workers"]
+    frames = args.frames
+    delta = lambda part, key: (after[part].get(key, 0.0) - before[part].get(key, 0.0)) / frames  # noqa: E731
+    keys = set(after["stages"]) | set(before["stages"])
+    stages = {s: sum(delta("stages", k) for k in keys if k.split("|")[0] == s) for s in STAGES}
+    within = {kind: sum(delta("stages", k) for k in keys if k.split("|")[1] == kind) for kind in ("task", "zarr", "main", "other")}
+    stages["task overhead"] = max(0.0, delta("threads", "task") - within["task"])
+    stages["zarr I/O loop"] = max(0.0, delta("threads", "zarr") - within["zarr"])
+    stages["scheduling (worker)"] = max(0.0, delta("threads", "main") - within["main"])
+    stages["other worker threads"] = max(0.0, delta("threads", "other") - within["other"])
+    digest = values_digest(f"{out}/out.zarr") if args.digest else None
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "threads": args.one, "frames": frames, "seconds": summary.seconds, "fps": frames / summary.seconds, "stages": stages,
+        "worker_cpu": (after["process"] - before["process"]) / frames, "client_cpu": client_cpu / frames,
+        "stats_pass": stats_pass / frames, "window": list(summary.policy.window.patch_shape) if summary.policy else None,
+        "chunks": summary.chunks, "digest": digest, "workers": len(info),
+    }
+
+
+# ------------------------------------------------------------------------------------ the driver
+def _subprocess(args: argparse.Namespace, threads: int, pythonpath: str | None, digest: bool) -> dict:
+    """One run in a fresh interpreter (its own cluster), with ``PYTHONPATH=pythonpath`` when given."""
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([pythonpath, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    cmd = [sys.executable, __file__, "--one", str(threads), "--frames", str(args.frames), "--data", args.data] + (["--digest"] if digest else [])
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    line = next((x for x in reversed(done.stdout.splitlines()) if x.startswith("{")), None)
+    if done.returncode or line is None:
+        raise SystemExit(f"run failed ({' '.join(cmd)}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return json.loads(line)
+
+
+def projection(fps1: float, fps2: float, threads: int = GPU_THREADS) -> tuple[float, float]:
+    """Frames/s at ``threads`` from the 1- and 2-thread rates (Amdahl: the parallel share ``p`` that the
+    2-thread speed-up implies, the rest serial per frame or under the GIL), and that share."""
+    s2 = fps2 / fps1
+    p = min(1.0, max(0.0, 2.0 * (1.0 - 1.0 / s2)))
+    return fps1 / ((1.0 - p) + p / threads), p
+
+
+def _host_cpu(run: dict) -> float:
+    """Host CPU-s per frame: everything in the worker but the forward, plus the client's (stats pass, scheduler)."""
+    return sum(v for k, v in run["stages"].items() if k != "forward") + run["client_cpu"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--compare", default=None, help="an older checkout (its repository root) to run interleaved, as PYTHONPATH")
+    parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--digest", action="store_true", help=argparse.SUPPRESS)
+    C.add_data_args(parser)
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(one_run(args), default=float), flush=True)
+        return
+    Path(args.data).mkdir(parents=True, exist_ok=True)
+    input_image(Path(args.data), args.frames)  # generated once, before any timing
+    gain_package(Path(args.data))
+    versions = {"new": str(C.ROOT)} if not args.compare else {"old": str(Path(args.compare).resolve()), "new": str(C.ROOT)}
+    runs: dict[tuple[str, int], list[dict]] = collections.defaultdict(list)
+    for rep in range(args.reps):
+        for threads in args.threads:
+            for name, path in versions.items():
+                run = _subprocess(args, threads, path, digest=rep == 0 and threads == args.threads[0])
+                runs[(name, threads)].append(run)
+                print(f"rep {rep} {name} {threads} thread(s): {run['fps']:.3f} frames/s, host {_host_cpu(run):.3f} CPU-s/frame "
+                      f"(forward {run['stages']['forward']:.3f})", flush=True)
+    digests = {name: runs[(name, args.threads[0])][0]["digest"] for name in versions}
+    identical = len(set(digests.values())) == 1
+    med = lambda name, t, f: C.median([f(r) for r in runs[(name, t)]])  # noqa: E731
+    print(f"\n{C.machine()}; {C.load_note()}")
+    print(f"{args.frames} frames of {'x'.join(map(str, SHAPE))}, window {runs[('new', args.threads[0])][0]['window']}, "
+          f"1 worker; medians of {args.reps}; per frame")
+    header = f"{'stage (CPU-s per frame)':28s}" + "".join(f"{f'{n} {t}t':>10s}" for n in versions for t in args.threads)
+    print(header)
+    for stage in ORDER:
+        print(f"{stage:28s}" + "".join(f"{med(n, t, lambda r: r['stages'][stage]):10.3f}" for n in versions for t in args.threads))
+    for label, f in (("client (stats pass, sched.)", lambda r: r["client_cpu"]), ("  of which stats pass", lambda r: r["stats_pass"]),
+                     ("host total (no forward)", _host_cpu), ("worker process total", lambda r: r["worker_cpu"]),
+                     ("frames/s", lambda r: r["fps"])):
+        print(f"{label:28s}" + "".join(f"{med(n, t, f):10.3f}" for n in versions for t in args.threads))
+    cells = {}
+    for name in versions:
+        if 1 in args.threads and 2 in args.threads:
+            fps1, fps2 = med(name, 1, lambda r: r["fps"]), med(name, 2, lambda r: r["fps"])
+            fps8, p = projection(fps1, fps2)
+            host = med(name, 1, _host_cpu)
+            cells[name] = (fps1, fps2, fps8, p, host)
+            print(f"{name}: 2-thread speed-up {fps2 / fps1:.2f} -> parallel share {p:.2f}; projected {GPU_THREADS} threads: "
+                  f"{fps8:.2f} frames/s = {1 / fps8 * 1e3:.0f} ms per frame against the GPU's {GPU_FRAME_S * 1e3:.0f} ms "
+                  f"(host CPU {host:.3f} s/frame against {GPU_THREADS * GPU_FRAME_S:.2f} s on {GPU_THREADS} threads)")
+    if args.compare:
+        print(f"outputs bit-identical between old and new: {identical} ({digests})")
+    if args.no_save or not cells:
+        return
+    stages = "; ".join(f"{s} " + "/".join(f"{med(n, 1, lambda r: r['stages'][s]):.3f}" for n in versions) for s in ORDER)
+    for name, (fps1, fps2, fps8, p, host) in cells.items():
+        C.append_row(SECTION, COLUMNS, [
+            C.today(), f"{args.frames} x {'x'.join(map(str, SHAPE))}, 1 model (x*gain+u), defaults, 1 worker", name,
+            stages + (" (old/new)" if args.compare else ""), f"{host:.3f}", f"{fps1:.2f}", f"{fps2:.2f}",
+            f"{fps8:.2f} frames/s (parallel share {p:.2f} from 2 threads)", "", C.command_line(), C.machine(),
+        ])
+
+
+if __name__ == "__main__":
+    main()

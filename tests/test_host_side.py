@@ -1,0 +1,118 @@
+"""The host side's short cuts (benchmarks/host_side.py) give bit for bit what the plain formulas give:
+z-scoring into one array, integer frames not searched for NaN, a batch of one patch and an ensemble of
+one model not copied, a patch of weight 1 not multiplied by it. No timings here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import chunked_fnet.preprocess.frame as frame_module
+from chunked_fnet.errors import InputError
+from chunked_fnet.predict.ensemble import StackedEnsemble
+from chunked_fnet.preprocess.frame import ModelGridFrame
+from chunked_fnet.preprocess.normalize import FrameStats
+from chunked_fnet.preprocess.resample import ModelGrid
+from chunked_fnet.sliding_window import Box, PatchRunner, SlidingWindow, padded_reader
+
+
+def _plain_zscore(values: np.ndarray, stats: FrameStats) -> np.ndarray:
+    """The formula FrameStats.apply had: a float32 cast, then each operation into a new float32 array."""
+    return ((np.asarray(values, dtype=np.float32) - np.float32(stats.mean)) / np.float32(stats.std)).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int32", "float32", "float64"])
+def test_zscore_is_bitwise_the_plain_formula_and_leaves_its_input_alone(dtype: str) -> None:
+    rng = np.random.default_rng(0)
+    values = (rng.normal(500.0, 120.0, size=(5, 7, 9)) if dtype.startswith("float") else rng.integers(0, 4000, size=(5, 7, 9))).astype(dtype)
+    values[0, 0, :3] = (0, 1, 2) if not dtype.startswith("float") else (np.nan, np.inf, -0.0)
+    kept = values.copy()
+    stats = FrameStats(mean=497.31234567891, std=118.7654321987)
+    out = stats.apply(values)
+    assert out.dtype == np.float32 and out.shape == values.shape
+    assert np.array_equal(out.view(np.uint32), _plain_zscore(values, stats).view(np.uint32))  # bits, NaN and -0.0 included
+    assert np.array_equal(values, kept, equal_nan=True) and out is not values
+    view = values[1:, ::2]  # a strided view: the same values as a copy of it
+    assert np.array_equal(stats.apply(view).view(np.uint32), _plain_zscore(view.copy(), stats).view(np.uint32))
+
+
+def _frame(values: np.ndarray, nonfinite: str = "fail") -> ModelGridFrame:
+    grid = ModelGrid(values.shape, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))
+    return ModelGridFrame(values, ("z", "y", "x"), None, 0, FrameStats(10.0, 3.0), grid, nonfinite)
+
+
+def test_integer_frames_are_not_searched_for_nonfinite_voxels_and_float_frames_still_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = np.arange(4 * 6 * 8, dtype=np.uint16).reshape(4, 6, 8)
+    region = (slice(1, 3), slice(0, 6), slice(2, 7))
+    expected = _plain_zscore(values[region], FrameStats(10.0, 3.0))
+    searched = []
+    monkeypatch.setattr(frame_module.np, "isfinite", lambda a: searched.append(a.shape) or np.ones(a.shape, bool), raising=True)
+    got = _frame(values).read(region)
+    assert np.array_equal(got.view(np.uint32), expected.view(np.uint32)) and searched == []
+    monkeypatch.undo()
+    floats = values.astype(np.float32)
+    floats[2, 3, 4] = np.nan
+    with pytest.raises(InputError, match="NaN/Inf"):
+        _frame(floats).read(region)
+    filled = _frame(floats, "fill").read(region)  # the frame's mean z-scores to 0
+    assert filled[1, 3, 2] == 0.0 and np.isfinite(filled).all()
+
+
+class _Recorder(torch.nn.Module):
+    """2x + 1, recording the storage of every input it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x)
+        return 2 * x + 1
+
+
+def test_a_one_model_ensemble_returns_its_output_and_several_are_stacked() -> None:
+    a, b = _Recorder(), _Recorder()
+    x = torch.randn(2, 1, 4, 8, 8)
+    one = StackedEnsemble([a])(x)
+    assert torch.equal(one, 2 * x + 1) and one.shape == (2, 1, 4, 8, 8)
+    both = StackedEnsemble([a, b])(x)
+    assert both.shape == (2, 2, 4, 8, 8) and torch.equal(both[:, :1], one) and torch.equal(both[:, 1:], one)
+
+
+def test_a_whole_frame_patch_runs_on_a_view_of_the_input_with_weight_one_and_the_same_sums() -> None:
+    vol = np.random.default_rng(1).standard_normal((1, 16, 32, 48)).astype(np.float32)
+    window = SlidingWindow(vol.shape, (16, 32, 48), 0, multiple=16, blend="band", align=True)
+    corners = list(window.grid.corners())
+    assert len(corners) == 1 and window.unit_weights(corners[0]) and (window.weights_for(corners[0]) == 1).all()
+    model = _Recorder()
+    runner = PatchRunner(model, channels_last=False, batch_size=1)
+    target = Box((0, 0, 0), (16, 32, 48))
+    sums = runner.weighted_sums(window, padded_reader(vol), corners, target)
+    expected = np.zeros_like(vol)
+    expected += np.float32(1.0) * (2 * vol + 1)  # the plain weighting: acc += w * out
+    assert np.array_equal(sums.values.view(np.uint32), expected.view(np.uint32))
+    (seen,) = model.inputs
+    assert seen.shape == (1, 1, 16, 32, 48) and np.shares_memory(seen.numpy(), vol)  # a view, not a stacked copy
+
+
+@pytest.mark.parametrize("blend", ["band", "gaussian"])
+def test_patches_with_neighbours_are_weighted_as_before(blend: str) -> None:
+    vol = np.random.default_rng(2).standard_normal((1, 16, 40, 40)).astype(np.float32)
+    window = SlidingWindow(vol.shape, (16, 32, 32), (0, 16, 16) if blend == "band" else (0, 0.25, 0.25), multiple=16, blend=blend, align=blend == "band")
+    corners = list(window.grid.corners())
+    assert len(corners) > 1 and not any(window.unit_weights(c) for c in corners)
+    target = Box((0, 0, 0), (16, 40, 40))
+    model = _Recorder()
+    one_by_one = PatchRunner(model, channels_last=False, batch_size=1).weighted_sums(window, padded_reader(vol), corners, target)
+    batched = PatchRunner(model, channels_last=False, batch_size=3).weighted_sums(window, padded_reader(vol), corners, target)
+    read = padded_reader(vol)
+    expected = np.zeros((1, *target.shape), dtype=np.float32)
+    for corner in corners:  # the plain formula, patch after patch in the runner's order
+        from chunked_fnet.sliding_window.window import overlap_slices
+
+        patch = window.grid.patch_box(corner)
+        dst, src = overlap_slices(patch, target)
+        out = 2 * read(patch.slices) + 1
+        expected[(slice(None), *dst)] += window.weights_for(corner)[src] * out[(slice(None), *src)]
+    assert np.array_equal(one_by_one.values, expected) and np.array_equal(batched.values, expected)
