@@ -1,5 +1,6 @@
 """The host side's short cuts (benchmarks/host_side.py) give bit for bit what the plain formulas give:
-z-scoring into one array, integer frames not searched for NaN, a batch of one patch and an ensemble of
+z-scoring into one array, integer frames not searched for NaN, an integer frame's statistics without a
+float64 copy, a batch of one patch and an ensemble of
 one model not copied, a patch of weight 1 not multiplied by it. No timings here."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import torch
 
 import chunked_fnet.preprocess.frame as frame_module
 from chunked_fnet.errors import InputError
+from chunked_fnet.moments import block_moments, moments
 from chunked_fnet.predict.ensemble import StackedEnsemble
 from chunked_fnet.preprocess.frame import ModelGridFrame
 from chunked_fnet.preprocess.normalize import FrameStats
@@ -35,6 +37,34 @@ def test_zscore_is_bitwise_the_plain_formula_and_leaves_its_input_alone(dtype: s
     assert np.array_equal(values, kept, equal_nan=True) and out is not values
     view = values[1:, ::2]  # a strided view: the same values as a copy of it
     assert np.array_equal(stats.apply(view).view(np.uint32), _plain_zscore(view.copy(), stats).view(np.uint32))
+
+
+def _plain_moments(values: np.ndarray) -> np.ndarray:
+    """block_moments of one array as it was for every dtype: a float64 copy, searched for NaN, its mean and
+    centred sum of squares."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    mean = x.mean()
+    dx = x - mean
+    m2 = np.dot(dx, dx)
+    return np.array([x.size, mean, mean, m2, m2, m2])
+
+
+@pytest.mark.parametrize(
+    "dtype,low,high,shape",
+    [("uint16", 0, 65535, (16, 128, 128)), ("uint16", 90, 4200, (7, 33, 65)), ("uint8", 0, 255, (5, 6, 7)),
+     ("int16", -3000, 3000, (9, 50, 50)), ("int32", -100000, 100000, (4, 64, 64)), ("uint32", 0, 2**32 - 1, (2, 3, 4)),
+     ("int64", -(2**40), 2**40, (3, 40, 40))],  # int64: beyond 2**53 in the worst case, so the float64 path
+)
+def test_integer_block_moments_are_bitwise_the_float64_ones(dtype: str, low: int, high: int, shape: tuple[int, ...]) -> None:
+    values = np.random.default_rng(1).integers(low, high, size=shape, endpoint=True).astype(dtype)
+    kept = values.copy()
+    for finite_only in (True, False):
+        assert block_moments(values, finite_only=finite_only).tobytes() == _plain_moments(values).tobytes()
+    assert np.array_equal(values, kept)
+    exact = moments(values, finite_only=True)
+    assert exact.mean_a == float(values.astype(np.float64).mean())
+    assert exact.std_a == pytest.approx(float(values.astype(np.float64).std()), rel=1e-12)
 
 
 def _frame(values: np.ndarray, nonfinite: str = "fail") -> ModelGridFrame:
