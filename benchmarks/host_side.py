@@ -368,8 +368,18 @@ def main() -> None:
         C.append_row(SECTION, COLUMNS, [
             C.today(), f"{args.frames} x {'x'.join(map(str, SHAPE))}, 1 model (x*gain+u), defaults, 1 worker", name,
             stages + (" (old/new)" if args.compare else ""), f"{host:.3f}", f"{fps1:.2f}", f"{fps2:.2f}",
-            f"{fps8:.2f} frames/s (parallel share {p:.2f} from 2 threads)", "", C.command_line(), C.machine(),
+            f"{fps8:.2f} frames/s (parallel share {p:.2f} from 2 threads)", _commit(args.compare if name == "old" else C.ROOT),
+            C.command_line(), C.machine(),
         ])
+
+
+def _commit(checkout: str | Path) -> str:
+    """The short commit of the checkout whose package ran (``+ changes`` when its tree is not clean)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    return f"{head}{' + changes' if git('status', '--porcelain', '--untracked-files=no') else ''}" if head else "unknown"
 
 
 if __name__ == "__main__":

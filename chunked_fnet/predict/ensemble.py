@@ -76,7 +76,12 @@ def cached_model(path: str, digest: str, device: str, channels_last: bool = Fals
 def cached_ensemble(paths: Sequence[str], digests: Sequence[str], device: str, channels_last: bool) -> StackedEnsemble:
     """The stacked ensemble of ``paths`` on ``device``, built once per process, device and memory format
     (the models' content hashes name them): every block of a run, in any thread, runs this one module,
-    already in eval mode and converted, so no block converts, toggles or restores anything."""
+    already in eval mode and converted, so no block converts, toggles or restores anything.
+
+    Not ``torch.compile``'d (yet): at a run's fixed whole-frame patch on a 2-core AVX2 CPU (paper U-Net,
+    32x128x128, fp32, ``benchmarks/gpu_path.py --forward-only --compile``) inductor ran 1.00x and 1.18x
+    eager in two runs on a loaded machine, after about 100 s of compiling per process; on a GPU the
+    acceptance run's section 3 measures it. Compiling once per worker is worth it only where measured faster."""
     key = (tuple(digests), device, channels_last)
     with _LOCK:
         ensemble = _ENSEMBLES.get(key)
