@@ -74,6 +74,18 @@ def per_round_ratios(timings: Mapping[str, Sequence[float]], a: str, b: str) -> 
     return [tb / ta for ta, tb in zip(timings[a], timings[b])]
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far (all its threads): on a machine shared with other
+    jobs, wall time follows their load while CPU time mostly does not."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def workers_cpu_seconds(client: Any) -> float:
+    """:func:`cpu_seconds` of every worker process of ``client``'s cluster, summed."""
+    return float(sum(client.run(cpu_seconds).values()))
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set size over its lifetime (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

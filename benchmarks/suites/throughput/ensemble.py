@@ -12,7 +12,7 @@ the forward passes and the output channels blended and written.
 
 Timed: each run's ``RunSummary.seconds`` (executing the tasks and writing the pyramids; planning, the
 statistics pass and creating the output are outside, and the same for both), and the CPU seconds the worker
-processes spent over each whole call (psutil, user + system): on a machine shared with other jobs, wall time
+processes spent over each whole call (``harness.timing.workers_cpu_seconds``, user + system): on a machine shared with other jobs, wall time
 follows their load while CPU time mostly does not. Reported: seconds per model of
 the ensemble / seconds of the one-model run (goal <= 1.05), the whole call's ratio too, and the windows the
 policy chose for both (a window chosen smaller for the ensemble's larger output would show here).
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -34,18 +33,6 @@ SUITE = "throughput"
 SECTION = "A 13-model ensemble: time per model against one model (issue 29)"
 COLUMNS = ["date", "case", "1 model: executed s (whole call s; workers' CPU s)", "ensemble: executed s (whole call s; workers' CPU s)",
            "per model / 1 model: executed (whole call; workers' CPU); executed per round", "windows (1 model; ensemble)", "noise", "command", "machine"]
-
-
-def _cpu_seconds() -> float:
-    import psutil
-
-    times = psutil.Process(os.getpid()).cpu_times()
-    return times.user + times.system
-
-
-def _workers_cpu(client) -> float:  # noqa: ANN001
-    """User + system CPU seconds the worker processes have spent so far, summed."""
-    return float(sum(client.run(_cpu_seconds).values()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,11 +64,11 @@ def main(argv: list[str] | None = None) -> None:
             for name, members in runs.items():
                 folder = Path(tempfile.mkdtemp(dir=data))
                 try:
-                    before = _workers_cpu(client)
+                    before = T.workers_cpu_seconds(client)
                     start = time.perf_counter()
                     _, summary = predict(image, members, folder / "pred.zarr", options=options, client=client, progress=False)
                     call = time.perf_counter() - start
-                    spent = _workers_cpu(client) - before
+                    spent = T.workers_cpu_seconds(client) - before
                     windows[name] = json.loads((folder / "pred.zarr" / ".chunked_fnet" / "run.json").read_text())["window"]
                 finally:
                     shutil.rmtree(folder)
@@ -96,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     per_model = T.median(executed[many]) / args.models / T.median(executed[one])
     per_model_call = T.median(whole[many]) / args.models / T.median(whole[one])
     per_model_cpu = T.median(cpu[many]) / args.models / T.median(cpu[one])
-    rounds = [m / args.models / o for m, o in zip(executed[many], executed[one])]
+    rounds = [r / args.models for r in T.per_round_ratios(executed, one, many)]
     print(f"time per model, {args.models} models / 1 model: {per_model:.3f} executed, {per_model_call:.3f} whole call, "
           f"{per_model_cpu:.3f} workers' CPU (goal <= 1.05); executed per round {', '.join(f'{r:.2f}' for r in rounds)}")
     if not args.no_save:

@@ -51,14 +51,6 @@ COLUMNS = [
 ]
 
 
-def cpu_seconds() -> float:
-    """User + system CPU time of this process so far (all its threads)."""
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def bare_forward(paths: list[str], hashes: list[str], device: str, patches: np.ndarray, sizes: list[int], amp: str | None) -> tuple[float, float]:
     """Wall and CPU seconds (this process) of forward passes of the stacked ensemble on batches of
     ``sizes`` patches (the first ones of ``patches``), after one untimed full batch."""
@@ -85,11 +77,11 @@ def bare_forward(paths: list[str], hashes: list[str], device: str, patches: np.n
     with torch.inference_mode():
         forward(len(x))
         sync()
-        start, cpu0 = time.perf_counter(), cpu_seconds()
+        start, cpu0 = time.perf_counter(), T.cpu_seconds()
         for n in sizes:
             forward(n)
         sync()
-        result = time.perf_counter() - start, cpu_seconds() - cpu0
+        result = time.perf_counter() - start, T.cpu_seconds() - cpu0
     return result
 
 
@@ -179,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             return max(r[0] for r in results), sum(r[1] for r in results)
 
         def cluster_cpu() -> float:  # workers + this process (which also runs the LocalCluster's scheduler)
-            return sum(client.run(cpu_seconds).values()) + cpu_seconds()
+            return T.workers_cpu_seconds(client) + T.cpu_seconds()
 
         bare([sorted(set(share)) for share in shares])  # warm-up: load the models (once per process), run each batch shape once
         for rep in range(args.reps):
