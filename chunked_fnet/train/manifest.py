@@ -7,7 +7,7 @@ image (or a TIFF, converted once into the run directory) with its input and targ
       - path: data/synthetic.zarr/0
         input_channel: brightfield
         target_channel: dna
-        split: train          # optional: train | test; otherwise the split is drawn reproducibly
+        split: train          # optional: train | validation | test; otherwise train or test, drawn reproducibly
         time_points: [0, 1]   # optional: default all; every time point is one training pair
 
 Or ``images:`` names an OME-Zarr HCS plate, every field of which is one image (and each of its time
@@ -18,6 +18,12 @@ points one pair), split by well so that no well is in both splits::
       input_channel: brightfield
       target_channel: dna
       test_wells: [B/3, C/5]  # the test split: every field of these wells; the other wells train
+      validation_wells: [D/2] # optional: the validation split (the validation loss, the plateau rule)
+
+The **validation** split is neither trained on nor reported as test: its patches give the validation
+loss that ``plateau:`` (:class:`chunked_fnet.train.trainer.PlateauRule`) stops training on, so the test
+split stays untouched by every choice the run makes. Without one, the validation loss is measured on the
+test split (as pytorch_fnet does), and a plateau rule is refused.
 
 A field without the input or the target channel is refused, naming the plate, the well, the field, the
 channel and the channels it has.
@@ -41,12 +47,15 @@ from chunked_fnet.io.plate import join, read_plate
 from chunked_fnet.io.reader import channel_index, open_image
 
 
+Split = Literal["train", "validation", "test"]
+
+
 class ManifestEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     path: str
     input_channel: str | int = "brightfield"
     target_channel: str | int | None = None  # may be left to the training config (several structures per image)
-    split: Literal["train", "test"] | None = None
+    split: Split | None = None
     series: str | None = None
     time_points: tuple[int, ...] | None = None
     voxel_size: tuple[float, float, float] | None = Field(None, description="z, y, x µm, for TIFFs without it")
@@ -60,6 +69,7 @@ class PlateImages(BaseModel):
     input_channel: str | int = "brightfield"
     target_channel: str | int | None = None  # may be left to the training config, as for an image
     test_wells: tuple[str, ...] = Field(min_length=1, description="wells (e.g. B/3) whose fields are the test split")
+    validation_wells: tuple[str, ...] = Field((), description="wells whose fields are the validation split")
     time_points: tuple[int, ...] | None = None
 
 
@@ -72,7 +82,7 @@ class Pair(BaseModel):
     t: int | None
     input_channel: str | int
     target_channel: str | int | None
-    split: Literal["train", "test"] | None
+    split: Split | None
 
     @property
     def name(self) -> str:
@@ -120,15 +130,18 @@ def plate_entries(spec: PlateImages, what: str) -> list[ManifestEntry]:
     """One entry per field of the plate, its ``split`` fixed by its well (``test`` for ``test_wells``,
     else ``train``); an unknown test well, or any field without the input or target channel, is refused."""
     plate = read_plate(spec.plate)
-    plate.select(spec.test_wells)  # refuses a well the plate lacks, naming the plate's wells
+    plate.select([*spec.test_wells, *spec.validation_wells])  # refuses a well the plate lacks, naming the plate's wells
     test = {w.strip("/") for w in spec.test_wells}
-    if set(plate.wells) <= test:
-        raise InputError(f"{what}: test_wells names every well of {plate.path} ({sorted(plate.wells)}); leave some wells to train on")
+    validation = {w.strip("/") for w in spec.validation_wells}
+    if test & validation:
+        raise InputError(f"{what}: the wells {sorted(test & validation)} are in both test_wells and validation_wells; a well is in one split")
+    if set(plate.wells) <= test | validation:
+        raise InputError(f"{what}: test_wells and validation_wells name every well of {plate.path} ({sorted(plate.wells)}); leave some wells to train on")
     entries, missing = [], []
     for well, field in plate.fields:
         path = join(spec.plate, well, field)
         missing += _missing_channels(path, spec, f"{plate.path}: well {well}, field {field}")
-        split = "test" if well in test else "train"
+        split = "test" if well in test else "validation" if well in validation else "train"
         entries.append(ManifestEntry(path=path, input_channel=spec.input_channel, target_channel=spec.target_channel, split=split,
                                      time_points=spec.time_points))
     if missing:
@@ -155,7 +168,9 @@ def _missing_channels(path: str, spec: PlateImages, field: str) -> list[str]:
 
 def split_pairs(pairs: list[Pair], n_train: int, seed: int) -> tuple[list[Pair], list[Pair]]:
     """Reproducible train/test split: explicit ``split`` fields win; the rest are shuffled by ``seed``
-    and the first ``n_train`` train (the paper: 30 per structure), keeping at least one for test."""
+    and the first ``n_train`` train (the paper: 30 per structure), keeping at least one for test.
+    Pairs marked ``validation`` are in neither (:func:`validation_pairs`)."""
+    pairs = [p for p in pairs if p.split != "validation"]
     fixed_train = [p for p in pairs if p.split == "train"]
     fixed_test = [p for p in pairs if p.split == "test"]
     free = [p for p in pairs if p.split is None]
@@ -169,3 +184,8 @@ def split_pairs(pairs: list[Pair], n_train: int, seed: int) -> tuple[list[Pair],
     if not train:
         raise InputError("the split left no training pairs; add images or lower n_train")
     return train, test
+
+
+def validation_pairs(pairs: list[Pair]) -> list[Pair]:
+    """The pairs the manifest marks ``split: validation`` (never drawn at random: a validation split is chosen)."""
+    return [p for p in pairs if p.split == "validation"]

@@ -1,16 +1,24 @@
 """Train one fnet U-Net per structure, faithful to the paper by default, resumable exactly, fast.
 
 A run directory holds everything: ``config.yaml`` (what was asked), ``split.json`` (which pairs
-train and test), ``stats.json`` (per-frame z-score statistics), ``training.json`` (how the steps
+train, validate and test), ``stats.json`` (per-frame z-score statistics), ``training.json`` (how the steps
 compute: precision, memory layout, optimizer), ``losses.csv`` and ``losses.png``,
 ``checkpoints/latest`` (model + optimiser + iteration, rewritten atomically every
 ``checkpoint_every`` iterations), ``throughput.json`` (iterations per second, time spent waiting for
-data) and, at the end, ``<structure>.ckpt`` (the model for inference).
+data), ``plateau.json`` (where a ``plateau:`` rule stopped the run, if it did) and, at the end, ``<structure>.ckpt`` (the model for inference).
 
 Several structures train in one run (:func:`train_many`; a config with ``structures:``): one U-Net
 each, every batch of bright-field patches read once and fed to all of them, each structure with its
 own ordinary run directory ``<output>/<structure>`` that ``evaluate`` and ``predict`` use as any other.
 Each model sees exactly the patches, initial weights and updates it would have seen trained alone.
+
+**Training until the validation loss plateaus** (``plateau: {patience: 5, min_delta: 0.01}``): the run
+stops at the first validation where the last ``patience`` validations have not improved the best loss
+before them by ``min_delta`` (relative); ``iterations`` is then the most it may run. The rule needs a
+validation split (``split: validation`` in the manifest) so that the test split plays no part in when
+training ends. It is a pure function of ``losses.csv``, so a resumed run stops where an uninterrupted
+one would; a run that has stopped reports so on ``--resume`` and trains no further. The model kept is
+the one at the stop (the last, not the best: on a plateau they differ by less than ``min_delta``).
 """
 
 from __future__ import annotations
@@ -38,13 +46,30 @@ from chunked_fnet.io.atomic import write_bytes
 from chunked_fnet.model import FnetUNet, ModelCard, UNetConfig, save_checkpoint
 from chunked_fnet.config import differences
 from chunked_fnet.train.data import PairSpec, PatchDataset, convert_if_tiff, describe_pair, expand_pairs, load_stats, save_stats
-from chunked_fnet.train.manifest import Pair, read_manifest, split_pairs
+from chunked_fnet.train.manifest import Pair, read_manifest, split_pairs, validation_pairs
 from chunked_fnet.train.state import load_training_state, save_training_state
 from chunked_fnet.train.step import TrainStep, training_precision
 
 __all__ = [
-    "StructureTarget", "TrainConfig", "load_train_configs", "load_training_state", "save_training_state", "train", "train_many",
+    "PlateauRule", "StructureTarget", "TrainConfig", "load_train_configs", "load_training_state", "save_training_state", "train", "train_many",
 ]
+
+
+class PlateauRule(BaseModel):
+    """Stop when ``patience`` validations in a row have not lowered the best validation loss by ``min_delta``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    patience: int = Field(5, ge=1, description="validations without improvement before the run stops")
+    min_delta: float = Field(0.01, ge=0, lt=1, description="relative improvement of the best validation loss that counts")
+
+    def stop_at(self, validations: Sequence[tuple[int, float]]) -> int | None:
+        """The iteration of the first validation at which the rule stops the run, or None."""
+        for end in range(self.patience + 1, len(validations) + 1):
+            before = min(v for _, v in validations[: end - self.patience])
+            recent = min(v for _, v in validations[end - self.patience : end])
+            if not recent < before * (1 - self.min_delta):  # improved by less than min_delta (Keras's strict rule)
+                return validations[end - 1][0]
+        return None
 
 
 class TrainConfig(BaseModel):
@@ -70,6 +95,7 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(1000, ge=1)
     validate_every: int = Field(500, ge=1)
     validation_patches: int = Field(24, ge=0)
+    plateau: PlateauRule | None = Field(None, description="stop when the validation loss plateaus (needs a validation split)")
     workers: int = Field(2, ge=0, description="DataLoader worker processes")
     prefetch: int = Field(4, ge=1, description="batches prefetched per worker")
     cache_mb: float = Field(2048, ge=0, description="per-worker cache of preprocessed pairs")
@@ -91,7 +117,7 @@ class StructureTarget(BaseModel):
 
 
 # Settings that may change on --resume without changing what the run computes.
-RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "workers", "prefetch", "cache_mb", "threads", "device", "output"}
+RESUMABLE_CHANGES = {"iterations", "plateau", "checkpoint_every", "workers", "prefetch", "cache_mb", "threads", "device", "output"}
 # Settings the structures of one run may set each for itself; every other one is shared, because
 # the structures share the patches (manifest, split, seed, patch, batch) and the loop (iterations, device).
 PER_STRUCTURE = {"output", "structure", "target_channel", "color", "model", "learning_rate", "betas", "checkpoint_every", "validate_every", "input_modality"}
@@ -165,23 +191,38 @@ def open_run(config: TrainConfig, resume: bool) -> Path:
     return run
 
 
-def prepare_run(run: Path, config: TrainConfig) -> tuple[Path, list[PairSpec], list[PairSpec]]:
-    """Fix the split and the per-frame statistics of an opened run (the slow part: every image is read)."""
+SPLITS = ("train", "validation", "test")
+
+
+def read_split(run: Path) -> dict[str, list[Pair]]:
+    """A run's recorded split, ``{"train": [...], "validation": [...], "test": [...]}`` (validation empty
+    for runs without one, and for runs recorded before validation splits existed)."""
+    saved = json.loads((run / "split.json").read_text())
+    return {name: [Pair(**p) for p in saved.get(name, [])] for name in SPLITS}
+
+
+def prepare_run(run: Path, config: TrainConfig) -> tuple[Path, dict[str, list[PairSpec]]]:
+    """Fix the split and the per-frame statistics of an opened run (the slow part: every image is read);
+    returns the run and each split's pairs, ready to read."""
     split_file = run / "split.json"
     if split_file.exists():
-        saved = json.loads(split_file.read_text())
-        train = [Pair(**p) for p in saved["train"]]
-        test = [Pair(**p) for p in saved["test"]]
+        split = read_split(run)
     else:
         entries = [convert_if_tiff(e, run) for e in read_manifest(config.manifest)]
-        train, test = split_pairs(expand_pairs(entries), config.n_train, config.split_seed)
-        train, test = [_with_target(p, config) for p in train], [_with_target(p, config) for p in test]
-        write_bytes(split_file, json.dumps({"train": [p.model_dump() for p in train], "test": [p.model_dump() for p in test]}, indent=1).encode())
+        pairs = expand_pairs(entries)
+        train, test = split_pairs(pairs, config.n_train, config.split_seed)
+        split = {name: [_with_target(p, config) for p in chosen] for name, chosen in zip(SPLITS, (train, validation_pairs(pairs), test), strict=True)}
+        write_bytes(split_file, json.dumps({name: [p.model_dump() for p in split[name]] for name in SPLITS}, indent=1).encode())
+    if config.plateau is not None and not split["validation"]:
+        raise InputError(
+            f"{run}: plateau: stops on the validation loss, and manifest {config.manifest} marks no pair 'split: validation' "
+            "(the test split must not decide when training ends); mark one, or train a fixed number of iterations"
+        )
     stats = load_stats(run / "stats.json")
-    train_specs = [describe_pair(p, stats) for p in tqdm(train, desc="image statistics (train)", leave=False, disable=not sys.stderr.isatty())]
-    test_specs = [describe_pair(p, stats) for p in test]
-    save_stats([*train_specs, *test_specs], run / "stats.json")
-    return run, train_specs, test_specs
+    specs = {name: [describe_pair(p, stats) for p in tqdm(split[name], desc=f"image statistics ({name})", leave=False, disable=not sys.stderr.isatty())]
+             for name in SPLITS}
+    save_stats([s for name in SPLITS for s in specs[name]], run / "stats.json")
+    return run, specs
 
 
 def model_card(
@@ -223,6 +264,18 @@ def _validation_loss(step: TrainStep, batch: Sequence[tuple[torch.Tensor, torch.
             count += y.numel()
     model.train()
     return total / max(count, 1)
+
+
+def _plateau_stop(run: Path, config: TrainConfig, validations: Sequence[tuple[int, float]]) -> int | None:
+    """Where ``config.plateau`` stops this run (recorded in the run's own ``plateau.json``), or None."""
+    at = config.plateau.stop_at(validations) if config.plateau is not None else None
+    if at is not None:
+        record = {"stopped_at": at, "rule": config.plateau.model_dump(), "best_validation_loss": min(v for _, v in validations),
+                  "best_at": min(validations, key=lambda iv: iv[1])[0], "validations": len(validations)}
+        write_bytes(run / "plateau.json", json.dumps(record, indent=1).encode())
+    elif (run / "plateau.json").exists():  # resumed with a rule that has not stopped it (yet): the old record is not true now
+        (run / "plateau.json").unlink()
+    return at
 
 
 def _read_losses(path: Path, upto: int) -> list[list[str]]:
@@ -299,8 +352,8 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
     first = configs[0]
     opened = [open_run(c, resume) for c in configs]  # every structure's config recorded before anything slow
     prepared = [prepare_run(run, c) for run, c in zip(opened, configs, strict=True)]
-    runs = [run for run, _, _ in prepared]
-    if any([s.name for s in p[1]] != [s.name for s in prepared[0][1]] for p in prepared):
+    runs = [run for run, _ in prepared]
+    if any([s.name for s in p[1][name]] != [s.name for s in prepared[0][1][name]] for p in prepared for name in SPLITS):
         raise InputError(f"the runs {[str(r) for r in runs]} were split differently; they cannot train together")
     input_channel = read_manifest(first.manifest)[0].input_channel
     device = resolve_device(first.device)
@@ -326,12 +379,13 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
             print(f"{run}: already trained {s} iterations (asked for {c.iterations})", file=sys.stderr)
 
     cache_bytes = int(first.cache_mb * 2**20)
-    sources = list(zip(*(specs for _, specs, _ in prepared), strict=True))
+    sources = list(zip(*(specs["train"] for _, specs in prepared), strict=True))
     dataset = PatchDataset(sources, first.voxel_size, first.patch_shape, first.seed, first.iterations * first.batch_size, cache_bytes)
     validation: list[tuple[torch.Tensor, torch.Tensor]] = []
-    test_sources = list(zip(*(specs for _, _, specs in prepared), strict=True))
-    if test_sources and first.validation_patches:
-        val_set = PatchDataset(test_sources, first.voxel_size, first.patch_shape, first.seed + 1, first.validation_patches, cache_bytes)
+    validation_split = "validation" if prepared[0][1]["validation"] else "test"  # pytorch_fnet's: the test split
+    val_sources = list(zip(*(specs[validation_split] for _, specs in prepared), strict=True))
+    if val_sources and first.validation_patches:
+        val_set = PatchDataset(val_sources, first.voxel_size, first.patch_shape, first.seed + 1, first.validation_patches, cache_bytes)
         items = [val_set[i] for i in range(len(val_set))]
         validation = [
             (torch.stack([x for x, _ in items[i : i + first.batch_size]]), torch.stack([y for _, y in items[i : i + first.batch_size]]))
@@ -347,33 +401,43 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
         pin_memory=device.type == "cuda",
     )
 
-    files = []
+    files, histories = [], []
     for run, s in zip(runs, starts, strict=True):
         rows = _read_losses(run / "losses.csv", s)  # a crash after the last checkpoint left rows to drop
         with (run / "losses.csv").open("w", newline="") as f:
             csv.writer(f, lineterminator="\n").writerows([["iteration", "train_loss", "val_loss"], *rows])
         files.append((run / "losses.csv").open("a", newline=""))
+        histories.append([(int(r[0]), float(r[2])) for r in rows if r[2]])
+    stopped = [_plateau_stop(run, c, h) for run, c, h in zip(runs, configs, histories, strict=True)]
+    for run, at in zip(runs, stopped, strict=True):
+        if at is not None:
+            print(f"{run}: its validation loss plateaued at iteration {at}; it trains no further", file=sys.stderr)
     writers = [csv.writer(f, lineterminator="\n") for f in files]
     label = first.structure if len(configs) == 1 else f"{len(configs)} structures"
     bar = tqdm(total=first.iterations, initial=start, desc=f"train {label}", unit="it", disable=not progress)
     timer = _Timer()
     try:
         for iteration, (x, ys) in enumerate(loader, start=start + 1):
+            if all(at is not None for at in stopped):
+                break
             timer.loaded()
             shown = {}
             for k, (run, c, step) in enumerate(zip(runs, configs, steps, strict=True)):
-                if iteration <= starts[k]:
-                    continue  # this structure's checkpoint is ahead (a crash between two structures' saves)
+                if iteration <= starts[k] or stopped[k] is not None:
+                    continue  # this structure's checkpoint is ahead (a crash between two structures' saves), or it has stopped
                 value = float(step(x, ys[:, k : k + 1]))
                 val = ""
                 if validation and iteration % c.validate_every == 0:  # a fixed schedule: resume-invariant
-                    val = f"{_validation_loss(step, [(vx, vy[:, k : k + 1]) for vx, vy in validation]):.6g}"
+                    loss = _validation_loss(step, [(vx, vy[:, k : k + 1]) for vx, vy in validation])
+                    val = f"{loss:.6g}"
+                    histories[k].append((iteration, float(val)))
                 writers[k].writerow([iteration, f"{value:.6g}", val])
                 files[k].flush()
                 shown[c.structure if len(configs) > 1 else "loss"] = f"{value:.4f}"
                 if val:
                     shown["val" if len(configs) == 1 else f"val_{c.structure}"] = val
-                if iteration % c.checkpoint_every == 0 or iteration == c.iterations:
+                    stopped[k] = _plateau_stop(run, c, histories[k])
+                if iteration % c.checkpoint_every == 0 or iteration == c.iterations or stopped[k] is not None:
                     save_training_state(run, step.model, step.optimizer, iteration, model_card(c, iteration, input_channel, precision=precision))
             timer.stepped()
             bar.update(1)
@@ -384,18 +448,20 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
             f.close()
     summary = {**timer.summary(), "structures_in_run": len(configs), "precision": precision}
     finals = []
-    for run, c, step, s in zip(runs, configs, steps, starts, strict=True):
-        (run / "throughput.json").write_text(json.dumps({**summary, **step.describe()}, indent=1))
+    for run, c, step, s, at in zip(runs, configs, steps, starts, stopped, strict=True):
+        if timer.steps or not (run / "throughput.json").exists():  # a resumed run that had stopped keeps its figures
+            (run / "throughput.json").write_text(json.dumps({**summary, **step.describe()}, indent=1))
         final = run / f"{c.structure}.ckpt"
         model = step.model.cpu().to(memory_format=torch.contiguous_format)
-        save_checkpoint(final, model, model_card(c, max(s, c.iterations), input_channel, precision=precision), overwrite=True)
-        plot_losses(run / "losses.csv", run / "losses.png", title=f"{c.structure}: training loss")
+        trained = at if at is not None else max(s, c.iterations)
+        save_checkpoint(final, model, model_card(c, trained, input_channel, precision=precision), overwrite=True)
+        plot_losses(run / "losses.csv", run / "losses.png", title=f"{c.structure}: training loss", validation_split=validation_split, stopped_at=at)
         finals.append(final)
     return finals
 
 
-def plot_losses(csv_path: Path, png_path: Path, title: str = "loss") -> None:
-    """Loss curves (training loss as a running mean, validation points) as a PNG."""
+def plot_losses(csv_path: Path, png_path: Path, title: str = "loss", validation_split: str = "test", stopped_at: int | None = None) -> None:
+    """Loss curves (training loss as a running mean, validation points, where a plateau rule stopped) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -414,7 +480,9 @@ def plot_losses(csv_path: Path, png_path: Path, title: str = "loss") -> None:
     ax.plot(it, tr, color="0.8", lw=0.6, label="train (per batch)")
     ax.plot(it[span - 1 :], smooth, color="C0", lw=1.5, label=f"train (mean of {span})")
     if val:
-        ax.plot(*zip(*val), "o-", color="C3", ms=3, lw=1, label="validation (test split patches)")
+        ax.plot(*zip(*val), "o-", color="C3", ms=3, lw=1, label=f"validation ({validation_split} split patches)")
+    if stopped_at is not None:
+        ax.axvline(stopped_at, color="0.3", ls="--", lw=0.8, label=f"plateau: stopped at {stopped_at}")
     ax.set_xlabel("iteration")
     ax.set_ylabel("MSE (z-scored units)")
     ax.set_yscale("log")

@@ -1,0 +1,139 @@
+"""Training until the validation loss plateaus: the rule itself, the validation split (manifest and plate)
+that it needs, a run that stops there, and a stopped run that a resume neither retrains nor changes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from chunked_fnet.errors import InputError
+from chunked_fnet.evaluate.report import evaluate_run
+from chunked_fnet.model import load_checkpoint
+from chunked_fnet.synth.dataset import SynthConfig, generate
+from chunked_fnet.train.data import expand_pairs
+from chunked_fnet.train.manifest import read_manifest, split_pairs, validation_pairs
+from chunked_fnet.train.trainer import PlateauRule, TrainConfig, train
+from factories import write_plate
+
+
+def test_the_rule_stops_at_the_first_validation_without_enough_improvement() -> None:
+    rule = PlateauRule(patience=2, min_delta=0.1)
+    falling = [(i * 10, 1.0 / (i + 1)) for i in range(8)]  # every validation improves the best by >= 12 %
+    assert rule.stop_at(falling) is None
+    assert rule.stop_at([(10, 1.0), (20, 0.5)]) is None  # fewer than patience + 1 validations: nothing to judge
+    # best 0.5 at 20; 30 and 40 reach 0.46 > 0.5 * 0.9: no 10 % improvement in 2 validations -> stop at 40
+    assert rule.stop_at([(10, 1.0), (20, 0.5), (30, 0.48), (40, 0.46), (50, 0.1)]) == 40
+    # 0.44 at 40 is 12 % below 0.5: still improving; then 50 and 60 do not beat 0.44 by 10 %
+    assert rule.stop_at([(10, 1.0), (20, 0.5), (30, 0.48), (40, 0.44), (50, 0.43), (60, 0.45)]) == 60
+    assert PlateauRule(patience=1, min_delta=0).stop_at([(1, 2.0), (2, 2.0)]) == 2  # equal is no improvement
+    with pytest.raises(ValueError, match="patience"):
+        PlateauRule(patience=0)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("plateau_data")
+    generate(SynthConfig(size_t=1, size_z=16, size_y=48, size_x=48, fovs=4, voxel_size=(0.4, 0.3, 0.3), chunks=(16, 32, 32)),
+             root / "synth.zarr", progress=False)
+    splits = ["train", "train", "validation", "test"]
+    manifest = {"images": [{"path": f"synth.zarr/{i}", "target_channel": "dna", "split": s} for i, s in enumerate(splits)]}
+    (root / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    (root / "no_validation.yaml").write_text(yaml.safe_dump({"images": [e for e in manifest["images"] if e["split"] != "validation"]}))
+    return root
+
+
+def _config(dataset: Path, out: Path, **kw) -> TrainConfig:  # noqa: ANN003
+    settings = dict(
+        manifest=str(dataset / "manifest.yaml"), output=str(out), structure="dna", model={"depth": 1, "width": 4},
+        voxel_size=(0.4, 0.4, 0.4), patch_shape=(8, 16, 16), batch_size=2, iterations=40, checkpoint_every=100,
+        validate_every=2, validation_patches=2, workers=0, precision="fp32",
+        learning_rate=1e-12,  # the weights barely move: the validation loss is flat and the rule must stop at its 3rd validation
+        plateau={"patience": 2, "min_delta": 0.01},
+    )
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+def _losses(run: Path) -> list[list[str]]:
+    with (run / "losses.csv").open() as f:
+        return list(csv.reader(f))[1:]
+
+
+def test_a_validation_split_is_neither_trained_nor_tested(dataset: Path) -> None:
+    pairs = expand_pairs(read_manifest(dataset / "manifest.yaml"))
+    train_pairs, test = split_pairs(pairs, n_train=30, seed=0)
+    assert [p.path.rsplit("/", 1)[1] for p in validation_pairs(pairs)] == ["2"]
+    assert [p.path.rsplit("/", 1)[1] for p in train_pairs] == ["0", "1"]
+    assert [p.path.rsplit("/", 1)[1] for p in test] == ["3"]
+
+
+def test_a_run_stops_where_its_validation_loss_plateaus(dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    ckpt = train(_config(dataset, run), progress=False)
+    rows = _losses(run)
+    assert [int(r[0]) for r in rows] == list(range(1, 7))  # validations at 2, 4, 6: the third stops it, far before 40
+    assert [r[0] for r in rows if r[2]] == ["2", "4", "6"]
+    record = json.loads((run / "plateau.json").read_text())
+    assert record["stopped_at"] == 6 and record["validations"] == 3 and record["rule"] == {"patience": 2, "min_delta": 0.01}
+    _, card = load_checkpoint(ckpt)
+    assert card.training.iterations == 6
+    split = json.loads((run / "split.json").read_text())
+    assert [len(split[k]) for k in ("train", "validation", "test")] == [2, 1, 1]
+    assert sorted({r["split"] for r in evaluate_run(run, progress=False)}) == ["test", "train", "validation"]
+    assert (run / "losses.png").stat().st_size > 0
+
+    # a resume of the stopped run, even with more iterations allowed, trains no further and keeps the model
+    weights = {k: v.clone() for k, v in load_checkpoint(ckpt)[0].state_dict().items()}
+    train(_config(dataset, run, iterations=80), resume=True, progress=False)
+    assert _losses(run) == rows
+    after = load_checkpoint(ckpt)[0].state_dict()
+    assert all(torch.equal(weights[k], after[k]) for k in weights)
+
+
+def test_a_run_resumed_before_its_plateau_stops_where_an_uninterrupted_one_does(dataset: Path, tmp_path: Path) -> None:
+    whole = tmp_path / "whole"
+    train(_config(dataset, whole, learning_rate=1e-3, plateau={"patience": 1, "min_delta": 0.5}), progress=False)
+    stop = json.loads((whole / "plateau.json").read_text())["stopped_at"]
+    assert stop < 40
+    part = tmp_path / "part"
+    train(_config(dataset, part, learning_rate=1e-3, plateau={"patience": 1, "min_delta": 0.5}, iterations=stop - 1,
+                  checkpoint_every=1), progress=False)
+    assert not (part / "plateau.json").exists()
+    train(_config(dataset, part, learning_rate=1e-3, plateau={"patience": 1, "min_delta": 0.5}, checkpoint_every=1), resume=True,
+          progress=False)
+    assert _losses(part) == _losses(whole)
+    assert json.loads((part / "plateau.json").read_text()) == json.loads((whole / "plateau.json").read_text())
+
+
+def test_a_plateau_rule_without_a_validation_split_is_refused(dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"marks no pair 'split: validation' \(the test split must not decide when training ends\)"):
+        train(_config(dataset, tmp_path / "run", manifest=str(dataset / "no_validation.yaml")), progress=False)
+    run = tmp_path / "fixed"  # without the rule, the test split's patches are the validation loss, as in pytorch_fnet
+    train(_config(dataset, run, manifest=str(dataset / "no_validation.yaml"), plateau=None, iterations=4), progress=False)
+    assert [r[0] for r in _losses(run) if r[2]] == ["2", "4"]
+    assert json.loads((run / "split.json").read_text())["validation"] == []
+
+
+def test_plate_validation_wells(tmp_path: Path) -> None:
+    wells = ("A/1", "A/2", "B/1", "B/2")
+    write_plate(tmp_path / "plate.zarr", wells=wells, shape=(8, 24, 20))
+
+    def manifest(**images) -> Path:  # noqa: ANN003
+        path = tmp_path / "manifest.yaml"
+        path.write_text(yaml.safe_dump({"images": {"plate": "plate.zarr", "target_channel": "dna", **images}}))
+        return path
+
+    entries = read_manifest(manifest(test_wells=["B/2"], validation_wells=["B/1"]))
+    by_split = {s: sorted({"/".join(e.path.split("/")[-3:-1]) for e in entries if e.split == s}) for s in ("train", "validation", "test")}
+    assert by_split == {"train": ["A/1", "A/2"], "validation": ["B/1"], "test": ["B/2"]}
+    with pytest.raises(InputError, match=r"the wells \['B/1'\] are in both test_wells and validation_wells"):
+        read_manifest(manifest(test_wells=["B/1"], validation_wells=["B/1"]))
+    with pytest.raises(InputError, match="test_wells and validation_wells name every well"):
+        read_manifest(manifest(test_wells=["A/1", "A/2"], validation_wells=["B/1", "B/2"]))
+    with pytest.raises(InputError, match=r"no well C/9"):
+        read_manifest(manifest(test_wells=["B/2"], validation_wells=["C/9"]))
