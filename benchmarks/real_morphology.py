@@ -45,7 +45,7 @@ from chunked_fnet.evaluate.report import evaluate_run, summarize, write_report  
 from chunked_fnet.predict import PredictOptions  # noqa: E402
 from chunked_fnet.synth import real  # noqa: E402
 from chunked_fnet.synth.dataset import CHANNEL_COLORS, SynthConfig, generate  # noqa: E402
-from chunked_fnet.train.trainer import TrainConfig, train  # noqa: E402
+from chunked_fnet.train.trainer import TrainConfig, train, validation_losses  # noqa: E402
 
 ROOT = _common.ROOT
 STRUCTURES = ("dna", "membrane")
@@ -155,13 +155,6 @@ def build_tiled(out: Path, data: str) -> Path:
     return folder
 
 
-def validation_curve(run: Path) -> list[tuple[int, float]]:
-    import csv
-
-    with (run / "losses.csv").open() as f:
-        return [(int(r["iteration"]), float(r["val_loss"])) for r in csv.DictReader(f) if r["val_loss"]]
-
-
 def curves_figure(runs: dict[tuple[str, str, int], Path], path: Path) -> None:
     """Validation loss against iteration, a panel per structure: real solid, phantom dashed, a colour per seed,
     a dot where the plateau rule stopped."""
@@ -176,7 +169,7 @@ def curves_figure(runs: dict[tuple[str, str, int], Path], path: Path) -> None:
         for (s, data, seed), run in sorted(runs.items()):
             if s != structure or not (run / "losses.csv").exists():
                 continue
-            curve = validation_curve(run)
+            curve = validation_losses(run / "losses.csv")
             if not curve:
                 continue
             style = "-" if data == "real" else "--"
@@ -226,14 +219,15 @@ def plateau_main(args: argparse.Namespace) -> None:
                 summary = summarize(rows)
                 plateau = json.loads((run / "plateau.json").read_text()) if (run / "plateau.json").exists() else None
                 throughput = json.loads((run / "throughput.json").read_text())
+                curve = validation_losses(run / "losses.csv")
                 entry: dict[str, object] = {
                     "stopped_at": plateau["stopped_at"] if plateau else None,
                     "iterations": plateau["stopped_at"] if plateau else args.max_iterations,
                     "reached_max_iterations": plateau is None,
-                    "best_validation_loss": plateau["best_validation_loss"] if plateau else min(v for _, v in validation_curve(run)),
+                    "best_validation_loss": plateau["best_validation_loss"] if plateau else min(v for _, v in curve),
                     "median_iteration_s": throughput.get("median_iteration_s"),
                     "this_call_wall_s": round(wall, 1),
-                    "validation_curve": validation_curve(run),
+                    "validation_curve": curve,
                 }
                 for split in ("train", "validation", "test"):
                     m = summary[(structure, split)]

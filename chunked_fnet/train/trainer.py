@@ -52,6 +52,7 @@ from chunked_fnet.train.step import TrainStep, training_precision
 
 __all__ = [
     "PlateauRule", "StructureTarget", "TrainConfig", "load_train_configs", "load_training_state", "save_training_state", "train", "train_many",
+    "validation_losses",
 ]
 
 
@@ -278,6 +279,12 @@ def _plateau_stop(run: Path, config: TrainConfig, validations: Sequence[tuple[in
     return at
 
 
+def validation_losses(csv_path: Path) -> list[tuple[int, float]]:
+    """The ``(iteration, validation loss)`` points of a run's ``losses.csv``, the curve a plateau rule judges."""
+    with csv_path.open() as f:
+        return [(int(r["iteration"]), float(r["val_loss"])) for r in csv.DictReader(f) if r["val_loss"]]
+
+
 def _read_losses(path: Path, upto: int) -> list[list[str]]:
     if not path.exists():
         return []
@@ -473,7 +480,7 @@ def plot_losses(csv_path: Path, png_path: Path, title: str = "loss", validation_
         return
     it = np.array([int(r["iteration"]) for r in rows])
     tr = np.array([float(r["train_loss"]) for r in rows])
-    val = [(int(r["iteration"]), float(r["val_loss"])) for r in rows if r["val_loss"]]
+    val = validation_losses(csv_path)
     span = max(1, len(tr) // 50)
     smooth = np.convolve(tr, np.ones(span) / span, mode="valid")
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
