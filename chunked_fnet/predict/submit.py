@@ -187,30 +187,46 @@ def _stopped(jobs: Sequence[PredictJob], failure: str, output: str) -> RunStoppe
 #: Worker task states of a task whose function is running (``cancelled``: cancelled while it ran;
 #: its function cannot be interrupted and goes on to write its chunk).
 RUNNING = frozenset({"executing", "long-running", "cancelled", "resumed"})
+# A worker's task in one of these states may still start or go on running its function: "ready" ones too,
+# since a worker can start a queued task before the scheduler's word that it was released reaches it.
+MAY_RUN = RUNNING | {"waiting", "ready", "constrained"}
+SCHEDULED = frozenset({"waiting", "queued", "processing", "no-worker"})  # the scheduler's, likewise
 
 
 def _running_keys(tokens: Sequence[str], dask_worker: Any = None) -> list[str]:
-    """On a worker (``Client.run``): the keys of the run's tasks whose function is still running."""
+    """On a worker (``Client.run``): the keys of the run's tasks that may still run their function."""
     return [
         str(key) for key, ts in dask_worker.state.tasks.items()
-        if ts.state in RUNNING and any(f"-{token}" in str(key) for token in tokens)
+        if ts.state in MAY_RUN and any(f"-{token}" in str(key) for token in tokens)
+    ]
+
+
+def _scheduled_keys(tokens: Sequence[str], dask_scheduler: Any = None) -> list[str]:
+    """On the scheduler (``Client.run_on_scheduler``): the keys of the run's tasks it may still send to a worker."""
+    return [
+        str(key) for key, ts in dask_scheduler.tasks.items()
+        if ts.state in SCHEDULED and any(f"-{token}" in str(key) for token in tokens)
     ]
 
 
 def _let_running_tasks_end(client: Client, tokens: Sequence[str], timeout: float) -> None:
-    """Wait (up to ``timeout``) until no task of the run is running on any worker. Cancelling a task
-    only forgets it: a chunk task already running goes on and writes its chunk and ledger marker. A
-    stopped run that counted its chunks, or gave up its output's claim, before they ended would report
-    a count the ledger then contradicts, and could let another run start writing beside them."""
+    """Wait (up to ``timeout``) until no task of the run is running, or may still start, anywhere.
+
+    Cancelling a task, or releasing the last future that wants it, only forgets it: a chunk task already
+    running goes on and writes its chunk and ledger marker, and a block of a chunk that failed goes on
+    after its chunk has. A run that counted its chunks, or gave up its output's claim or its job's worker
+    plugin, before they ended would report a count the ledger then contradicts, could let another run
+    start writing beside them, and would leave tasks failing on workers after it returned."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
+            scheduled = client.run_on_scheduler(_scheduled_keys, list(tokens))
             running = client.run(_running_keys, list(tokens), on_error="return")
         except (OSError, TimeoutError):  # the cluster is going away: nothing more to wait for
             return
-        if not any(isinstance(keys, list) and keys for keys in running.values()):
+        if not scheduled and not any(isinstance(keys, list) and keys for keys in running.values()):
             return
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 def execute(job: PredictJob, policy: RunPolicy, client: Client, *, skip: Collection[str] = (), progress: bool = True) -> RunSummary:
@@ -349,6 +365,8 @@ def _run_tasks(
                         voxels[j] += task.region.size * len(job.models)
                     future.release()
                     bar.update(1)
+        # the blocks of a chunk that failed (and of a retried one) may still run: the run ends with them
+        _let_running_tasks_end(client, [s.token for s in submitters], stall)
         workers = len(client.scheduler_info().get("workers", {}))
     except (OSError, TimeoutError, asyncio.CancelledError) as exc:  # the connection itself went away
         raise _interrupted(jobs, client, f"{type(exc).__name__}: {exc}", output=where) from None
