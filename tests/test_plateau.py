@@ -79,9 +79,10 @@ def test_a_run_stops_where_its_validation_loss_plateaus(dataset: Path, tmp_path:
     assert [int(r[0]) for r in rows] == list(range(1, 7))  # validations at 2, 4, 6: the third stops it, far before 40
     assert [r[0] for r in rows if r[2]] == ["2", "4", "6"]
     record = json.loads((run / "plateau.json").read_text())
-    assert record["stopped_at"] == 6 and record["validations"] == 3 and record["rule"] == {"patience": 2, "min_delta": 0.01}
+    assert record["stopped_at"] == 6 and record["validations"] == 3
+    assert record["rule"] == {"patience": 2, "min_delta": 0.01, "keep": "best"}
     _, card = load_checkpoint(ckpt)
-    assert card.training.iterations == 6
+    assert card.training.iterations == record["best_at"]  # the kept model is the lowest validation loss's
     split = json.loads((run / "split.json").read_text())
     assert [len(split[k]) for k in ("train", "validation", "test")] == [2, 1, 1]
     assert sorted({r["split"] for r in evaluate_run(run, progress=False)}) == ["test", "train", "validation"]
@@ -137,3 +138,48 @@ def test_plate_validation_wells(tmp_path: Path) -> None:
         read_manifest(manifest(test_wells=["A/1", "A/2"], validation_wells=["B/1", "B/2"]))
     with pytest.raises(InputError, match=r"no well C/9"):
         read_manifest(manifest(test_wells=["B/2"], validation_wells=["C/9"]))
+
+
+def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(ckpt)[0].state_dict()
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_kept_model_is_the_lowest_validation_losss_and_keep_last_keeps_the_stops(dataset: Path, tmp_path: Path) -> None:
+    # min_delta 0: the rule stops only after a validation no lower than the best before it, so best and stop differ
+    rule = {"patience": 1, "min_delta": 0.0}
+    best_run = tmp_path / "best"
+    best = train(_config(dataset, best_run, learning_rate=3e-2, plateau=rule), progress=False)
+    record = json.loads((best_run / "plateau.json").read_text())
+    curve = [(int(r[0]), float(r[2])) for r in _losses(best_run) if r[2]]
+    best_at = min(curve, key=lambda iv: iv[1])[0]
+    assert record["best_at"] == best_at < record["stopped_at"] < 40
+    _, card = load_checkpoint(best)
+    assert card.training.iterations == best_at
+    assert _same(_weights(best), _weights(best_run / "checkpoints" / "best"))
+
+    # the kept weights are those a run of exactly best_at iterations ends with (trained independently, no rule)
+    plain = train(_config(dataset, tmp_path / "plain", learning_rate=3e-2, plateau=None, iterations=best_at), progress=False)
+    assert _same(_weights(best), _weights(plain))
+
+    last_run = tmp_path / "last"
+    last = train(_config(dataset, last_run, learning_rate=3e-2, plateau={**rule, "keep": "last"}), progress=False)
+    assert _losses(last_run) == _losses(best_run)
+    assert not (last_run / "checkpoints" / "best").exists()
+    assert load_checkpoint(last)[1].training.iterations == record["stopped_at"]
+    assert not _same(_weights(last), _weights(best))
+    assert _same(_weights(last), _weights(last_run / "checkpoints" / "latest"))
+
+
+def test_a_resumed_run_keeps_the_same_best_model_as_an_uninterrupted_one(dataset: Path, tmp_path: Path) -> None:
+    rule = {"patience": 1, "min_delta": 0.0}
+    whole = train(_config(dataset, tmp_path / "whole", learning_rate=3e-2, plateau=rule), progress=False)
+    stop = json.loads((tmp_path / "whole" / "plateau.json").read_text())["stopped_at"]
+    part = tmp_path / "part"
+    train(_config(dataset, part, learning_rate=3e-2, plateau=rule, iterations=stop - 1, checkpoint_every=1), progress=False)
+    resumed = train(_config(dataset, part, learning_rate=3e-2, plateau=rule, checkpoint_every=1), resume=True, progress=False)
+    assert load_checkpoint(resumed)[1].training.iterations == load_checkpoint(whole)[1].training.iterations
+    assert _same(_weights(resumed), _weights(whole))

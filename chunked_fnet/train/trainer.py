@@ -17,8 +17,11 @@ stops at the first validation where the last ``patience`` validations have not i
 before them by ``min_delta`` (relative); ``iterations`` is then the most it may run. The rule needs a
 validation split (``split: validation`` in the manifest) so that the test split plays no part in when
 training ends. It is a pure function of ``losses.csv``, so a resumed run stops where an uninterrupted
-one would; a run that has stopped reports so on ``--resume`` and trains no further. The model kept is
-the one at the stop (the last, not the best: on a plateau they differ by less than ``min_delta``).
+one would; a run that has stopped reports so on ``--resume`` and trains no further. The model kept is the
+one of the lowest validation loss (``keep: best``, the default, as Keras's ``restore_best_weights``; saved
+as ``checkpoints/best`` whenever a validation beats all before it, and its card's ``iterations`` say where
+it was taken) or the one at the stop (``keep: last``). A validation loss as noisy as the real-nuclei
+tiles' (±20 % from one validation to the next) makes the two differ by more than ``min_delta``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -62,6 +65,7 @@ class PlateauRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     patience: int = Field(5, ge=1, description="validations without improvement before the run stops")
     min_delta: float = Field(0.01, ge=0, lt=1, description="relative improvement of the best validation loss that counts")
+    keep: Literal["best", "last"] = Field("best", description="the model kept: the lowest validation loss's, or the last one trained")
 
     def stop_at(self, validations: Sequence[tuple[int, float]]) -> int | None:
         """The iteration of the first validation at which the rule stops the run, or None."""
@@ -279,6 +283,34 @@ def _plateau_stop(run: Path, config: TrainConfig, validations: Sequence[tuple[in
     return at
 
 
+BEST = Path("checkpoints") / "best"  # the lowest validation loss's model, where a plateau rule keeps the best
+
+
+def _keeps_best(config: TrainConfig) -> bool:
+    return config.plateau is not None and config.plateau.keep == "best"
+
+
+def _best_model(run: Path, config: TrainConfig, validations: Sequence[tuple[int, float]]) -> tuple[torch.nn.Module, int] | None:
+    """The model of the run's lowest validation loss and its iteration, or None where there is no validation yet.
+
+    The first of equal losses is the best, as in the loop that saved it; a ``checkpoints/best`` of another
+    iteration (a run begun with ``keep: last`` and resumed with ``keep: best``) keeps the last model, said so.
+    """
+    from chunked_fnet.model import load_checkpoint
+
+    if not validations:
+        return None
+    best_at = min(validations, key=lambda iv: iv[1])[0]
+    saved = run / BEST
+    if saved.exists():
+        model, card = load_checkpoint(saved)
+        if card.training.iterations == best_at:
+            return model, best_at
+    print(f"{run}: the lowest validation loss was at iteration {best_at}, and {saved} does not hold that model "
+          "(was the run begun with keep: last?); the last model is kept", file=sys.stderr)
+    return None
+
+
 def validation_losses(csv_path: Path) -> list[tuple[int, float]]:
     """The ``(iteration, validation loss)`` points of a run's ``losses.csv``, the curve a plateau rule judges."""
     with csv_path.open() as f:
@@ -437,6 +469,9 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
                 if validation and iteration % c.validate_every == 0:  # a fixed schedule: resume-invariant
                     loss = _validation_loss(step, [(vx, vy[:, k : k + 1]) for vx, vy in validation])
                     val = f"{loss:.6g}"
+                    if _keeps_best(c) and all(float(val) < v for _, v in histories[k]):  # strictly: the first of equals stays
+                        (run / BEST).parent.mkdir(exist_ok=True)
+                        save_checkpoint(run / BEST, step.model, model_card(c, iteration, input_channel, precision=precision), overwrite=True)
                     histories[k].append((iteration, float(val)))
                 writers[k].writerow([iteration, f"{value:.6g}", val])
                 files[k].flush()
@@ -455,12 +490,15 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
             f.close()
     summary = {**timer.summary(), "structures_in_run": len(configs), "precision": precision}
     finals = []
-    for run, c, step, s, at in zip(runs, configs, steps, starts, stopped, strict=True):
+    for run, c, step, s, at, history in zip(runs, configs, steps, starts, stopped, histories, strict=True):
         if timer.steps or not (run / "throughput.json").exists():  # a resumed run that had stopped keeps its figures
             (run / "throughput.json").write_text(json.dumps({**summary, **step.describe()}, indent=1))
         final = run / f"{c.structure}.ckpt"
         model = step.model.cpu().to(memory_format=torch.contiguous_format)
         trained = at if at is not None else max(s, c.iterations)
+        kept = _best_model(run, c, history) if _keeps_best(c) else None
+        if kept is not None:
+            model, trained = kept
         save_checkpoint(final, model, model_card(c, trained, input_channel, precision=precision), overwrite=True)
         plot_losses(run / "losses.csv", run / "losses.png", title=f"{c.structure}: training loss", validation_split=validation_split, stopped_at=at)
         finals.append(final)
