@@ -11,6 +11,7 @@ SUITES: dict[str, dict[str, str]] = {
         "scaling": "suites.throughput.scaling",
         "many-chunks": "suites.throughput.many_chunks",
         "ensemble": "suites.throughput.ensemble",
+        "defaults": "suites.throughput.defaults",
     },
     "memory": {
         "vs-size": "suites.memory.memory_vs_size",

@@ -5,7 +5,7 @@ statistics: 37 KB at 1,000 frames) and the run's :class:`~chunked_fnet.predict.p
 as one key of the graph that the tasks depend on, the scheduler placed every task with no other input
 (the block tasks) on the one worker that held that key, and the other workers got theirs only when
 work stealing moved them: a one-frame run waited 0.4-1.9 s with one of two workers idle
-(benchmarks/throughput.py). A worker plugin is dask's own way to give every worker, including one
+(`benchmarks/run.py throughput defaults`). A worker plugin is dask's own way to give every worker, including one
 that joins or restarts mid-run, the same object: the tasks carry only a :class:`JobRef`. A run whose
 client dies without unregistering it loses its plugin on the scheduler's side (:mod:`chunked_fnet.run_watch`).
 """
