@@ -39,6 +39,7 @@ from chunked_fnet.predict.schedule import BlockTask, ChunkTask, Schedule, schedu
 from chunked_fnet.preprocess.normalize import FrameStats
 from chunked_fnet.preprocess.frame import ModelGridFrame, input_region
 from chunked_fnet.preprocess.resample import ModelGrid, interpolate_axis
+from chunked_fnet.profiling import clocked, stage
 from chunked_fnet.sliding_window import Box, PatchRunner, SlidingWindow, WeightedSum
 from chunked_fnet.sliding_window.padding import read_extent
 from chunked_fnet.sliding_window.runner import default_channels_last
@@ -309,16 +310,22 @@ def predict_block(run: JobRef | tuple[PredictJob, RunPolicy], task: BlockTask, *
     corners, extent = window.owned(task.block)
     if extent is None:  # the schedule only plans blocks that own patches
         raise RuntimeError(f"block {task.block} of the model grid owns no patch")
-    frame = model_grid_frame(job, task.time_index, chunks, window, task)
-    try:
-        sums, background = sums_with_background(ensemble_runner(job, policy), job.hashes, window, frame, corners, extent, policy.skip_empty)
-    except DeviceMemoryError as exc:
-        raise _with_patch_that_fits(exc, job) from exc
+    with clocked(job.options.profile) as clock:
+        frame = model_grid_frame(job, task.time_index, chunks, window, task)
+        try:
+            sums, background = sums_with_background(ensemble_runner(job, policy), job.hashes, window, frame, corners, extent, policy.skip_empty)
+        except DeviceMemoryError as exc:
+            raise _with_patch_that_fits(exc, job) from exc
+        with stage("blend"):
+            pieces = tuple(sums.crop(piece) for piece in task.pieces)
+        del sums, frame, chunks
+        with stage("heap trim"):
+            trim_heap()
+    record: dict[str, Any] = {"stages": clock.record()} if clock is not None else {}
     if policy.skip_empty is not None:  # what the summary counts (a recomputed block writes the same again)
-        Ledger(job.output_path).mark_block(chunk_key(task.time_index, task.block), {"patches": len(corners), "background": background})
-    pieces = tuple(sums.crop(piece) for piece in task.pieces)
-    del sums, frame, chunks
-    trim_heap()
+        record.update(patches=len(corners), background=background)
+    if record:
+        Ledger(job.output_path).mark_block(chunk_key(task.time_index, task.block), record)
     return pieces
 
 
@@ -329,15 +336,21 @@ def write_chunk(run: JobRef | tuple[PredictJob, RunPolicy], task: ChunkTask, *pi
     _prepare_worker_process(_torch_threads(job, policy))
     if len(pieces) != len(task.sources):
         raise RuntimeError(f"chunk {task.region} expected {len(task.sources)} pieces, got {len(pieces)}")
-    blended = policy.window.blend_pieces(task.model_box, pieces)
-    if job.options.output_grid == "input":
-        blended = back_to_input_grid(blended, task.model_box, job.grid, task.region)
-    out = open_for_writing(job.output_path)
-    write_region(out, (slice(task.time_index, task.time_index + 1), slice(None), *task.region.slices), blended[None])
-    timings = {"seconds": time.perf_counter() - start, "voxels": float(task.region.size)}
+    with clocked(job.options.profile) as clock:
+        with stage("finish"):
+            blended = policy.window.blend_pieces(task.model_box, pieces)
+            if job.options.output_grid == "input":
+                blended = back_to_input_grid(blended, task.model_box, job.grid, task.region)
+        with stage("write"):
+            out = open_for_writing(job.output_path)
+            write_region(out, (slice(task.time_index, task.time_index + 1), slice(None), *task.region.slices), blended[None])
+        del blended
+        with stage("heap trim"):
+            trim_heap()  # the next task starts from the worker's baseline, not from this task's high-water mark
+    timings: dict[str, Any] = {"seconds": time.perf_counter() - start, "voxels": float(task.region.size)}
+    if clock is not None:
+        timings["stages"] = clock.record()
     Ledger(job.output_path).mark_done(chunk_key(task.time_index, task.region), timings)  # only now is the chunk done
-    del blended
-    trim_heap()  # the next task starts from the worker's baseline, not from this task's high-water mark
     return timings
 
 

@@ -104,14 +104,22 @@ class Ledger:
     def mark_done(self, key: str, info: Mapping[str, float]) -> None:
         self.put(f"{self.root}/done/{key}", json.dumps(dict(info)).encode())
 
-    def mark_block(self, key: str, info: Mapping[str, int]) -> None:
-        """What a block task of a run that skips background did: its patches, and how many were background."""
+    def mark_block(self, key: str, info: Mapping[str, Any]) -> None:
+        """What a block task of a run that skips background or profiles did: its patches, how many were
+        background, and its time by stage (``chunked_fnet.profiling``)."""
         self.fs.makedirs(f"{self.root}/blocks", exist_ok=True)
         self.put(f"{self.root}/blocks/{key}", json.dumps(dict(info)).encode())
 
-    def blocks(self, keys: Collection[str]) -> list[dict[str, int]]:
+    def blocks(self, keys: Collection[str]) -> list[dict[str, Any]]:
         """The records of the block tasks ``keys`` (those there are), read at once (concurrently from an object store)."""
-        paths = [f"{self.root}/blocks/{k}" for k in keys]
+        return self._records("blocks", keys)
+
+    def chunks(self, keys: Collection[str]) -> list[dict[str, Any]]:
+        """The done markers of the chunks ``keys`` (those there are): each chunk task's seconds, voxels and stages."""
+        return self._records("done", keys)
+
+    def _records(self, folder: str, keys: Collection[str]) -> list[dict[str, Any]]:
+        paths = [f"{self.root}/{folder}/{k}" for k in keys]
         return [json.loads(raw) for raw in self.fs.cat(paths, on_error="omit").values()] if paths else []
 
     def done(self) -> set[str]:

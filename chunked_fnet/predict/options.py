@@ -78,6 +78,10 @@ class PredictOptions(BaseModel):
         "refuse the run, or read them as the array's fill value",
     )
     retries: int = Field(2, ge=0, description="extra tries of a failing chunk task before the run reports it")
+    profile: bool = Field(
+        False, description="record every task's CPU and wall seconds by stage (read, normalize, forward, blend, finish, write, ...) "
+        "in the run's ledger and its summary (chunked_fnet.profiling)",
+    )
     stall_timeout: float = Field(
         1800.0, gt=0,
         description="seconds without any chunk finishing after which the run stops, everything finished kept, with a --resume hint",
@@ -127,4 +131,4 @@ class PredictOptions(BaseModel):
 
 
 # Options that change how a run is carried out but not a single output value: a resumed run may differ in them.
-RUNTIME_OPTIONS = frozenset({"retries", "stall_timeout"})
+RUNTIME_OPTIONS = frozenset({"retries", "stall_timeout", "profile"})

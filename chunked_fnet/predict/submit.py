@@ -24,6 +24,7 @@ from chunked_fnet.predict.ledger import Ledger, chunk_key, describe_chunk
 from chunked_fnet.predict.policy import RunPolicy
 from chunked_fnet.predict.schedule import ChunkTask
 from chunked_fnet.predict.shipping import JobRef, shipped
+from chunked_fnet.profiling import add_stages
 
 __all__ = ["ChunksFailedError", "RunInterruptedError", "RunStoppedError", "RunSummary", "execute", "execute_many"]
 
@@ -50,6 +51,7 @@ class RunSummary:
     shards: tuple[int, ...] | None = None  # z, y, x of the output's shards: a chunk task writes one whole (None: a chunk)
     background_patches: int = 0  # patches skipped as background (policy.skip_empty), by this run's block tasks
     background_blocks: int = 0  # block tasks all of whose patches were background: the models never ran for them
+    stages: dict[str, tuple[float, float]] | None = None  # with options.profile: (CPU s, wall s) by stage, summed over this run's tasks
 
     @property
     def precision(self) -> str:
@@ -73,6 +75,7 @@ class RunSummary:
                f"; {self.precision}" if self.policy else "")
             + (f"; {self.background_patches} background patches skipped (level {self.policy.skip_empty:g}), "
                f"{self.background_blocks} block tasks without a model call" if self.policy and self.policy.skip_empty is not None else "")
+            + (f"\n{describe_stages(self.stages)}" if self.stages else "")
         )
 
 
@@ -274,9 +277,25 @@ def execute_many(
         summaries.append(RunSummary(
             job.output_path, len(graph.chunks), workers, seconds, voxels[j], total_chunks=job.n_chunks,
             patch_evaluations=graph.patch_evaluations - background, policy=policy, shards=job.shards,
-            background_patches=background, background_blocks=whole,
+            background_patches=background, background_blocks=whole, stages=_stages(job, graph) if job.options.profile else None,
         ))
     return summaries
+
+
+def _stages(job: PredictJob, graph: Any) -> dict[str, tuple[float, float]]:
+    """This run's tasks' time by stage, from their records in the ledger (a resumed run: the tasks it ran itself)."""
+    ledger = Ledger(job.output_path)
+    total: dict[str, list[float]] = {}
+    for record in [*ledger.blocks({chunk_key(b.time_index, b.block) for b in graph.blocks}),
+                   *ledger.chunks({chunk_key(c.time_index, c.region) for c in graph.chunks})]:
+        add_stages(total, record.get("stages", {}))
+    return {name: (cpu, wall) for name, (cpu, wall) in total.items()}
+
+
+def describe_stages(stages: dict[str, tuple[float, float]]) -> str:
+    """One line: the tasks' CPU and wall seconds by stage, largest CPU first; ``task`` is what no named stage took."""
+    shown = sorted(stages.items(), key=lambda kv: -kv[1][0])
+    return "time by stage, all tasks (CPU s / wall s): " + ", ".join(f"{k} {c:.2f}/{w:.2f}" for k, (c, w) in shown)
 
 
 def _background(job: PredictJob, policy: RunPolicy, graph: Any) -> tuple[int, int]:

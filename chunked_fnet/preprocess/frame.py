@@ -13,6 +13,7 @@ from chunked_fnet.errors import InputError
 from chunked_fnet.io.reader import region_reader
 from chunked_fnet.preprocess.normalize import FrameStats
 from chunked_fnet.preprocess.resample import ModelGrid, resample_region
+from chunked_fnet.profiling import stage
 
 __all__ = ["ModelGridFrame", "input_region"]
 
@@ -39,7 +40,8 @@ class ModelGridFrame:
         self._always_finite = np.issubdtype(np.dtype(getattr(array, "dtype", np.float32)), np.integer)
 
     def _read_source(self, region: tuple[slice, ...]) -> np.ndarray:
-        values = self._read(region)
+        with stage("read"):
+            values = self._read(region)
         if self._always_finite:
             return values
         finite = np.isfinite(values)
@@ -63,7 +65,8 @@ class ModelGridFrame:
 
     def read(self, region: Sequence[slice]) -> np.ndarray:
         """The z-scored model-grid voxels of ``region`` (z, y, x)."""
-        return self.stats.apply(resample_region(self._read_source, self.grid, tuple(region)))
+        with stage("normalize"):  # the reads inside are their own stage
+            return self.stats.apply(resample_region(self._read_source, self.grid, tuple(region)))
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
         return self.read(key[1:])[None]

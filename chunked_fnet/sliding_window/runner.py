@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from chunked_fnet.errors import DeviceMemoryError, InputError, one_line
+from chunked_fnet.profiling import in_this_scope, stage
 from chunked_fnet.sliding_window.box import Box
 from chunked_fnet.sliding_window.grid import Corner
 from chunked_fnet.sliding_window.padding import Reader
@@ -387,9 +388,10 @@ class PatchRunner:
         data = np.asarray(read(box.slices))
         if data.ndim != 4 or data.shape[1:] != box.shape:
             raise ValueError(f"the reader returned shape {data.shape} for {box}; expected (C, {', '.join(map(str, box.shape))})")
-        x, ready = _stage(data, self.device)
+        with stage("staging"):
+            x, ready = _stage(data, self.device)
         if self.device_thread:
-            sums, done = _device_thread(self.device).submit(self._sums, window, x, box, corners, target, ready).result()
+            sums, done = _device_thread(self.device).submit(in_this_scope(self._sums), window, x, box, corners, target, ready).result()
         else:
             sums, done = self._sums(window, x, box, corners, target, ready)
         if done is not None:  # this block's copy out, only: the device goes on with the next block meanwhile
@@ -402,6 +404,12 @@ class PatchRunner:
         """The weighted sums on the host and, from a GPU, the event that says they have arrived (page-locked
         memory, copied on the device-to-host stream as soon as they are complete; the caller waits for it).
         ``ready``: the event of ``x``'s copy in, which the compute stream waits for."""
+        with stage("blend"):  # the forward passes inside are their own stage
+            return self._blend(window, x, box, corners, target, ready)
+
+    def _blend(
+        self, window: SlidingWindow, x: torch.Tensor, box: Box, corners: Sequence[Corner], target: Box, ready: Any = None,
+    ) -> tuple[torch.Tensor, Any]:
         grid = window.grid
         if ready is not None:
             compute = torch.cuda.current_stream(self.device)
@@ -413,7 +421,8 @@ class PatchRunner:
                 batch = [grid.patch_box(c) for c in corners[i : i + self.batch_size]]
                 cut = [x[(slice(None), *p.within(box))] for p in batch]
                 try:  # a batch of one patch (a whole-frame patch) is a view of the input, not a copy of it
-                    pred = self.forward(cut[0].unsqueeze(0) if len(cut) == 1 else torch.stack(cut))
+                    with stage("forward"):
+                        pred = self.forward(cut[0].unsqueeze(0) if len(cut) == 1 else torch.stack(cut))
                 except RuntimeError as exc:
                     if not is_out_of_memory(exc):
                         raise
