@@ -1,4 +1,4 @@
-"""The host side's short cuts (benchmarks/host_side.py) give bit for bit what the plain formulas give:
+"""The host side's short cuts (`benchmarks/run.py throughput host-side`) give bit for bit what the plain formulas give:
 z-scoring into one array, integer frames not searched for NaN, an integer frame's statistics without a
 float64 copy, a batch of one patch and an ensemble of
 one model not copied, a patch of weight 1 not multiplied by it. No timings here."""

@@ -12,6 +12,7 @@ SUITES: dict[str, dict[str, str]] = {
         "many-chunks": "suites.throughput.many_chunks",
         "ensemble": "suites.throughput.ensemble",
         "defaults": "suites.throughput.defaults",
+        "host-side": "suites.throughput.host_side",
     },
     "memory": {
         "vs-size": "suites.memory.memory_vs_size",

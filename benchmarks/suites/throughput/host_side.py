@@ -1,25 +1,28 @@
 """Host work per frame (issue 29 item 1): can one GPU worker's host side keep up with its GPU at one model?
 
-    python benchmarks/host_side.py [--frames 8] [--reps 3] [--threads 1 2] [--compare OLD_CHECKOUT] [--no-append]
+    python benchmarks/run.py throughput host-side [--frames 8] [--reps 3] [--threads 1 2] [--compare OLD_CHECKOUT] [--no-save]
 
 Everything but the forward pass is the real code path: ``chunked_fnet.predict.predict`` at the product's
-defaults (``PredictOptions()`` bar ``device="cpu"``, ``precision="fp32"``) on a real local cluster (one worker
+defaults (``PredictOptions(device="cpu", precision="fp32", profile=True)``) on a real local cluster (one worker
 process, 1 or 2 task threads, 127.0.0.1 only) over a time-lapse of 64x512x512 uint16 frames written by the
 package's own synth (its default chunks 32x256x256 and zstd). The one model is a bioimage.io package whose
 network is ``x * gain + 1e-3 * u`` (``u``: fixed uniform noise, so that its output's low mantissa bits are as
 incompressible as a real prediction's, whose zstd cost the quantised ``x * gain`` alone would overstate
 ~4x); its card says width 1, so the auto patch is the whole frame, as the paper U-Net's is on a GPU (one
-block task per frame, its 8 chunk tasks blending and writing).
+block task per frame, its chunk tasks blending and writing).
 
-Per stage, the CPU seconds per frame in the worker process: the package's functions are wrapped in the
-worker (thread CPU time, exclusive of nested wrapped calls), zarr's codec and file calls in its own threads
-too; what is left of each task thread is task overhead, the worker's event loop is scheduling, and the
-client process (the scheduler and the statistics pass of ``plan``, which reads every frame once more) is reported apart. Frames/s is the run's
-execution (``RunSummary.seconds``). Runs are interleaved (1 thread, 2 threads, [old, new], ...), each
-in a fresh subprocess and cluster after an untimed one-frame warm-up; medians are reported.
+Per stage, the CPU seconds per frame: the run's own record (``profile=True``: ``RunSummary.stages``, each task
+thread's CPU by stage, exclusive of nested stages; ``chunked_fnet.profiling``), and the worker's other threads
+by kind (psutil, by thread name): its task threads outside the tasks (dask's deserialising and bookkeeping),
+zarr's I/O threads (file reads and writes, and the codecs zarr runs there), the event loop (scheduling,
+transfers) and the rest. The client process (the scheduler, and the statistics pass of ``plan``, which reads
+every frame once more) is reported apart. Frames/s is the run's execution (``RunSummary.seconds``). Runs are
+interleaved (1 thread, 2 threads, [old, new], ...), each in a fresh subprocess and cluster after an untimed
+one-frame warm-up; medians are reported.
 
 ``--compare OLD``: the same runs with ``PYTHONPATH=OLD`` (e.g. ``git worktree add /tmp/hs-before 40c72c6``)
-interleaved with this checkout's, and the outputs' values checked bit-identical between the two.
+interleaved with this checkout's, and the outputs' values checked bit-identical between the two (a package
+from before ``profile`` existed gives its totals only).
 """
 
 from __future__ import annotations
@@ -29,15 +32,15 @@ import collections
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import _common as C
+from harness import machine as M, results as R, timing as T, workloads as W
 
+SUITE = "throughput"
 SECTION = "Host work per frame (issue 29)"
 COLUMNS = ["date", "case", "version", "CPU-s per frame by stage", "host CPU-s per frame", "frames/s 1 thread", "frames/s 2 threads",
            "8-thread projection", "commit", "command", "machine"]
@@ -45,8 +48,12 @@ SHAPE = (64, 512, 512)
 #: GPU's need: the paper U-Net's forward of one 64x512x512 frame on an H100 (issue 29), and the 8 task threads.
 GPU_FRAME_S = 0.060
 GPU_THREADS = 8
+#: The run's stages (chunked_fnet.profiling) in pipeline order, then the worker's threads outside the tasks.
+STAGES = ["read", "normalize", "staging", "forward", "blend", "finish", "write", "heap trim", "task"]
+THREADS = ["task threads outside tasks", "zarr I/O threads", "event loop", "other worker threads"]
+ORDER = [*STAGES, *THREADS]
 
-GAIN_NET = '''"""x * gain + 1e-3 * u: a near-free network whose output is continuous (benchmarks/host_side.py). Imports only torch."""
+GAIN_NET = '''"""x * gain + 1e-3 * u: a near-free network whose output is continuous (the host-side benchmark). Imports only torch."""
 import torch
 from torch import nn
 
@@ -61,97 +68,30 @@ class Gain(nn.Module):
         return x * self.gain + 1e-3 * u.to(x.device)
 '''
 
-#: stage -> the functions (module, qualified name) whose exclusive thread CPU time is that stage's.
-STAGES = {
-    "read/decode": [("chunked_fnet.preprocess.frame", "ModelGridFrame._read_source"), ("chunked_fnet.predict.job", "read_input_chunk"),
-                    ("zarr.codecs.zstd", "ZstdCodec._decode_sync"), ("zarr.storage._local", "_get")],
-    "z-score/resample": [("chunked_fnet.preprocess.frame", "ModelGridFrame.read")],
-    "staging": [("chunked_fnet.sliding_window.runner", "_stage")],
-    "forward": [("chunked_fnet.sliding_window.runner", "PatchRunner.forward")],
-    "blend (block task)": [("chunked_fnet.sliding_window.runner", "PatchRunner.weighted_sums"),
-                           ("chunked_fnet.sliding_window.runner", "PatchRunner._sums"),
-                           ("chunked_fnet.sliding_window.window", "WeightedSum.crop")],
-    "finish (chunk task)": [("chunked_fnet.sliding_window.window", "SlidingWindow.blend_pieces"),
-                            ("chunked_fnet.predict.job", "back_to_input_grid")],
-    "compress+write": [("chunked_fnet.io.writer", "write_region"), ("chunked_fnet.predict.ledger", "Ledger.mark_done"),
-                       ("zarr.codecs.zstd", "ZstdCodec._encode_sync"), ("zarr.storage._local", "_put")],
-    "pyramid": [("chunked_fnet.io.writer", "downsample_mean")],
-    "heap trim": [("chunked_fnet.predict.job", "trim_heap")],
-}
-ORDER = [*STAGES, "task overhead", "zarr I/O loop", "scheduling (worker)", "other worker threads"]
 
-
-# ------------------------------------------------------------------------------- in the worker
-def _install() -> None:
-    """Wrap the stages' functions in this process (once): exclusive thread CPU time per stage."""
-    import importlib
-
-    mod = sys.modules.get("__hs_stages__")
-    if mod is not None:
-        return
-    totals: dict[tuple[str, str], float] = collections.defaultdict(float)
-    local = threading.local()
-    lock = threading.Lock()
-
-    def wrap(stage: str, fn):  # noqa: ANN001, ANN202
-        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            stack = local.__dict__.setdefault("stack", [])
-            stack.append(0.0)
-            start = time.thread_time()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent = time.thread_time() - start
-                nested = stack.pop()
-                if stack:
-                    stack[-1] += spent
-                with lock:
-                    totals[(stage, _kind(threading.current_thread().name))] += spent - nested
-
-        timed.__wrapped__ = fn
-        return timed
-
-    for stage, names in STAGES.items():
-        for module, qualname in names:
-            try:
-                owner = importlib.import_module(module)
-            except ImportError:
-                continue
-            *path, name = qualname.split(".")
-            for part in path:
-                owner = getattr(owner, part)
-            if hasattr(owner, name):
-                setattr(owner, name, wrap(stage, getattr(owner, name)))
-    import types
-
-    holder = types.ModuleType("__hs_stages__")
-    holder.totals = totals  # type: ignore[attr-defined]
-    sys.modules["__hs_stages__"] = holder
-
-
-def _kind(name: str) -> str:
+def thread_kind(name: str) -> str:
     """What a worker thread is, by its name: a dask task thread, zarr's I/O threads, the event loop, other."""
-    if "Dask-Default-Threads" in name:
+    if "Dask-Default-Threads" in name or name.startswith("Dask-Worker-Threads"):
         return "task"
     if name.startswith("zarr_pool") or name == "zarr_io":
         return "zarr"
     return "main" if name == "MainThread" else "other"
 
 
-def _snapshot() -> dict:
-    """This worker's stage totals (per stage and kind of thread) and its threads' CPU time, per kind."""
+def threads_cpu() -> dict[str, float]:
+    """This process's threads' CPU seconds (user + system) by :func:`thread_kind`, and the process's total."""
+    import threading
+
     import psutil
 
     names = {t.native_id: t.name for t in threading.enumerate()}
     kinds: dict[str, float] = collections.defaultdict(float)
     for t in psutil.Process().threads():
-        kinds[_kind(names.get(t.id, ""))] += t.user_time + t.system_time
+        kinds[thread_kind(names.get(t.id, ""))] += t.user_time + t.system_time
     proc = psutil.Process().cpu_times()
-    totals = sys.modules["__hs_stages__"].totals
-    return {"stages": {f"{s}|{k}": v for (s, k), v in totals.items()}, "threads": dict(kinds), "process": proc.user + proc.system}
+    return {**kinds, "process": proc.user + proc.system}
 
 
-# ---------------------------------------------------------------------------------- one run
 def gain_package(folder: Path) -> Path:
     """The bioimage.io package of :data:`GAIN_NET` (synth's voxel size, sizes 16 + 16k, card width 1)."""
     out = folder / "gain.zip"
@@ -204,12 +144,12 @@ def gain_package(folder: Path) -> Path:
     return out
 
 
-def input_image(folder: Path, frames: int) -> str:
-    """``frames`` x 64x512x512 of ``chunked_fnet.synth`` at its defaults (uint16, chunks 32x256x256, zstd)."""
+def input_image(folder: Path, frames: int, shape: tuple[int, int, int] = SHAPE) -> str:
+    """``frames`` x ``shape`` of ``chunked_fnet.synth`` at its defaults (uint16, chunks 32x256x256, zstd)."""
     from chunked_fnet.synth.dataset import SynthConfig, generate
 
-    config = SynthConfig(size_t=frames, size_z=SHAPE[0], size_y=SHAPE[1], size_x=SHAPE[2])
-    path = folder / f"host_side_{frames}x{'x'.join(map(str, SHAPE))}.zarr"
+    config = SynthConfig(size_t=frames, size_z=shape[0], size_y=shape[1], size_x=shape[2])
+    path = folder / f"host_side_{frames}x{'x'.join(map(str, shape))}.zarr"
     marker = path.with_name(path.name + ".config.json")
     if not (path.exists() and marker.exists() and marker.read_text() == config.model_dump_json()):
         print(f"generating {path} ...", flush=True)
@@ -236,14 +176,15 @@ def one_run(args: argparse.Namespace) -> dict:
     import psutil
     from distributed import Client, LocalCluster
 
-    from chunked_fnet.predict import PredictOptions, predict
-    from chunked_fnet.predict.plan import plan
+    from chunked_fnet.predict import PredictOptions, plan, predict
 
     data = Path(args.data)
-    image = input_image(data, args.frames)
+    shape = tuple(args.shape)
+    image = input_image(data, args.frames, shape)
     model = str(gain_package(data))
     out = tempfile.mkdtemp(prefix="host_side_", dir=args.data)
-    options = PredictOptions(device="cpu", precision="fp32")
+    profiled = "profile" in PredictOptions.model_fields  # an older package (--compare) has no profile: totals only
+    options = PredictOptions(device="cpu", precision="fp32", **({"profile": True} if profiled else {}))
     me = psutil.Process()
     cpu = lambda: sum(me.cpu_times()[:2])  # noqa: E731
     start = cpu()
@@ -251,46 +192,39 @@ def one_run(args: argparse.Namespace) -> dict:
     stats_pass = cpu() - start
     with LocalCluster(n_workers=1, threads_per_worker=args.one, processes=True, host="127.0.0.1", dashboard_address=None,
                       scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client:
-        client.run(_install)
         predict(image, [model], f"{out}/warm.zarr", options=options.model_copy(update={"time": (0, 1)}), client=client, progress=False)
-        before = next(iter(client.run(_snapshot).values()))
+        before = next(iter(client.run(threads_cpu).values()))
         c0 = cpu()
         # plan's statistics pass in this process, as with a ClusterSpec (a connected default client would take
-        # it to the worker, mixing a second read of every frame into the stages); the run's tasks go to the client
+        # it to the worker, mixing a second read of every frame into the worker's time); the run's tasks go to the cluster
         with dask.config.set(scheduler="threads"):
             _, summary = predict(image, [model], f"{out}/out.zarr", options=options, client=client, progress=False)
         client_cpu = cpu() - c0
-        after = next(iter(client.run(_snapshot).values()))
-        info = client.scheduler_info()["workers"]
+        after = next(iter(client.run(threads_cpu).values()))
     frames = args.frames
-    delta = lambda part, key: (after[part].get(key, 0.0) - before[part].get(key, 0.0)) / frames  # noqa: E731
-    keys = set(after["stages"]) | set(before["stages"])
-    stages = {s: sum(delta("stages", k) for k in keys if k.split("|")[0] == s) for s in STAGES}
-    within = {kind: sum(delta("stages", k) for k in keys if k.split("|")[1] == kind) for kind in ("task", "zarr", "main", "other")}
-    stages["task overhead"] = max(0.0, delta("threads", "task") - within["task"])
-    stages["zarr I/O loop"] = max(0.0, delta("threads", "zarr") - within["zarr"])
-    stages["scheduling (worker)"] = max(0.0, delta("threads", "main") - within["main"])
-    stages["other worker threads"] = max(0.0, delta("threads", "other") - within["other"])
+    spent = {k: (after.get(k, 0.0) - before.get(k, 0.0)) / frames for k in ("task", "zarr", "main", "other", "process")}
+    stages = {s: (summary.stages or {}).get(s, (0.0, 0.0))[0] / frames for s in STAGES} if profiled else {}
+    if profiled:
+        stages["task threads outside tasks"] = max(0.0, spent["task"] - sum(stages.values()))
+        stages["zarr I/O threads"], stages["event loop"], stages["other worker threads"] = spent["zarr"], spent["main"], spent["other"]
     digest = values_digest(f"{out}/out.zarr") if args.digest else None
-    import shutil
-
     shutil.rmtree(out, ignore_errors=True)
     return {
         "threads": args.one, "frames": frames, "seconds": summary.seconds, "fps": frames / summary.seconds, "stages": stages,
-        "worker_cpu": (after["process"] - before["process"]) / frames, "client_cpu": client_cpu / frames,
-        "stats_pass": stats_pass / frames, "window": list(summary.policy.window.patch_shape) if summary.policy else None,
-        "chunks": summary.chunks, "digest": digest, "workers": len(info),
+        "worker_cpu": spent["process"], "client_cpu": client_cpu / frames, "stats_pass": stats_pass / frames,
+        "forward_wall": (summary.stages or {}).get("forward", (0.0, 0.0))[1] / frames if profiled else None,
+        "window": list(summary.policy.window.patch_shape) if summary.policy else None, "chunks": summary.chunks, "digest": digest,
     }
 
 
-# ------------------------------------------------------------------------------------ the driver
 def _subprocess(args: argparse.Namespace, threads: int, pythonpath: str | None, digest: bool) -> dict:
-    """One run in a fresh interpreter (its own cluster), with ``PYTHONPATH=pythonpath`` when given."""
+    """One run in a fresh interpreter (its own cluster), with ``PYTHONPATH=pythonpath`` first when given."""
     env = dict(os.environ)
-    if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join([pythonpath, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    cmd = [sys.executable, __file__, "--one", str(threads), "--frames", str(args.frames), "--data", args.data] + (["--digest"] if digest else [])
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    bench = str(Path(__file__).resolve().parents[2])  # benchmarks/: the harness, importable whatever the package's checkout
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, bench, env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "suites.throughput.host_side", "--one", str(threads), "--frames", str(args.frames),
+           "--shape", *map(str, args.shape), "--data", args.data, *(["--digest"] if digest else [])]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, cwd=bench)
     line = next((x for x in reversed(done.stdout.splitlines()) if x.startswith("{")), None)
     if done.returncode or line is None:
         raise SystemExit(f"run failed ({' '.join(cmd)}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -305,48 +239,49 @@ def projection(fps1: float, fps2: float, threads: int = GPU_THREADS) -> tuple[fl
     return fps1 / ((1.0 - p) + p / threads), p
 
 
-def _host_cpu(run: dict) -> float:
-    """Host CPU-s per frame: everything in the worker but the forward, plus the client's (stats pass, scheduler)."""
-    return sum(v for k, v in run["stages"].items() if k != "forward") + run["client_cpu"]
+def host_cpu(run: dict) -> float:
+    """Host CPU-s per frame: the worker process but the forward, plus the client's (statistics pass, scheduler)."""
+    forward = run["stages"].get("forward", 0.0)
+    return run["worker_cpu"] - forward + run["client_cpu"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--shape", nargs=3, type=int, default=SHAPE, help="z y x of a frame (the question's is 64 512 512)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--compare", default=None, help="an older checkout (its repository root) to run interleaved, as PYTHONPATH")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--digest", action="store_true", help=argparse.SUPPRESS)
-    C.add_data_args(parser)
-    args = parser.parse_args()
+    W.add_data_args(parser)
+    args = parser.parse_args(argv)
     if args.one is not None:
         print(json.dumps(one_run(args), default=float), flush=True)
         return
     Path(args.data).mkdir(parents=True, exist_ok=True)
-    input_image(Path(args.data), args.frames)  # generated once, before any timing
+    input_image(Path(args.data), args.frames, tuple(args.shape))  # generated once, before any timing
     gain_package(Path(args.data))
-    versions = {"new": str(C.ROOT)} if not args.compare else {"old": str(Path(args.compare).resolve()), "new": str(C.ROOT)}
+    versions = {"new": str(R.ROOT)} if not args.compare else {"old": str(Path(args.compare).resolve()), "new": str(R.ROOT)}
     runs: dict[tuple[str, int], list[dict]] = collections.defaultdict(list)
     for rep in range(args.reps):
         for threads in args.threads:
             for name, path in versions.items():
                 run = _subprocess(args, threads, path, digest=rep == 0 and threads == args.threads[0])
                 runs[(name, threads)].append(run)
-                print(f"rep {rep} {name} {threads} thread(s): {run['fps']:.3f} frames/s, host {_host_cpu(run):.3f} CPU-s/frame "
-                      f"(forward {run['stages']['forward']:.3f})", flush=True)
+                print(f"rep {rep + 1} {name} {threads} thread(s): {run['fps']:.3f} frames/s, host {host_cpu(run):.3f} CPU-s/frame "
+                      f"(forward {run['stages'].get('forward', float('nan')):.3f})", flush=True)
     digests = {name: runs[(name, args.threads[0])][0]["digest"] for name in versions}
-    identical = len(set(digests.values())) == 1
-    med = lambda name, t, f: C.median([f(r) for r in runs[(name, t)]])  # noqa: E731
-    print(f"\n{C.machine()}; {C.load_note()}")
-    print(f"{args.frames} frames of {'x'.join(map(str, SHAPE))}, window {runs[('new', args.threads[0])][0]['window']}, "
+    med = lambda name, t, f: T.median([f(r) for r in runs[(name, t)]])  # noqa: E731
+    print(f"\n{M.machine()}; {M.load_note()}")
+    print(f"{args.frames} frames of {'x'.join(map(str, args.shape))}, window {runs[('new', args.threads[0])][0]['window']}, "
           f"1 worker; medians of {args.reps}; per frame")
-    header = f"{'stage (CPU-s per frame)':28s}" + "".join(f"{f'{n} {t}t':>10s}" for n in versions for t in args.threads)
-    print(header)
+    print(f"{'stage (CPU-s per frame)':28s}" + "".join(f"{f'{n} {t}t':>10s}" for n in versions for t in args.threads))
+    nan = float("nan")
     for stage in ORDER:
-        print(f"{stage:28s}" + "".join(f"{med(n, t, lambda r: r['stages'][stage]):10.3f}" for n in versions for t in args.threads))
+        print(f"{stage:28s}" + "".join(f"{med(n, t, lambda r: r['stages'].get(stage, nan)):10.3f}" for n in versions for t in args.threads))
     for label, f in (("client (stats pass, sched.)", lambda r: r["client_cpu"]), ("  of which stats pass", lambda r: r["stats_pass"]),
-                     ("host total (no forward)", _host_cpu), ("worker process total", lambda r: r["worker_cpu"]),
+                     ("host total (no forward)", host_cpu), ("worker process total", lambda r: r["worker_cpu"]),
                      ("frames/s", lambda r: r["fps"])):
         print(f"{label:28s}" + "".join(f"{med(n, t, f):10.3f}" for n in versions for t in args.threads))
     cells = {}
@@ -354,26 +289,27 @@ def main() -> None:
         if 1 in args.threads and 2 in args.threads:
             fps1, fps2 = med(name, 1, lambda r: r["fps"]), med(name, 2, lambda r: r["fps"])
             fps8, p = projection(fps1, fps2)
-            host = med(name, 1, _host_cpu)
+            host = med(name, 1, host_cpu)
             cells[name] = (fps1, fps2, fps8, p, host)
             print(f"{name}: 2-thread speed-up {fps2 / fps1:.2f} -> parallel share {p:.2f}; projected {GPU_THREADS} threads: "
                   f"{fps8:.2f} frames/s = {1 / fps8 * 1e3:.0f} ms per frame against the GPU's {GPU_FRAME_S * 1e3:.0f} ms "
                   f"(host CPU {host:.3f} s/frame against {GPU_THREADS * GPU_FRAME_S:.2f} s on {GPU_THREADS} threads)")
     if args.compare:
-        print(f"outputs bit-identical between old and new: {identical} ({digests})")
+        print(f"outputs bit-identical between old and new: {len(set(digests.values())) == 1} ({digests})")
     if args.no_save or not cells:
         return
-    stages = "; ".join(f"{s} " + "/".join(f"{med(n, 1, lambda r: r['stages'][s]):.3f}" for n in versions) for s in ORDER)
     for name, (fps1, fps2, fps8, p, host) in cells.items():
-        C.append_row(SECTION, COLUMNS, [
-            C.today(), f"{args.frames} x {'x'.join(map(str, SHAPE))}, 1 model (x*gain+u), defaults, 1 worker", name,
-            stages + (" (old/new)" if args.compare else ""), f"{host:.3f}", f"{fps1:.2f}", f"{fps2:.2f}",
-            f"{fps8:.2f} frames/s (parallel share {p:.2f} from 2 threads)", _commit(args.compare if name == "old" else C.ROOT),
-            C.command_line(), C.machine(),
-        ])
+        stages = "; ".join(f"{s} {med(name, 1, lambda r: r['stages'].get(s, nan)):.3f}" for s in ORDER)
+        print(R.save_row(SUITE, SECTION, COLUMNS, [
+            R.today(), f"{args.frames} x {'x'.join(map(str, args.shape))}, 1 model (x*gain+u), defaults, 1 worker", name, stages,
+            f"{host:.3f}", f"{fps1:.2f}", f"{fps2:.2f}", f"{fps8:.2f} frames/s (parallel share {p:.2f} from 2 threads)",
+            commit(args.compare if name == "old" else R.ROOT), R.command_line(), M.machine(),
+        ], figures={"host_cpu_s_per_frame": host, "fps_1_thread": fps1, "fps_2_threads": fps2, "fps_8_threads_projected": fps8,
+                    **{f"stage_{s.replace(' ', '_')}_cpu_s": med(name, 1, lambda r: r["stages"].get(s, nan)) for s in ORDER}},
+           params={"frames": args.frames, "shape": list(args.shape), "threads": args.threads, "reps": args.reps, "version": name}))
 
 
-def _commit(checkout: str | Path) -> str:
+def commit(checkout: str | Path) -> str:
     """The short commit of the checkout whose package ran (``+ changes`` when its tree is not clean)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, check=False).stdout.strip()
