@@ -12,6 +12,8 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import os
+from collections.abc import Mapping
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -28,6 +30,26 @@ def _libc() -> ctypes.CDLL | None:
     except OSError:
         return None
     return libc if libc is not None and hasattr(libc, "mallopt") else None
+
+
+#: glibc's allocator settings a person sets on purpose (dask's own worker default, MALLOC_TRIM_THRESHOLD_, is not one).
+USER_ALLOCATOR_SETTINGS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_")
+
+
+def allocator_set_by_user(environ: Mapping[str, str] | None = None) -> str | None:
+    """The allocator setting of the process's environment that makes its heap the user's choice, or None:
+    ``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``, a ``glibc.malloc`` tunable in ``GLIBC_TUNABLES``, or
+    another allocator preloaded (``LD_PRELOAD`` naming jemalloc, tcmalloc or mimalloc), where
+    :func:`bound_heap_growth` would override or not apply."""
+    env = os.environ if environ is None else environ
+    for name in USER_ALLOCATOR_SETTINGS:
+        if name in env:
+            return name
+    if "glibc.malloc." in env.get("GLIBC_TUNABLES", ""):
+        return "GLIBC_TUNABLES"
+    if any(lib in env.get("LD_PRELOAD", "") for lib in ("jemalloc", "tcmalloc", "mimalloc")):
+        return "LD_PRELOAD"
+    return None
 
 
 def bound_heap_growth(mmap_threshold: int = 1 << 20, arenas: int = 2) -> bool:

@@ -159,11 +159,13 @@ def workload(args: argparse.Namespace) -> tuple[str, list[str], list[str], Any]:
 def prepare_like_a_task() -> None:
     """Inside a dask worker: torch threads = the worker's threads and the heap set-up of the pipeline's
     workers, so a bare forward timed in the worker runs under the pipeline's conditions. Built from
-    public pieces (``chunked_fnet.memory.bound_heap_growth``): the package's own set-up is private."""
+    public pieces (``chunked_fnet.memory``): the package's own set-up is private. An allocator the
+    worker's environment sets is kept, as the pipeline's tasks keep it."""
     import torch
     from distributed import get_worker
 
-    from chunked_fnet.memory import bound_heap_growth
+    from chunked_fnet.memory import allocator_set_by_user, bound_heap_growth
 
     torch.set_num_threads(get_worker().state.nthreads)
-    bound_heap_growth()
+    if allocator_set_by_user() is None:
+        bound_heap_growth()

@@ -18,6 +18,7 @@ SUITES: dict[str, dict[str, str]] = {
         "vs-size": "suites.memory.memory_vs_size",
         "predict": "suites.memory.predict_memory",
         "synth": "suites.memory.synth_memory",
+        "allocator": "suites.memory.allocator",
     },
     "seams": {
         "border-effect": "suites.seams.border_effect",

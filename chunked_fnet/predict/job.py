@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chunked_fnet.memory import bound_heap_growth, trim_heap
+from chunked_fnet.memory import allocator_set_by_user, bound_heap_growth, trim_heap
 from chunked_fnet.device import autocast_dtype, device_memory, resolve_device, stack_line
 from chunked_fnet.errors import DeviceMemoryError, one_line
 from chunked_fnet.io.reader import ChunkIndex, chunks_reader, chunks_under, open_level_array, read_chunk
@@ -245,8 +245,9 @@ def log_stack_once(device: torch.device) -> None:
 
 def _prepare_worker_process(threads: int | None = None, device: str | None = None) -> None:
     """In a worker process: ``threads`` torch intra-op threads (default: one per dask worker thread), and
-    once, a heap that returns large freed arrays to the system, however the worker was started, and a log
-    line naming torch, CUDA, cuDNN and the ``device`` computed on.
+    once, a heap that returns large freed arrays to the system, however the worker was started (unless the
+    worker's environment sets the allocator itself: :func:`~chunked_fnet.memory.allocator_set_by_user`, whose
+    choice is kept), and a log line naming torch, CUDA, cuDNN and the ``device`` computed on.
 
     torch otherwise starts a thread per core in every worker process (N workers on N cores would run
     N*N threads), and glibc would keep each task's freed buffers, raising every later peak.
@@ -261,7 +262,11 @@ def _prepare_worker_process(threads: int | None = None, device: str | None = Non
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     if not _WORKER_READY:
-        bound_heap_growth()
+        chosen = allocator_set_by_user()
+        if chosen is None:
+            bound_heap_growth()
+        logging.getLogger("distributed.worker.chunked_fnet").info(
+            "chunked_fnet worker heap: " + (f"as the environment sets it ({chosen})" if chosen else "large freed arrays returned to the system"))
         _WORKER_READY = True
     if device is not None:
         log_stack_once(resolve_device(device))

@@ -1,7 +1,7 @@
 """CPU workers: what glibc's allocator costs the U-Net, as predict sets it up and with freed memory reused.
 
-    python benchmarks/worker_malloc.py                        # paper U-Net, 32x128x256, 2 workers each
-    python benchmarks/worker_malloc.py --arch small --reps 5
+    python benchmarks/run.py memory allocator                 # paper U-Net, 32x128x256, 2 workers each
+    python benchmarks/run.py memory allocator --arch small --reps 5
 
 Eager PyTorch allocates and frees every activation of every forward pass (the paper's U-Net: ~0.5 GB
 per batch of 4 patches of 32x64x64). When glibc serves such blocks with fresh ``mmap``s (or from
@@ -13,13 +13,15 @@ in again and the kernel zeroes each page: system time, not convolution. Two set-
   ``chunked_fnet.predict.job`` bounds the heap on the first task: mmap threshold 1 MiB, 2 arenas), so
   that freed window buffers go back to the system and peak memory stays flat;
 * ``reuse freed memory``: ``MALLOC_ARENA_MAX=1`` (the task threads share the main heap),
-  ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` = 16 GiB set before the worker starts, and
-  the task's runtime heap bounding skipped: freed blocks are reused, peak RSS keeps the largest
+  ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` = 16 GiB set before the worker starts, which
+  the task keeps (an allocator set in the worker's environment is the user's:
+  ``chunked_fnet.memory.allocator_set_by_user``): freed blocks are reused, peak RSS keeps the largest
   forward pass's blocks.
 
 Two LocalClusters (same workers x threads) are warmed, then rounds run ``predict`` on each in turn.
 Reported per set-up: throughput (output voxels / predict wall), worker CPU seconds per M output voxels
-split into user and system, minor page faults, peak worker RSS. Appends a row to BENCHMARKS.md.
+split into user and system, minor page faults, peak worker RSS; the worker log line that says which heap
+each set-up's tasks kept.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ import shutil
 import time
 from pathlib import Path
 
-import _common as C
+from harness import machine as M, results as R, timing as T, workloads as W
+
+SUITE = "memory"
 
 SECTION = "CPU workers: allocator environment (issue 6, CPU overhead)"
 COLUMNS = ["date", "model, patch, batch", "volume, chunks, workers x threads",
@@ -40,17 +44,6 @@ REUSE = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(16 * 2**30), "MA
 PREDICT, TUNED = "as predict runs", "reuse freed memory"
 
 
-def skip_task_heap_setup() -> bool:
-    """In a worker: mark the chunk task's once-per-process heap set-up as done, so it keeps this
-    process's allocator environment. False when this version of the task has no such step."""
-    import chunked_fnet.predict.job as job
-
-    if hasattr(job, "_WORKER_READY"):
-        job._WORKER_READY = True
-        return True
-    return False
-
-
 def usage() -> tuple[float, float, int, float]:
     import resource
 
@@ -58,9 +51,15 @@ def usage() -> tuple[float, float, int, float]:
     return r.ru_utime, r.ru_stime, r.ru_minflt, r.ru_maxrss / 1024
 
 
-def main() -> None:
+def heap_lines(client) -> list[str]:  # noqa: ANN001
+    """What the workers' first tasks did with the heap (their log line)."""
+    return sorted({msg.split("chunked_fnet worker heap: ")[1] for lines in client.get_worker_logs().values() for _, msg in lines
+                   if "chunked_fnet worker heap: " in msg})
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=sorted(C.ARCHS), default="default", help="default: the paper's U-Net (depth 4, width 32)")
+    parser.add_argument("--arch", choices=sorted(W.ARCHS), default="default", help="default: the paper's U-Net (depth 4, width 32)")
     parser.add_argument("--shape", nargs=3, type=int, default=(32, 128, 256))
     parser.add_argument("--chunks", nargs=3, type=int, default=(32, 128, 128))
     parser.add_argument("--patch", nargs=3, type=int, default=(32, 64, 64))
@@ -71,24 +70,24 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
-    C.add_data_args(parser)
-    args = parser.parse_args()
+    W.add_data_args(parser)
+    args = parser.parse_args(argv)
 
     import dask
 
     from chunked_fnet.cluster import ClusterSpec, local_client
     from chunked_fnet.model import checkpoint_hash
     from chunked_fnet.predict import PredictOptions, predict
-    from scaling import warm
+    from suites.throughput.scaling import warm
 
     data = Path(args.data)
     shape = tuple(args.shape)
-    image = C.bench_input(data, 1, shape)
-    models = C.make_checkpoints(data / "models", args.arch, 1)
+    image = W.bench_input(data, 1, shape)
+    models = W.make_checkpoints(data / "models", args.arch, 1)
     hashes = [checkpoint_hash(p) for p in models]
     options = PredictOptions(patch_shape=tuple(args.patch), overlap=args.overlap, batch_size=args.batch, chunks=tuple(args.chunks),
                              precision="fp32")
-    voxels = C.prod(shape)
+    voxels = W.prod(shape)
     spec = ClusterSpec(n_workers=args.workers, threads_per_worker=args.threads)
     envs = {PREDICT: {}, TUNED: REUSE}
     stats: dict[str, dict[str, list[float]]] = {e: {"rate": [], "user": [], "sys": [], "faults": []} for e in envs}
@@ -98,8 +97,6 @@ def main() -> None:
         for name, env in envs.items():
             with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in env.items()}):
                 clients[name] = stack.enter_context(local_client(spec))
-            if env:
-                clients[name].run(skip_task_heap_setup)
             workers = list(clients[name].scheduler_info()["workers"])
             for f in [clients[name].submit(warm, models, hashes, "cpu", (args.batch, 1, *args.patch), workers=[w],
                                            allow_other_workers=False, pure=False) for w in workers]:
@@ -121,29 +118,34 @@ def main() -> None:
                 s["faults"].append(sum(after[w][2] - before[w][2] for w in after) / voxels * 1e6)
                 peaks[name] = max(a[3] for a in after.values())
                 print(f"round {rep + 1}/{args.reps} {name:<19} {seconds:6.1f} s  {voxels / seconds / 1e6:.4f} M vox/s  CPU s/Mvox user "
-                      f"{s['user'][-1]:.1f} sys {s['sys'][-1]:.1f}  faults/Mvox {s['faults'][-1]:.0f}; {C.load_note()}", flush=True)
-    speedup = C.median([t / d for t, d in zip(stats[TUNED]["rate"], stats[PREDICT]["rate"])])
+                      f"{s['user'][-1]:.1f} sys {s['sys'][-1]:.1f}  faults/Mvox {s['faults'][-1]:.0f}; {M.load_note()}", flush=True)
+        heaps = {name: heap_lines(client) for name, client in clients.items()}  # logged by each worker's first task
+    speedup = T.median([t / d for t, d in zip(stats[TUNED]["rate"], stats[PREDICT]["rate"])])
 
     def cell(name: str) -> str:
         s = stats[name]
-        return (f"{C.median(s['rate']) / 1e6:.4f}; {C.median(s['user']):.1f}+{C.median(s['sys']):.1f}; "
-                f"{C.median(s['faults']):.0f}; {peaks[name]:.0f} MiB")
+        return (f"{T.median(s['rate']) / 1e6:.4f}; {T.median(s['user']):.1f}+{T.median(s['sys']):.1f}; "
+                f"{T.median(s['faults']):.0f}; {peaks[name]:.0f} MiB")
 
     print()
     print(f"{'set-up':<20}{'M vox/s':>10}{'user s/Mvox':>13}{'sys s/Mvox':>12}{'faults/Mvox':>13}{'peak RSS MiB':>14}")
     for name in envs:
         s = stats[name]
-        print(f"{name:<20}{C.median(s['rate']) / 1e6:>10.4f}{C.median(s['user']):>13.1f}{C.median(s['sys']):>12.1f}"
-              f"{C.median(s['faults']):>13.0f}{peaks[name]:>14.0f}")
+        print(f"{name:<20}{T.median(s['rate']) / 1e6:>10.4f}{T.median(s['user']):>13.1f}{T.median(s['sys']):>12.1f}"
+              f"{T.median(s['faults']):>13.0f}{peaks[name]:>14.0f}")
     print(f"speed-up of reusing freed memory (median of per-round ratios): {speedup:.2f}")
+    print("heap kept by the tasks: " + "; ".join(f"{n}: {', '.join(h)}" for n, h in heaps.items()))
     if not args.no_save:
-        row = C.append_row(SECTION, COLUMNS, [
-            C.today(), f"{args.arch} U-Net, {tuple(args.patch)}, {args.batch}",
+        row = R.save_row(SUITE, SECTION, COLUMNS, [
+            R.today(), f"{args.arch} U-Net, {tuple(args.patch)}, {args.batch}",
             f"{shape}, {tuple(args.chunks)}, {args.workers} x {args.threads}", cell(PREDICT), cell(TUNED), f"{speedup:.2f}",
-            f"median of {args.reps} interleaved rounds; spread " + ", ".join(f"{n} {C.fmt_spread(stats[n]['rate'])}" for n in envs)
-            + f"; {C.load_note()}",
-            C.command_line(), C.machine(),
-        ])
+            f"median of {args.reps} interleaved rounds; spread " + ", ".join(f"{n} {T.fmt_spread(stats[n]['rate'])}" for n in envs)
+            + "; heap kept: " + "; ".join(f"{n}: {', '.join(h)}" for n, h in heaps.items()) + f"; {M.load_note()}",
+            R.command_line(), M.machine(),
+        ], figures={"speedup": speedup, **{f"{k}_{n.replace(' ', '_')}": T.median(v) for n, s in stats.items() for k, v in s.items()},
+                    **{f"peak_rss_mib_{n.replace(' ', '_')}": v for n, v in peaks.items()}},
+           params={"arch": args.arch, "shape": list(args.shape), "chunks": list(args.chunks), "patch": list(args.patch),
+                   "overlap": args.overlap, "batch": args.batch, "workers": args.workers, "threads": args.threads, "reps": args.reps})
         print(row)
 
 
