@@ -13,6 +13,7 @@ SUITES: dict[str, dict[str, str]] = {
         "ensemble": "suites.throughput.ensemble",
         "defaults": "suites.throughput.defaults",
         "host-side": "suites.throughput.host_side",
+        "skip-empty": "suites.throughput.skip_empty",
     },
     "memory": {
         "vs-size": "suites.memory.memory_vs_size",

@@ -10,7 +10,7 @@ and read noise) is independent from voxel to voxel; whatever the optics image (c
 ripples around them, an illumination gradient) is smooth over neighbouring voxels and correlates them.
 The test needs no noise level: it is scale free, so it recognises an empty field, whose z-scoring
 blows its noise up to a standard deviation of 1, as well as the medium between cells. Measured on the
-synthetic phantom (``benchmarks/skip_empty.py --scores``, 16x32x32 to 32x128x128 patches): empty medium
+synthetic phantom (``benchmarks/run.py throughput skip-empty --scores``, 16x32x32 to 32x128x128 patches): empty medium
 scores at most 3.97 (5,131 patches), patches holding any part of a cell 58.8 and up, the medium beside
 cells anything between (the cells' bright-field fringes reach past their fluorescence); the default
 level is :data:`~chunked_fnet.predict.policy.SKIP_EMPTY_LEVEL`. Input whose noise is correlated (a
@@ -39,7 +39,7 @@ from chunked_fnet.sliding_window.grid import Corner
 from chunked_fnet.sliding_window.padding import read_extent
 from chunked_fnet.sliding_window.window import overlap_slices
 
-__all__ = ["background_patches", "background_response", "sums_with_background", "white_noise_score"]
+__all__ = ["background_patches", "background_response", "forget_background_responses", "sums_with_background", "white_noise_score"]
 
 
 def white_noise_score(values: np.ndarray) -> float:
@@ -80,6 +80,15 @@ def background_patches(frame: ModelGridFrame, window: SlidingWindow, corners: Se
 _RESPONSES: dict[tuple, np.ndarray] = {}
 _KEEP = 4
 _LOCK = threading.Lock()
+
+
+def forget_background_responses() -> int:
+    """Drop this process's cached background responses (returns how many): a long-lived worker's memory back,
+    or a measurement of a run as a fresh cluster meets it (``benchmarks/run.py throughput skip-empty``)."""
+    with _LOCK:
+        n = len(_RESPONSES)
+        _RESPONSES.clear()
+    return n
 
 
 def background_response(runner: PatchRunner, hashes: Sequence[str], patch: Sequence[int]) -> np.ndarray:

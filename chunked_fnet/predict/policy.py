@@ -75,7 +75,7 @@ BYTES_PER_VOXEL_AND_CHANNEL = 32.0
 
 #: ``skip_empty: auto``: a patch is background when its input's white-noise score is at most this
 #: (``predict/background.py``). For camera noise the score is the largest of three |N(0, 1)| (4 is passed by
-#: all but 2 in 10,000 noise patches); on the synthetic phantom (``benchmarks/skip_empty.py --scores``) empty
+#: all but 2 in 10,000 noise patches); on the synthetic phantom (``benchmarks/run.py throughput skip-empty --scores``) empty
 #: medium scored at most 3.97 over 5,131 patches, any patch holding part of a cell 58.8 and up.
 SKIP_EMPTY_LEVEL = 4.0
 BACKGROUND_RULE = "input is white noise: |lag-1 autocorrelation| * sqrt(pairs) <= level along z, y and x"

@@ -4,7 +4,10 @@ Runs a small prediction on an in-process (threaded) dask cluster so that one pro
 and the tasks, and prints the chain of package functions on the stack (a) where the client hands the
 first tasks to dask, (b) where a block task reads the input store, (c) where a chunk task writes.
 
-    python benchmarks/call_path.py
+    python benchmarks/diagnostics/call_path.py
+
+A developer diagnostic, not a measurement: it stores no result and, to print the chains, patches three of the
+package's functions (which is why it is not a suite: suites call the public API only).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from distributed import Client
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from factories import tiny_checkpoint  # noqa: E402
 
 import chunked_fnet.predict.job as job_module  # noqa: E402

@@ -1,6 +1,6 @@
 """Skipping empty background (issue 28 item 4): a plate of mostly empty fields, predicted with and without --skip-empty.
 
-    python benchmarks/skip_empty.py [--fields 10] [--empty 7] [--shape 32 256 256] [--reps 2] [--scores] [--no-append]
+    python benchmarks/run.py throughput skip-empty [--fields 10] [--empty 7] [--shape 32 256 256] [--reps 2] [--scores] [--no-save]
 
 A plate of ``--fields`` fields (one well each) of the synthetic phantom at 0.29 µm, the models' grid: ``--empty`` of
 them empty medium (the phantom's camera on a field without cells: shot and read noise on 4,000 photons), the others
@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-import _common as C
+from harness import machine as M, results as R, timing as T, workloads as W
+
+SUITE = "throughput"
 
 SEEDS = (2, 6, 3, 11, 0, 4, 1, 5, 7, 8)  # colonies with gaps first (benchmark exploration), then full ones
 
@@ -118,14 +120,7 @@ def _skipped_mask(field: str, models: list[str], options, summary) -> np.ndarray
     return mask
 
 
-def _forget_background_response() -> None:
-    """On a worker: drop the cached background response (the models stay loaded, as for both modes)."""
-    from chunked_fnet.predict import background
-
-    background._RESPONSES.clear()
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fields", type=int, default=10)
     parser.add_argument("--empty", type=int, default=7, help="fields of empty medium among them")
@@ -135,12 +130,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--checkpoints", nargs="+", help="trained models at 0.29 µm instead of the paper U-Net's random weights")
     parser.add_argument("--scores", action="store_true", help="measure the rule's white-noise scores instead")
-    C.add_data_args(parser)
-    args = parser.parse_args()
+    W.add_data_args(parser)
+    args = parser.parse_args(argv)
 
     from chunked_fnet.cluster import ClusterSpec, local_client
     from chunked_fnet.io.reader import open_image
     from chunked_fnet.predict import PredictOptions, predict_plate
+    from chunked_fnet.predict.background import forget_background_responses
 
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
@@ -150,7 +146,7 @@ def main() -> None:
     if args.scores:
         scores(plate, wells)
         return
-    models = args.checkpoints or C.make_checkpoints(data / "models", "default", 1)
+    models = args.checkpoints or W.make_checkpoints(data / "models", "default", 1)
     off, auto = PredictOptions(precision="fp32", device="cpu"), PredictOptions(precision="fp32", device="cpu", skip_empty="auto")
     modes = {"off": off, "auto": auto, "cached": auto}  # cached: the workers kept the background response of the previous run
     times: dict[str, list[float]] = {m: [] for m in modes}
@@ -160,7 +156,7 @@ def main() -> None:
             for mode, options in modes.items():
                 out = data / f"skip_pred_{mode}.zarr"
                 if mode != "cached":  # a run on a fresh cluster computes the response in each worker that meets background
-                    client.run(_forget_background_response)
+                    client.run(forget_background_responses)
                 start = time.perf_counter()
                 summaries[mode] = predict_plate(plate, models, out, options=options, client=client, progress=False, overwrite=True)
                 seconds = time.perf_counter() - start
@@ -185,26 +181,31 @@ def main() -> None:
     skipped = sum(r.background_patches for r in summaries["auto"].runs)
     total = skipped + sum(r.patch_evaluations for r in summaries["auto"].runs)
     blocks = sum(r.background_blocks for r in summaries["auto"].runs)
-    ratio = C.median(times["off"]) / C.median(times["auto"])
-    cached = C.median(times["off"]) / C.median(times["cached"])
+    ratio = T.median(times["off"]) / T.median(times["auto"])
+    cached = T.median(times["off"]) / T.median(times["cached"])
     window = summaries["auto"].runs[0].policy.window
-    print(f"off {C.median(times['off']):.1f} s, auto {C.median(times['auto']):.1f} s (response cached {C.median(times['cached']):.1f} s): "
+    print(f"off {T.median(times['off']):.1f} s, auto {T.median(times['auto']):.1f} s (response cached {T.median(times['cached']):.1f} s): "
           f"speed-up {ratio:.2f} ({cached:.2f}); {skipped} of {total} patches "
           f"skipped, {blocks} block tasks without a model call; max |diff| unchanged regions {kept:.2e}, background {background:.3g} "
           f"({background / std:.2f} x the cell fields' output std {std:.3g})")
     if not args.no_save:
-        C.append_row(
-            "Skipping empty background (issue 28 item 4)",
+        print(R.save_row(
+            SUITE, "Skipping empty background (issue 28 item 4)",
             ["date", "plate, model, window", "off s", "auto s (response cached)", "speed-up (response cached)",
              "patches skipped (block tasks without a model call)",
              "max diff, non-empty regions", "max diff, background (x output std)", "noise", "command", "machine"],
-            [C.today(), f"{args.fields} fields of {shape}, {args.empty} empty; {'given checkpoints' if args.checkpoints else 'paper U-Net, random weights'}; "
-             f"patch {list(window.patch_shape)}, fp32", f"{C.median(times['off']):.1f}",
-             f"{C.median(times['auto']):.1f} ({C.median(times['cached']):.1f})", f"{ratio:.2f} ({cached:.2f})",
+            [R.today(), f"{args.fields} fields of {shape}, {args.empty} empty; {'given checkpoints' if args.checkpoints else 'paper U-Net, random weights'}; "
+             f"patch {list(window.patch_shape)}, fp32", f"{T.median(times['off']):.1f}",
+             f"{T.median(times['auto']):.1f} ({T.median(times['cached']):.1f})", f"{ratio:.2f} ({cached:.2f})",
              f"{skipped} of {total} ({blocks})", f"{kept:.1e}", f"{background:.3g} ({background / std:.2f})",
              f"median of {args.reps} interleaved rounds after {args.warmup} untimed; spread "
-             + ", ".join(f"{m} {C.fmt_spread(v)}" for m, v in times.items()) + f"; {C.load_note()}", C.command_line(), C.machine()],
-        )
+             + ", ".join(f"{m} {T.fmt_spread(v)}" for m, v in times.items()) + f"; {M.load_note()}", R.command_line(), M.machine()],
+            figures={"speedup": ratio, "speedup_response_cached": cached, "off_s": T.median(times["off"]), "auto_s": T.median(times["auto"]),
+                     "cached_s": T.median(times["cached"]), "patches_skipped": skipped, "patches": total, "blocks_without_model": blocks,
+                     "max_diff_non_empty": kept, "max_diff_background": background, "max_diff_background_over_std": background / std},
+            params={"fields": args.fields, "empty": args.empty, "shape": list(shape), "reps": args.reps, "warmup": args.warmup,
+                    "workers": args.workers, "checkpoints": bool(args.checkpoints)},
+        ))
 
 
 if __name__ == "__main__":
