@@ -35,7 +35,8 @@ Sections:
 5. ``5_memory``: the device's memory, the policy's estimate for the auto patch against the measured peak of
    one forward pass of it, and every section's measured peaks.
 6. ``6_training``: the paper's settings (batch 24, 32x64x64) with ``train()`` in bf16 and fp32 and
-   pytorch_fnet's loop rebuilt (benchmarks/train_speed.py): seconds per iteration, hours for 50,000.
+   pytorch_fnet's loop rebuilt (``harness.peers``; ``benchmarks/run.py training speed`` measures the same on a CPU):
+   seconds per iteration, hours for 50,000.
 """
 
 from __future__ import annotations
@@ -69,7 +70,6 @@ WATCHDOG_GRACE = 20.0
 #: --tiny: the CPU dry run's sizes (every section runs, in seconds, on 2 cores)
 TINY = {"frame": (16, 32, 32), "frames": 32, "monai_frames": 2, "equal_frame": (16, 64, 64), "big_frame": (16, 64, 64),
         "structures": 3, "arch": "tiny", "train_iterations": 3, "rounds": 1, "compile_backend": "eager"}
-TINY_TRAINING = {"model": {"depth": 2, "width": 4}, "patch_shape": [16, 32, 32], "batch_size": 2}
 T0 = time.perf_counter()
 
 
@@ -584,17 +584,19 @@ def section_memory(run: Run, entry: dict) -> None:
 
 
 def section_training(run: Run, entry: dict) -> None:
-    import train_speed as T
+    from harness.peers import PAPER_TRAINING, run_pytorch_fnet_training
+    from harness.workloads import TINY_TRAINING, paired_data, run_chunked_fnet_training
 
     args = run.args
-    settings = TINY_TRAINING if args.tiny else T.PAPER
-    tdata = T._paired_data(run.data / "train", fovs=3, shape=(32, 96, 96) if args.tiny else (40, 256, 256))
+    settings = TINY_TRAINING if args.tiny else PAPER_TRAINING
+    tdata = paired_data(run.data / "train", fovs=3, shape=(32, 96, 96) if args.tiny else (40, 256, 256))
     n = args.train_iterations
     entry["settings"] = settings
     runs = {
-        "chunked_fnet_bf16": lambda: T._run_chunked_fnet(tdata, n, args.device, "bf16", run.data / "train" / "bf16", settings=settings),
-        "chunked_fnet_fp32": lambda: T._run_chunked_fnet(tdata, max(3, n // 2), args.device, "fp32", run.data / "train" / "fp32", settings=settings),
-        "pytorch_fnet": lambda: T._run_pytorch_fnet(tdata, max(3, n // 2), args.device, settings=settings),
+        "chunked_fnet_bf16": lambda: run_chunked_fnet_training(tdata, n, args.device, "bf16", run.data / "train" / "bf16", settings=settings),
+        "chunked_fnet_fp32": lambda: run_chunked_fnet_training(tdata, max(3, n // 2), args.device, "fp32", run.data / "train" / "fp32",
+                                                               settings=settings),
+        "pytorch_fnet": lambda: run_pytorch_fnet_training(tdata, max(3, n // 2), args.device, settings=settings),
     }
     for name, train in runs.items():
         _reset_peak()

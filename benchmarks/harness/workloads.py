@@ -1,7 +1,8 @@
 """The inputs and models the benchmarks share, made through the package's public API only: synthetic
 time-lapses and whole frames (``chunked_fnet.synth``), seeded checkpoints of named architectures
-(``chunked_fnet.model``), the prediction workload's options (``chunked_fnet.predict``) and a training
-run's outputs. Cached under ``--data`` so that runs reuse them."""
+(``chunked_fnet.model``), the prediction workload's options (``chunked_fnet.predict``), a training
+run's outputs, and the training workload (paired synthetic images with a manifest, ``train()`` at
+pinned settings). Cached under ``--data`` so that runs reuse them."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ import numpy as np
 ARCHS: dict[str, dict[str, int]] = {"default": {}, "small": {"depth": 2, "width": 16}, "tiny": {"depth": 2, "width": 4}}
 DATA = Path(tempfile.gettempdir()) / "chunked_fnet_bench"
 STRUCTURES = ["dna", "er", "membrane", "mitochondria", "nucleoli", "nuclear_envelope"]
+#: The training settings of quick runs (smoke tests, the GPU acceptance dry run): a depth-2, width-4 U-Net on
+#: small patches; ``harness.peers.PAPER_TRAINING`` holds the paper's.
+TINY_TRAINING: dict[str, Any] = {"model": {"depth": 2, "width": 4}, "patch_shape": [16, 32, 32], "batch_size": 2}
 
 
 def prod(values: Sequence[int]) -> int:
@@ -115,6 +119,46 @@ def load_run(run: str | Path) -> tuple[str, Any, Any, Any, list[Any]]:
     model, card = load_checkpoint(run / f"{structure}.ckpt")
     pairs = [Pair(**p) for p in json.loads((run / "split.json").read_text())["test"]]
     return structure, model, card, load_stats(run / "stats.json"), pairs
+
+
+def paired_data(folder: str | Path, fovs: int, shape: Sequence[int], structures: Sequence[str] = ("dna",)) -> Path:
+    """The training workload: ``fovs`` synthetic fields of view of ``shape`` (z y x, the synthetic voxel
+    size) in ``folder/synth.zarr`` (generated once) and ``folder/manifest.yaml`` pairing bright-field with
+    ``dna`` (``structures == ("dna",)``) or with each structure's channel of its name (several)."""
+    import yaml
+
+    from chunked_fnet.synth.dataset import SynthConfig, generate
+
+    folder = Path(folder)
+    if not (folder / "synth.zarr").exists():
+        generate(SynthConfig(size_t=1, size_z=shape[0], size_y=shape[1], size_x=shape[2], fovs=fovs), folder / "synth.zarr", progress=False)
+    single = tuple(structures) == ("dna",)
+    images = [{"path": f"synth.zarr/{i}", "input_channel": "brightfield", **({"target_channel": "dna"} if single else {})} for i in range(fovs)]
+    (folder / "manifest.yaml").write_text(yaml.safe_dump({"images": images}))
+    return folder
+
+
+def run_chunked_fnet_training(
+    data: str | Path, iterations: int, device: str, precision: str, out: str | Path, compile: bool = False, threads: int | None = None,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``chunked_fnet.train.trainer.train`` itself on :func:`paired_data`'s ``dna`` pairs at ``settings``
+    (default ``harness.peers.PAPER_TRAINING``: model, patch, batch), precision pinned, no validation: loader
+    workers read the patches from the OME-Zarr store while the step runs. Seconds per iteration (the
+    median after the first, from the run's ``throughput.json``), the fraction of time spent waiting for
+    data, and the whole record."""
+    from chunked_fnet.train.trainer import TrainConfig, train
+
+    from harness.peers import PAPER_TRAINING
+
+    out = Path(out)
+    config = TrainConfig(
+        manifest=str(Path(data) / "manifest.yaml"), output=str(out), structure="dna", iterations=iterations, precision=precision,
+        device=device, validation_patches=0, checkpoint_every=10**6, compile=compile, threads=threads, **(settings or PAPER_TRAINING),
+    )
+    train(config, progress=False)
+    record = json.loads((out / "throughput.json").read_text())
+    return {"iteration_s": record["median_iteration_s"], "data_wait": record["data_wait_fraction"], "record": record}
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:

@@ -35,4 +35,10 @@ SUITES: dict[str, dict[str, str]] = {
         "read-amplification": "suites.storage.read_amplification",
     },
     "latency": {"follow": "suites.latency.follow_latency"},
+    "training": {
+        "speed": "suites.training.speed",
+        "bf16-curve": "suites.training.bf16_curve",
+        "multi": "suites.training.multi",
+        "heldout": "suites.training.heldout",
+    },
 }

@@ -1,6 +1,6 @@
 """One optimisation step of one U-Net, as fast as the device allows without changing what it learns.
 
-What makes a step fast, each measured by ``benchmarks/train_speed.py``:
+What makes a step fast, each measured by ``benchmarks/run.py training speed``:
 
 * bfloat16 autocast where the device computes it natively (CUDA; CPUs with AMX or AVX512-BF16):
   convolutions in bf16, the loss and the optimizer in float32 (the weights stay float32);
@@ -27,7 +27,7 @@ def training_precision(precision: str, device: torch.device) -> str:
     """The precision a run trains in: as configured, or for ``auto`` bf16 where it is native, else fp32.
 
     (Prediction's ``auto`` follows the same rule, on every worker: ``predict/policy.py``;
-    ``benchmarks/train_speed.py`` shows the bf16 loss curve matches fp32's.)
+    ``benchmarks/run.py training bf16-curve`` shows the bf16 loss curve matches fp32's.)
     """
     autocast_dtype(precision, device)  # refuses unknown names with the shared message
     if precision != "auto":

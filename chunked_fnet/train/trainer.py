@@ -105,7 +105,7 @@ class TrainConfig(BaseModel):
     prefetch: int = Field(4, ge=1, description="batches prefetched per worker")
     cache_mb: float = Field(2048, ge=0, description="per-worker cache of preprocessed pairs")
     precision: Precision = Field("auto", description="auto: bf16 where the device computes it natively, else fp32")
-    compile: bool = Field(False, description="torch.compile the model (see benchmarks/train_speed.py before turning on)")
+    compile: bool = Field(False, description="torch.compile the model (see benchmarks/run.py training speed --compile before turning on)")
     device: str = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
 
