@@ -31,4 +31,8 @@ SUITES: dict[str, dict[str, str]] = {
         "read-amplification": "suites.storage.read_amplification",
     },
     "latency": {"follow": "suites.latency.follow_latency"},
+    "gpu": {
+        "device-path": "suites.gpu.device_path",
+        "block-profile": "suites.gpu.block_profile",
+    },
 }
