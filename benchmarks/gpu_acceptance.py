@@ -61,7 +61,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from gpu_path import timed  # noqa: E402  (the benchmarks' synchronised best-of timer)
+from harness.timing import best_time as harness_best_time  # noqa: E402  (the benchmarks' synchronised best-of timer)
 
 #: seconds each section may take on one H100/H200 (their sum and ~30 s of start-up stay under 8 minutes)
 BOUNDS = {"1_timelapse": 160, "2_equal_to_cpu": 75, "3_device_rates": 70, "4_projection": 75, "5_memory": 15, "6_training": 40}
@@ -209,8 +209,8 @@ def _peak_gib() -> float:
 
 
 def best_time(fn: Callable[[], object], reps: int, warm: int = 1) -> float:
-    """Best of ``reps`` synchronised wall times of ``fn()`` after ``warm`` untimed calls (gpu_path's helper)."""
-    return timed(fn, _sync, reps, warm=warm)
+    """Best of ``reps`` synchronised wall times of ``fn()`` after ``warm`` untimed calls (``harness.timing.best_time``)."""
+    return harness_best_time(fn, reps, warm, _sync)
 
 
 class Utilisation:

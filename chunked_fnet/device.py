@@ -97,7 +97,7 @@ def cudnn_release(version: int) -> tuple[int, int, int]:
 def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
     """The dtype to autocast to, or None for plain float32. On CUDA "auto" and "bf16" mean bfloat16,
     "fp16" float16 (with a grad scaler in training). On a CPU only an explicit "bf16" autocasts (fast
-    where the CPU has AVX512-BF16 or AMX: benchmarks/gpu_path.py); "auto" stays float32 there."""
+    where the CPU has AVX512-BF16 or AMX: benchmarks/run.py gpu device-path); "auto" stays float32 there."""
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if torch.device(device).type == "cpu" and precision == "bf16":

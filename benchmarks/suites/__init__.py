@@ -41,4 +41,8 @@ SUITES: dict[str, dict[str, str]] = {
         "multi": "suites.training.multi",
         "heldout": "suites.training.heldout",
     },
+    "gpu": {
+        "device-path": "suites.gpu.device_path",
+        "block-profile": "suites.gpu.block_profile",
+    },
 }

@@ -79,7 +79,7 @@ def cached_ensemble(paths: Sequence[str], digests: Sequence[str], device: str, c
     already in eval mode and converted, so no block converts, toggles or restores anything.
 
     Not ``torch.compile``'d (yet): at a run's fixed whole-frame patch on a 2-core AVX2 CPU (paper U-Net,
-    32x128x128, fp32, ``benchmarks/gpu_path.py --forward-only --compile``) inductor ran 1.00x and 1.18x
+    32x128x128, fp32, ``benchmarks/run.py gpu device-path --forward-only --compile``) inductor ran 1.00x and 1.18x
     eager in two runs on a loaded machine, after about 100 s of compiling per process; on a GPU the
     acceptance run's section 3 measures it. Compiling once per worker is worth it only where measured faster."""
     key = (tuple(digests), device, channels_last)

@@ -157,7 +157,7 @@ def default_channels_last(device: torch.device, amp_dtype: torch.dtype | None) -
     :class:`PatchRunner` and by whoever prepares a model for it once (the workers' cached ensembles).
 
     On the CPU, oneDNN's 3-D convolutions skip reordering every activation (the paper's U-Net, batch 4
-    of 32x64x64: about 25 % less CPU time on an AVX-512 Xeon, benchmarks/gpu_path.py); on CUDA under
+    of 32x64x64: about 25 % less CPU time on an AVX-512 Xeon, benchmarks/run.py gpu device-path); on CUDA under
     bf16/fp16 autocast cuDNN's tensor-core kernels want it too (H100, a whole 64x512x512 frame in bf16:
     318 against 254 M voxels/s, BENCHMARKS.md, GPU acceptance); fp32 on CUDA stays NCDHW, not yet measured."""
     return device.type == "cpu" or (device.type == "cuda" and amp_dtype is not None)
