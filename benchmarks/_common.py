@@ -1,5 +1,4 @@
-"""The shared helpers of the scripts not yet ported to the harness (gpu_acceptance.py,
-real_morphology.py): re-exported from ``harness``, their
+"""The shared helpers of the script not yet ported to the harness (gpu_acceptance.py): re-exported from ``harness``, their
 one home. ``append_row`` now stores the row as a result record (``benchmarks/results/<question>/``) and
 regenerates BENCHMARKS.md from the results, rather than editing the file.
 """

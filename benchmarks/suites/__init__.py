@@ -40,6 +40,7 @@ SUITES: dict[str, dict[str, str]] = {
         "bf16-curve": "suites.training.bf16_curve",
         "multi": "suites.training.multi",
         "heldout": "suites.training.heldout",
+        "real-morphology": "suites.training.real_morphology",
     },
     "gpu": {
         "device-path": "suites.gpu.device_path",

