@@ -1,7 +1,9 @@
 """Bad input to ``predict``: one clear message each (what, where, what was expected), and no file touched.
 
 Every case snapshots all files under the test folder (inputs, models, anything already there) before
-the call and compares after: nothing may change and no output may appear.
+the call and compares after: nothing may change and no output may appear. A frame that cannot be
+z-scored is found by the task that reads it (``predict/frame_stats.py``: the input is read once, on the
+workers): the run stops in one line naming the frame, its output holding no chunk of it, nothing else touched.
 """
 
 from __future__ import annotations
@@ -49,6 +51,17 @@ def _refused(tmp_path: Path, call, match: str) -> None:
     with pytest.raises(ChunkedFnetError, match=match):
         call()
     assert _snapshot(tmp_path) == before
+
+
+def _failed_in_its_tasks(tmp_path: Path, call, match: str, out: str = "o.zarr") -> None:
+    """``call()`` raises one ChunkedFnetError matching ``match``, found by the tasks: only the output ``out``
+    appeared (its run record, no chunk marked done), every other file unchanged."""
+    before = _snapshot(tmp_path)
+    with pytest.raises(ChunkedFnetError, match=match):
+        call()
+    after = _snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith(f"{out}/")} == before
+    assert not [k for k in after if k.startswith(f"{out}/.chunked_fnet/done/")]
 
 
 def test_missing_input_path(good, tmp_path: Path) -> None:
@@ -104,8 +117,8 @@ def test_nan_voxels_fail_by_default_and_fill_on_request(tmp_path: Path) -> None:
     data[0, 0, 3, 5, 7] = np.nan
     data[0, 0, 4, 9, 9] = np.inf
     image = _write(tmp_path / "nan.zarr", data)
-    _refused(tmp_path, lambda: predict(image, [model], tmp_path / "o.zarr", options=OPTIONS, progress=False),
-             r"nan\.zarr t=0 channel 'brightfield': 2 of 4608 voxels are NaN or infinite.*--nonfinite fill")
+    _failed_in_its_tasks(tmp_path, lambda: predict(image, [model], tmp_path / "o.zarr", options=OPTIONS, progress=False),
+                         r"nan\.zarr t=0: 2 of 4608 voxels are NaN or infinite.*--nonfinite fill")
     with local_client(ClusterSpec(n_workers=1)) as client:
         out, _ = predict(image, [model], tmp_path / "filled.zarr", options=OPTIONS.model_copy(update={"nonfinite": "fill"}), client=client, progress=False)
         finite = data.copy()
@@ -120,8 +133,8 @@ def test_nan_voxels_fail_by_default_and_fill_on_request(tmp_path: Path) -> None:
 def test_constant_image(good, tmp_path: Path) -> None:
     _, model = good
     flat = _write(tmp_path / "const.zarr", np.full((1, 1, 8, 24, 24), 500, np.uint16))
-    _refused(tmp_path, lambda: predict(flat, [model], tmp_path / "o.zarr", progress=False),
-             r"const\.zarr t=0 channel 'brightfield': is constant \(every voxel = 500\); z-scoring needs a non-zero standard deviation")
+    _failed_in_its_tasks(tmp_path, lambda: predict(flat, [model], tmp_path / "o.zarr", progress=False),
+                         r"const\.zarr t=0: is constant \(every voxel = 500\); z-scoring needs a non-zero standard deviation")
 
 
 def test_checkpoint_missing(good, tmp_path: Path) -> None:

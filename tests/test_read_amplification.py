@@ -2,15 +2,18 @@
 
 The input is served by a loopback web server that answers byte ranges and counts what it sends per path;
 the prediction reads it over ``http://`` on a real local cluster of worker processes. What the design
-guarantees: the statistics pass (``plan``) reads every input chunk once, and the block tasks read every
-chunk once more, however many blocks of a frame share it (``RunPolicy.shared_reads``): 2.0x in all. Before,
-neighbouring blocks each fetched the chunks under their halos (this case: up to 4 reads of one chunk).
+guarantees: ``predict`` reads every input chunk once, however many blocks of a frame share it
+(``RunPolicy.shared_reads``), and the frames' statistics come from those same reads
+(``predict/frame_stats.py``): 1.0x the input's bytes. Before, the client's statistics pass read every chunk once
+more (2.0x), and before that neighbouring blocks each fetched the chunks under their halos (up to 4 reads of
+one chunk). ``plan`` on its own (the default ``statistics="plan"``) still reads each chunk once for them.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import json
 import http.server
 import io
 import re
@@ -85,7 +88,7 @@ def _take(server: http.server.ThreadingHTTPServer) -> dict[str, list[int]]:
     return {p: v for p, v in sent.items() if CHUNK.match(p)}
 
 
-def test_every_input_chunk_is_read_once_by_the_statistics_and_once_by_the_blocks_and_the_output_is_unchanged(served, tmp_path: Path) -> None:
+def test_predict_reads_every_input_chunk_once_and_its_output_is_that_of_the_clients_statistics(served, tmp_path: Path) -> None:
     root, server = served
     url = f"http://127.0.0.1:{server.server_address[1]}/in.zarr"
     stored = {f"/in.zarr/{p.relative_to(root / 'in.zarr').as_posix()}": p.stat().st_size for p in (root / "in.zarr" / "0" / "c").glob("*/0/*/*/*")}
@@ -100,12 +103,34 @@ def test_every_input_chunk_is_read_once_by_the_statistics_and_once_by_the_blocks
         out, _ = predict(url, [model], tmp_path / "out.zarr", options=OPTIONS, client=client, progress=False)
     run = _take(server)
     counts = collections.Counter({p: len(v) for p, v in run.items()})
-    assert counts == collections.Counter(dict.fromkeys(stored, 2)), counts  # predict's own plan, then the blocks: once each
-    assert sum(sum(v) for v in run.values()) == 2 * sum(stored.values())  # 2.0x the input's bytes, nothing fetched twice by the blocks
+    assert counts == collections.Counter(dict.fromkeys(stored, 1)), counts  # the read tasks, for the statistics and the blocks
+    assert sum(sum(v) for v in run.values()) == sum(stored.values())  # 1.0x the input's bytes
+    recorded = [json.loads((tmp_path / "out.zarr" / ".chunked_fnet" / "frames" / f"t{t}").read_text()) for t in range(2)]
+    assert recorded == [{"mean": s.mean, "std": s.std} for s in job.stats]  # the tasks' statistics are the client's, bit for bit
 
-    # the same job with every block task reading its own box from the store: bit for bit the same output
+    # the job of the client's statistics with every block task reading its own box from the store: the same output
     direct = replace(job, output_path=str(tmp_path / "direct.zarr"))
     direct_policy = replace(policy, shared_reads=False)
     create_output(direct, direct_policy)
     run_in_process(direct, direct_policy)
     np.testing.assert_array_equal(out.values, open_image(tmp_path / "direct.zarr").values)
+
+
+def test_a_frame_of_one_block_is_read_once_by_its_block_task(served, tmp_path: Path) -> None:
+    root, server = served
+    url = f"http://127.0.0.1:{server.server_address[1]}/in.zarr"
+    stored = {f"/in.zarr/{p.relative_to(root / 'in.zarr').as_posix()}": p.stat().st_size for p in (root / "in.zarr" / "0" / "c").glob("*/0/*/*/*")}
+    model = tiny_checkpoint(tmp_path / "dna.ckpt")
+    whole = OPTIONS.model_copy(update={"patch_shape": (16, 80, 80), "overlap": 0})  # one patch covers a frame
+    job = plan(url, [model], tmp_path / "unused.zarr", whole)
+    policy = job.resolve_policy(Hardware())
+    assert not policy.shared_reads and len(job.schedule(policy.window).blocks) == len(job.times)
+    _take(server)
+    with local_client(ClusterSpec(n_workers=2)) as client:
+        out, _ = predict(url, [model], tmp_path / "out.zarr", options=whole, client=client, progress=False)
+    counts = collections.Counter({p: len(v) for p, v in _take(server).items()})
+    assert counts == collections.Counter(dict.fromkeys(stored, 1)), counts
+    reference = replace(job, output_path=str(tmp_path / "reference.zarr"))  # the client's statistics, read from the store
+    create_output(reference, policy)
+    run_in_process(reference, policy)
+    np.testing.assert_array_equal(out.values, open_image(tmp_path / "reference.zarr").values)

@@ -295,11 +295,16 @@ def chunks_under(array: zarr.Array, dims: Sequence[str], region: Sequence[slice]
     return list(itertools.product(*axes))  # type: ignore[arg-type]
 
 
-def read_chunk(array: zarr.Array, dims: Sequence[str], t: int | None, channel: int, chunk: ChunkIndex) -> np.ndarray:
-    """The stored values (the array's dtype) of one stored chunk's (z, y, x) extent at time ``t`` and ``channel``."""
+def chunk_box(array: zarr.Array, dims: Sequence[str], chunk: ChunkIndex) -> tuple[slice, slice, slice]:
+    """The (z, y, x) voxels of the array that its stored chunk ``chunk`` holds (the last ones cut at the edge)."""
     grid = _spatial_chunks(array, dims)
     size = {d: int(n) for d, n in zip(dims, array.shape, strict=True)}
-    box = {d: slice(i * c, min((i + 1) * c, size[d])) for d, i, c in zip(("z", "y", "x"), chunk, grid, strict=True)}
+    return tuple(slice(i * c, min((i + 1) * c, size[d])) for d, i, c in zip(("z", "y", "x"), chunk, grid, strict=True))  # type: ignore[return-value]
+
+
+def read_chunk(array: zarr.Array, dims: Sequence[str], t: int | None, channel: int, chunk: ChunkIndex) -> np.ndarray:
+    """The stored values (the array's dtype) of one stored chunk's (z, y, x) extent at time ``t`` and ``channel``."""
+    box = dict(zip(("z", "y", "x"), chunk_box(array, dims, chunk), strict=True))
     index = tuple((t or 0) if d == "t" else channel if d == "c" else box[d] for d in dims)
     return np.asarray(read_array(array, index))
 

@@ -36,6 +36,7 @@ from chunked_fnet.predict.shipping import JobRef, resolve_run
 from chunked_fnet.predict.ledger import Ledger, chunk_key
 from chunked_fnet.predict.options import RUNTIME_OPTIONS, PredictOptions
 from chunked_fnet.predict.schedule import BlockTask, ChunkTask, Schedule, schedule
+from chunked_fnet.predict.frame_stats import read_frame, record_frame_stats, stats_of_chunks
 from chunked_fnet.preprocess.normalize import FrameStats
 from chunked_fnet.preprocess.frame import ModelGridFrame, input_region
 from chunked_fnet.preprocess.resample import ModelGrid, interpolate_axis
@@ -54,7 +55,7 @@ class PredictJob:
     input_dims: tuple[str, ...]
     channel_index: int
     times: tuple[int | None, ...]  # time indices into the input level's array
-    stats: tuple[FrameStats, ...]  # per entry of ``times``
+    stats: tuple[FrameStats | None, ...]  # per entry of ``times``; None: computed by the tasks that read the frame (predict/frame_stats.py)
     grid: ModelGrid  # the selected (z, y, x) extent of the input and the models' grid over it
     models: tuple[str, ...]
     hashes: tuple[str, ...]
@@ -70,6 +71,7 @@ class PredictJob:
     input_level: int = 0  # pyramid level read
     input_offset: tuple[int, int, int] = (0, 0, 0)  # z, y, x of the selection's first voxel in that level's array
     time_offset: int = 0  # the output's t index of ``times[0]``: a followed time-lapse predicts its frames in steps
+    eps: tuple[tuple[str, float], ...] = ()  # (package, z-scoring eps) of the members that have one: how flat a frame may be
 
     def record(self, policy: RunPolicy) -> dict[str, Any]:
         """Everything that determines the output's values and layout (JSON), kept in the output for ``--resume``."""
@@ -78,7 +80,7 @@ class PredictJob:
                       "channel": self.channel_index, "level": self.input_level, "offset": list(self.input_offset),
                       "selected_shape": list(self.grid.source_shape), **self.input_info},
             "time_points": [t for t in self.times],
-            "frame_stats": [{"mean": s.mean, "std": s.std} for s in self.stats],
+            "frame_stats": [{"mean": s.mean, "std": s.std} if s is not None else None for s in self.stats],
             "models": {"checkpoints": list(self.models), "sha256": list(self.hashes), "structures": list(self.structures)},
             "options": {k: v for k, v in self.options.model_dump(mode="json").items() if k not in RUNTIME_OPTIONS},
             **policy.record(),
@@ -185,19 +187,32 @@ def resolve_shards(options: PredictOptions, spatial_shape: Sequence[int]) -> tup
 
 
 def model_grid_frame(job: PredictJob, time_index: int, chunks: Sequence[np.ndarray] = (), window: SlidingWindow | None = None,
-                     block: BlockTask | None = None) -> ModelGridFrame:
+                     block: BlockTask | None = None, stats: FrameStats | None = None) -> ModelGridFrame:
     """The frame of ``job``'s input selection written at output time index ``time_index``, read from its store,
-    or, given ``chunks`` (:func:`read_input_chunk` of each of :func:`block_input_chunks` of ``block``), cut from them."""
+    or, given ``chunks`` (:func:`read_input_chunk` of each of :func:`block_input_chunks` of ``block``), cut from them.
+
+    Its statistics: ``stats``, else the job's; where the job leaves them to the tasks, the whole frame is read
+    here, chunk by chunk, and they are computed from it (``predict/frame_stats.py``), the frame then cut from
+    those chunks: read once, for the statistics and the patches (``frame.read_whole``: this happened)."""
     i = time_index - job.time_offset
-    reader = None
+    held: dict[Any, np.ndarray] | None = None
     if chunks:
         assert window is not None and block is not None
         held = dict(zip(block_input_chunks(job, window, block), chunks, strict=True))
-        reader = chunks_reader(job.input_array, job.input_dims, held, job.input_offset)
-    return ModelGridFrame(
-        job.input_array, job.input_dims, job.times[i], job.channel_index, job.stats[i], job.grid,
+    stats = stats if stats is not None else job.stats[i]
+    read_whole = stats is None
+    if read_whole:
+        with stage("read"):
+            held = read_frame(job, time_index)
+        with stage("statistics"):
+            stats = stats_of_chunks(job, time_index, held)
+    reader = chunks_reader(job.input_array, job.input_dims, held, job.input_offset) if held is not None else None
+    frame = ModelGridFrame(
+        job.input_array, job.input_dims, job.times[i], job.channel_index, stats, job.grid,
         job.options.nonfinite, job.input_offset, reader=reader,
     )
+    frame.read_whole = read_whole
+    return frame
 
 
 def block_input_chunks(job: PredictJob, window: SlidingWindow, block: BlockTask) -> list[ChunkIndex]:
@@ -301,10 +316,14 @@ def _with_patch_that_fits(exc: DeviceMemoryError, job: PredictJob) -> DeviceMemo
     return error
 
 
-def predict_block(run: JobRef | tuple[PredictJob, RunPolicy], task: BlockTask, *chunks: np.ndarray) -> tuple[WeightedSum, ...]:
+def predict_block(
+    run: JobRef | tuple[PredictJob, RunPolicy], task: BlockTask, *chunks: np.ndarray, stats: FrameStats | None = None,
+) -> tuple[WeightedSum, ...]:
     """Evaluate the patches ``task.block`` owns, once each (background ones not at all with ``skip_empty``:
     :mod:`~chunked_fnet.predict.background`); return their weighted sums over ``task.pieces``. The input is
-    read from the store, or cut from ``chunks`` (read tasks' results, in :func:`block_input_chunks`' order).
+    read from the store, or cut from ``chunks`` (read tasks' results, in :func:`block_input_chunks`' order);
+    z-scored with ``stats`` (its frame's statistics task's), the job's, or those of the whole frame read here
+    (:func:`model_grid_frame`), then recorded in the ledger.
 
     Each piece is its own array (copied out), so the block's full sums are freed when the task ends
     and every consumer receives only its own voxels.
@@ -316,7 +335,9 @@ def predict_block(run: JobRef | tuple[PredictJob, RunPolicy], task: BlockTask, *
     if extent is None:  # the schedule only plans blocks that own patches
         raise RuntimeError(f"block {task.block} of the model grid owns no patch")
     with clocked(job.options.profile) as clock:
-        frame = model_grid_frame(job, task.time_index, chunks, window, task)
+        frame = model_grid_frame(job, task.time_index, chunks, window, task, stats)
+        if frame.read_whole:
+            record_frame_stats(job, task.time_index, frame.stats)
         try:
             sums, background = sums_with_background(ensemble_runner(job, policy), job.hashes, window, frame, corners, extent, policy.skip_empty)
         except DeviceMemoryError as exc:

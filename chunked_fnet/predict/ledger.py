@@ -114,6 +114,18 @@ class Ledger:
         """The records of the block tasks ``keys`` (those there are), read at once (concurrently from an object store)."""
         return self._records("blocks", keys)
 
+    def mark_frame(self, time_index: int, stats: Mapping[str, float]) -> None:
+        """A frame's statistics, computed by the task that read it (``predict/frame_stats.py``)."""
+        self.fs.makedirs(f"{self.root}/frames", exist_ok=True)
+        self.put(f"{self.root}/frames/t{time_index}", json.dumps(dict(stats)).encode())
+
+    def frame(self, time_index: int) -> dict[str, float] | None:
+        """The statistics recorded for the frame at output time index ``time_index``, None where there are none yet."""
+        try:
+            return json.loads(self.fs.cat_file(f"{self.root}/frames/t{time_index}"))
+        except FileNotFoundError:
+            return None
+
     def chunks(self, keys: Collection[str]) -> list[dict[str, Any]]:
         """The done markers of the chunks ``keys`` (those there are): each chunk task's seconds, voxels and stages."""
         return self._records("done", keys)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -19,6 +19,7 @@ from chunked_fnet.io.completeness import completeness
 from chunked_fnet.io.reader import Selection, as_image, channel_index, locate, open_level_array, spatial_frame
 from chunked_fnet.io.store import is_url, redact
 from chunked_fnet.predict.ensemble import Member, check_ensemble
+from chunked_fnet.predict.frame_stats import EPS_TOLERANCE, refuse_flat_frame
 from chunked_fnet.predict.job import PredictJob
 from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.predict.policy import ModelConstraints
@@ -35,8 +36,13 @@ def plan(
     options: PredictOptions,
     *,
     series: str | None = None,
+    statistics: Literal["plan", "tasks"] = "plan",
 ) -> PredictJob:
     """Check inputs and models, compute per-frame statistics, and describe the job.
+
+    ``statistics="tasks"`` leaves each frame's statistics to the tasks that read it (the job's ``stats``
+    None: ``predict/frame_stats.py``), so that the input is read once, on the workers; ``predict`` and
+    ``predict_plate`` plan so. ``"plan"`` computes them here (a followed time-lapse compares them).
 
     ``image`` is an OME-Zarr path or a DataArray from :func:`chunked_fnet.open_image`, at any pyramid
     level, maybe subset with ``isel``/``sel``: exactly its time points and its z/y/x extent are
@@ -57,11 +63,15 @@ def plan(
     frames = _selected_times(image, selection, options)
     missing = _check_complete(selection.array, selection.meta.dims, selection, frames, store_channel, options)
     name = options.input_channel if "c" in image.dims else image["c"].item() if "c" in image.coords else 0
-    stats = tuple(
-        frame_stats(spatial_frame(image, i, channel), f"{source} t={t} channel {name!r}", options.nonfinite)
-        for i, t in frames
-    )
-    check_eps(members, stats, frames, source)
+    eps = tuple((m.path, float(m.eps)) for m in members if m.eps)
+    if statistics == "tasks":
+        stats: tuple[FrameStats | None, ...] = (None,) * len(frames)
+    else:
+        stats = tuple(
+            frame_stats(spatial_frame(image, i, channel), f"{source} t={t} channel {name!r}", options.nonfinite)
+            for i, t in frames
+        )
+        check_eps(eps, stats, frames, source)
     times = tuple(t for _, t in frames)
     scale = image.attrs["scale"]
     zyx = tuple(selection.size[d] for d in ("z", "y", "x"))
@@ -93,6 +103,7 @@ def plan(
         },
         input_level=selection.level,
         input_offset=tuple(selection.start[d] for d in ("z", "y", "x")),  # type: ignore[arg-type]
+        eps=eps,
     )
     job.__dict__["input_array"] = selection.array  # the store this process just opened: the tasks run in process read it too
     return job
@@ -113,26 +124,16 @@ def more_frames(job: PredictJob, start: int, stop: int, members: Sequence[Member
     stats = tuple(
         frame_stats(spatial_frame(image, t, channel), f"{job.input_path} t={t}", job.options.nonfinite) for t in range(start, stop)
     )
-    check_eps(members, stats, [(t, t) for t in range(start, stop)], job.input_path)
+    check_eps(job.eps, stats, [(t, t) for t in range(start, stop)], job.input_path)
     step = replace(job, times=tuple(range(start, stop)), stats=stats, time_offset=start)
     step.__dict__["input_array"] = array
     return step
 
 
-#: How much a package's z-scoring epsilon may change the z-scores, relative, before a run is refused:
-#: the pipeline divides by the frame's std, a package by std + eps.
-EPS_TOLERANCE = 1e-6
-
-
-def check_eps(members: Sequence[Member], stats: Sequence[FrameStats], frames: Sequence[tuple[int, int | None]], source: str) -> None:
-    """Refuse frames so flat that a package's ``eps`` would change its z-scores measurably."""
-    for m in members:
-        for s, (_, t) in zip(stats, frames, strict=True):
-            if m.eps and m.eps / (s.std + m.eps) > EPS_TOLERANCE:
-                raise InputError(
-                    f"{source} t={t}: its standard deviation {s.std:g} is so small that {m.path}'s z-scoring (x - mean) / (std + {m.eps:g}) "
-                    "differs from the whole-frame z-scores chunked prediction uses by more than 1e-6; rescale the image"
-                )
+def check_eps(eps: Sequence[tuple[str, float]], stats: Sequence[FrameStats], frames: Sequence[tuple[int, int | None]], source: str) -> None:
+    """Refuse frames so flat that a package's ``eps`` would change its z-scores measurably (:func:`refuse_flat_frame`)."""
+    for s, (_, t) in zip(stats, frames, strict=True):
+        refuse_flat_frame(eps, s, f"{source} t={t}")
 
 
 def _check_complete(

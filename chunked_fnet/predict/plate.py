@@ -83,7 +83,7 @@ def predict_plate(
     for well, fld in info.select(wells):
         name = f"{well}/{fld}"
         try:
-            job = plan(join(info.path, well, fld), models, join(out, well, fld), options)
+            job = plan(join(info.path, well, fld), models, join(out, well, fld), options, statistics="tasks")
         except ChunkedFnetError as exc:
             refused[name] = one_line(redact(str(exc)))
         else:

@@ -74,7 +74,7 @@ class Predictor:
     def __call__(self, frame: np.ndarray | xr.DataArray, scale: Sequence[float] | None = None) -> np.ndarray | xr.DataArray:
         values, voxel, origin = self._frame(frame, scale)
         stats = frame_stats(values, "frame", self.options.nonfinite)
-        check_eps(self.members, [stats], [(0, None)], "frame")
+        check_eps([(m.path, float(m.eps)) for m in self.members if m.eps], [stats], [(0, None)], "frame")
         grid = ModelGrid(values.shape, voxel, self.voxel_size)  # type: ignore[arg-type]
         policy = self.policy(grid.shape)
         window = policy.window

@@ -133,7 +133,7 @@ def _finished_chunks(job: PredictJob, policy: RunPolicy, recorded: dict[str, Any
             f"cannot resume {redact(job.output_path)}: it holds no run record (.chunked_fnet/run.json), so it was not "
             "started by chunked-fnet predict; choose another --out"
         )
-    diff = differences(recorded, job.record(policy))
+    diff = differences(*_stats_where_both_have_them(recorded, job.record(policy)))
     if diff:
         raise InputError(
             f"cannot resume {redact(job.output_path)}: it was started with other settings; "
@@ -141,6 +141,17 @@ def _finished_chunks(job: PredictJob, policy: RunPolicy, recorded: dict[str, Any
             + " (run again with the same input, models and parameters, or pass --overwrite to start over)"
         )
     return ledger.done()
+
+
+def _stats_where_both_have_them(recorded: dict[str, Any], now: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two records with a frame's statistics compared only where both runs computed them in the client: where
+    either left them to the tasks (None), those compare them with the recorded ones themselves (predict/frame_stats.py)."""
+    old, new = list(recorded.get("frame_stats") or []), list(now.get("frame_stats") or [])
+    if len(old) == len(new):
+        both = [(a, b) if a is not None and b is not None else (None, None) for a, b in zip(old, new, strict=True)]
+        recorded = {**recorded, "frame_stats": [a for a, _ in both]}
+        now = {**now, "frame_stats": [b for _, b in both]}
+    return recorded, now
 
 
 def create_output(job: PredictJob, policy: RunPolicy, overwrite: bool = False) -> None:

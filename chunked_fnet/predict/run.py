@@ -117,6 +117,6 @@ def predict(
     record are computed, after checking that input, models and parameters are the interrupted run's.
     """
     refuse_resume_with_overwrite(resume, overwrite)
-    job = plan(image, models, out, options or PredictOptions(), series=series)
+    job = plan(image, models, out, options or PredictOptions(), series=series, statistics="tasks")
     (summary,) = run_jobs([job], client, resume=resume, overwrite=overwrite, progress=progress)
     return open_image(out), summary

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from chunked_fnet.errors import ChunkedFnetError, retryable
 from chunked_fnet.io.store import redact
 from chunked_fnet.io.writer import build_pyramid
+from chunked_fnet.predict.frame_stats import frame_chunks, frame_stats_task
 from chunked_fnet.predict.job import PredictJob, block_input_chunks, predict_block, read_input_chunk, write_chunk
 from chunked_fnet.predict.ledger import Ledger, chunk_key, describe_chunk
 from chunked_fnet.predict.policy import RunPolicy
@@ -125,25 +126,37 @@ class FrameBatches:
         self.retries += retry
         token = f"{self.token}r{self.retries}" if retry else self.token
         reads: dict[tuple[int, tuple[int, ...]], Any] = {}
+        frame_stats: dict[int, Any] = {}
+
+        def read(t: int, chunk: tuple[int, ...]) -> Any:
+            if (t, chunk) not in reads:
+                reads[(t, chunk)] = dask.delayed(read_input_chunk, pure=False)(
+                    job, t, chunk, dask_key_name=f"cfnet-read-{token}-t{t}-{'.'.join(map(str, chunk))}",
+                )
+            return reads[(t, chunk)]
 
         def inputs(block: int) -> list[Any]:
             """The read tasks of ``block``'s input chunks (none: the block task reads its box itself)."""
             if self.policy is None or not self.policy.shared_reads:
                 return []
             task = graph.blocks[block]
-            out = []
-            for chunk in block_input_chunks(self.job, self.policy.window, task):
-                key = (task.time_index, chunk)
-                if key not in reads:
-                    reads[key] = dask.delayed(read_input_chunk, pure=False)(
-                        job, task.time_index, chunk, dask_key_name=f"cfnet-read-{token}-t{task.time_index}-{'.'.join(map(str, chunk))}",
-                    )
-                out.append(reads[key])
-            return out
+            return [read(task.time_index, chunk) for chunk in block_input_chunks(self.job, self.policy.window, task)]
+
+        def stats(block: int) -> Any:
+            """The statistics task of ``block``'s frame, where the tasks compute them and its chunks are shared
+            (predict/frame_stats.py; None: the job has them, or the block task reads its whole frame itself)."""
+            t = graph.blocks[block].time_index
+            if self.policy is None or not self.policy.shared_reads or self.job.stats[t - self.job.time_offset] is not None:
+                return None
+            if t not in frame_stats:
+                frame_stats[t] = dask.delayed(frame_stats_task, pure=False)(
+                    job, t, *(read(t, chunk) for chunk in frame_chunks(self.job)), dask_key_name=f"cfnet-stats-{token}-t{t}",
+                )
+            return frame_stats[t]
 
         blocks = {
             ref.block: dask.delayed(predict_block, pure=False, nout=len(graph.blocks[ref.block].pieces))(
-                job, graph.blocks[ref.block], *inputs(ref.block),
+                job, graph.blocks[ref.block], *inputs(ref.block), stats=stats(ref.block),
                 dask_key_name=f"cfnet-block-{token}-{chunk_key(graph.blocks[ref.block].time_index, graph.blocks[ref.block].block)}",
             )
             for c in tasks for ref in c.sources

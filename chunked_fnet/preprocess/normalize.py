@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 
 from chunked_fnet.errors import InputError
-from chunked_fnet.moments import is_constant, moments
+from chunked_fnet.moments import Moments, is_constant, moments
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,13 @@ def frame_stats(frame: xr.DataArray | np.ndarray | da.Array, what: str = "image"
     use the finite voxels only and :meth:`FrameStats.apply` callers fill the rest with the mean.
     """
     data = frame.data if isinstance(frame, xr.DataArray) else frame
-    m = moments(data, finite_only=True)
-    size, count = math.prod(np.shape(data)), int(m.n)
+    return stats_from_moments(moments(data, finite_only=True), math.prod(np.shape(data)), what, nonfinite)
+
+
+def stats_from_moments(m: Moments, size: int, what: str = "image", nonfinite: str = "fail") -> FrameStats:
+    """A frame's :class:`FrameStats` from its finite voxels' moments (``size``: all its voxels), refused as
+    :func:`frame_stats` refuses: the one home of those rules, wherever a frame's moments are gathered."""
+    count = int(m.n)
     if count < size and nonfinite != "fill":
         raise InputError(
             f"{what}: {size - count} of {size} voxels are NaN or infinite; z-scoring needs finite values "

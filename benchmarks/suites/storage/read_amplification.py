@@ -14,8 +14,9 @@ width 4, given the window the *paper* U-Net (depth 4, width 32) gets on this clu
 policy resolves without running that model (``plan`` + ``cluster_hardware`` + ``PredictJob.resolve_policy``).
 
 Reported: the input channel's chunk bytes served / that channel's stored chunk bytes (what a run must
-read at least once), split into the statistics pass (``plan``: every frame's mean and std, read in the
-client before the cluster computes) and the rest of the run (the block tasks); metadata (``zarr.json``,
+read at least once): everything ``predict`` reads, the frames' statistics included (computed by the tasks
+from the chunks they read, ``predict/frame_stats.py``; until 2026-12-04 the client read every frame once
+more for them before the tasks ran, the "stats pass" column of the older rows); metadata (``zarr.json``,
 listings) counted separately; and how often each input chunk was read, and why more than once.
 """
 
@@ -235,16 +236,18 @@ def measure(case: Case, path: Path, data: Path, client, model: str, server: Coun
     options = PredictOptions(device="cpu", precision="fp32", patch_shape=patch, overlap=max(overlap) or "auto")
     url = f"{server.url}/{INPUT_NAME}"
     out = Path(tempfile.mkdtemp(dir=data)) / "out.zarr"
-    server.take()
-    job = plan(url, [model], out, options)  # the statistics pass alone (what predict's plan reads first)
-    stats_data, stats_meta, stats_counts = reads(server.take(), case)
+    job = plan(url, [model], out, options, statistics="tasks")  # as predict plans: the statistics left to the tasks
     window = job.resolve_policy(cluster_hardware(client, "cpu")).window
     assert (window.patch_shape, window.overlap_voxels, window.blend) == (patch, overlap, blend), (window, patch, overlap)
     n_blocks, touched = chunk_geometry(job, window, case)
+    server.take()
     _, summary = predict(url, [model], out, options=options, client=client, progress=False)
     total_data, total_meta, counts = reads(server.take(), case)
-    run_data = max(0, total_data - stats_data)
-    run_counts = counts - stats_counts  # reads after the statistics pass, per chunk
+    # the frames' statistics come from the tasks' own reads (predict/frame_stats.py): the client reads no chunk
+    # for them (it did until 2026-12-04: a whole pass, 1.0x, before the tasks)
+    stats_data, stats_meta = 0, 0
+    run_data = total_data
+    run_counts = counts
     histogram = collections.Counter(run_counts.values())
     multi = sum(1 for v in run_counts.values() if v > 1)
     return {
