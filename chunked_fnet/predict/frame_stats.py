@@ -31,11 +31,19 @@ from chunked_fnet.preprocess.normalize import FrameStats, stats_from_moments
 if TYPE_CHECKING:
     from chunked_fnet.predict.job import PredictJob
 
-__all__ = ["EPS_TOLERANCE", "frame_chunks", "frame_stats_task", "read_frame", "record_frame_stats", "refuse_flat_frame", "stats_of_chunks"]
+__all__ = [
+    "EPS_TOLERANCE", "frame_chunks", "frame_stats_task", "read_frame", "record_frame_stats", "refuse_flat_frame", "stats_of_chunks",
+    "zscore_eps",
+]
 
 #: How much a package's z-scoring epsilon may change the z-scores, relative, before a run is refused:
 #: the pipeline divides by the frame's std, a package by std + eps.
 EPS_TOLERANCE = 1e-6
+
+
+def zscore_eps(members: Sequence[Any]) -> tuple[tuple[str, float], ...]:
+    """``(package, eps)`` of the ensemble's members whose z-scoring has an epsilon: what :func:`refuse_flat_frame` checks."""
+    return tuple((m.path, float(m.eps)) for m in members if m.eps)
 
 
 def refuse_flat_frame(eps: Sequence[tuple[str, float]], stats: FrameStats, where: str) -> None:
@@ -80,19 +88,20 @@ def record_frame_stats(job: PredictJob, time_index: int, stats: FrameStats) -> N
 
     ledger = Ledger(job.output_path)
     before = ledger.frame(time_index)
-    now = {"mean": stats.mean, "std": stats.std}
-    if before is None:
-        # an output begun by a run whose client computed the statistics holds them in its run record instead
+    new = before is None
+    if new:  # an output begun by a run whose client computed the statistics holds them in its run record instead
         recorded = (ledger.read_record() or {}).get("frame_stats") or []
         i = time_index - job.time_offset
         before = recorded[i] if i < len(recorded) else None
-        ledger.mark_frame(time_index, now if before is None or before == now else before)
+    now = {"mean": stats.mean, "std": stats.std}
     if before is not None and before != now:
         raise InputError(
             f"{job.input_path} t={job.times[time_index - job.time_offset]} changed since this output's run began "
             f"(its mean/std were {before['mean']:.9g}/{before['std']:.9g}, now {stats.mean:.9g}/{stats.std:.9g}): "
             "finishing the output would mix two inputs; pass --overwrite to start over"
         )
+    if new:
+        ledger.mark_frame(time_index, now)
 
 
 def frame_stats_task(run: Any, time_index: int, *chunks: np.ndarray) -> FrameStats:

@@ -193,26 +193,23 @@ def model_grid_frame(job: PredictJob, time_index: int, chunks: Sequence[np.ndarr
 
     Its statistics: ``stats``, else the job's; where the job leaves them to the tasks, the whole frame is read
     here, chunk by chunk, and they are computed from it (``predict/frame_stats.py``), the frame then cut from
-    those chunks: read once, for the statistics and the patches (``frame.read_whole``: this happened)."""
+    those chunks: read once, for the statistics and the patches."""
     i = time_index - job.time_offset
     held: dict[Any, np.ndarray] | None = None
     if chunks:
         assert window is not None and block is not None
         held = dict(zip(block_input_chunks(job, window, block), chunks, strict=True))
     stats = stats if stats is not None else job.stats[i]
-    read_whole = stats is None
-    if read_whole:
+    if stats is None:
         with stage("read"):
             held = read_frame(job, time_index)
         with stage("statistics"):
             stats = stats_of_chunks(job, time_index, held)
     reader = chunks_reader(job.input_array, job.input_dims, held, job.input_offset) if held is not None else None
-    frame = ModelGridFrame(
+    return ModelGridFrame(
         job.input_array, job.input_dims, job.times[i], job.channel_index, stats, job.grid,
         job.options.nonfinite, job.input_offset, reader=reader,
     )
-    frame.read_whole = read_whole
-    return frame
 
 
 def block_input_chunks(job: PredictJob, window: SlidingWindow, block: BlockTask) -> list[ChunkIndex]:
@@ -336,7 +333,7 @@ def predict_block(
         raise RuntimeError(f"block {task.block} of the model grid owns no patch")
     with clocked(job.options.profile) as clock:
         frame = model_grid_frame(job, task.time_index, chunks, window, task, stats)
-        if frame.read_whole:
+        if stats is None and job.stats[task.time_index - job.time_offset] is None:  # this task computed them
             record_frame_stats(job, task.time_index, frame.stats)
         try:
             sums, background = sums_with_background(ensemble_runner(job, policy), job.hashes, window, frame, corners, extent, policy.skip_empty)

@@ -19,7 +19,7 @@ from chunked_fnet.io.completeness import completeness
 from chunked_fnet.io.reader import Selection, as_image, channel_index, locate, open_level_array, spatial_frame
 from chunked_fnet.io.store import is_url, redact
 from chunked_fnet.predict.ensemble import Member, check_ensemble
-from chunked_fnet.predict.frame_stats import EPS_TOLERANCE, refuse_flat_frame
+from chunked_fnet.predict.frame_stats import EPS_TOLERANCE, refuse_flat_frame, zscore_eps
 from chunked_fnet.predict.job import PredictJob
 from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.predict.policy import ModelConstraints
@@ -63,7 +63,7 @@ def plan(
     frames = _selected_times(image, selection, options)
     missing = _check_complete(selection.array, selection.meta.dims, selection, frames, store_channel, options)
     name = options.input_channel if "c" in image.dims else image["c"].item() if "c" in image.coords else 0
-    eps = tuple((m.path, float(m.eps)) for m in members if m.eps)
+    eps = zscore_eps(members)
     if statistics == "tasks":
         stats: tuple[FrameStats | None, ...] = (None,) * len(frames)
     else:

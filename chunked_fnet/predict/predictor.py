@@ -29,6 +29,7 @@ from chunked_fnet.predict.background import sums_with_background
 from chunked_fnet.predict.ensemble import check_ensemble
 from chunked_fnet.predict.job import back_to_input_grid, models_runner
 from chunked_fnet.predict.options import PredictOptions
+from chunked_fnet.predict.frame_stats import zscore_eps
 from chunked_fnet.predict.plan import check_eps
 from chunked_fnet.predict.policy import Hardware, ModelConstraints, RunPolicy, resolve_policy
 from chunked_fnet.predict.precision_check import measure, needs_check, refuse_outside_bound
@@ -74,7 +75,7 @@ class Predictor:
     def __call__(self, frame: np.ndarray | xr.DataArray, scale: Sequence[float] | None = None) -> np.ndarray | xr.DataArray:
         values, voxel, origin = self._frame(frame, scale)
         stats = frame_stats(values, "frame", self.options.nonfinite)
-        check_eps([(m.path, float(m.eps)) for m in self.members if m.eps], [stats], [(0, None)], "frame")
+        check_eps(zscore_eps(self.members), [stats], [(0, None)], "frame")
         grid = ModelGrid(values.shape, voxel, self.voxel_size)  # type: ignore[arg-type]
         policy = self.policy(grid.shape)
         window = policy.window
