@@ -307,6 +307,7 @@ def describe_provenance(made: dict[str, Any]) -> list[str]:
                 f"  precision check against fp32 on a {'x'.join(map(str, check.get('patch', [])))} patch on {check.get('device')}: "
                 f"r {check.get('r')}, max |diff| {check.get('max_over_std')} x std ({check.get('worst')}); bound r >= "
                 f"{bound.get('min_r')}, max <= {bound.get('max_over_std')} x std; {check.get('seconds')} s"
+                + (f", kept by its worker from a check on {check.get('measured_on')}" if check.get("reused") else "")
             )
     return lines
 

@@ -190,3 +190,41 @@ def test_a_follow_checks_before_it_creates_its_output(root: Path, client, tmp_pa
     assert not out.exists()
     follow(root / "in.zarr", [root / "sane.zip"], out, options=options, client=client, idle_timeout=0.5, poll=0.1, progress=False)
     assert Ledger(str(out)).read_record()["precision"]["check"]["r"] >= REDUCED_MIN_R
+
+
+def test_a_worker_keeps_its_verdict_for_later_runs_of_the_same_models_and_patch(
+    root: Path, client, tmp_path: Path, forwards: Path, capsys: pytest.CaptureFixture,
+) -> None:
+    """The check is two whole-patch forwards, one in fp32: measured once per worker for a key (models, patch,
+    precision, flips, device, libraries), on every core the worker may use, its threads put back after."""
+    import torch
+
+    from chunked_fnet.predict.precision_check import usable_cores
+
+    options = PredictOptions(**{**OPTIONS, "patch_shape": (12, 16, 16)}, precision="bf16")  # a key no other test measures
+    copy = tmp_path / "copy.zarr"
+    import shutil
+
+    shutil.copytree(root / "in.zarr", copy)
+    checks = []
+    for i, source in enumerate((root / "in.zarr", copy)):
+        _passes(forwards)
+        out = tmp_path / f"kept{i}.zarr"
+        predict(source, [root / "sane.zip"], out, options=options, client=client, progress=False)
+        checks.append((Ledger(str(out)).read_record()["precision"]["check"], len(_passes(forwards))))
+    (first, first_passes), (second, second_passes) = checks
+    assert first["reused"] is False and second["reused"] is True
+    assert second_passes == first_passes - 2  # the same patches, and no forward for the check this time
+    assert second["measured_on"] == first["measured_on"] == str(root / "in.zarr")
+    assert {k: v for k, v in second.items() if k != "reused"} == {k: v for k, v in first.items() if k != "reused"}
+    cores = usable_cores()
+    assert first["threads"] == cores  # the check ran on every core the worker may use (1 task thread otherwise)
+    assert client.run(torch.get_num_threads) == {w: 1 for w in client.scheduler_info()["workers"]}  # and gave them back
+    assert cli(["info", str(tmp_path / "kept1.zarr")]) == 0
+    assert f"kept by its worker from a check on {root / 'in.zarr'}" in capsys.readouterr().out
+    # another patch shape is another key: measured again
+    _passes(forwards)
+    out = tmp_path / "other.zarr"
+    predict(root / "in.zarr", [root / "sane.zip"], out, options=options.model_copy(update={"patch_shape": (12, 20, 20)}), client=client, progress=False)
+    assert Ledger(str(out)).read_record()["precision"]["check"]["reused"] is False
+    assert sum(p.endswith(" fp32") for p in _passes(forwards)) == 1
