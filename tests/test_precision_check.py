@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -203,8 +204,6 @@ def test_a_worker_keeps_its_verdict_for_later_runs_of_the_same_models_and_patch(
 
     options = PredictOptions(**{**OPTIONS, "patch_shape": (12, 16, 16)}, precision="bf16")  # a key no other test measures
     copy = tmp_path / "copy.zarr"
-    import shutil
-
     shutil.copytree(root / "in.zarr", copy)
     checks = []
     for i, source in enumerate((root / "in.zarr", copy)):

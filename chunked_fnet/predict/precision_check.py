@@ -148,11 +148,15 @@ _VERDICTS: dict[tuple, dict[str, Any]] = {}
 _VERDICTS_LOCK = threading.Lock()
 
 
+def _check_key(job: Any, policy: RunPolicy) -> tuple:
+    """What a run's check measures: its models, patch shape, precision and flips (one check per key in a call)."""
+    return (tuple(job.hashes), tuple(policy.window.patch_shape), policy.precision, str(job.options.tta_flips))
+
+
 def _verdict_key(job: Any, policy: RunPolicy, run: PatchRunner) -> tuple:
-    """What a check's verdict depends on: the models, the patch, the precision, the flips, how and where it computes."""
+    """What a check's verdict depends on: :func:`_check_key`, and how and where it computes."""
     cudnn = torch.backends.cudnn.version() if run.device.type == "cuda" else None
-    return (tuple(job.hashes), tuple(policy.window.patch_shape), policy.precision, str(job.options.tta_flips),
-            describe_device(run.device), run.channels_last, torch.__version__, cudnn)
+    return (*_check_key(job, policy), describe_device(run.device), run.channels_last, torch.__version__, cudnn)
 
 
 def usable_cores() -> int:
@@ -178,15 +182,15 @@ def measure_job(job: Any, policy: RunPolicy, device_thread: bool | None = None) 
         return {**kept, "reused": True}
     frame = model_grid_frame(job, job.time_offset)
     threads = torch.get_num_threads()
-    wide = run.device.type == "cpu" and usable_cores() > threads
-    if wide:
-        torch.set_num_threads(usable_cores())
+    check_threads = max(threads, usable_cores()) if run.device.type == "cpu" else threads
+    if check_threads != threads:
+        torch.set_num_threads(check_threads)
     try:
         record = measure(run, frame, policy, job.options.tta_flips, job.structures, device_thread=device_thread)
     finally:
-        if wide:
+        if check_threads != threads:
             torch.set_num_threads(threads)
-    record = {**record, "threads": usable_cores() if wide else threads, "measured_on": redact(job.input_path), "reused": False}
+    record = {**record, "threads": check_threads, "measured_on": redact(job.input_path), "reused": False}
     with _VERDICTS_LOCK:
         _VERDICTS[key] = record
     return record
@@ -217,7 +221,7 @@ def check_runs(
         if not fresh or policy.check is not None or not needs_check(policy, device_type):
             out.append(policy)
             continue
-        key = (tuple(job.hashes), tuple(policy.window.patch_shape), policy.precision, str(job.options.tta_flips))
+        key = _check_key(job, policy)
         if key not in done:
             done[key] = client.submit(measure_job, job, policy, pure=False, workers=_first_worker(client), allow_other_workers=True).result()
             refuse_outside_bound(done[key], policy.precision, redact(job.input_path))

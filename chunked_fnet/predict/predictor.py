@@ -27,9 +27,9 @@ from chunked_fnet.device import resolve_device
 from chunked_fnet.errors import InputError
 from chunked_fnet.predict.background import sums_with_background
 from chunked_fnet.predict.ensemble import check_ensemble
+from chunked_fnet.predict.frame_stats import zscore_eps
 from chunked_fnet.predict.job import back_to_input_grid, models_runner
 from chunked_fnet.predict.options import PredictOptions
-from chunked_fnet.predict.frame_stats import zscore_eps
 from chunked_fnet.predict.plan import check_eps
 from chunked_fnet.predict.policy import Hardware, ModelConstraints, RunPolicy, resolve_policy
 from chunked_fnet.predict.precision_check import measure, needs_check, refuse_outside_bound
