@@ -551,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://127.0.0.1:8786")
     where.add_argument("--cluster", help="cluster spec YAML (cluster/*.yaml)")
-    where.add_argument("--workers", type=int, help="local worker processes (default: up to 2)")
+    where.add_argument("--workers", type=int, help="local worker processes (default: 1, on every usable core)")
     common(p)
     p.set_defaults(func=cmd_predict)
 

@@ -18,6 +18,7 @@ from distributed import Client, LocalCluster
 from pydantic import BaseModel, ConfigDict, Field
 
 from chunked_fnet.config import load_yaml_config
+from chunked_fnet.device import usable_cores
 from chunked_fnet.errors import InputError
 
 
@@ -26,12 +27,13 @@ class ClusterSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: Literal["local", "scheduler", "cuda", "slurm"] = "local"
-    n_workers: int = Field(default_factory=lambda: max(1, min(2, os.cpu_count() or 1)), ge=1)
+    n_workers: int = Field(1, ge=1, description="local worker processes")
     threads_per_worker: int | None = Field(
         None, ge=1,
-        description="task threads per worker; default 1 on CPU workers (torch uses them all); on GPU workers the "
-        "machine's cores per GPU, 2 to 8 (tasks read, z-score and copy in their blocks and blend and write their chunks "
-        "while one block's patches run on the GPU)",
+        description="task threads per worker; default: on local CPU workers the usable cores shared out between them "
+        "(a worker runs one block's forward pass at a time on all its threads while its other task threads read, z-score, "
+        "blend and write: RunPolicy.compute_lane); on GPU workers the machine's cores per GPU, 2 to 8 (tasks read, z-score "
+        "and copy in their blocks and blend and write their chunks while one block's patches run on the GPU)",
     )
     memory_limit: str | None = Field(None, description="per worker, e.g. '4GiB' (local/cuda)")
     address: str | None = Field(None, description="tcp://host:port of a running scheduler (kind: scheduler)")
@@ -129,7 +131,7 @@ def local_client(spec: ClusterSpec) -> Iterator[Client]:
     else:
         cluster = LocalCluster(
             n_workers=spec.n_workers,
-            threads_per_worker=spec.threads_per_worker or 1,
+            threads_per_worker=spec.threads_per_worker or max(1, usable_cores() // spec.n_workers),
             processes=True,
             host="127.0.0.1",
             # the scheduler's HTTP endpoint (health, metrics) starts even without a dashboard: loopback, any free port

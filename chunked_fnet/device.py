@@ -11,6 +11,15 @@ import torch
 
 from chunked_fnet.errors import InputError
 
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a batch system's allocation, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 #: What a config's ``precision`` may say (see :func:`autocast_dtype`).
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)

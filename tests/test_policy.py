@@ -183,3 +183,57 @@ def test_the_smallest_patch_named_is_the_one_an_exhaustive_search_finds() -> Non
         found = policy._smallest_patch(start, frame, needed, m, [m] * 3)
         assert (found is None) == (best is None) and (found is None or math.prod(found[1]) == best), (frame, needed, start, found, best)
         assert found is None or found[0] == policy._recompute(found[1], frame, needed) <= policy.MAX_RECOMPUTE
+
+
+def test_a_cpu_time_lapse_computes_in_each_workers_compute_lane_on_all_its_threads(data, tmp_path: Path) -> None:
+    """Several block tasks on a CPU host: the policy runs their forward passes one at a time in each worker's
+    compute lane, on the worker's task threads (the block tasks keep one torch thread for their own work),
+    and the values are those of a run without it; a frame on its own keeps the host's threads in its task."""
+    import threading
+
+    from chunked_fnet.predict.job import lane_threads
+    from chunked_fnet.sliding_window import PatchRunner
+
+    cpu = Hardware(threads_per_host=(2,), device="cpu")
+    lapse = resolve_policy(PredictOptions(), (16, 64, 64), DEMO_MODELS, cpu, frames=4)
+    single = resolve_policy(PredictOptions(), (16, 64, 64), DEMO_MODELS, cpu, frames=1)
+    gpu = resolve_policy(PredictOptions(), (16, 64, 64), DEMO_MODELS, Hardware(device="cuda"), frames=4)
+    assert (lapse.compute_lane, lapse.block_threads) == (True, 1)
+    assert (single.compute_lane, single.block_threads) == (False, 2)
+    assert not gpu.compute_lane  # a GPU worker's device thread is its own rule
+    assert lane_threads(lapse, torch.device("cpu")) is None  # outside a dask worker: the caller's thread computes
+
+    seen: list[tuple[str, int]] = []
+
+    def probe(x: torch.Tensor) -> torch.Tensor:
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return x * 2
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = PatchRunner(probe, "cpu", device_thread=True, threads=2, channels_last=False).outputs(np.ones((1, 1, 4, 4, 4), np.float32))
+        assert torch.get_num_threads() == 1  # the caller's thread keeps its count
+    finally:
+        torch.set_num_threads(before)
+    assert float(out.min()) == 2.0
+    assert seen and all(name.startswith("chunked_fnet-cpu") and threads == 2 for name, threads in seen), seen
+
+    root, image, models = data
+    options = PredictOptions(precision="fp32", patch_shape=(8, 32, 32), overlap=0.25)
+    with local_client(ClusterSpec(n_workers=1, threads_per_worker=2)) as client:
+        assert client.submit(lane_threads, lapse, torch.device("cpu"), pure=False).result() == 2
+        lane, summary = predict(image, models, tmp_path / "lane.zarr", options=options, client=client, progress=False)
+    with local_client(ClusterSpec(n_workers=2, threads_per_worker=1)) as client:
+        plain, _ = predict(image, models, tmp_path / "plain.zarr", options=options, client=client, progress=False)
+    assert summary.policy.compute_lane
+    np.testing.assert_allclose(lane.values, plain.values, atol=1e-5, rtol=0)
+    assert float(np.std(lane.values)) > 0
+
+
+def test_the_default_local_cluster_is_one_worker_on_every_usable_core() -> None:
+    from chunked_fnet.device import usable_cores
+
+    with local_client(ClusterSpec()) as client:
+        workers = list(client.scheduler_info()["workers"].values())
+    assert [w["nthreads"] for w in workers] == [usable_cores()]

@@ -200,7 +200,7 @@ def test_a_worker_keeps_its_verdict_for_later_runs_of_the_same_models_and_patch(
     precision, flips, device, libraries), on every core the worker may use, its threads put back after."""
     import torch
 
-    from chunked_fnet.predict.precision_check import usable_cores
+    from chunked_fnet.device import usable_cores
 
     options = PredictOptions(**{**OPTIONS, "patch_shape": (12, 16, 16)}, precision="bf16")  # a key no other test measures
     copy = tmp_path / "copy.zarr"

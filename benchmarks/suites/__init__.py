@@ -14,6 +14,7 @@ SUITES: dict[str, dict[str, str]] = {
         "defaults": "suites.throughput.defaults",
         "host-side": "suites.throughput.host_side",
         "skip-empty": "suites.throughput.skip_empty",
+        "layout": "suites.throughput.layout",
     },
     "memory": {
         "vs-size": "suites.memory.memory_vs_size",

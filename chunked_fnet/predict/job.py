@@ -296,7 +296,22 @@ def models_runner(models: Sequence[str], hashes: Sequence[str], device: str, tta
     amp = autocast_dtype(policy.precision, dev)
     channels_last = default_channels_last(dev, amp)
     ensemble = cached_ensemble(list(models), list(hashes), str(dev), channels_last)
-    return PatchRunner(ensemble, dev, tta_flips, amp, channels_last=channels_last, batch_size=policy.batch_size)
+    lane = lane_threads(policy, dev)
+    return PatchRunner(ensemble, dev, tta_flips, amp, channels_last=channels_last, batch_size=policy.batch_size,
+                       **({"device_thread": True, "threads": lane} if lane else {}))
+
+
+def lane_threads(policy: RunPolicy, device: torch.device) -> int | None:
+    """The torch threads of this worker's compute lane when ``policy`` runs one (a CPU worker of a dask
+    cluster: its task threads), else None: forward passes in the calling task's thread."""
+    if not policy.compute_lane or device.type != "cpu":
+        return None
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except ValueError:  # not inside a dask worker (a run in one process): the caller's thread computes
+        return None
 
 
 def _torch_threads(job: PredictJob, policy: RunPolicy) -> int | None:

@@ -169,6 +169,7 @@ class RunPolicy:
     skip_empty: float | None = None  # the background rule's level (predict/background.py); None: every patch evaluated
     shared_reads: bool = False  # a frame's input chunks read once by read tasks its block tasks share (speed and bytes, not values)
     check: Mapping[str, Any] | None = field(default=None, hash=False)  # the reduced precision against fp32 on one patch (predict/precision_check.py); None: unchecked
+    compute_lane: bool = False  # CPU workers run their blocks' forward passes one at a time on all their threads (speed only, not values)
 
     @property
     def recompute(self) -> float:
@@ -212,9 +213,15 @@ def resolve_policy(
     per_frame = _blocks_per_frame(window, block_shape or frame)
     blocks = frames * per_frame
     per_host = hardware.threads_per_host or (1,)
-    threads = max(1, min(sum(per_host) // max(1, blocks), min(per_host)))
+    # Several block tasks on a CPU host: one forward pass at a time per worker, on all its threads (its
+    # compute lane), while its other task threads read, z-score, blend and write. Two 1-thread forward passes
+    # side by side ran 0.82-0.88x one 2-thread pass after the other (the paper U-Net's 48x384x384 frame in
+    # bf16 on a 2-core AMD EPYC and a 2-core AMX Xeon: benchmarks/run.py throughput layout); the block tasks'
+    # own torch work then takes one thread each. One block (a frame on its own) takes the host's threads itself.
+    lane = hardware.device == "cpu" and blocks > 1
+    threads = 1 if lane else max(1, min(sum(per_host) // max(1, blocks), min(per_host)))
     return RunPolicy(window, precision, reason, batch, threads, _skip_level(options.skip_empty, recorded.get("skip_empty")),
-                     shared_reads=per_frame > 1, check=check)
+                     shared_reads=per_frame > 1, check=check, compute_lane=lane)
 
 
 def patch_bytes(patch: Sequence[int], width: int, batch: int = 1) -> float:

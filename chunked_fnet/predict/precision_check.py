@@ -29,7 +29,6 @@ and the device at a shape (the known cuDNN faults are), not of one patch's value
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chunked_fnet.device import autocast_dtype, cudnn_release, describe_device
+from chunked_fnet.device import autocast_dtype, cudnn_release, describe_device, usable_cores
 from chunked_fnet.errors import ChunkedFnetError, one_line
 from chunked_fnet.io.store import redact
 from chunked_fnet.moments import is_constant, moments
@@ -86,7 +85,8 @@ def compare(reference: np.ndarray, reduced: np.ndarray) -> list[tuple[float, flo
 def _runner(run: PatchRunner, amp: torch.dtype | None, flips: Any, device_thread: bool | None) -> PatchRunner:
     """``run``'s ensemble, device and memory format computing in ``amp`` (None: fp32), one patch per pass."""
     thread = run.device_thread if device_thread is None else device_thread
-    return PatchRunner(run.models, run.device, flips, amp, channels_last=run.channels_last, batch_size=1, device_thread=thread)
+    return PatchRunner(run.models, run.device, flips, amp, channels_last=run.channels_last, batch_size=1, device_thread=thread,
+                       threads=run.threads)
 
 
 def measure(
@@ -159,14 +159,6 @@ def _verdict_key(job: Any, policy: RunPolicy, run: PatchRunner) -> tuple:
     return (*_check_key(job, policy), describe_device(run.device), run.channels_last, torch.__version__, cudnn)
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity: a batch system's allocation, not the machine's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def measure_job(job: Any, policy: RunPolicy, device_thread: bool | None = None) -> dict[str, Any]:
     """On a worker: :func:`measure` for ``job``'s first frame, through the runner its block tasks use; on a
     CPU on every core the worker may use (nothing else computes before the check), and once per worker for
@@ -182,13 +174,15 @@ def measure_job(job: Any, policy: RunPolicy, device_thread: bool | None = None) 
         return {**kept, "reused": True}
     frame = model_grid_frame(job, job.time_offset)
     threads = torch.get_num_threads()
-    check_threads = max(threads, usable_cores()) if run.device.type == "cpu" else threads
-    if check_threads != threads:
+    check_threads = max(threads, run.threads or 1, usable_cores()) if run.device.type == "cpu" else threads
+    if run.threads is not None:  # the worker's compute lane runs the check's forward passes, as its blocks'
+        run.threads = check_threads
+    elif check_threads != threads:
         torch.set_num_threads(check_threads)
     try:
         record = measure(run, frame, policy, job.options.tta_flips, job.structures, device_thread=device_thread)
     finally:
-        if check_threads != threads:
+        if run.threads is None and check_threads != threads:
             torch.set_num_threads(threads)
     record = {**record, "threads": check_threads, "measured_on": redact(job.input_path), "reused": False}
     with _VERDICTS_LOCK:

@@ -233,8 +233,11 @@ class PatchRunner:
     - ``amp_dtype``: e.g. ``torch.bfloat16`` to run the model under autocast.
     - ``channels_last``: ``torch.channels_last_3d`` activations; default on the CPU (about a quarter
       of the paper U-Net's time saved) and on CUDA under autocast (a fifth), where measured.
-    - ``device_thread``: run the forward passes in the device's one thread (default on accelerators).
+    - ``device_thread``: run the forward passes in the device's one thread (default on accelerators): on
+      a CPU, the process's *compute lane*, one forward at a time on ``threads`` torch threads, while the
+      callers' threads read, z-score, blend and write (a chunked run's CPU workers: ``RunPolicy.compute_lane``).
     - ``batch_size``: patches per forward pass.
+    - ``threads``: torch threads of the device thread's forward passes on a CPU (default: as that thread has them).
     """
 
     def __init__(
@@ -246,6 +249,7 @@ class PatchRunner:
         channels_last: bool | None = None,
         batch_size: int = 4,
         device_thread: bool | None = None,
+        threads: int | None = None,
     ) -> None:
         self.models = list(model) if isinstance(model, (list, tuple)) else [model]
         if not self.models:
@@ -262,6 +266,17 @@ class PatchRunner:
         self.channels_last = default_channels_last(self.device, amp_dtype) if channels_last is None else bool(channels_last)
         # the forward passes in the device's own thread (see _DEVICE_THREADS): default on accelerators
         self.device_thread = self.device.type != "cpu" if device_thread is None else bool(device_thread)
+        self.threads = None if threads is None or self.device.type != "cpu" else max(1, int(threads))
+
+    def _in_device_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the device's one thread (on a CPU with ``threads`` torch threads: torch keeps the
+        count per thread, so the callers' threads keep theirs), its exceptions raised here."""
+        def run() -> Any:
+            if self.threads is not None and torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)
+            return fn(*args)
+
+        return _device_thread(self.device).submit(in_this_scope(run)).result()
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -358,7 +373,7 @@ class PatchRunner:
             with self.session():
                 return self.forward(x).cpu()
 
-        out = _device_thread(self.device).submit(run).result() if self.device_thread else run()
+        out = self._in_device_thread(run) if self.device_thread else run()
         return out.numpy()
 
     def _out_of_memory(self, patch: Sequence[int], batch: int) -> DeviceMemoryError:
@@ -391,7 +406,7 @@ class PatchRunner:
         with stage("staging"):
             x, ready = _stage(data, self.device)
         if self.device_thread:
-            sums, done = _device_thread(self.device).submit(in_this_scope(self._sums), window, x, box, corners, target, ready).result()
+            sums, done = self._in_device_thread(self._sums, window, x, box, corners, target, ready)
         else:
             sums, done = self._sums(window, x, box, corners, target, ready)
         if done is not None:  # this block's copy out, only: the device goes on with the next block meanwhile

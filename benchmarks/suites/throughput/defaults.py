@@ -7,8 +7,8 @@ U-Net (seeded random weights), every method in ``--precision`` (fp32 by default;
 convolutions):
 
 - ``predict``: ``chunked_fnet.predict.predict`` with ``PredictOptions(device="cpu")`` (window, precision
-  and sizing chosen by the run's policy) on a ``--workers`` x 1-thread local cluster, from the OME-Zarr on
-  disk to the OME-Zarr written. Two times: the whole call, and the run's executed part
+  and sizing chosen by the run's policy) on the default local cluster (``ClusterSpec()``: one worker on every
+  usable core; ``--workers N``: N workers sharing them), from the OME-Zarr on disk to the OME-Zarr written. Two times: the whole call, and the run's executed part
   (``RunSummary.seconds``: the tasks and the pyramids; planning, the statistics pass, the precision check
   and creating the output are outside it, a fixed cost per run that a long time-lapse spreads thin);
 - ``monai``: ``harness.peers.monai_sliding_window`` (roi 32x64x64, overlap 0.25, gaussian, sw_batch_size 4);
@@ -16,7 +16,7 @@ convolutions):
   memory layout and precision: the limit no tiling can beat on this machine.
 
 The in-memory peers take the frames one after another (each z-scored on its own, as predict does) on
-``--threads`` torch threads (default: workers x 1, the cores predict's workers use); predict gets them all at
+``--threads`` torch threads (default: every usable core, the cores predict's workers use); predict gets them all at
 once, as a time-lapse. Every method first runs ``--warmup`` untimed rounds (a process's first pass at a shape
 builds oneDNN's kernels and maps its memory; a long run pays that once per worker).
 
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (every method): kernels built, memory mapped")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--workers", type=int, default=2, help="predict's worker processes (1 thread each)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of the in-memory peers (default: --workers)")
+    parser.add_argument("--workers", type=int, default=None, help="predict's local worker processes, the cores shared out between them (default: ClusterSpec's, one on every core)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the in-memory peers (default: every usable core)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="what runs (a ratio needs predict and the other)")
     W.add_data_args(parser)
     args = parser.parse_args(argv)
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from chunked_fnet.cluster import ClusterSpec, local_client
+    from chunked_fnet.device import usable_cores
     from chunked_fnet.model import load_checkpoint
     from chunked_fnet.predict import PredictOptions, predict
 
@@ -66,12 +67,13 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = W.make_checkpoints(data / "models", args.arch, 1)[0]
     frames = [W.load_frame(image, t) for t in range(args.frames)]
     voxels = args.frames * W.prod(args.shape)
-    torch.set_num_threads(args.threads or args.workers)
+    threads = args.threads or usable_cores()
+    torch.set_num_threads(threads)
     executed: list[float] = []
     windows: list[str] = []
     options = PredictOptions(device="cpu", precision=args.precision)
 
-    with local_client(ClusterSpec(n_workers=args.workers, threads_per_worker=1)) as client:
+    with local_client(ClusterSpec(**({"n_workers": args.workers} if args.workers else {}))) as client:
         def run_predict() -> None:
             folder = Path(tempfile.mkdtemp(dir=data))
             try:
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     ], figures={**{f"{k.replace(' ', '_')}_mvox_s": v for k, v in rate.items()},
                 **{k.replace(" / ", "_over_").replace(" ", "_"): v for k, v in ratio.items()}},
        params={"shape": list(args.shape), "frames": args.frames, "arch": args.arch, "precision": args.precision,
-               "workers": args.workers, "threads": args.threads or args.workers, "reps": args.reps, "warmup": args.warmup}))
+               "workers": args.workers, "threads": threads, "reps": args.reps, "warmup": args.warmup}))
 
 
 if __name__ == "__main__":

@@ -125,6 +125,8 @@ def figure(slices: dict[tuple[str, str], dict[str, np.ndarray]], path: Path) -> 
     plt.close(fig)
 
 
+#: The U-Net of configs/train_cpu_example.yaml (depth, width): what ``--model`` departs from.
+DEFAULT_MODEL = (3, 16)
 PLATEAU_SECTION = "Real morphology trained to a plateau (issue 27.3)"
 PLATEAU_COLUMNS = [
     "date", "data (test tile)", "structure", "training", "seeds", "stopped at (iterations)", "test r", "test norm. error",
@@ -192,9 +194,17 @@ def curves_figure(entries: dict[tuple[str, str, int], dict], path: Path) -> None
 
 def _settings(args: argparse.Namespace) -> dict[str, object]:
     """What makes two calls' runs the same experiment (threads and seeds do not: they change speed and sample size)."""
-    return {"config": "configs/train_cpu_example.yaml", "precision": args.precision, "max_iterations": args.max_iterations,
-            "plateau": {"patience": args.patience, "min_delta": args.min_delta, "validate_every": args.validate_every,
-                        "validation_patches": args.validation_patches}}
+    settings: dict[str, object] = {
+        "config": "configs/train_cpu_example.yaml", "precision": args.precision, "max_iterations": args.max_iterations,
+        "plateau": {"patience": args.patience, "min_delta": args.min_delta, "validate_every": args.validate_every,
+                    "validation_patches": args.validation_patches}}
+    if tuple(args.model) != DEFAULT_MODEL:  # only when asked: results stored before the option existed stay the same experiment
+        settings["model"] = {"depth": args.model[0], "width": args.model[1]}
+    return settings
+
+
+def _model_label(args: argparse.Namespace) -> str:
+    return f"depth {args.model[0]} width {args.model[1]}"
 
 
 def _stored_entries(path: Path, settings: dict[str, object]) -> dict[tuple[str, str, int], dict]:
@@ -267,6 +277,7 @@ def plateau_main(args: argparse.Namespace) -> None:
                         "seed": seed, "precision": args.precision, "validate_every": args.validate_every,
                         "validation_patches": args.validation_patches, "checkpoint_every": args.validate_every,
                         "plateau": {"patience": args.patience, "min_delta": args.min_delta},
+                        "model": {"dims": 3, "depth": args.model[0], "width": args.model[1]},
                     },
                 )
                 t0 = time.perf_counter()
@@ -306,7 +317,7 @@ def plateau_main(args: argparse.Namespace) -> None:
             label = "real: cells3d nuclei, simulated bright-field" if data == "real" else "phantom on the same grid"
             R.save_row(SUITE, PLATEAU_SECTION, PLATEAU_COLUMNS, [
                 record["date"], f"{label}; 3 x 3 tiles, val tile {VALIDATION_TILE}, test tile {TEST_TILE}", structure,
-                f"depth 3 width 16, (16, 64, 64), batch 8, {args.precision}; plateau patience {args.patience} x {args.validate_every} it, min_delta {args.min_delta}",
+                f"{_model_label(args)}, (16, 64, 64), batch 8, {args.precision}; plateau patience {args.patience} x {args.validate_every} it, min_delta {args.min_delta}",
                 ", ".join(seeds), stops, spread("test", "pearson_r"), spread("test", "normalized_error"), spread("test", "ssim"),
                 spread("test", "psnr_db"), spread("test", "fsc_resolution_um"), spread("validation", "pearson_r"),
                 f"~{walls:.0f} min (median s/it x iterations)", record["command"], "; ".join(machines) + f" ({record['load']})",
@@ -332,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     plateau.add_argument("--min-delta", type=float, default=0.01, help="relative improvement that counts")
     plateau.add_argument("--validate-every", type=int, default=50)
     plateau.add_argument("--validation-patches", type=int, default=16)
+    plateau.add_argument("--model", type=int, nargs=2, default=list(DEFAULT_MODEL), metavar=("DEPTH", "WIDTH"),
+                         help="U-Net capacity (default: the CPU example config's); the paper's is 4 32")
     plateau.add_argument("--precision", default="fp32", help="training precision (bf16 is emulated, ~30x slower, on CPUs without AVX512-BF16/AMX)")
     plateau.add_argument("--no-train", action="store_true", help="train nothing: report the finished runs here and the stored ones")
     plateau.add_argument("--curves", default=str(ROOT / "docs" / "images" / "real_morphology_curves.png"))
