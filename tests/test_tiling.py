@@ -607,3 +607,26 @@ def test_band_blend_matches_a_single_pass_where_gaussian_does_not() -> None:
     err_band = np.abs(band - single)[inner].max() / scale
     err_gauss = np.abs(gauss - single)[inner].max() / scale
     assert err_band < 5e-3 and err_gauss > 100 * err_band, (err_band, err_gauss)
+
+
+def test_a_whole_frame_patch_blends_each_chunk_by_the_short_path_bit_for_bit() -> None:
+    """One band patch over the whole frame (weight 1): a chunk's blend is its piece, bit for bit what the general
+    path (zero-filled sum, divided by the weight sum) gives, -0.0 included; patches with neighbours take the general path."""
+
+    window = SlidingWindow((8, 32, 32), (8, 32, 32), (0, 0, 0), 4, "band", align=True)
+    assert window.grid.n_patches == 1 and window.unit_weights(window.grid.patches_touching(Box((0, 0, 0), (8, 32, 32)))[0])
+    box = Box((0, 16, 0), (8, 32, 16))
+    values = np.random.default_rng(0).standard_normal((2, *box.shape)).astype(np.float32)
+    values[0, 0, 0, :3] = -0.0
+    piece = WeightedSum(box, values)
+    general = (np.zeros_like(values) + values) / window.weight_sum(box)
+    blended = window.blend_pieces(box, [piece])
+    assert blended.dtype == np.float32 and blended.tobytes() == general.tobytes()
+    assert blended is not values and np.signbit(blended[0, 0, 0, :3]).sum() == 0  # the general path's +0.0
+
+    tiled = SlidingWindow((8, 32, 64), (8, 32, 32), (0, 0, 16), 4, "band", align=True)
+    box = Box((0, 0, 0), (8, 32, 24))
+    corners = tiled.grid.patches_touching(box)
+    assert len(corners) > 1
+    sums = [WeightedSum(box, np.ones((1, *box.shape), np.float32))]
+    np.testing.assert_array_equal(tiled.blend_pieces(box, sums), 1 / tiled.weight_sum(box)[None])
