@@ -217,7 +217,8 @@ def resolve_policy(
     # compute lane), while its other task threads read, z-score, blend and write. Two 1-thread forward passes
     # side by side ran 0.94x one 2-thread pass after the other on a 2-core AMX Xeon (the paper U-Net's
     # 48x384x384 frame in bf16: benchmarks/run.py throughput layout), 0.82x on a 2-core AMD EPYC (a probe of the
-    # same); not yet measured beyond 2 cores. The block tasks' own torch work then takes one thread each. One block (a frame on its own) takes the host's threads itself.
+    # same); not yet measured beyond 2 cores. The block tasks' own torch work then takes one thread each.
+    # One block (a frame on its own) takes the host's threads itself.
     lane = hardware.device == "cpu" and blocks > 1
     threads = 1 if lane else max(1, min(sum(per_host) // max(1, blocks), min(per_host)))
     return RunPolicy(window, precision, reason, batch, threads, _skip_level(options.skip_empty, recorded.get("skip_empty")),
