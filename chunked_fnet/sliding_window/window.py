@@ -265,8 +265,9 @@ class SlidingWindow:
         """The blended prediction over ``box`` from weighted sums whose patch sets partition the patches
         touching it (e.g. the pieces that the owners of neighbouring blocks computed): ``(C, *box.shape)``."""
         pieces = list(pieces)
-        touching = self.grid.patches_touching(box)
-        if len(pieces) == 1 and pieces[0].box == box and len(touching) == 1 and self.unit_weights(touching[0]):
+        whole = len(pieces) == 1 and pieces[0].box == box
+        touching = self.grid.patches_touching(box) if whole else ()  # weight_sum below finds them itself otherwise
+        if whole and len(touching) == 1 and self.unit_weights(touching[0]):
             # one patch of weight 1 covers the box (a whole-frame patch): its sum is the blend, bit for bit the
             # general path's (0 + v, divided by 1) without its zero-filled buffers and passes over the chunk
             return np.add(pieces[0].values, np.float32(0), dtype=np.float32)

@@ -8,7 +8,8 @@ convolutions):
 
 - ``predict``: ``chunked_fnet.predict.predict`` with ``PredictOptions(device="cpu")`` (window, precision
   and sizing chosen by the run's policy) on the default local cluster (``ClusterSpec()``: one worker on every
-  usable core; ``--workers N``: N workers sharing them), from the OME-Zarr on disk to the OME-Zarr written. Two times: the whole call, and the run's executed part
+  usable core; ``--workers N``: N workers sharing them), from the OME-Zarr on disk to the OME-Zarr written.
+  Two times: the whole call, and the run's executed part
   (``RunSummary.seconds``: the tasks and the pyramids; planning, the statistics pass, the precision check
   and creating the output are outside it, a fixed cost per run that a long time-lapse spreads thin);
 - ``monai``: ``harness.peers.monai_sliding_window`` (roi 32x64x64, overlap 0.25, gaussian, sw_batch_size 4);
@@ -16,8 +17,8 @@ convolutions):
   memory layout and precision: the limit no tiling can beat on this machine.
 
 The in-memory peers take the frames one after another (each z-scored on its own, as predict does) on
-``--threads`` torch threads (default: every usable core, the cores predict's workers use); predict gets them all at
-once, as a time-lapse. Every method first runs ``--warmup`` untimed rounds (a process's first pass at a shape
+``--threads`` torch threads (default: every usable core, the cores predict's workers use); predict gets them
+all at once, as a time-lapse. Every method first runs ``--warmup`` untimed rounds (a process's first pass at a shape
 builds oneDNN's kernels and maps its memory; a long run pays that once per worker).
 
 Reported: output voxels per second of each, predict / MONAI and predict / bare (whole call and executed),

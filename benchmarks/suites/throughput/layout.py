@@ -38,8 +38,9 @@ def child(threads: int, frames: int, shape: tuple[int, int, int], precision: str
 
     torch.set_num_threads(threads)
     frame = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    run = P.bare_forward(W.seeded_model(arch), [frame] * frames, precision=precision)
-    P.bare_forward(W.seeded_model(arch), [frame], precision=precision)()  # untimed: oneDNN's kernels built, memory mapped
+    model = W.seeded_model(arch)
+    run = P.bare_forward(model, [frame] * frames, precision=precision)
+    P.bare_forward(model, [frame], precision=precision)()  # untimed: oneDNN's kernels built, memory mapped
     start = time.perf_counter()
     run()
     print(json.dumps({"seconds": time.perf_counter() - start, "frames": frames}), flush=True)
