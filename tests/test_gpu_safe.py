@@ -354,3 +354,28 @@ def test_workers_sharing_one_gpu_each_budget_their_share_and_are_named() -> None
         warnings.simplefilter("error")
         assert gpu_shares(workers, own) == (41 * gib, 3)
     assert gpu_shares(workers, {"tcp://127.0.0.1:1": {"type": "cpu", "memory": 0, "gpu": None}}) == (0, 0)
+
+
+def test_explicit_bf16_where_it_is_emulated_warns_once_and_auto_avoids_it() -> None:
+    """bf16 asked on workers that lack it (a CPU without AMX or AVX512-BF16) runs as asked, with one line
+    saying why it will be slow; native bf16 asked, fp32 asked, or no worker up yet: no warning; ``auto``
+    there computes fp32 and says why."""
+    import warnings
+
+    from chunked_fnet.predict.policy import ModelConstraints, resolve_policy
+
+    def policy(precision: str, **hardware: object):
+        return resolve_policy(PredictOptions(precision=precision), (32, 128, 128), ModelConstraints(), Hardware(**hardware))
+
+    with pytest.warns(RuntimeWarning, match=r"^precision bf16 as asked, though not every cpu worker computes bf16 natively "
+                                            r"\(a CPU needs AMX or AVX512-BF16; .*\); precision fp32 or auto avoids it$") as seen:
+        emulated = policy("bf16", device="cpu", native_bf16=False)
+    assert emulated.precision == "bf16" and emulated.reason == "explicit"
+    assert len(seen) == 1 and "\n" not in str(seen[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert policy("bf16", device="cpu", native_bf16=True).precision == "bf16"
+        assert policy("bf16", device="unknown").precision == "bf16"  # nothing known to warn of
+        assert policy("fp32", device="cpu", native_bf16=False).precision == "fp32"
+        auto = policy("auto", device="cpu", native_bf16=False)
+    assert auto.precision == "fp32" and auto.reason == "auto: not every cpu worker computes bf16 natively"

@@ -61,3 +61,16 @@ def load_note() -> str:
         return f"load {os.getloadavg()[0]:.1f} on {cores()} cores"
     except OSError:
         return "load unknown"
+
+
+def refuse_emulated_bf16(precision: str, device: str = "cpu") -> None:
+    """Stop a CPU benchmark asked for bf16 on a CPU that only emulates it (no AMX or AVX512-BF16), in one
+    line: its figures would say nothing about the product (``auto`` computes fp32 there) and it would run
+    for hours (an emulated bf16 conv3d measured ~350x slower than fp32, ``chunked_fnet.predict.policy``)."""
+    import torch
+
+    from chunked_fnet.device import bf16_is_native
+
+    if precision == "bf16" and torch.device(device).type == "cpu" and not bf16_is_native(torch.device("cpu")):
+        raise SystemExit(f"--precision bf16 refused: this CPU ({cpu_model()}) has no AMX or AVX512-BF16, so bf16 is "
+                         "emulated (hundreds of times slower than fp32); run with --precision fp32 here, or on a bf16-native CPU")

@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="what runs (a ratio needs predict and the other)")
     W.add_data_args(parser)
     args = parser.parse_args(argv)
+    M.refuse_emulated_bf16(args.precision)
 
     import torch
 

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     W.add_data_args(parser)
     args = parser.parse_args(argv)
+    M.refuse_emulated_bf16(args.precision)
 
     from chunked_fnet.cluster import ClusterSpec, local_client
     from chunked_fnet.predict import PredictOptions, predict

@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
+    M.refuse_emulated_bf16(args.precision)
     from chunked_fnet.device import usable_cores
 
     n = args.cores or usable_cores()
