@@ -366,7 +366,8 @@ def _precision(option: str, hardware: Hardware, recorded: Mapping[str, Any] | No
     hazard = _bf16_hazard(hardware)
     if option != "auto":
         if option == "bf16" and not hazard and hardware.device != "unknown" and not hardware.native_bf16:
-            hazard = f"not every {hardware.device} worker computes bf16 natively ({EMULATED_BF16})"
+            why = f" ({EMULATED_BF16})" if hardware.device == "cpu" else ""  # the CPU figure says nothing of a GPU
+            hazard = f"not every {hardware.device} worker computes bf16 natively{why}"
         if option == "bf16" and hazard:
             warnings.warn(one_line(f"precision bf16 as asked, though {hazard}; precision fp32 or auto avoids it"), RuntimeWarning, stacklevel=4)
         return option, "explicit"
