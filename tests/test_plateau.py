@@ -1,5 +1,6 @@
 """Training until the validation loss plateaus: the rule itself, the validation split (manifest and plate)
-that it needs, a run that stops there, and a stopped run that a resume neither retrains nor changes."""
+that it needs, a run that stops there, and a stopped run that a resume neither retrains nor changes; and the
+learning rate lowered on the same validation losses, resumed exactly."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ import yaml
 
 from chunked_fnet.errors import InputError
 from chunked_fnet.evaluate.report import evaluate_run
-from chunked_fnet.model import load_checkpoint
+from chunked_fnet.model import load_checkpoint, load_tensors
 from chunked_fnet.synth.dataset import SynthConfig, generate
 from chunked_fnet.train.data import expand_pairs
 from chunked_fnet.train.manifest import read_manifest, split_pairs, validation_pairs
-from chunked_fnet.train.trainer import PlateauRule, TrainConfig, train
+from chunked_fnet.train.trainer import LearningRateDecay, PlateauRule, TrainConfig, learning_rate_decays, train
 from factories import write_plate
 
 
@@ -183,3 +184,58 @@ def test_a_resumed_run_keeps_the_same_best_model_as_an_uninterrupted_one(dataset
     resumed = train(_config(dataset, part, learning_rate=3e-2, plateau=rule, checkpoint_every=1), resume=True, progress=False)
     assert load_checkpoint(resumed)[1].training.iterations == load_checkpoint(whole)[1].training.iterations
     assert _same(_weights(resumed), _weights(whole))
+
+
+def test_the_decay_rule_lowers_the_rate_after_more_than_patience_validations_without_improvement() -> None:
+    rule = LearningRateDecay(factor=0.5, patience=1, min_delta=0.1)
+    assert rule.decays(1.0, [(i * 10, 1.0 / (i + 1)) for i in range(8)]) == []  # every validation improves by >= 12 %
+    # best 0.5 at 20; 30 (0.48) and 40 (0.46) are not 10 % below it: the second of them lowers the rate
+    assert rule.decays(1.0, [(10, 1.0), (20, 0.5), (30, 0.48), (40, 0.46)]) == [(40, 0.5)]
+    # the count starts again after a decay: two more without improvement lower it again
+    flat = [(i, 1.0) for i in range(1, 8)]
+    assert rule.decays(1.0, flat) == [(3, 0.5), (5, 0.25), (7, 0.125)]
+    assert LearningRateDecay(factor=0.5, patience=1, min_delta=0.1, cooldown=2).decays(1.0, flat) == [(3, 0.5), (7, 0.25)]
+    assert LearningRateDecay(factor=0.5, patience=1, min_learning_rate=0.3).decays(1.0, flat) == [(3, 0.5), (5, 0.3)]
+    with pytest.raises(ValueError, match="factor"):
+        LearningRateDecay(factor=1.0)
+
+
+_DECAY = {"factor": 0.1, "patience": 0, "min_delta": 0.99}  # every validation after the first lowers the rate
+
+
+def test_a_decayed_rate_is_what_trains_after_the_validation_that_lowered_it(dataset: Path, tmp_path: Path) -> None:
+    common = dict(learning_rate=3e-2, plateau=None, iterations=8)
+    constant = tmp_path / "constant"
+    train(_config(dataset, constant, **common), progress=False)
+    decayed = tmp_path / "decayed"
+    ckpt = train(_config(dataset, decayed, learning_rate_decay=_DECAY, **common), progress=False)
+    assert learning_rate_decays(decayed) == [(4, pytest.approx(3e-3)), (6, pytest.approx(3e-4)), (8, pytest.approx(3e-5))]
+    # the same steps through iteration 4 (the decay there acts from 5 on), other ones after
+    assert _losses(decayed)[:5] == _losses(constant)[:5]
+    assert _losses(decayed)[5][1] != _losses(constant)[5][1]
+    record = json.loads((decayed / "learning_rate.json").read_text())
+    assert record["initial"] == 3e-2 and record["now"] == pytest.approx(3e-5) and record["validations"] == 4
+    card = load_checkpoint(ckpt)[1].training
+    assert card.learning_rate == 3e-2 and card.learning_rate_decays == [(4, pytest.approx(3e-3)), (6, pytest.approx(3e-4))]
+    _, saved = load_tensors(decayed / "checkpoints" / "latest" / "optimizer.safetensors")
+    assert json.loads(saved["param_groups"])[0]["lr"] == pytest.approx(3e-5)  # the validation at 8 set it before the save
+    assert not (constant / "learning_rate.json").exists() and load_checkpoint(constant / "dna.ckpt")[1].training.learning_rate_decays == []
+
+
+def test_a_run_resumed_across_its_decays_trains_at_the_rates_an_uninterrupted_one_does(dataset: Path, tmp_path: Path) -> None:
+    common = dict(learning_rate=3e-2, plateau=None, learning_rate_decay=_DECAY)
+    whole = train(_config(dataset, tmp_path / "whole", iterations=10, **common), progress=False)
+    part = tmp_path / "part"
+    train(_config(dataset, part, iterations=5, **common), progress=False)  # stops after the decay at 4
+    resumed = train(_config(dataset, part, iterations=10, **common), resume=True, progress=False)
+    assert _losses(part) == _losses(tmp_path / "whole") and len(_losses(part)) == 10
+    assert learning_rate_decays(part) == learning_rate_decays(tmp_path / "whole")
+    assert _same(_weights(resumed), _weights(whole))
+    with pytest.raises(InputError, match="learning_rate_decay"):
+        train(_config(dataset, part, iterations=12, **{**common, "learning_rate_decay": {**_DECAY, "factor": 0.5}}), resume=True, progress=False)
+
+
+def test_a_decay_rule_without_a_validation_split_is_refused(dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"learning_rate_decay: .* marks no pair 'split: validation' \(the test split must not shape training\)"):
+        train(_config(dataset, tmp_path / "run", manifest=str(dataset / "no_validation.yaml"), plateau=None, learning_rate_decay=_DECAY),
+              progress=False)

@@ -100,7 +100,8 @@ class Provenance(pydantic.BaseModel, extra="forbid"):
     seed: int | None = None
     batch_size: int | None = pydantic.Field(None, ge=1)
     patch_shape: tuple[int, ...] | None = None
-    learning_rate: float | None = pydantic.Field(None, gt=0)
+    learning_rate: float | None = pydantic.Field(None, gt=0)  # the initial one
+    learning_rate_decays: list[tuple[int, float]] = []  # (iteration, new rate) where a learning_rate_decay rule lowered it
     loss: str | None = None
     precision: str | None = None  # what the training steps computed in: fp32, bf16 (autocast), fp16
     versions: dict[str, str] = {}

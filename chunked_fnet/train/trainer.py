@@ -5,7 +5,8 @@ train, validate and test), ``stats.json`` (per-frame z-score statistics), ``trai
 compute: precision, memory layout, optimizer), ``losses.csv`` and ``losses.png``,
 ``checkpoints/latest`` (model + optimiser + iteration, rewritten atomically every
 ``checkpoint_every`` iterations), ``throughput.json`` (iterations per second, time spent waiting for
-data), ``plateau.json`` (where a ``plateau:`` rule stopped the run, if it did) and, at the end, ``<structure>.ckpt`` (the model for inference).
+data), ``plateau.json`` (where a ``plateau:`` rule stopped the run, if it did), ``learning_rate.json`` (where a
+``learning_rate_decay:`` rule lowered the rate) and, at the end, ``<structure>.ckpt`` (the model for inference).
 
 Several structures train in one run (:func:`train_many`; a config with ``structures:``): one U-Net
 each, every batch of bright-field patches read once and fed to all of them, each structure with its
@@ -22,6 +23,13 @@ one of the lowest validation loss (``keep: best``, the default, as Keras's ``res
 as ``checkpoints/best`` whenever a validation beats all before it, and its card's ``iterations`` say where
 it was taken) or the one at the stop (``keep: last``). A validation loss as noisy as the real-nuclei
 tiles' (±20 % from one validation to the next) makes the two differ by more than ``min_delta``.
+
+**Lowering the learning rate where the validation loss stops improving** (``learning_rate_decay: {factor: 0.1,
+patience: 2}``, opt-in; the paper trains at a constant 1e-3): torch's ``ReduceLROnPlateau`` judges every
+validation, and after more than ``patience`` of them without a ``min_delta`` (relative) improvement of the best
+multiplies the rate by ``factor``. The rate is a pure function of the validation losses in ``losses.csv``
+(replayed from the start at every validation), so a resumed run trains at exactly the rates an uninterrupted one
+does; with a ``plateau:`` rule as well, a longer plateau patience gives the lowered rate time to act.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import numpy as np
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
 from chunked_fnet.memory import reuse_freed_memory
@@ -54,7 +63,7 @@ from chunked_fnet.train.state import load_training_state, save_training_state
 from chunked_fnet.train.step import TrainStep, training_precision
 
 __all__ = [
-    "PlateauRule", "StructureTarget", "TrainConfig", "load_train_configs", "load_training_state", "save_training_state", "train", "train_many",
+    "LearningRateDecay", "PlateauRule", "StructureTarget", "TrainConfig", "load_train_configs", "load_training_state", "save_training_state", "train", "train_many",
     "validation_losses",
 ]
 
@@ -75,6 +84,32 @@ class PlateauRule(BaseModel):
             if not recent < before * (1 - self.min_delta):  # improved by less than min_delta (Keras's strict rule)
                 return validations[end - 1][0]
         return None
+
+
+class LearningRateDecay(BaseModel):
+    """Multiply the learning rate by ``factor`` after more than ``patience`` validations without a ``min_delta``
+    (relative) improvement of the best validation loss: the meaning of torch's ``ReduceLROnPlateau``, which decides it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    factor: float = Field(0.1, gt=0, lt=1, description="the rate is multiplied by this at every decay")
+    patience: int = Field(2, ge=0, description="validations without improvement tolerated; the next one lowers the rate")
+    min_delta: float = Field(0.01, ge=0, lt=1, description="relative improvement of the best validation loss that counts")
+    cooldown: int = Field(0, ge=0, description="validations after a decay that are not judged")
+    min_learning_rate: float = Field(0.0, ge=0, description="the rate is never lowered below this")
+
+    def decays(self, learning_rate: float, validations: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+        """``(iteration, new rate)`` of every decay the validations so far call for, replayed from the start:
+        the rate depends on the validation losses only, never on where a run was interrupted."""
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=learning_rate)  # carries the rate only
+        scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=self.factor, patience=self.patience, threshold=self.min_delta,
+                                      threshold_mode="rel", cooldown=self.cooldown, min_lr=self.min_learning_rate)
+        changes = []
+        for iteration, loss in validations:
+            before = optimizer.param_groups[0]["lr"]
+            scheduler.step(loss)
+            if optimizer.param_groups[0]["lr"] != before:
+                changes.append((iteration, float(optimizer.param_groups[0]["lr"])))
+        return changes
 
 
 class TrainConfig(BaseModel):
@@ -101,6 +136,9 @@ class TrainConfig(BaseModel):
     validate_every: int = Field(500, ge=1)
     validation_patches: int = Field(24, ge=0)
     plateau: PlateauRule | None = Field(None, description="stop when the validation loss plateaus (needs a validation split)")
+    learning_rate_decay: LearningRateDecay | None = Field(
+        None, description="lower the learning rate when the validation loss stops improving (needs a validation split); none: constant, the paper's"
+    )
     workers: int = Field(2, ge=0, description="DataLoader worker processes")
     prefetch: int = Field(4, ge=1, description="batches prefetched per worker")
     cache_mb: float = Field(2048, ge=0, description="per-worker cache of preprocessed pairs")
@@ -223,6 +261,11 @@ def prepare_run(run: Path, config: TrainConfig) -> tuple[Path, dict[str, list[Pa
             f"{run}: plateau: stops on the validation loss, and manifest {config.manifest} marks no pair 'split: validation' "
             "(the test split must not decide when training ends); mark one, or train a fixed number of iterations"
         )
+    if config.learning_rate_decay is not None and not split["validation"]:
+        raise InputError(
+            f"{run}: learning_rate_decay: lowers the rate on the validation loss, and manifest {config.manifest} marks no pair "
+            "'split: validation' (the test split must not shape training); mark one, or train at a constant rate"
+        )
     stats = load_stats(run / "stats.json")
     specs = {name: [describe_pair(p, stats) for p in tqdm(split[name], desc=f"image statistics ({name})", leave=False, disable=not sys.stderr.isatty())]
              for name in SPLITS}
@@ -231,7 +274,8 @@ def prepare_run(run: Path, config: TrainConfig) -> tuple[Path, dict[str, list[Pa
 
 
 def model_card(
-    config: TrainConfig, iterations: int, input_channel: str | int, metrics: dict[str, float] | None = None, precision: str | None = None
+    config: TrainConfig, iterations: int, input_channel: str | int, metrics: dict[str, float] | None = None, precision: str | None = None,
+    decays: Sequence[tuple[int, float]] = (),
 ) -> ModelCard:
     from chunked_fnet import __version__
 
@@ -250,6 +294,7 @@ def model_card(
             "batch_size": config.batch_size,
             "patch_shape": list(config.patch_shape),
             "learning_rate": config.learning_rate,
+            "learning_rate_decays": [(i, r) for i, r in decays if i < iterations],  # a decay at `iterations` acts after it
             "loss": "mse",
             "precision": precision,
             "versions": {"chunked_fnet": __version__, "torch": torch.__version__, "numpy": np.__version__},
@@ -281,6 +326,29 @@ def _plateau_stop(run: Path, config: TrainConfig, validations: Sequence[tuple[in
     elif (run / "plateau.json").exists():  # resumed with a rule that has not stopped it (yet): the old record is not true now
         (run / "plateau.json").unlink()
     return at
+
+
+def _apply_learning_rate(run: Path, config: TrainConfig, step: TrainStep, validations: Sequence[tuple[int, float]]) -> None:
+    """Set the optimizer's rate to what ``config.learning_rate_decay`` makes of these validations (recorded in the
+    run's ``learning_rate.json``); without a rule the rate stays the config's."""
+    rule = config.learning_rate_decay
+    if rule is None:
+        return
+    changes = rule.decays(config.learning_rate, validations)
+    rate = changes[-1][1] if changes else config.learning_rate
+    for group in step.optimizer.param_groups:
+        group["lr"] = rate
+    record = {"initial": config.learning_rate, "now": rate, "decays": [{"iteration": i, "learning_rate": r} for i, r in changes],
+              "rule": rule.model_dump(), "validations": len(validations)}
+    write_bytes(run / "learning_rate.json", json.dumps(record, indent=1).encode())
+
+
+def learning_rate_decays(run: Path) -> list[tuple[int, float]]:
+    """Where a run's ``learning_rate_decay`` rule lowered the rate, ``[(iteration, new rate), ...]`` (empty without one)."""
+    path = Path(run) / "learning_rate.json"
+    if not path.exists():
+        return []
+    return [(int(d["iteration"]), float(d["learning_rate"])) for d in json.loads(path.read_text())["decays"]]
 
 
 BEST = Path("checkpoints") / "best"  # the lowest validation loss's model, where a plateau rule keeps the best
@@ -448,6 +516,8 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
         files.append((run / "losses.csv").open("a", newline=""))
         histories.append([(int(r[0]), float(r[2])) for r in rows if r[2]])
     stopped = [_plateau_stop(run, c, h) for run, c, h in zip(runs, configs, histories, strict=True)]
+    for run, c, step, h in zip(runs, configs, steps, histories, strict=True):
+        _apply_learning_rate(run, c, step, h)  # a resumed run continues at the rate its validations so far call for
     for run, at in zip(runs, stopped, strict=True):
         if at is not None:
             print(f"{run}: its validation loss plateaued at iteration {at}; it trains no further", file=sys.stderr)
@@ -471,7 +541,8 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
                     val = f"{loss:.6g}"
                     if _keeps_best(c) and all(float(val) < v for _, v in histories[k]):  # strictly: the first of equals stays
                         (run / BEST).parent.mkdir(exist_ok=True)
-                        save_checkpoint(run / BEST, step.model, model_card(c, iteration, input_channel, precision=precision), overwrite=True)
+                        save_checkpoint(run / BEST, step.model, model_card(c, iteration, input_channel, precision=precision, decays=learning_rate_decays(run)),
+                                        overwrite=True)
                     histories[k].append((iteration, float(val)))
                 writers[k].writerow([iteration, f"{value:.6g}", val])
                 files[k].flush()
@@ -479,8 +550,10 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
                 if val:
                     shown["val" if len(configs) == 1 else f"val_{c.structure}"] = val
                     stopped[k] = _plateau_stop(run, c, histories[k])
+                    _apply_learning_rate(run, c, step, histories[k])
                 if iteration % c.checkpoint_every == 0 or iteration == c.iterations or stopped[k] is not None:
-                    save_training_state(run, step.model, step.optimizer, iteration, model_card(c, iteration, input_channel, precision=precision))
+                    card = model_card(c, iteration, input_channel, precision=precision, decays=learning_rate_decays(run))
+                    save_training_state(run, step.model, step.optimizer, iteration, card)
             timer.stepped()
             bar.update(1)
             bar.set_postfix(**shown)
@@ -499,14 +572,19 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
         kept = _best_model(run, c, history) if _keeps_best(c) else None
         if kept is not None:
             model, trained = kept
-        save_checkpoint(final, model, model_card(c, trained, input_channel, precision=precision), overwrite=True)
-        plot_losses(run / "losses.csv", run / "losses.png", title=f"{c.structure}: training loss", validation_split=validation_split, stopped_at=at)
+        save_checkpoint(final, model, model_card(c, trained, input_channel, precision=precision, decays=learning_rate_decays(run)), overwrite=True)
+        plot_losses(run / "losses.csv", run / "losses.png", title=f"{c.structure}: training loss", validation_split=validation_split, stopped_at=at,
+                    decays=learning_rate_decays(run))
         finals.append(final)
     return finals
 
 
-def plot_losses(csv_path: Path, png_path: Path, title: str = "loss", validation_split: str = "test", stopped_at: int | None = None) -> None:
-    """Loss curves (training loss as a running mean, validation points, where a plateau rule stopped) as a PNG."""
+def plot_losses(
+    csv_path: Path, png_path: Path, title: str = "loss", validation_split: str = "test", stopped_at: int | None = None,
+    decays: Sequence[tuple[int, float]] = (),
+) -> None:
+    """Loss curves (training loss as a running mean, validation points, where a plateau rule stopped, where the
+    learning rate was lowered) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -528,6 +606,9 @@ def plot_losses(csv_path: Path, png_path: Path, title: str = "loss", validation_
         ax.plot(*zip(*val), "o-", color="C3", ms=3, lw=1, label=f"validation ({validation_split} split patches)")
     if stopped_at is not None:
         ax.axvline(stopped_at, color="0.3", ls="--", lw=0.8, label=f"plateau: stopped at {stopped_at}")
+    for n, (at, rate) in enumerate(decays):
+        ax.axvline(at, color="C2", ls=":", lw=0.9, label="learning rate lowered" if n == 0 else None)
+        ax.annotate(f"{rate:.0e}", (at, 1), xycoords=("data", "axes fraction"), xytext=(2, -10), textcoords="offset points", fontsize=6, color="C2")
     ax.set_xlabel("iteration")
     ax.set_ylabel("MSE (z-scored units)")
     ax.set_yscale("log")

@@ -46,7 +46,7 @@ from chunked_fnet.evaluate.report import evaluate_run, summarize, write_report  
 from chunked_fnet.predict import PredictOptions  # noqa: E402
 from chunked_fnet.synth import real  # noqa: E402
 from chunked_fnet.synth.dataset import CHANNEL_COLORS, SynthConfig, generate  # noqa: E402
-from chunked_fnet.train.trainer import TrainConfig, train, validation_losses  # noqa: E402
+from chunked_fnet.train.trainer import TrainConfig, learning_rate_decays, train, validation_losses  # noqa: E402
 
 ROOT = R.ROOT
 SUITE = "training"
@@ -200,11 +200,23 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
                     "validation_patches": args.validation_patches}}
     if tuple(args.model) != DEFAULT_MODEL:  # only when asked: results stored before the option existed stay the same experiment
         settings["model"] = {"depth": args.model[0], "width": args.model[1]}
+    if args.lr_decay:
+        settings["learning_rate_decay"] = _lr_decay(args)
     return settings
 
 
+def _lr_decay(args: argparse.Namespace) -> dict[str, float] | None:
+    """The training config's ``learning_rate_decay`` that ``--lr-decay FACTOR PATIENCE`` asks for (min_delta: the plateau's)."""
+    if not args.lr_decay:
+        return None
+    factor, patience = args.lr_decay
+    return {"factor": float(factor), "patience": int(patience), "min_delta": args.min_delta}
+
+
 def _model_label(args: argparse.Namespace) -> str:
-    return f"depth {args.model[0]} width {args.model[1]}"
+    decay = _lr_decay(args)
+    lr = f", lr x{decay['factor']:g} after {decay['patience']} validations without improvement" if decay else ""
+    return f"depth {args.model[0]} width {args.model[1]}{lr}"
 
 
 def _stored_entries(path: Path, settings: dict[str, object]) -> dict[tuple[str, str, int], dict]:
@@ -245,6 +257,8 @@ def _evaluated_entry(run: Path, structure: str, max_iterations: int, wall: float
         "this_call_wall_s": None if wall is None else round(wall, 1),
         "validation_curve": curve,
     }
+    if (run / "learning_rate.json").exists():
+        entry["learning_rate_decays"] = learning_rate_decays(run)
     for split in ("train", "validation", "test"):
         m = summary[(structure, split)]
         entry[split] = {"n": int(m["n"]), **{k: m[k] for k in METRICS}}
@@ -277,6 +291,7 @@ def plateau_main(args: argparse.Namespace) -> None:
                         "seed": seed, "precision": args.precision, "validate_every": args.validate_every,
                         "validation_patches": args.validation_patches, "checkpoint_every": args.validate_every,
                         "plateau": {"patience": args.patience, "min_delta": args.min_delta},
+                        "learning_rate_decay": _lr_decay(args),
                         "model": {"dims": 3, "depth": args.model[0], "width": args.model[1]},
                     },
                 )
@@ -346,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     plateau.add_argument("--model", type=int, nargs=2, default=list(DEFAULT_MODEL), metavar=("DEPTH", "WIDTH"),
                          help="U-Net capacity (default: the CPU example config's); the paper's is 4 32")
     plateau.add_argument("--precision", default="fp32", help="training precision (bf16 is emulated, ~30x slower, on CPUs without AVX512-BF16/AMX)")
+    plateau.add_argument("--lr-decay", nargs=2, type=float, metavar=("FACTOR", "PATIENCE"),
+                         help="lower the learning rate by FACTOR after more than PATIENCE validations without improvement (default: constant, the paper's)")
     plateau.add_argument("--no-train", action="store_true", help="train nothing: report the finished runs here and the stored ones")
     plateau.add_argument("--curves", default=str(ROOT / "docs" / "images" / "real_morphology_curves.png"))
     args = parser.parse_args(argv)
