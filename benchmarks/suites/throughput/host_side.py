@@ -13,8 +13,10 @@ block task per frame, its chunk tasks blending and writing).
 
 Per stage, the CPU seconds per frame: the run's own record (``profile=True``: ``RunSummary.stages``, each task
 thread's CPU by stage, exclusive of nested stages; ``chunked_fnet.profiling``), and the worker's other threads
-by kind (psutil, by thread name): its task threads outside the tasks (dask's deserialising and bookkeeping),
-zarr's I/O threads (file reads and writes, and the codecs zarr runs there), the event loop (scheduling,
+by kind (psutil, by thread name): its task threads and the device thread (``chunked_fnet-cpu_0``, where the
+forward passes run) outside the stages (dask's deserialising and bookkeeping, the device thread's copies),
+zarr's I/O loop (``zarr_io``), the threads that loop hands its codecs and file reads and writes to
+(``asyncio_N``: zstd decoding the input and encoding the output run there), the event loop (scheduling,
 transfers) and the rest. The client process (the scheduler, and the statistics pass of ``plan``, which reads
 every frame once more) is reported apart. Frames/s is the run's execution (``RunSummary.seconds``). Runs are
 interleaved (1 thread, 2 threads, [old, new], ...), each in a fresh subprocess and cluster after an untimed
@@ -49,8 +51,8 @@ SHAPE = (64, 512, 512)
 GPU_FRAME_S = 0.060
 GPU_THREADS = 8
 #: The run's stages (chunked_fnet.profiling) in pipeline order, then the worker's threads outside the tasks.
-STAGES = ["read", "normalize", "staging", "forward", "blend", "finish", "write", "heap trim", "task"]
-THREADS = ["task threads outside tasks", "zarr I/O threads", "event loop", "other worker threads"]
+STAGES = ["read", "statistics", "normalize", "staging", "forward", "blend", "finish", "write", "heap trim", "task"]
+THREADS = ["task and device threads outside stages", "zarr I/O loop", "zarr codec and file threads", "event loop", "other worker threads"]
 ORDER = [*STAGES, *THREADS]
 
 GAIN_NET = '''"""x * gain + 1e-3 * u: a near-free network whose output is continuous (the host-side benchmark). Imports only torch."""
@@ -70,11 +72,14 @@ class Gain(nn.Module):
 
 
 def thread_kind(name: str) -> str:
-    """What a worker thread is, by its name: a dask task thread, zarr's I/O threads, the event loop, other."""
-    if "Dask-Default-Threads" in name or name.startswith("Dask-Worker-Threads"):
+    """What a worker thread is, by its name: a dask task thread or the device thread (both run the profiled
+    stages), zarr's I/O loop, the executor threads that loop runs codecs and file I/O in, the event loop, other."""
+    if "Dask-Default-Threads" in name or name.startswith("Dask-Worker-Threads") or name.startswith("chunked_fnet-"):
         return "task"
     if name.startswith("zarr_pool") or name == "zarr_io":
         return "zarr"
+    if name.startswith("asyncio_"):  # asyncio's default executor: zarr's asyncio.to_thread (codecs, file reads and writes)
+        return "codec"
     return "main" if name == "MainThread" else "other"
 
 
@@ -202,11 +207,12 @@ def one_run(args: argparse.Namespace) -> dict:
         client_cpu = cpu() - c0
         after = next(iter(client.run(threads_cpu).values()))
     frames = args.frames
-    spent = {k: (after.get(k, 0.0) - before.get(k, 0.0)) / frames for k in ("task", "zarr", "main", "other", "process")}
+    spent = {k: (after.get(k, 0.0) - before.get(k, 0.0)) / frames for k in ("task", "zarr", "codec", "main", "other", "process")}
     stages = {s: (summary.stages or {}).get(s, (0.0, 0.0))[0] / frames for s in STAGES} if profiled else {}
     if profiled:
-        stages["task threads outside tasks"] = max(0.0, spent["task"] - sum(stages.values()))
-        stages["zarr I/O threads"], stages["event loop"], stages["other worker threads"] = spent["zarr"], spent["main"], spent["other"]
+        stages["task and device threads outside stages"] = max(0.0, spent["task"] - sum(stages.values()))
+        stages["zarr I/O loop"], stages["zarr codec and file threads"] = spent["zarr"], spent["codec"]
+        stages["event loop"], stages["other worker threads"] = spent["main"], spent["other"]
     digest = values_digest(f"{out}/out.zarr") if args.digest else None
     shutil.rmtree(out, ignore_errors=True)
     return {
@@ -280,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     nan = float("nan")
     for stage in ORDER:
         print(f"{stage:28s}" + "".join(f"{med(n, t, lambda r: r['stages'].get(stage, nan)):10.3f}" for n in versions for t in args.threads))
-    for label, f in (("client (stats pass, sched.)", lambda r: r["client_cpu"]), ("  of which stats pass", lambda r: r["stats_pass"]),
+    for label, f in (("client (stats pass, sched.)", lambda r: r["client_cpu"]), ("plan() alone, apart from the run", lambda r: r["stats_pass"]),
                      ("host total (no forward)", host_cpu), ("worker process total", lambda r: r["worker_cpu"]),
                      ("frames/s", lambda r: r["fps"])):
         print(f"{label:28s}" + "".join(f"{med(n, t, f):10.3f}" for n in versions for t in args.threads))
