@@ -1,7 +1,7 @@
 """The host side's short cuts (`benchmarks/run.py throughput host-side`) give bit for bit what the plain formulas give:
 z-scoring into one array, integer frames not searched for NaN, an integer frame's statistics without a
 float64 copy, a batch of one patch and an ensemble of
-one model not copied, a patch of weight 1 not multiplied by it. No timings here."""
+one model not copied, a patch of weight 1 not multiplied by it, a whole-target patch's output its own sum. No timings here."""
 
 from __future__ import annotations
 
@@ -90,15 +90,17 @@ def test_integer_frames_are_not_searched_for_nonfinite_voxels_and_float_frames_s
 
 
 class _Recorder(torch.nn.Module):
-    """2x + 1, recording the storage of every input it is given."""
+    """2x + 1, recording every input it is given and every output it returns."""
 
     def __init__(self) -> None:
         super().__init__()
         self.inputs: list[torch.Tensor] = []
+        self.outputs: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.inputs.append(x)
-        return 2 * x + 1
+        self.outputs.append(2 * x + 1)
+        return self.outputs[-1]
 
 
 def test_a_one_model_ensemble_returns_its_output_and_several_are_stacked() -> None:
@@ -124,6 +126,11 @@ def test_a_whole_frame_patch_runs_on_a_view_of_the_input_with_weight_one_and_the
     assert np.array_equal(sums.values.view(np.uint32), expected.view(np.uint32))
     (seen,) = model.inputs
     assert seen.shape == (1, 1, 16, 32, 48) and np.shares_memory(seen.numpy(), vol)  # a view, not a stacked copy
+    # the patch is the whole target: its output is the sum, not added into a zero-filled copy
+    assert np.shares_memory(sums.values, model.outputs[0].numpy())
+    part = Box((0, 0, 0), (16, 32, 24))  # a target smaller than the patch: the sum is its own array, as before
+    cropped = runner.weighted_sums(window, padded_reader(vol), corners, part)
+    assert np.array_equal(cropped.values, expected[:, :, :, :24]) and not np.shares_memory(cropped.values, model.outputs[1].numpy())
 
 
 @pytest.mark.parametrize("blend", ["band", "gaussian"])
