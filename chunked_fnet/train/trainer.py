@@ -334,13 +334,19 @@ def _apply_learning_rate(run: Path, config: TrainConfig, step: TrainStep, valida
     rule = config.learning_rate_decay
     if rule is None:
         return
-    changes = rule.decays(config.learning_rate, validations)
+    changes = _decays(config, validations)
     rate = changes[-1][1] if changes else config.learning_rate
     for group in step.optimizer.param_groups:
         group["lr"] = rate
     record = {"initial": config.learning_rate, "now": rate, "decays": [{"iteration": i, "learning_rate": r} for i, r in changes],
               "rule": rule.model_dump(), "validations": len(validations)}
     write_bytes(run / "learning_rate.json", json.dumps(record, indent=1).encode())
+
+
+def _decays(config: TrainConfig, validations: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The decays ``config``'s rule makes of these validations (none without a rule): derived, never read back."""
+    rule = config.learning_rate_decay
+    return rule.decays(config.learning_rate, validations) if rule is not None else []
 
 
 def learning_rate_decays(run: Path) -> list[tuple[int, float]]:
@@ -541,7 +547,7 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
                     val = f"{loss:.6g}"
                     if _keeps_best(c) and all(float(val) < v for _, v in histories[k]):  # strictly: the first of equals stays
                         (run / BEST).parent.mkdir(exist_ok=True)
-                        save_checkpoint(run / BEST, step.model, model_card(c, iteration, input_channel, precision=precision, decays=learning_rate_decays(run)),
+                        save_checkpoint(run / BEST, step.model, model_card(c, iteration, input_channel, precision=precision, decays=_decays(c, histories[k])),
                                         overwrite=True)
                     histories[k].append((iteration, float(val)))
                 writers[k].writerow([iteration, f"{value:.6g}", val])
@@ -552,7 +558,7 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
                     stopped[k] = _plateau_stop(run, c, histories[k])
                     _apply_learning_rate(run, c, step, histories[k])
                 if iteration % c.checkpoint_every == 0 or iteration == c.iterations or stopped[k] is not None:
-                    card = model_card(c, iteration, input_channel, precision=precision, decays=learning_rate_decays(run))
+                    card = model_card(c, iteration, input_channel, precision=precision, decays=_decays(c, histories[k]))
                     save_training_state(run, step.model, step.optimizer, iteration, card)
             timer.stepped()
             bar.update(1)
@@ -572,9 +578,10 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
         kept = _best_model(run, c, history) if _keeps_best(c) else None
         if kept is not None:
             model, trained = kept
-        save_checkpoint(final, model, model_card(c, trained, input_channel, precision=precision, decays=learning_rate_decays(run)), overwrite=True)
+        decays = _decays(c, history)
+        save_checkpoint(final, model, model_card(c, trained, input_channel, precision=precision, decays=decays), overwrite=True)
         plot_losses(run / "losses.csv", run / "losses.png", title=f"{c.structure}: training loss", validation_split=validation_split, stopped_at=at,
-                    decays=learning_rate_decays(run))
+                    decays=decays)
         finals.append(final)
     return finals
 
