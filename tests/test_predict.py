@@ -180,3 +180,21 @@ def test_a_long_run_is_handed_to_the_scheduler_a_batch_of_frames_at_a_time(setup
         windowed, summary = predict(image, models, tmp_path / "windowed.zarr", options=options, client=client, progress=False)
     assert windows == [[0, 1], [2]] and summary.chunks == summary.total_chunks == 6
     np.testing.assert_array_equal(windowed.values, whole.values)
+
+
+def test_a_time_lapse_finishes_its_frames_in_storage_order(setup, tmp_path: Path) -> None:
+    """dask.order would run the frames of one batch last first; the run hands them over earliest first, so the
+    frames of a time-lapse are finished (their chunks recorded done) in the order they were taken."""
+    from chunked_fnet.predict.ledger import Ledger
+
+    image, models = setup
+    options = PredictOptions(**OPTIONS, chunks=(13, 18, 31), shards="none")  # 2 chunks per frame, 3 frames, one batch
+    with local_client(ClusterSpec(n_workers=1, threads_per_worker=1)) as client:
+        _, summary = predict(image, models, tmp_path / "out.zarr", options=options, client=client, progress=False)
+    assert summary.chunks == 6
+    done = Path(Ledger(str(tmp_path / "out.zarr")).root) / "done"
+    finished: dict[int, int] = {}
+    for record in done.iterdir():
+        t = int(record.name.split("-")[0].removeprefix("t"))
+        finished[t] = max(finished.get(t, 0), record.stat().st_mtime_ns)
+    assert sorted(finished, key=finished.get) == [0, 1, 2], finished

@@ -172,7 +172,17 @@ class FrameBatches:
         # any exception (the scheduler retries an erred task while it has retries left, whatever it raised),
         # a full disk too, and Client.retry cannot retry a chunk whose block erred (it looks for a future
         # of the block, which the client never held). A retry recomputes the chunk's blocks: rare, and cheap.
-        return dict(zip(self.client.compute(chunks, retries=0), tasks, strict=True))
+        # One computation per frame, the earlier frame first (priority -t): dask.order runs the independent
+        # frames of one graph last first, so a live viewer, a progress bar and an interrupted run's output
+        # would see frames finish backwards. Frames share no task, so the split changes nothing else.
+        by_frame: dict[int, list[int]] = {}
+        for i, c in enumerate(tasks):
+            by_frame.setdefault(c.time_index, []).append(i)
+        futures: list[Any] = [None] * len(tasks)
+        for t, members in by_frame.items():
+            for i, future in zip(members, self.client.compute([chunks[i] for i in members], retries=0, priority=-t), strict=True):
+                futures[i] = future
+        return dict(zip(futures, tasks, strict=True))
 
 
 class RunInterruptedError(ChunkedFnetError, RuntimeError):
