@@ -20,7 +20,7 @@ FLAGS = [
     "--blend", "cosine", "--batch-size", "8", "--tta-flips", "--skip-empty", "2.5", "--chunks", "8", "64", "96", "--dtype", "float16",
     "--ngff-version", "0.4", "--levels", "3", "--device", "cpu", "--precision", "bf16", "--pad-mode", "edge",
     "--output-grid", "input", "--nonfinite", "fill", "--missing-chunks", "fill", "--retries", "5", "--stall-timeout", "60",
-    "--shards", "none", "--profile",
+    "--shards", "none", "--compression", "zstd", "--profile",
 ]
 YAML = """
 input_channel: 2
@@ -44,6 +44,7 @@ missing_chunks: fill
 retries: 5
 stall_timeout: 60
 shards: none
+compression: zstd
 profile: true
 """
 

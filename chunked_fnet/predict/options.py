@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from chunked_fnet.io.writer import Compression
+
 
 class PredictOptions(BaseModel):
     """How to tile, blend and store; the defaults suit a CPU laptop and a GPU alike."""
@@ -55,6 +57,11 @@ class PredictOptions(BaseModel):
         "chunks stay one object each and small chunks are sharded (measured: benchmarks/shards.py); none: one object per chunk",
     )
     dtype: Literal["float32", "float16"] = Field("float32", description="dtype the prediction is stored in")
+    compression: Compression = Field(
+        "lz4",
+        description="how the output's chunks are compressed: lz4 (blosc lz4, byte shuffle: on a float prediction several times "
+        "faster to write and to read than zstd, and smaller; every OME-Zarr reader has blosc), zstd (zarr's default) or none",
+    )
     version: Literal["0.4", "0.5"] = Field("0.5", description="OME-NGFF version of the output: 0.5 (zarr v3) or 0.4 (zarr v2)")
     levels: int = Field(1, ge=1, description="pyramid levels written (1: full resolution only)")
     device: str = Field("auto", description="torch device: auto (CUDA when torch sees one, else cpu), cpu, cuda, cuda:N")
@@ -132,3 +139,7 @@ class PredictOptions(BaseModel):
 
 # Options that change how a run is carried out but not a single output value: a resumed run may differ in them.
 RUNTIME_OPTIONS = frozenset({"retries", "stall_timeout", "profile"})
+
+# Options newer than some run records, with the value every output recorded before them was made with: a resume of
+# such an output compares that value (an output from before ``compression`` is zstd, and is resumed with --compression zstd).
+BEFORE_RECORDED = {"compression": "zstd"}

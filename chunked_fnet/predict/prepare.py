@@ -22,6 +22,7 @@ from chunked_fnet.model.summary import model_summary
 from chunked_fnet.predict.job import PredictJob
 from chunked_fnet.config import differences
 from chunked_fnet.predict.ledger import Ledger
+from chunked_fnet.predict.options import BEFORE_RECORDED
 from chunked_fnet.predict.ownership import Claim, already_exists, clear_for_overwrite
 from chunked_fnet.predict.policy import PATCH_MEMORY_FRACTION, Hardware, RunPolicy
 from chunked_fnet.predict.precision_check import check_runs
@@ -133,6 +134,7 @@ def _finished_chunks(job: PredictJob, policy: RunPolicy, recorded: dict[str, Any
             f"cannot resume {redact(job.output_path)}: it holds no run record (.chunked_fnet/run.json), so it was not "
             "started by chunked-fnet predict; choose another --out"
         )
+    recorded = {**recorded, "options": {**BEFORE_RECORDED, **recorded.get("options", {})}}
     diff = differences(*_stats_where_both_have_them(recorded, job.record(policy)))
     if diff:
         raise InputError(
@@ -164,6 +166,7 @@ def create_output(job: PredictJob, policy: RunPolicy, overwrite: bool = False) -
         chunks=(1, 1, *job.options.chunks),
         shards=(1, 1, *job.shards) if job.shards else None,
         dtype=job.options.dtype,
+        compression=job.options.compression,
         scale={"t": job.time_scale, **dict(zip(("z", "y", "x"), job.output_scale, strict=True))},
         translation=dict(zip(("t", "z", "y", "x"), job.origin, strict=True)),
         units={"t": job.time_unit},
