@@ -34,6 +34,7 @@ SUITES: dict[str, dict[str, str]] = {
         "object-store": "suites.storage.object_store",
         "shards": "suites.storage.shards",
         "read-amplification": "suites.storage.read_amplification",
+        "codecs": "suites.storage.codecs",
     },
     "latency": {"follow": "suites.latency.follow_latency"},
     "training": {

@@ -16,7 +16,7 @@ thread's CPU by stage, exclusive of nested stages; ``chunked_fnet.profiling``), 
 by kind (psutil, by thread name): its task threads and the device thread (``chunked_fnet-cpu_0``, where the
 forward passes run) outside the stages (dask's deserialising and bookkeeping, the device thread's copies),
 zarr's I/O loop (``zarr_io``), the threads that loop hands its codecs and file reads and writes to
-(``asyncio_N``: zstd decoding the input and encoding the output run there), the event loop (scheduling,
+(``asyncio_N``: decoding the input (zstd) and encoding the output (blosc lz4) run there), the event loop (scheduling,
 transfers) and the rest. The client process (the scheduler, and the statistics pass of ``plan``, which reads
 every frame once more) is reported apart. Frames/s is the run's execution (``RunSummary.seconds``). Runs are
 interleaved (1 thread, 2 threads, [old, new], ...), each in a fresh subprocess and cluster after an untimed
