@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from chunked_fnet.predict import ensemble
-from chunked_fnet.predict.job import ensemble_runner, predict_block
+from chunked_fnet.predict.job import ensemble_runner, piece_of, predict_block
 from chunked_fnet.predict.options import PredictOptions
 from chunked_fnet.predict.plan import plan
 from chunked_fnet.predict.policy import Hardware
 from chunked_fnet.sliding_window import runner
+from chunked_fnet.sliding_window.window import WeightedSum
 from factories import tiny_checkpoint
 
 OPTIONS = PredictOptions(patch_shape=(8, 16, 16), chunks=(4, 8, 8), overlap=0.25, precision="fp32", device="cpu")
@@ -62,8 +63,8 @@ def blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return job, policy, tasks
 
 
-def _values(pieces) -> list[np.ndarray]:
-    return [p.values for p in pieces]
+def _values(result) -> list[np.ndarray]:
+    return [piece_of(result, i).values for i in range(1 if isinstance(result, WeightedSum) else len(result))]
 
 
 def test_blocks_in_two_threads_leave_the_shared_model_in_eval_mode_and_equal_one_thread(blocks) -> None:

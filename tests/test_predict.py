@@ -198,3 +198,34 @@ def test_a_time_lapse_finishes_its_frames_in_storage_order(setup, tmp_path: Path
         t = int(record.name.split("-")[0].removeprefix("t"))
         finished[t] = max(finished.get(t, 0), record.stat().st_mtime_ns)
     assert sorted(finished, key=finished.get) == [0, 1, 2], finished
+
+
+def test_a_frame_of_one_block_hands_its_chunks_its_sums_without_a_task_per_piece(setup, tmp_path: Path) -> None:
+    """A whole-frame patch makes each frame one block: its task returns its sums as they are and each chunk task
+    takes a view of its part, so dask runs no getitem task per chunk (a frame of several blocks still does, the
+    check can see them); the values are the global sliding window's."""
+    image, models = setup
+    whole = PredictOptions(**{**OPTIONS, "patch_shape": (16, 36, 32)}, chunks=(5, 16, 16), shards="none", time=(0, 2))
+    split = whole.model_copy(update={"patch_shape": (16, 16, 16)})
+    prefixes = {}
+    for name, options in (("whole", whole), ("split", split)):
+        with local_client(ClusterSpec(n_workers=2, threads_per_worker=1)) as client:
+            out, summary = predict(image, models, tmp_path / f"{name}.zarr", options=options, client=client, progress=False)
+            prefixes[name] = set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes)))
+        assert summary.chunks == 2 * 3 * 3 * 2, summary
+        if name == "whole":
+            assert summary.policy.window.patch_shape == (16, 36, 32) and summary.patch_evaluations == 2
+            np.testing.assert_allclose(out.values, _reference(image, models, options), rtol=1e-5, atol=1e-5)
+    assert "getitem" not in prefixes["whole"] and "getitem" in prefixes["split"], prefixes
+
+
+def test_dask_sizes_a_block_s_sums_by_their_bytes_on_the_workers() -> None:
+    """Placement, work stealing, spilling and the dashboard read dask's sizeof: a block's sums must count as their
+    bytes (an unregistered object counts ~56 bytes, and would be moved between workers as if free)."""
+    from chunked_fnet.sliding_window import Box
+    from chunked_fnet.sliding_window.window import WeightedSum
+
+    with local_client(ClusterSpec(n_workers=1, threads_per_worker=1)) as client:
+        future = client.submit(lambda: WeightedSum(Box.of_shape((8, 16, 16)), np.ones((2, 8, 16, 16), np.float32)))
+        future.result()
+        assert client.nbytes(summary=False)[future.key] >= 2 * 8 * 16 * 16 * 4

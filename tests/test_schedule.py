@@ -16,6 +16,9 @@ GEOMETRIES = [
     ((13, 35, 31), (13, 35, 31), (5, 35, 9), (5, 35, 9), (8, 16, 16), None),
     ((20, 40, 45), (20, 40, 45), (3, 7, 50), (3, 7, 50), (8, 16, 16), None),  # blocks thinner than the step: some own nothing
     ((13, 35, 31), (13, 70, 62), (5, 32, 20), (5, 16, 10), (8, 16, 16), (1.0, 0.5, 0.5)),  # output on the input grid
+    ((13, 35, 31), (13, 35, 31), (5, 16, 16), (13, 35, 31), (8, 16, 16), None),  # a frame is one block (a whole-frame patch's)
+    ((13, 35, 31), (13, 70, 62), (5, 32, 20), (16, 40, 40), (8, 16, 16), (1.0, 0.5, 0.5)),  # likewise, on the input grid
+    ((13, 35, 31), (13, 35, 31), (5, 16, 16), (5, 16, 16), (16, 40, 32), None),  # one patch: one block owns it, the rest nothing
 ]
 
 
@@ -47,10 +50,13 @@ def test_each_patch_runs_once_and_each_chunk_gets_exactly_its_patches(geometry) 
         # exactly the owners of the patches touching the window, once each
         assert fed_by == {owner_of[c] for c in grid.patches_touching(task.model_box)}
         assert len(fed_by) == len(task.sources)
-        parts = [plan.blocks[ref.block].pieces[ref.piece] for ref in task.sources]
+        # a frame's only block hands out its whole extent: a chunk takes the part inside its window
+        parts = [plan.blocks[ref.block].pieces[ref.piece].intersect(task.model_box) for ref in task.sources]
         for ref, part in zip(task.sources, parts):
             extent = grid.owned_extent(plan.blocks[ref.block].block)
-            assert task.model_box.contains(part) and extent.contains(part)
+            assert part is not None and extent.contains(part)
+            if len({b.block for b in plan.blocks}) == 1:  # one block owns every patch of a frame
+                assert plan.blocks[ref.block].pieces == (extent,) and ref.piece == 0
         # the parts cover the window: its patches' weighted sums all arrive
         covered = np.zeros(task.model_box.shape, dtype=bool)
         for part in parts:

@@ -338,7 +338,8 @@ def predict_block(
     (:func:`model_grid_frame`), then recorded in the ledger.
 
     Each piece is its own array (copied out), so the block's full sums are freed when the task ends
-    and every consumer receives only its own voxels.
+    and every consumer receives only its own voxels; a frame's only block has one piece, its sums, handed
+    out as they are (see :func:`block_result`).
     """
     job, policy = resolve_run(run)
     _prepare_worker_process(_torch_threads(job, policy), job.options.device)
@@ -364,7 +365,18 @@ def predict_block(
         record.update(patches=len(corners), background=background)
     if record:
         Ledger(job.output_path).mark_block(chunk_key(task.time_index, task.block), record)
-    return pieces
+    return block_result(pieces)
+
+
+def block_result(pieces: tuple[WeightedSum, ...]) -> WeightedSum | tuple[WeightedSum, ...]:
+    """What a block task returns: a lone piece as itself, so its chunk tasks take it whole, without a dask
+    task per chunk to pick it out of a tuple (:func:`piece_of`); several pieces as a tuple, one per chunk."""
+    return pieces[0] if len(pieces) == 1 else pieces
+
+
+def piece_of(result: WeightedSum | tuple[WeightedSum, ...], piece: int) -> WeightedSum:
+    """Piece ``piece`` of a block task's result (:func:`block_result`)."""
+    return result if isinstance(result, WeightedSum) else result[piece]
 
 
 def write_chunk(run: JobRef | tuple[PredictJob, RunPolicy], task: ChunkTask, *pieces: WeightedSum) -> dict[str, float]:
@@ -376,7 +388,10 @@ def write_chunk(run: JobRef | tuple[PredictJob, RunPolicy], task: ChunkTask, *pi
         raise RuntimeError(f"chunk {task.region} expected {len(task.sources)} pieces, got {len(pieces)}")
     with clocked(job.options.profile) as clock:
         with stage("finish"):
-            blended = policy.window.blend_pieces(task.model_box, pieces)
+            # a piece may be more than this chunk's (a frame's only block hands every chunk its whole sums)
+            parts = [p.view(inner) if (inner := p.box.intersect(task.model_box)) is not None else p for p in pieces]
+            blended = policy.window.blend_pieces(task.model_box, parts)
+            del parts
             if job.options.output_grid == "input":
                 blended = back_to_input_grid(blended, task.model_box, job.grid, task.region)
         with stage("write"):
@@ -398,5 +413,5 @@ def run_in_process(job: PredictJob, policy: RunPolicy, skip: Sequence[str] | set
     plan = job.schedule(policy.window, skip)
     pieces = [predict_block((job, policy), block) for block in plan.blocks]
     for chunk in plan.chunks:
-        write_chunk((job, policy), chunk, *(pieces[ref.block][ref.piece] for ref in chunk.sources))
+        write_chunk((job, policy), chunk, *(piece_of(pieces[ref.block], ref.piece) for ref in chunk.sources))
     return len(plan.chunks)

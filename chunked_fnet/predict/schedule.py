@@ -32,7 +32,7 @@ class BlockTask:
 
     time_index: int
     block: Box
-    pieces: tuple[Box, ...]  # model-grid boxes inside the block's owned extent, one per consumer
+    pieces: tuple[Box, ...]  # model-grid boxes inside the block's owned extent, one per consumer (a frame's only block: one, the extent)
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,11 @@ def schedule(
                 out.append((i, max(ext[0], lo), min(ext[1], hi)))
         return out
 
+    # A frame that is one block hands its chunks one piece, its whole sums: each chunk takes its own part as a
+    # view (job.write_chunk), so the block copies nothing out and dask needs no task picking a piece per chunk.
+    # (One block owns every patch: the others, if any, own none and are never planned.)
+    owning = [[ext for ext in row if ext is not None] for row in owned]
+    whole = Box(tuple(o[0][0] for o in owning), tuple(o[0][1] for o in owning)) if all(len(o) == 1 for o in owning) else None
     blocks: list[BlockTask] = []
     chunks: list[ChunkTask] = []
     for ti in range(first_time, first_time + time_points):
@@ -137,6 +142,10 @@ def schedule(
             refs = []
             for z, y, x in ((z, y, x) for z in per_axis[0] for y in per_axis[1] for x in per_axis[2]):
                 key = (z[0], y[0], x[0])
+                if whole is not None:
+                    pieces[key] = [whole]
+                    refs.append((key, 0))
+                    continue
                 pieces.setdefault(key, []).append(Box((z[1], y[1], x[1]), (z[2], y[2], x[2])))
                 refs.append((key, len(pieces[key]) - 1))
             wanted.append((region, model_box, refs))

@@ -155,15 +155,19 @@ class FrameBatches:
             return frame_stats[t]
 
         blocks = {
-            ref.block: dask.delayed(predict_block, pure=False, nout=len(graph.blocks[ref.block].pieces))(
+            ref.block: dask.delayed(predict_block, pure=False, nout=_nout(len(graph.blocks[ref.block].pieces)))(
                 job, graph.blocks[ref.block], *inputs(ref.block), stats=stats(ref.block),
                 dask_key_name=f"cfnet-block-{token}-{chunk_key(graph.blocks[ref.block].time_index, graph.blocks[ref.block].block)}",
             )
             for c in tasks for ref in c.sources
         }
+
+        def piece(ref: Any) -> Any:  # a lone piece is the block's result itself (job.block_result)
+            return blocks[ref.block] if len(graph.blocks[ref.block].pieces) == 1 else blocks[ref.block][ref.piece]
+
         chunks = [
             dask.delayed(write_chunk, pure=False)(
-                job, c, *(blocks[ref.block][ref.piece] for ref in c.sources),
+                job, c, *(piece(ref) for ref in c.sources),
                 dask_key_name=f"cfnet-chunk-{token}-{chunk_key(c.time_index, c.region)}",
             )
             for c in tasks
@@ -183,6 +187,11 @@ class FrameBatches:
             for i, future in zip(members, self.client.compute([chunks[i] for i in members], retries=0, priority=-t), strict=True):
                 futures[i] = future
         return dict(zip(futures, tasks, strict=True))
+
+
+def _nout(pieces: int) -> int | None:
+    """dask's ``nout`` of a block task with ``pieces`` pieces: None for one (its result is the piece)."""
+    return pieces if pieces > 1 else None
 
 
 class RunInterruptedError(ChunkedFnetError, RuntimeError):

@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
+from dask.sizeof import sizeof
 
 from chunked_fnet.errors import InputError
 from chunked_fnet.sliding_window.box import Box
@@ -138,8 +139,21 @@ class WeightedSum:
             raise ValueError(f"values of shape {self.values.shape} do not fit box {self.box} (expected (C, {self.box.shape}))")
 
     def crop(self, box: Box) -> WeightedSum:
-        """The part over ``box`` (inside this one), copied, so the rest can be freed."""
+        """The part over ``box`` (inside this one), copied, so the rest can be freed (all of it: itself)."""
+        if box == self.box:
+            return self
         return WeightedSum(box, self.values[(slice(None), *box.within(self.box))].copy())
+
+    def view(self, box: Box) -> WeightedSum:
+        """The part over ``box`` (inside this one), sharing this one's memory."""
+        return self if box == self.box else WeightedSum(box, self.values[(slice(None), *box.within(self.box))])
+
+
+@sizeof.register(WeightedSum)
+def _sizeof_weighted_sum(piece: WeightedSum) -> int:
+    # dask places tasks near their inputs' bytes, steals, spills and reports memory by sizeof: without this
+    # it would count a frame's sums as 56 bytes (an object's), and move them between workers as if free
+    return int(piece.values.nbytes) + 64
 
 
 @dataclass(frozen=True)
