@@ -154,16 +154,19 @@ class FrameBatches:
                 )
             return frame_stats[t]
 
+        def lone(block: int) -> bool:  # a block task with one piece returns it as itself (job.block_result)
+            return len(graph.blocks[block].pieces) == 1
+
         blocks = {
-            ref.block: dask.delayed(predict_block, pure=False, nout=_nout(len(graph.blocks[ref.block].pieces)))(
+            ref.block: dask.delayed(predict_block, pure=False, nout=None if lone(ref.block) else len(graph.blocks[ref.block].pieces))(
                 job, graph.blocks[ref.block], *inputs(ref.block), stats=stats(ref.block),
                 dask_key_name=f"cfnet-block-{token}-{chunk_key(graph.blocks[ref.block].time_index, graph.blocks[ref.block].block)}",
             )
             for c in tasks for ref in c.sources
         }
 
-        def piece(ref: Any) -> Any:  # a lone piece is the block's result itself (job.block_result)
-            return blocks[ref.block] if len(graph.blocks[ref.block].pieces) == 1 else blocks[ref.block][ref.piece]
+        def piece(ref: Any) -> Any:
+            return blocks[ref.block] if lone(ref.block) else blocks[ref.block][ref.piece]
 
         chunks = [
             dask.delayed(write_chunk, pure=False)(
@@ -187,11 +190,6 @@ class FrameBatches:
             for i, future in zip(members, self.client.compute([chunks[i] for i in members], retries=0, priority=-t), strict=True):
                 futures[i] = future
         return dict(zip(futures, tasks, strict=True))
-
-
-def _nout(pieces: int) -> int | None:
-    """dask's ``nout`` of a block task with ``pieces`` pieces: None for one (its result is the piece)."""
-    return pieces if pieces > 1 else None
 
 
 class RunInterruptedError(ChunkedFnetError, RuntimeError):

@@ -140,9 +140,7 @@ class WeightedSum:
 
     def crop(self, box: Box) -> WeightedSum:
         """The part over ``box`` (inside this one), copied, so the rest can be freed (all of it: itself)."""
-        if box == self.box:
-            return self
-        return WeightedSum(box, self.values[(slice(None), *box.within(self.box))].copy())
+        return self if box == self.box else WeightedSum(box, self.view(box).values.copy())
 
     def view(self, box: Box) -> WeightedSum:
         """The part over ``box`` (inside this one), sharing this one's memory."""
