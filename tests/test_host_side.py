@@ -153,3 +153,25 @@ def test_patches_with_neighbours_are_weighted_as_before(blend: str) -> None:
         out = 2 * read(patch.slices) + 1
         expected[(slice(None), *dst)] += window.weights_for(corner)[src] * out[(slice(None), *src)]
     assert np.array_equal(one_by_one.values, expected) and np.array_equal(batched.values, expected)
+
+
+def test_z_scoring_in_place_gives_the_same_bits_and_leaves_an_array_in_memory_untouched(tmp_path) -> None:
+    """A frame read from a store is z-scored where it lies (no new frame-sized array); the values are those of
+    the copying path bit for bit, and a frame over an array in memory (a Predictor's input) never writes into it."""
+    import zarr
+
+    values = np.random.default_rng(3).normal(500, 80, (12, 20, 24)).astype(np.float32)
+    stats = FrameStats(float(values.mean()), float(values.std()))
+    expected = np.asarray(np.subtract(values, np.float32(stats.mean), dtype=np.float32)) / np.float32(stats.std)
+    copy = values.copy()
+    in_memory = ModelGridFrame(values, ("z", "y", "x"), None, 0, stats, ModelGrid(values.shape, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0)))
+    np.testing.assert_array_equal(in_memory.read((slice(None),) * 3), expected)
+    np.testing.assert_array_equal(values, copy)  # the caller's array is as it was
+    stored = zarr.create_array(tmp_path / "v.zarr", shape=values.shape, chunks=(6, 10, 12), dtype="float32")
+    stored[...] = values
+    from_store = ModelGridFrame(stored, ("z", "y", "x"), None, 0, stats, ModelGrid(values.shape, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0)))
+    np.testing.assert_array_equal(from_store.read((slice(None),) * 3), expected)
+    np.testing.assert_array_equal(stored[...], copy)
+    out = np.array(values)
+    assert stats.apply(out, overwrite=True) is out  # in place: no new array
+    np.testing.assert_array_equal(out, expected)

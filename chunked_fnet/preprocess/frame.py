@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import zarr
 
 from chunked_fnet.errors import InputError
 from chunked_fnet.io.reader import region_reader
@@ -26,8 +27,9 @@ def input_region(grid: ModelGrid, region: Sequence[slice]) -> tuple[slice, ...]:
 class ModelGridFrame:
     """Array-like ``(1, Z, Y, X)`` on the model grid (for :func:`~chunked_fnet.sliding_window.padded_reader`);
     :meth:`read` gives a ``(z, y, x)`` region. NaN/Inf voxels are refused, or with ``nonfinite="fill"``
-    read as the frame's mean. ``reader`` (``(z, y, x)`` slices of the selection -> float32 values) reads
-    instead of the store: a block task's input chunks already read by the run's read tasks."""
+    read as the frame's mean. ``reader`` (``(z, y, x)`` slices of the selection -> float32 values, a new array
+    each call, which :meth:`read` z-scores in place) reads instead of the store: a block task's input chunks
+    already read by the run's read tasks."""
 
     def __init__(
         self, array: Any, dims: Sequence[str], t: int | None, channel: int, stats: FrameStats, grid: ModelGrid,
@@ -36,6 +38,9 @@ class ModelGridFrame:
         self.t, self.stats, self.grid, self.nonfinite = t, stats, grid, nonfinite
         self.shape = (1, *grid.shape)
         self._read = reader or region_reader(array, dims, t, channel, offset)
+        # what a read returns may be z-scored in place when it is the read's own: a given reader's (a new array
+        # each call, by contract) or a zarr array's; never a view of an array in memory (a Predictor's input)
+        self._reads_are_new = reader is not None or isinstance(array, zarr.Array)
         # integer input (a camera's) holds no NaN/Inf: its frames are not searched for them
         self._always_finite = np.issubdtype(np.dtype(getattr(array, "dtype", np.float32)), np.integer)
 
@@ -66,7 +71,8 @@ class ModelGridFrame:
     def read(self, region: Sequence[slice]) -> np.ndarray:
         """The z-scored model-grid voxels of ``region`` (z, y, x)."""
         with stage("normalize"):  # the reads inside are their own stage
-            return self.stats.apply(resample_region(self._read_source, self.grid, tuple(region)))
+            values = resample_region(self._read_source, self.grid, tuple(region))
+            return self.stats.apply(values, overwrite=self._reads_are_new)
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
         return self.read(key[1:])[None]
