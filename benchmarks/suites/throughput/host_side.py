@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, (fps1, fps2, fps8, p, host, gpu_rate) in cells.items():
         stages = "; ".join(f"{s} {med(name, 1, lambda r: r['stages'].get(s, nan)):.3f}" for s in ORDER)
         print(R.save_row(SUITE, SECTION, COLUMNS, [
-            R.today(), f"{args.frames} x {'x'.join(map(str, args.shape))}, 1 model (x*gain+u), defaults, 1 worker", name, stages,
+            R.today(), f"{args.frames} x {'x'.join(map(str, args.shape))}, 1 model (x*gain+u, u drawn once), defaults, 1 worker", name, stages,
             f"{host:.3f}", f"{gpu_rate:.3f} (idle background {med(name, 1, background):.3f} CPU-s/s)", f"{fps1:.2f}", f"{fps2:.2f}", f"{fps8:.2f} frames/s (parallel share {p:.2f} from 2 threads)",
             commit(args.compare if name == "old" else R.ROOT), R.command_line(), M.machine(),
         ], figures={"host_cpu_s_per_frame": host, "host_cpu_s_per_frame_at_gpu_rate": gpu_rate, "fps_1_thread": fps1, "fps_2_threads": fps2, "fps_8_threads_projected": fps8,
