@@ -26,7 +26,9 @@ one-frame warm-up; medians are reported.
 The cluster's idle background (heartbeats, the system monitor, dask's sampling profiler: CPU per second, not
 per frame) is measured for ``IDLE_S`` seconds before each run and reported apart: "host per-frame work" is the
 host CPU less that background over the run's wall time, and "host at 60 ms/frame" adds it back over the GPU's
-frame time, the figure to hold against the 8 threads' 0.48 CPU-s per frame.
+frame time, the figure to hold against the 8 threads' 0.48 CPU-s per frame. The "8-thread projection" (Amdahl from
+the 1- and 2-thread frames/s) includes this CPU's forward, which the device thread runs one frame after another
+(~0.2 s a frame here): it says how the whole run scales on this CPU, not whether a GPU worker's host side keeps up.
 
 ``--compare OLD``: the same runs with ``PYTHONPATH=OLD`` (e.g. ``git worktree add /tmp/hs-before 40c72c6``)
 interleaved with this checkout's, and the outputs' values checked bit-identical between the two (a package
