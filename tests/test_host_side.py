@@ -175,3 +175,22 @@ def test_z_scoring_in_place_gives_the_same_bits_and_leaves_an_array_in_memory_un
     out = np.array(values)
     assert stats.apply(out, overwrite=True) is out  # in place: no new array
     np.testing.assert_array_equal(out, expected)
+
+
+def test_unit_weights_is_decided_without_building_the_patch_sized_weights() -> None:
+    """Whether a patch's weights are all 1 (a whole-frame patch) comes from the 1-D band profiles: the same answer
+    as comparing the 3-D weights, for patches with and without neighbours, but no patch-sized array is built
+    (a 64x512x512 patch's was built and compared in every block task)."""
+    import itertools
+
+    cases = [((16, 32, 48), (16, 32, 48), 0), ((16, 40, 40), (16, 32, 32), (0, 16, 16)), ((20, 30, 40), (8, 16, 16), 0.25),
+             ((16, 32, 48), (16, 32, 32), (0, 0, 16)), ((9, 33, 17), (8, 16, 16), (1, 3, 2))]
+    for frame, patch, overlap in cases:
+        window = SlidingWindow(frame, patch, overlap, multiple=1, blend="band")
+        fresh = SlidingWindow(frame, patch, overlap, multiple=1, blend="band")
+        for corner in itertools.islice(window.grid.corners(), 12):
+            assert window.unit_weights(corner) == bool((window.weights_for(corner) == 1).all()), (frame, patch, overlap, corner)
+            fresh.unit_weights(corner)
+        assert not any(isinstance(v, np.ndarray) for v in fresh._weights_cache.values())  # only the answers are kept
+    whole = SlidingWindow((16, 32, 48), (16, 32, 48), 0, multiple=16, blend="band")
+    assert whole.unit_weights(next(iter(whole.grid.corners())))
