@@ -659,6 +659,10 @@ AFTER_A_STOP = {
 }
 
 
+#: A stopped command's exit codes, as a shell reports a process its signal ended: 128 + the signal's number.
+EXIT_TERMINATED = 128 + signal.SIGTERM
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
 AFTER_A_FOLLOW = "the frames predicted so far are kept: rerun with --follow --resume to go on"
 
 
@@ -668,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     with warnings.catch_warnings():  # the filter a stop sets in _run ends with the command
         code = _run(args, previous)
-        if code in (130, 128 + signal.SIGTERM):
+        if code in (EXIT_TERMINATED, EXIT_INTERRUPTED):
             gc.collect()  # a stopped traceback held in a reference cycle is freed while that filter holds
         return code
 
@@ -684,7 +688,7 @@ def _run(args: argparse.Namespace, previous: Any) -> int:
         # reports it ("coroutine ... was never awaited") when the traceback is freed. The stop abandoned it on
         # purpose and the message below says what is kept, so the report is noise to the user.
         warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
-        how, code = ("stopped by SIGTERM", 128 + signal.SIGTERM) if isinstance(exc, Terminated) else ("interrupted", 130)
+        how, code = ("stopped by SIGTERM", EXIT_TERMINATED) if isinstance(exc, Terminated) else ("interrupted", EXIT_INTERRUPTED)
         after = AFTER_A_FOLLOW if getattr(args, "follow", False) else AFTER_A_STOP.get(args.command)
         hint = f" ({after})" if after else ""
         print(f"chunked-fnet {args.command}: {how}{hint}", file=sys.stderr)

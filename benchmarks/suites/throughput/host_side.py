@@ -6,8 +6,8 @@ Everything but the forward pass is the real code path: ``chunked_fnet.predict.pr
 defaults (``PredictOptions(device="cpu", precision="fp32", profile=True)``) on a real local cluster (one worker
 process, 1 or 2 task threads, 127.0.0.1 only) over a time-lapse of 64x512x512 uint16 frames written by the
 package's own synth (its default chunks 32x256x256 and zstd). The one model is a bioimage.io package whose
-network is ``x * gain + 1e-3 * u`` (``u``: fixed uniform noise, drawn once per shape so that the forward costs
-two passes of the frame as on a GPU, and there so that its output's low mantissa bits are as
+network is ``x * gain + 1e-3 * u`` (``u``: fixed uniform noise, drawn once per shape, so that the forward is a few
+elementwise passes over the frame rather than a fresh random draw, and there so that its output's low mantissa bits are as
 incompressible as a real prediction's, whose zstd cost the quantised ``x * gain`` alone would overstate
 ~4x); its card says width 1, so the auto patch is the whole frame, as the paper U-Net's is on a GPU (one
 block task per frame, its chunk tasks blending and writing).
@@ -75,7 +75,7 @@ class Gain(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.gain = nn.Parameter(torch.ones(1))
-        self._noise: torch.Tensor | None = None  # drawn once per shape: the forward costs two passes, as a GPU's would
+        self._noise: torch.Tensor | None = None  # drawn once per shape: the forward is elementwise passes, not a draw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self._noise
@@ -274,12 +274,12 @@ def host_cpu(run: dict) -> float:
 
 def background(run: dict) -> float:
     """CPU-s per second the idle cluster spends (worker and client processes), measured before the run."""
-    return run.get("idle_worker", 0.0) + run.get("idle_client", 0.0)
+    return run["idle_worker"] + run["idle_client"]
 
 
 def host_work(run: dict) -> float:
     """Host CPU-s per frame that scale with frames: :func:`host_cpu` less the idle background over the run's wall time."""
-    return host_cpu(run) - background(run) * run.get("wall_per_frame", 0.0)
+    return host_cpu(run) - background(run) * run["wall_per_frame"]
 
 
 def at_gpu_rate(run: dict) -> float:
