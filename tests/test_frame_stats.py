@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from distributed import Client, LocalCluster
 
 from chunked_fnet.cluster import ClusterSpec, local_client
 from chunked_fnet.errors import ChunkedFnetError
@@ -77,3 +78,61 @@ def test_a_resume_refuses_a_frame_whose_input_changed_since_the_interrupted_run(
             predict(image, [model], out, options=OPTIONS, client=client, progress=False, resume=True)
     np.testing.assert_array_equal(open_image(out).values, before)  # nothing of the changed input was written
     shutil.rmtree(out)
+
+
+def test_a_resume_keeps_statistics_an_earlier_version_recorded_in_their_last_bits_and_refuses_others(tmp_path: Path) -> None:
+    """An output begun by an earlier version holds statistics whose std differs in its last bits (float64
+    deviations summed by BLAS): a resume z-scores with those, recorded, and does not call the input changed;
+    a std further off, or another mean, is refused."""
+    data = _data()
+    image = _write(tmp_path / "in.zarr", data)
+    model = tiny_checkpoint(tmp_path / "dna.ckpt")
+    out = tmp_path / "out.zarr"
+    frame = out / ".chunked_fnet" / "frames" / "t2"
+    with local_client(ClusterSpec(n_workers=1)) as client:
+        predict(image, [model], out, options=OPTIONS, client=client, progress=False)
+        exact = json.loads(frame.read_text())
+        for off, accepted in ((1e-13, True), (1e-9, False)):
+            for marker in (out / ".chunked_fnet" / "done").glob("t2-*"):  # frame 2 not finished
+                marker.unlink()
+            recorded = {"mean": exact["mean"], "std": exact["std"] * (1 + off)}
+            frame.write_text(json.dumps(recorded))
+            if accepted:
+                predict(image, [model], out, options=OPTIONS, client=client, progress=False, resume=True)
+                assert json.loads(frame.read_text()) == recorded  # kept: every chunk of the frame z-scored with it
+                assert [d for d in _done(out) if d.startswith("t2-")]
+            else:
+                with pytest.raises(ChunkedFnetError, match=r"in\.zarr t=2 changed since this output's run began"):
+                    predict(image, [model], out, options=OPTIONS, client=client, progress=False, resume=True)
+        frame.write_text(json.dumps({"mean": np.nextafter(exact["mean"], np.inf), "std": exact["std"]}))
+        with pytest.raises(ChunkedFnetError, match=r"in\.zarr t=2 changed since this output's run began"):
+            predict(image, [model], out, options=OPTIONS, client=client, progress=False, resume=True)
+
+
+@pytest.mark.parametrize("patch", [(8, 16, 16), (8, 24, 40)], ids=["statistics task", "one block a frame"])
+def test_the_task_that_computes_a_frame_s_statistics_z_scores_with_the_recorded_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patch: tuple[int, int, int],
+) -> None:
+    """record_frame_stats hands back what the ledger holds, and the tasks z-score with it (a frame's
+    statistics task, or its only block task, which computes them): with the recorded std
+    made 1 % larger in-process (the tolerance widened to let it through), the resumed frame's output is the
+    fresh one divided by 1.01 in z-score units, visible in its values."""
+    import chunked_fnet.predict.frame_stats as fs
+
+    data = _data()
+    image = _write(tmp_path / "in.zarr", data)
+    model = tiny_checkpoint(tmp_path / "dna.ckpt")
+    out = tmp_path / "out.zarr"
+    frame = out / ".chunked_fnet" / "frames" / "t0"  # input t=2, written at output t=0
+    options = OPTIONS.model_copy(update={"time": (2, 3), "patch_shape": patch})
+    monkeypatch.setattr(fs, "RECORDED_STD_TOLERANCE", 0.02)  # seen by the tasks: an in-process worker (threads)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        predict(image, [model], out, options=options, client=client, progress=False)
+        fresh = open_image(out).values.copy()
+        exact = json.loads(frame.read_text())
+        for marker in (out / ".chunked_fnet" / "done").glob("t*"):
+            marker.unlink()
+        frame.write_text(json.dumps({"mean": exact["mean"], "std": exact["std"] * 1.01}))
+        predict(image, [model], out, options=options, client=client, progress=False, resume=True)
+    again = open_image(out).values
+    assert not np.allclose(again, fresh, rtol=1e-4, atol=1e-4)  # z-scored with the recorded std, not the recomputed one

@@ -1,17 +1,23 @@
 """The host side's short cuts (`benchmarks/run.py throughput host-side`) give bit for bit what the plain formulas give:
-z-scoring into one array, integer frames not searched for NaN, an integer frame's statistics without a
-float64 copy, a batch of one patch and an ensemble of
+z-scoring into one array, integer frames not searched for NaN, an integer frame's statistics summed in
+integers (exact), a batch of one patch and an ensemble of
 one model not copied, a patch of weight 1 not multiplied by it, a whole-target patch's output its own sum. No timings here."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from fractions import Fraction
+
+import dask.array as da
 import numpy as np
 import pytest
 import torch
 
 import chunked_fnet.preprocess.frame as frame_module
 from chunked_fnet.errors import InputError
-from chunked_fnet.moments import block_moments, moments
+from chunked_fnet.moments import integer_sums, moments
 from chunked_fnet.predict.ensemble import StackedEnsemble
 from chunked_fnet.preprocess.frame import ModelGridFrame
 from chunked_fnet.preprocess.normalize import FrameStats
@@ -39,32 +45,57 @@ def test_zscore_is_bitwise_the_plain_formula_and_leaves_its_input_alone(dtype: s
     assert np.array_equal(stats.apply(view).view(np.uint32), _plain_zscore(view.copy(), stats).view(np.uint32))
 
 
-def _plain_moments(values: np.ndarray) -> np.ndarray:
-    """block_moments of one array as it was for every dtype: a float64 copy, searched for NaN, its mean and
-    centred sum of squares."""
-    x = np.asarray(values, dtype=np.float64).ravel()
-    x = x[np.isfinite(x)]
-    mean = x.mean()
-    dx = x - mean
-    m2 = np.dot(dx, dx)
-    return np.array([x.size, mean, mean, m2, m2, m2])
+def _exact(values: np.ndarray) -> tuple[float, float]:
+    """The correctly rounded mean and centred sum of squares of integer ``values``, in Python integers."""
+    ints = [int(v) for v in values.ravel()]
+    n, s1, s2 = len(ints), sum(ints), sum(v * v for v in ints)
+    return float(Fraction(s1, n)), float(Fraction(n * s2 - s1 * s1, n))
 
 
 @pytest.mark.parametrize(
     "dtype,low,high,shape",
-    [("uint16", 0, 65535, (16, 128, 128)), ("uint16", 90, 4200, (7, 33, 65)), ("uint8", 0, 255, (5, 6, 7)),
-     ("int16", -3000, 3000, (9, 50, 50)), ("int32", -100000, 100000, (4, 64, 64)), ("uint32", 0, 2**32 - 1, (2, 3, 4)),
-     ("int64", -(2**40), 2**40, (3, 40, 40))],  # int64: beyond 2**53 in the worst case, so the float64 path
+    [("uint16", 0, 65535, (16, 64, 64)), ("uint16", 60000, 60012, (7, 33, 65)), ("uint8", 0, 255, (5, 6, 7)),
+     ("int16", -3000, 3000, (9, 50, 50)), ("int8", -128, 127, (3, 4, 5))],
 )
-def test_integer_block_moments_are_bitwise_the_float64_ones(dtype: str, low: int, high: int, shape: tuple[int, ...]) -> None:
+def test_integer_statistics_are_the_exact_ones_whatever_the_chunking(dtype: str, low: int, high: int, shape: tuple[int, ...]) -> None:
+    """A camera's frame: its mean and centred sum of squares are the correctly rounded ones of its voxels
+    (a narrow range over a large mean included, where float64 deviations summed in blocks are off in the last
+    bits), the same for any dask chunking, and the input untouched."""
     values = np.random.default_rng(1).integers(low, high, size=shape, endpoint=True).astype(dtype)
     kept = values.copy()
-    for finite_only in (True, False):
-        assert block_moments(values, finite_only=finite_only).tobytes() == _plain_moments(values).tobytes()
-    assert np.array_equal(values, kept)
-    exact = moments(values, finite_only=True)
-    assert exact.mean_a == float(values.astype(np.float64).mean())
-    assert exact.std_a == pytest.approx(float(values.astype(np.float64).std()), rel=1e-12)
+    mean, m2 = _exact(values)
+    for a in (values, da.from_array(values, chunks=(4, 16, 16)), da.from_array(values, chunks=(3, 7, 64)), da.from_array(values, chunks=1000)):
+        m = moments(a, finite_only=True)
+        assert (m.n, m.mean_a, m.m2_a) == (values.size, mean, m2)
+    assert integer_sums(values) is not None and np.array_equal(values, kept)
+
+
+@pytest.mark.parametrize("dtype,low,high", [("int32", -100000, 100000), ("uint32", 0, 2**32 - 1), ("int64", -(2**40), 2**40)])
+def test_wide_integers_take_the_float64_statistics(dtype: str, low: int, high: int) -> None:
+    """32- and 64-bit integers could overflow int64's sum of squares: they take the float64 path, within
+    float64's rounding of the exact values."""
+    values = np.random.default_rng(2).integers(low, high, size=(4, 30, 30), endpoint=True).astype(dtype)
+    assert integer_sums(values) is None
+    mean, m2 = _exact(values)
+    m = moments(values, finite_only=True)
+    assert m.mean_a == pytest.approx(mean, rel=1e-14) and m.m2_a == pytest.approx(m2, rel=1e-12)
+
+
+def test_float_statistics_do_not_depend_on_blas_threads() -> None:
+    """A float frame's centred sum of squares is summed by numpy, not BLAS: OpenBLAS splits a long dot product
+    over its threads, so the bits changed with OPENBLAS_NUM_THREADS (1 in a dask worker, every core in a client),
+    and a resumed run compares each frame's statistics with those recorded."""
+    script = (
+        "import numpy as np; from chunked_fnet.moments import moments; "
+        "v = np.random.default_rng(3).normal(2000.0, 300.0, size=(32, 256, 256)).astype(np.float32); "
+        "m = moments(v, finite_only=True); print(repr((m.mean_a, m.m2_a)))"
+    )
+    runs = {
+        threads: subprocess.run([sys.executable, "-c", script], env={**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads},
+                                capture_output=True, text=True, check=True).stdout
+        for threads in ("1", "2", "4")
+    }
+    assert len(set(runs.values())) == 1, runs
 
 
 def _frame(values: np.ndarray, nonfinite: str = "fail") -> ModelGridFrame:

@@ -25,16 +25,23 @@ import numpy as np
 
 from chunked_fnet.errors import InputError
 from chunked_fnet.io.reader import ChunkIndex, chunk_box, chunks_under, read_chunk
-from chunked_fnet.moments import block_moments, merge
+from chunked_fnet.moments import block_summary, merge_summaries
 from chunked_fnet.preprocess.normalize import FrameStats, stats_from_moments
 
 if TYPE_CHECKING:
     from chunked_fnet.predict.job import PredictJob
 
 __all__ = [
-    "EPS_TOLERANCE", "frame_chunks", "frame_stats_task", "read_frame", "record_frame_stats", "refuse_flat_frame", "stats_of_chunks",
+    "EPS_TOLERANCE", "RECORDED_STD_TOLERANCE", "frame_chunks", "frame_stats_task", "read_frame", "record_frame_stats", "refuse_flat_frame", "same_input", "stats_of_chunks",
     "zscore_eps",
 ]
+
+#: How far (relative) a frame's std may be from the one recorded by an earlier run of its output, its mean
+#: equal, and still be the same input's: what an earlier version's float64 arithmetic left in the last bits
+#: (its centred squares summed by BLAS, whose bits varied with the thread count: up to 2e-13 measured on
+#: 64x512x512 uint16 frames). An input changed in its sum changes the mean and is always refused; one whose
+#: sum is kept and whose std moved less than this (two voxels moved one count apart) is not.
+RECORDED_STD_TOLERANCE = 1e-11
 
 #: How much a package's z-scoring epsilon may change the z-scores, relative, before a run is refused:
 #: the pipeline divides by the frame's std, a package by std + eps.
@@ -75,15 +82,23 @@ def stats_of_chunks(job: PredictJob, time_index: int, held: Mapping[ChunkIndex, 
     for chunk in frame_chunks(job):
         box = chunk_box(job.input_array, job.input_dims, chunk)
         inside = tuple(slice(max(b.start, o) - b.start, min(b.stop, o + n) - b.start) for b, o, n in zip(box, lo, shape, strict=True))
-        blocks.append(block_moments(held[chunk][inside], finite_only=True))
+        blocks.append(block_summary(held[chunk][inside], finite_only=True))
     where = f"{job.input_path} t={job.times[time_index - job.time_offset]}"
-    stats = stats_from_moments(merge(np.stack(blocks)), int(np.prod(shape)), where, job.options.nonfinite)
+    stats = stats_from_moments(merge_summaries(blocks), int(np.prod(shape)), where, job.options.nonfinite)
     refuse_flat_frame(job.eps, stats, where)
     return stats
 
 
-def record_frame_stats(job: PredictJob, time_index: int, stats: FrameStats) -> None:
-    """Keep a frame's statistics in the run's ledger; refuse when an earlier run of this output recorded others."""
+def same_input(before: Mapping[str, float], now: FrameStats) -> bool:
+    """Whether a frame's recorded statistics ``before`` are those of the input that gave ``now``: the same
+    mean, bit for bit, and a std within :data:`RECORDED_STD_TOLERANCE`."""
+    return before["mean"] == now.mean and abs(before["std"] - now.std) <= RECORDED_STD_TOLERANCE * now.std
+
+
+def record_frame_stats(job: PredictJob, time_index: int, stats: FrameStats) -> FrameStats:
+    """Keep a frame's statistics in the run's ledger; refuse when an earlier run of this output recorded
+    others. Returns the statistics to z-score with: the recorded ones where there are (an earlier version's
+    last bits, :func:`same_input`), so every chunk of the output is computed from the same numbers."""
     from chunked_fnet.predict.ledger import Ledger
 
     ledger = Ledger(job.output_path)
@@ -93,15 +108,16 @@ def record_frame_stats(job: PredictJob, time_index: int, stats: FrameStats) -> N
         recorded = (ledger.read_record() or {}).get("frame_stats") or []
         i = time_index - job.time_offset
         before = recorded[i] if i < len(recorded) else None
-    now = {"mean": stats.mean, "std": stats.std}
-    if before is not None and before != now:
+    if before is not None and not same_input(before, stats):
         raise InputError(
             f"{job.input_path} t={job.times[time_index - job.time_offset]} changed since this output's run began "
             f"(its mean/std were {before['mean']:.9g}/{before['std']:.9g}, now {stats.mean:.9g}/{stats.std:.9g}): "
             "finishing the output would mix two inputs; pass --overwrite to start over"
         )
+    kept = stats if before is None else FrameStats(mean=before["mean"], std=before["std"])
     if new:
-        ledger.mark_frame(time_index, now)
+        ledger.mark_frame(time_index, {"mean": kept.mean, "std": kept.std})
+    return kept
 
 
 def frame_stats_task(run: Any, time_index: int, *chunks: np.ndarray) -> FrameStats:
@@ -111,5 +127,4 @@ def frame_stats_task(run: Any, time_index: int, *chunks: np.ndarray) -> FrameSta
 
     job, _ = resolve_run(run)
     stats = stats_of_chunks(job, time_index, dict(zip(frame_chunks(job), chunks, strict=True)))
-    record_frame_stats(job, time_index, stats)
-    return stats
+    return record_frame_stats(job, time_index, stats)

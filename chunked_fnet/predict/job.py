@@ -350,7 +350,7 @@ def predict_block(
     with clocked(job.options.profile) as clock:
         frame = model_grid_frame(job, task.time_index, chunks, window, task, stats)
         if stats is None and job.stats[task.time_index - job.time_offset] is None:  # this task computed them
-            record_frame_stats(job, task.time_index, frame.stats)
+            frame.stats = record_frame_stats(job, task.time_index, frame.stats)
         try:
             sums, background = sums_with_background(ensemble_runner(job, policy), job.hashes, window, frame, corners, extent, policy.skip_empty)
         except DeviceMemoryError as exc:

@@ -19,6 +19,7 @@ from chunked_fnet.errors import ChunkedFnetError, InputError, one_line
 from chunked_fnet.io.store import redact
 from chunked_fnet.io.writer import create_image, open_for_writing
 from chunked_fnet.model.summary import model_summary
+from chunked_fnet.predict.frame_stats import same_input
 from chunked_fnet.predict.job import PredictJob
 from chunked_fnet.config import differences
 from chunked_fnet.predict.ledger import Ledger
@@ -26,6 +27,7 @@ from chunked_fnet.predict.options import BEFORE_RECORDED
 from chunked_fnet.predict.ownership import Claim, already_exists, clear_for_overwrite
 from chunked_fnet.predict.policy import PATCH_MEMORY_FRACTION, Hardware, RunPolicy
 from chunked_fnet.predict.precision_check import check_runs
+from chunked_fnet.preprocess.normalize import FrameStats
 
 __all__ = ["METHOD", "cluster_hardware", "create_output", "prepare", "provenance"]
 
@@ -147,10 +149,15 @@ def _finished_chunks(job: PredictJob, policy: RunPolicy, recorded: dict[str, Any
 
 def _stats_where_both_have_them(recorded: dict[str, Any], now: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The two records with a frame's statistics compared only where both runs computed them in the client: where
-    either left them to the tasks (None), those compare them with the recorded ones themselves (predict/frame_stats.py)."""
+    either left them to the tasks (None), those compare them with the recorded ones themselves (predict/frame_stats.py).
+    Statistics of the same input (:func:`~chunked_fnet.predict.frame_stats.same_input`: an earlier version's last
+    bits) compare equal; the resumed chunks are z-scored with the recomputed ones, at most 1e-11 apart."""
     old, new = list(recorded.get("frame_stats") or []), list(now.get("frame_stats") or [])
     if len(old) == len(new):
-        both = [(a, b) if a is not None and b is not None else (None, None) for a, b in zip(old, new, strict=True)]
+        both = [
+            (None, None) if a is None or b is None else (a, a) if same_input(a, FrameStats(**b)) else (a, b)
+            for a, b in zip(old, new, strict=True)
+        ]
         recorded = {**recorded, "frame_stats": [a for a, _ in both]}
         now = {**now, "frame_stats": [b for _, b in both]}
     return recorded, now
