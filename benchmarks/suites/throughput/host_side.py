@@ -19,14 +19,20 @@ forward passes run) outside the stages (dask's deserialising and bookkeeping, th
 zarr's I/O loop (``zarr_io``), the threads that loop hands its codecs and file reads and writes to
 (``asyncio_N``: decoding the input (zstd) and encoding the output (blosc lz4) run there), the event loop (scheduling,
 transfers) and the rest. The client process (the scheduler, and the statistics pass of ``plan``, which reads
-every frame once more) is reported apart. Frames/s is the run's execution (``RunSummary.seconds``). Runs are
+every frame once more) is reported apart. Every figure is per frame of a long time-lapse: the measured run of
+``--frames`` less a run of ``SHORT_FRAMES`` in the same cluster, over the frames between, so a run's fixed costs
+(planning, the package's load, the output's creation: ~0.12 CPU-s of the client's alone, which 8 frames would
+count as 0.015 a frame) are reported apart ("fixed per run"). Frames/s is the runs' execution (``RunSummary.seconds``). Runs are
 interleaved (1 thread, 2 threads, [old, new], ...), each in a fresh subprocess and cluster after an untimed
 one-frame warm-up; medians are reported.
 
 The cluster's idle background (heartbeats, the system monitor, dask's sampling profiler: CPU per second, not
 per frame) is measured for ``IDLE_S`` seconds before each run and reported apart: "host per-frame work" is the
 host CPU less that background over the run's wall time, and "host at 60 ms/frame" adds it back over the GPU's
-frame time, the figure to hold against the 8 threads' 0.48 CPU-s per frame. The "8-thread projection" (Amdahl from
+frame time, the figure to hold against the 8 threads' 0.48 CPU-s per frame. "The worker process alone" is the same
+without the client and scheduler (another process; on a cluster, other cores, shared by every GPU worker), and
+its one-thread loops (zarr's I/O loop, the event loop) are shown apart: each must itself fit in the GPU's frame
+time, whatever the number of task threads. The "8-thread projection" (Amdahl from
 the 1- and 2-thread frames/s) includes this CPU's forward, which the device thread runs one frame after another
 (~0.2 s a frame here): it says how the whole run scales on this CPU, not whether a GPU worker's host side keeps up.
 
@@ -189,8 +195,16 @@ def values_digest(path: str) -> str:
     return h.hexdigest()
 
 
+#: Frames of the short run whose costs are taken from the measured run's: what is left is per frame, the run's
+#: fixed costs (planning, loading the package, creating the output, the first frame's head and the last one's
+#: tail) out, as they are spread over thousands of frames in a time-lapse at a GPU's rate.
+SHORT_FRAMES = 2
+
+
 def one_run(args: argparse.Namespace) -> dict:
-    """In this process: one cluster of 1 worker x ``args.one`` threads, a warm-up frame, then the measured run."""
+    """In this process: one cluster of 1 worker x ``args.one`` threads, a warm-up frame, then a run of
+    :data:`SHORT_FRAMES` frames and the measured run of ``args.frames``; each figure per frame is their
+    difference over the frames between (the fixed costs of a run cancel), the totals of the long run kept too."""
     import dask
     import psutil
     from distributed import Client, LocalCluster
@@ -209,37 +223,51 @@ def one_run(args: argparse.Namespace) -> dict:
     start = cpu()
     plan(image, [model], f"{out}/unused.zarr", options)  # the statistics pass alone, in this (the client's) process
     stats_pass = cpu() - start
+    frames, short = args.frames, min(SHORT_FRAMES, args.frames - 1)
     with LocalCluster(n_workers=1, threads_per_worker=args.one, processes=True, host="127.0.0.1", dashboard_address=None,
                       scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client:
+        worker = lambda: next(iter(client.run(threads_cpu).values()))  # noqa: E731
         predict(image, [model], f"{out}/warm.zarr", options=options.model_copy(update={"time": (0, 1)}), client=client, progress=False)
         # What the cluster spends per second doing nothing (heartbeats, the system monitor, dask's sampling
         # profiler): a cost per second, not per frame, which a GPU's 16 frames/s spread 20x thinner than this CPU's.
-        idle_worker, idle_client = next(iter(client.run(threads_cpu).values()))["process"], cpu()
+        idle_worker, idle_client = worker()["process"], cpu()
         time.sleep(IDLE_S)
-        idle_worker = (next(iter(client.run(threads_cpu).values()))["process"] - idle_worker) / IDLE_S
+        idle_worker = (worker()["process"] - idle_worker) / IDLE_S
         idle_client = (cpu() - idle_client) / IDLE_S
-        before = next(iter(client.run(threads_cpu).values()))
-        c0, w0 = cpu(), time.perf_counter()
-        # plan's statistics pass in this process, as with a ClusterSpec (a connected default client would take
-        # it to the worker, mixing a second read of every frame into the worker's time); the run's tasks go to the cluster
-        with dask.config.set(scheduler="threads"):
-            _, summary = predict(image, [model], f"{out}/out.zarr", options=options, client=client, progress=False)
-        client_cpu, wall = cpu() - c0, time.perf_counter() - w0
-        after = next(iter(client.run(threads_cpu).values()))
-    frames = args.frames
-    spent = {k: (after.get(k, 0.0) - before.get(k, 0.0)) / frames for k in ("task", "zarr", "codec", "main", "other", "process")}
-    stages = {s: (summary.stages or {}).get(s, (0.0, 0.0))[0] / frames for s in STAGES} if profiled else {}
+
+        def measured(n: int, name: str) -> dict:
+            before, c0, w0 = worker(), cpu(), time.perf_counter()
+            # plan's statistics pass in this process, as with a ClusterSpec (a connected default client would take
+            # it to the worker, mixing a second read of every frame into the worker's time); the run's tasks go to the cluster
+            with dask.config.set(scheduler="threads"):
+                _, summary = predict(image, [model], f"{out}/{name}.zarr", options=options.model_copy(update={"time": (0, n)}),
+                                     client=client, progress=False)
+            client_cpu, wall, after = cpu() - c0, time.perf_counter() - w0, worker()
+            spent = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in ("task", "zarr", "codec", "main", "other", "process")}
+            stages = {st: (summary.stages or {}).get(st, (0.0, 0.0))[0] for st in STAGES} if profiled else {}
+            forward_wall = (summary.stages or {}).get("forward", (0.0, 0.0))[1] if profiled else 0.0
+            return {"summary": summary, "spent": spent, "stages": stages, "client": client_cpu, "wall": wall, "seconds": summary.seconds,
+                    "forward_wall": forward_wall}
+
+        a, b = measured(short, "short"), measured(frames, "out")
+    per = frames - short
+    spent = {k: (b["spent"][k] - a["spent"][k]) / per for k in b["spent"]}
+    stages = {st: (b["stages"][st] - a["stages"][st]) / per for st in STAGES} if profiled else {}
     if profiled:
         stages["task and device threads outside stages"] = max(0.0, spent["task"] - sum(stages.values()))
         stages["zarr I/O loop"], stages["zarr codec and file threads"] = spent["zarr"], spent["codec"]
         stages["event loop"], stages["other worker threads"] = spent["main"], spent["other"]
+    summary = b["summary"]
     digest = values_digest(f"{out}/out.zarr") if args.digest else None
     shutil.rmtree(out, ignore_errors=True)
+    seconds = b["seconds"] - a["seconds"]
     return {
-        "threads": args.one, "frames": frames, "seconds": summary.seconds, "fps": frames / summary.seconds, "stages": stages,
-        "worker_cpu": spent["process"], "client_cpu": client_cpu / frames, "stats_pass": stats_pass / frames,
-        "wall_per_frame": wall / frames, "idle_worker": idle_worker, "idle_client": idle_client,
-        "forward_wall": (summary.stages or {}).get("forward", (0.0, 0.0))[1] / frames if profiled else None,
+        "threads": args.one, "frames": frames, "short_frames": short, "seconds": seconds, "fps": per / seconds, "stages": stages,
+        "worker_cpu": spent["process"], "client_cpu": (b["client"] - a["client"]) / per, "stats_pass": stats_pass / frames,
+        "wall_per_frame": (b["wall"] - a["wall"]) / per, "idle_worker": idle_worker, "idle_client": idle_client,
+        "fixed": {"worker_cpu": a["spent"]["process"] - short * spent["process"], "client_cpu": a["client"] - short * (b["client"] - a["client"]) / per,
+                  "wall": a["wall"] - short * (b["wall"] - a["wall"]) / per},
+        "forward_wall": (b["forward_wall"] - a["forward_wall"]) / per if profiled else None,
         "window": list(summary.policy.window.patch_shape) if summary.policy else None, "chunks": summary.chunks, "digest": digest,
     }
 
@@ -288,6 +316,18 @@ def at_gpu_rate(run: dict) -> float:
     return host_work(run) + background(run) * GPU_FRAME_S
 
 
+def worker_at_gpu_rate(run: dict) -> float:
+    """:func:`at_gpu_rate` of the worker process alone: what its task threads, loops and codec threads must do per
+    frame. The client and scheduler run in another process (on a cluster, on another node or cores, and shared by
+    every GPU worker of the run)."""
+    forward = run["stages"].get("forward", 0.0)
+    return run["worker_cpu"] - forward - run["idle_worker"] * run["wall_per_frame"] + run["idle_worker"] * GPU_FRAME_S
+
+
+#: The worker's threads that are one thread each: each must itself keep to the GPU's frame time, however many task threads.
+SINGLE_THREADS = ("zarr I/O loop", "event loop")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=8)
@@ -326,7 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     for label, f in (("client (stats pass, sched.)", lambda r: r["client_cpu"]), ("plan() alone, apart from the run", lambda r: r["stats_pass"]),
                      ("host total (no forward)", host_cpu), ("idle background CPU-s/s", background),
                      ("host per-frame work", host_work), (f"host at {GPU_FRAME_S * 1e3:.0f} ms/frame", at_gpu_rate),
+                     (f"worker at {GPU_FRAME_S * 1e3:.0f} ms/frame", worker_at_gpu_rate),
                      ("worker process total", lambda r: r["worker_cpu"]),
+                     ("fixed per run: worker", lambda r: r["fixed"]["worker_cpu"]), ("fixed per run: client", lambda r: r["fixed"]["client_cpu"]),
                      ("frames/s", lambda r: r["fps"])):
         print(f"{label:28s}" + "".join(f"{med(n, t, f):10.3f}" for n in versions for t in args.threads))
     cells = {}
@@ -334,8 +376,9 @@ def main(argv: list[str] | None = None) -> None:
         if 1 in args.threads and 2 in args.threads:
             fps1, fps2 = med(name, 1, lambda r: r["fps"]), med(name, 2, lambda r: r["fps"])
             fps8, p = projection(fps1, fps2)
-            host, gpu_rate = med(name, 1, host_cpu), med(name, 1, at_gpu_rate)
-            cells[name] = (fps1, fps2, fps8, p, host, gpu_rate)
+            host, gpu_rate, worker_rate = med(name, 1, host_cpu), med(name, 1, at_gpu_rate), med(name, 1, worker_at_gpu_rate)
+            loops = "; ".join(f"{t} {med(name, 1, lambda r: r['stages'].get(t, nan)):.3f}" for t in SINGLE_THREADS)
+            cells[name] = (fps1, fps2, fps8, p, host, gpu_rate, worker_rate, loops)
             print(f"{name}: 2-thread speed-up {fps2 / fps1:.2f} -> parallel share {p:.2f}; projected {GPU_THREADS} threads: "
                   f"{fps8:.2f} frames/s = {1 / fps8 * 1e3:.0f} ms per frame against the GPU's {GPU_FRAME_S * 1e3:.0f} ms "
                   f"(host CPU {host:.3f} s/frame here, {gpu_rate:.3f} at the GPU's rate, against {GPU_THREADS * GPU_FRAME_S:.2f} s on "
@@ -344,13 +387,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"outputs bit-identical between old and new: {len(set(digests.values())) == 1} ({digests})")
     if args.no_save or not cells:
         return
-    for name, (fps1, fps2, fps8, p, host, gpu_rate) in cells.items():
+    for name, (fps1, fps2, fps8, p, host, gpu_rate, worker_rate, loops) in cells.items():
         stages = "; ".join(f"{s} {med(name, 1, lambda r: r['stages'].get(s, nan)):.3f}" for s in ORDER)
         print(R.save_row(SUITE, SECTION, COLUMNS, [
-            R.today(), f"{args.frames} x {'x'.join(map(str, args.shape))}, 1 model (x*gain+u, u drawn once), defaults, 1 worker", name, stages,
-            f"{host:.3f}", f"{gpu_rate:.3f} (idle background {med(name, 1, background):.3f} CPU-s/s)", f"{fps1:.2f}", f"{fps2:.2f}", f"{fps8:.2f} frames/s (parallel share {p:.2f} from 2 threads)",
+            R.today(), f"{args.frames} x {'x'.join(map(str, args.shape))}, 1 model (x*gain+u, u drawn once), defaults, 1 worker; "
+            f"per frame: the run less a {SHORT_FRAMES}-frame run's", name, stages,
+            f"{host:.3f}", f"{gpu_rate:.3f} (idle background {med(name, 1, background):.3f} CPU-s/s); the worker process alone {worker_rate:.3f}; "
+            f"its one-thread loops (each against {GPU_FRAME_S:.3f}): {loops}", f"{fps1:.2f}", f"{fps2:.2f}", f"{fps8:.2f} frames/s (parallel share {p:.2f} from 2 threads)",
             commit(args.compare if name == "old" else R.ROOT), R.command_line(), M.machine(),
-        ], figures={"host_cpu_s_per_frame": host, "host_cpu_s_per_frame_at_gpu_rate": gpu_rate, "fps_1_thread": fps1, "fps_2_threads": fps2, "fps_8_threads_projected": fps8,
+        ], figures={"host_cpu_s_per_frame": host, "host_cpu_s_per_frame_at_gpu_rate": gpu_rate, "worker_cpu_s_per_frame_at_gpu_rate": worker_rate, "fps_1_thread": fps1, "fps_2_threads": fps2, "fps_8_threads_projected": fps8,
                     **{f"stage_{s.replace(' ', '_')}_cpu_s": med(name, 1, lambda r: r["stages"].get(s, nan)) for s in ORDER}},
            params={"frames": args.frames, "shape": list(args.shape), "threads": args.threads, "reps": args.reps, "version": name}))
 
