@@ -31,8 +31,8 @@ per frame) is measured for ``IDLE_S`` seconds before each run and reported apart
 host CPU less that background over the run's wall time, and "host at 60 ms/frame" adds it back over the GPU's
 frame time, the figure to hold against the 8 threads' 0.48 CPU-s per frame. "The worker process alone" is the same
 without the client and scheduler (another process; on a cluster, other cores, shared by every GPU worker), and
-its one-thread loops (zarr's I/O loop, the event loop) are shown apart: each must itself fit in the GPU's frame
-time, whatever the number of task threads. The "8-thread projection" (Amdahl from
+its one-thread loops (zarr's I/O loop, the event loop) are shown apart, each with its own idle CPU per second
+treated as the process's is: each must itself fit in the GPU's frame time, whatever the number of task threads. The "8-thread projection" (Amdahl from
 the 1- and 2-thread frames/s) includes this CPU's forward, which the device thread runs one frame after another
 (~0.2 s a frame here): it says how the whole run scales on this CPU, not whether a GPU worker's host side keeps up.
 
@@ -70,6 +70,8 @@ IDLE_S = 4.0
 #: The run's stages (chunked_fnet.profiling) in pipeline order, then the worker's threads outside the tasks.
 STAGES = ["read", "statistics", "normalize", "staging", "forward", "blend", "finish", "write", "heap trim", "task"]
 THREADS = ["task and device threads outside stages", "zarr I/O loop", "zarr codec and file threads", "event loop", "other worker threads"]
+#: :func:`threads_cpu`'s kinds as the rows they are reported in.
+THREAD_ROWS = {"zarr": "zarr I/O loop", "codec": "zarr codec and file threads", "main": "event loop", "other": "other worker threads"}
 ORDER = [*STAGES, *THREADS]
 
 GAIN_NET = '''"""x * gain + 1e-3 * u: a near-free network whose output is continuous (the host-side benchmark). Imports only torch."""
@@ -230,9 +232,11 @@ def one_run(args: argparse.Namespace) -> dict:
         predict(image, [model], f"{out}/warm.zarr", options=options.model_copy(update={"time": (0, 1)}), client=client, progress=False)
         # What the cluster spends per second doing nothing (heartbeats, the system monitor, dask's sampling
         # profiler): a cost per second, not per frame, which a GPU's 16 frames/s spread 20x thinner than this CPU's.
-        idle_worker, idle_client = worker()["process"], cpu()
+        idle_before, idle_client = worker(), cpu()
         time.sleep(IDLE_S)
-        idle_worker = (worker()["process"] - idle_worker) / IDLE_S
+        idle_after = worker()
+        idle_kinds = {k: (idle_after.get(k, 0.0) - idle_before.get(k, 0.0)) / IDLE_S for k in idle_after}
+        idle_worker = idle_kinds["process"]
         idle_client = (cpu() - idle_client) / IDLE_S
 
         def measured(n: int, name: str) -> dict:
@@ -265,6 +269,7 @@ def one_run(args: argparse.Namespace) -> dict:
         "threads": args.one, "frames": frames, "short_frames": short, "seconds": seconds, "fps": per / seconds, "stages": stages,
         "worker_cpu": spent["process"], "client_cpu": (b["client"] - a["client"]) / per, "stats_pass": stats_pass / frames,
         "wall_per_frame": (b["wall"] - a["wall"]) / per, "idle_worker": idle_worker, "idle_client": idle_client,
+        "idle_threads": {THREAD_ROWS[k]: v for k, v in idle_kinds.items() if k in THREAD_ROWS},
         "fixed": {"worker_cpu": a["spent"]["process"] - short * spent["process"], "client_cpu": a["client"] - short * (b["client"] - a["client"]) / per,
                   "wall": a["wall"] - short * (b["wall"] - a["wall"]) / per},
         "forward_wall": (b["forward_wall"] - a["forward_wall"]) / per if profiled else None,
@@ -328,6 +333,13 @@ def worker_at_gpu_rate(run: dict) -> float:
 SINGLE_THREADS = ("zarr I/O loop", "event loop")
 
 
+def loop_at_gpu_rate(run: dict, row: str) -> float:
+    """One of :data:`SINGLE_THREADS`' CPU-s per frame at the GPU's rate: its per-frame work (its own idle CPU per
+    second, measured before the run, taken off over this CPU's frame time) and that idle CPU over the GPU's."""
+    idle = run.get("idle_threads", {}).get(row, 0.0)
+    return run["stages"].get(row, float("nan")) - idle * run["wall_per_frame"] + idle * GPU_FRAME_S
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=8)
@@ -368,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
                      ("host per-frame work", host_work), (f"host at {GPU_FRAME_S * 1e3:.0f} ms/frame", at_gpu_rate),
                      (f"worker at {GPU_FRAME_S * 1e3:.0f} ms/frame", worker_at_gpu_rate),
                      ("worker process total", lambda r: r["worker_cpu"]),
+                     *((f"{t} at {GPU_FRAME_S * 1e3:.0f} ms/frame", lambda r, t=t: loop_at_gpu_rate(r, t)) for t in SINGLE_THREADS),
                      ("fixed per run: worker", lambda r: r["fixed"]["worker_cpu"]), ("fixed per run: client", lambda r: r["fixed"]["client_cpu"]),
                      ("frames/s", lambda r: r["fps"])):
         print(f"{label:28s}" + "".join(f"{med(n, t, f):10.3f}" for n in versions for t in args.threads))
@@ -377,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
             fps1, fps2 = med(name, 1, lambda r: r["fps"]), med(name, 2, lambda r: r["fps"])
             fps8, p = projection(fps1, fps2)
             host, gpu_rate, worker_rate = med(name, 1, host_cpu), med(name, 1, at_gpu_rate), med(name, 1, worker_at_gpu_rate)
-            loops = "; ".join(f"{t} {med(name, 1, lambda r: r['stages'].get(t, nan)):.3f}" for t in SINGLE_THREADS)
+            loops = "; ".join(f"{t} {med(name, 1, lambda r: loop_at_gpu_rate(r, t)):.3f}" for t in SINGLE_THREADS)
             cells[name] = (fps1, fps2, fps8, p, host, gpu_rate, worker_rate, loops)
             print(f"{name}: 2-thread speed-up {fps2 / fps1:.2f} -> parallel share {p:.2f}; projected {GPU_THREADS} threads: "
                   f"{fps8:.2f} frames/s = {1 / fps8 * 1e3:.0f} ms per frame against the GPU's {GPU_FRAME_S * 1e3:.0f} ms "
