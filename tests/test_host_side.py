@@ -225,3 +225,39 @@ def test_unit_weights_is_decided_without_building_the_patch_sized_weights() -> N
         assert not any(isinstance(v, np.ndarray) for v in fresh._weights_cache.values())  # only the answers are kept
     whole = SlidingWindow((16, 32, 48), (16, 32, 48), 0, multiple=16, blend="band")
     assert whole.unit_weights(next(iter(whole.grid.corners())))
+
+
+def test_a_run_opens_its_output_once_per_process_and_again_only_once_grown(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunk tasks write through the output level the worker's job opened once for the run, not a group
+    and array opened again for every chunk (~3 ms of metadata each, mostly in zarr's one I/O loop thread);
+    a followed time-lapse's output grown past the opened array is opened again."""
+    from distributed import Client, LocalCluster
+
+    import chunked_fnet.predict.job as job_module
+    from chunked_fnet.io.reader import open_image
+    from chunked_fnet.io.writer import create_image, grow_time_axis, open_for_writing, write_region
+    from chunked_fnet.predict import PredictOptions, predict
+    from chunked_fnet.predict.plan import plan
+    from factories import tiny_checkpoint
+
+    data = np.random.default_rng(0).integers(100, 4000, (3, 1, 8, 24, 40), dtype=np.uint16)
+    image = tmp_path / "in.zarr"
+    create_image(image, shape=data.shape, dims=("t", "c", "z", "y", "x"), chunks=(1, 1, 8, 16, 16), dtype=data.dtype,
+                 scale={"z": 0.4, "y": 0.4, "x": 0.4}, channel_names=["brightfield"])
+    write_region(open_for_writing(image), tuple(slice(None) for _ in data.shape), data)
+    model = tiny_checkpoint(tmp_path / "dna.ckpt")
+    options = PredictOptions(patch_shape=(8, 16, 16), overlap=0.25, chunks=(8, 16, 16), shards="none", precision="fp32", device="cpu")
+    opened = []
+    real = job_module.level_for_writing
+    monkeypatch.setattr(job_module, "level_for_writing", lambda *a, **k: opened.append(a) or real(*a, **k))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        out, summary = predict(image, [model], tmp_path / "out.zarr", options=options, client=client, progress=False)
+    assert summary.chunks == 3 * 2 * 3 and len(opened) == 1  # 18 chunk tasks, one opening
+    assert np.isfinite(out.values).all()
+
+    job = plan(image, [model], tmp_path / "out.zarr", options)
+    opened.clear()
+    assert job.output_level(3).shape[0] == 3 and job.output_level(1) is job.output_level(3) and len(opened) == 1
+    grow_time_axis(tmp_path / "out.zarr", 5)
+    assert job.output_level(5).shape[0] == 5 and len(opened) == 2
+    assert np.array_equal(open_image(tmp_path / "out.zarr").values[:3], out.values)

@@ -321,14 +321,20 @@ def check_chunk_aligned(region: Sequence[slice], shape: Sequence[int], chunks: S
             )
 
 
-def write_region(group: zarr.Group, region: Sequence[slice], data: np.ndarray, level: int = 0) -> None:
-    """Write ``data`` into a chunk-aligned ``region`` (a slice per axis) of one pyramid level."""
-    arr = _level_array(group, level)
+def level_for_writing(store: str | Path, level: int = 0, storage_options: Mapping[str, Any] | None = None) -> zarr.Array:
+    """One pyramid level of an image created by :func:`create_image`, opened to write its chunks."""
+    return _level_array(open_for_writing(store, storage_options), level)
+
+
+def write_region(target: zarr.Group | zarr.Array, region: Sequence[slice], data: np.ndarray, level: int = 0) -> None:
+    """Write ``data`` into a chunk-aligned ``region`` (a slice per axis) of one pyramid level: ``target``'s
+    ``level`` for an image's group, or ``target`` itself for a level already open (:func:`level_for_writing`)."""
+    arr = target if isinstance(target, zarr.Array) else _level_array(target, level)
     region = tuple(region)
-    check_chunk_aligned(region, arr.shape, write_grid(arr), describe(group.store))
+    check_chunk_aligned(region, arr.shape, write_grid(arr), describe(arr.store))
     expected = tuple(sl.indices(n)[1] - sl.indices(n)[0] for sl, n in zip(region, arr.shape, strict=True))
     if tuple(data.shape) != expected:
-        raise OmeZarrError(f"{describe(group.store)}: data of shape {data.shape} for a region of shape {expected}")
+        raise OmeZarrError(f"{describe(arr.store)}: data of shape {data.shape} for a region of shape {expected}")
     # zarr's default (write_empty_chunks False) compares every chunk with the fill value before storing it,
     # to leave an all-fill chunk out: a full pass over the data in zarr's one I/O thread, 60 % of that thread's
     # CPU on a prediction, which is never all fill. Storing such a chunk anyway costs a few compressed bytes

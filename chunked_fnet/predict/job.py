@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import zarr
 
 from chunked_fnet.memory import allocator_set_by_user, bound_heap_growth, trim_heap
 from chunked_fnet.device import autocast_dtype, device_memory, resolve_device, stack_line
 from chunked_fnet.errors import DeviceMemoryError, one_line
 from chunked_fnet.io.reader import ChunkIndex, chunks_reader, chunks_under, open_level_array, read_chunk
-from chunked_fnet.io.writer import open_for_writing, write_region
+from chunked_fnet.io.writer import level_for_writing, write_region
 from chunked_fnet.predict.background import sums_with_background
 from chunked_fnet.predict.ensemble import cached_ensemble
 from chunked_fnet.predict.policy import Hardware, ModelConstraints, RunPolicy, patch_that_fits, resolve_policy
@@ -130,9 +131,20 @@ class PredictJob:
         workers hold for a run's duration keeps it (left out when pickled), and :func:`plan` hands over its own."""
         return open_level_array(self.input_path, level=self.input_level, series=self.series)[0]
 
+    def output_level(self, time_stop: int) -> zarr.Array:
+        """The output's full-resolution array, to write chunks into up to output time ``time_stop``: opened
+        once per process for the run, as :attr:`input_array` is (each chunk task opening it read and parsed
+        the group's and the array's metadata again, ~3 ms, most of it in zarr's one I/O loop thread, which
+        a GPU's frame rate keeps busy); opened again when a followed time-lapse has grown past it."""
+        arr = self.__dict__.get("_output_level")
+        if arr is None or arr.shape[0] < time_stop:
+            arr = self.__dict__["_output_level"] = level_for_writing(self.output_path)
+        return arr
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.pop("input_array", None)  # an open store: each process opens its own
+        for opened in ("input_array", "_output_level"):  # open stores: each process opens its own
+            state.pop(opened, None)
         return state
 
     def resolve_policy(self, hardware: Hardware, recorded: dict[str, Any] | None = None) -> RunPolicy:
@@ -395,7 +407,7 @@ def write_chunk(run: JobRef | tuple[PredictJob, RunPolicy], task: ChunkTask, *pi
             if job.options.output_grid == "input":
                 blended = back_to_input_grid(blended, task.model_box, job.grid, task.region)
         with stage("write"):
-            out = open_for_writing(job.output_path)
+            out = job.output_level(task.time_index + 1)
             write_region(out, (slice(task.time_index, task.time_index + 1), slice(None), *task.region.slices), blended[None])
         del blended
         with stage("heap trim"):
