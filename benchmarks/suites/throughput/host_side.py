@@ -265,13 +265,15 @@ def one_run(args: argparse.Namespace) -> dict:
     digest = values_digest(f"{out}/out.zarr") if args.digest else None
     shutil.rmtree(out, ignore_errors=True)
     seconds = b["seconds"] - a["seconds"]
+    client_cpu, wall = (b["client"] - a["client"]) / per, (b["wall"] - a["wall"]) / per
     return {
         "threads": args.one, "frames": frames, "short_frames": short, "seconds": seconds, "fps": per / seconds, "stages": stages,
-        "worker_cpu": spent["process"], "client_cpu": (b["client"] - a["client"]) / per, "stats_pass": stats_pass / frames,
-        "wall_per_frame": (b["wall"] - a["wall"]) / per, "idle_worker": idle_worker, "idle_client": idle_client,
+        "worker_cpu": spent["process"], "client_cpu": client_cpu, "stats_pass": stats_pass / frames,
+        "wall_per_frame": wall, "idle_worker": idle_worker, "idle_client": idle_client,
         "idle_threads": {THREAD_ROWS[k]: v for k, v in idle_kinds.items() if k in THREAD_ROWS},
-        "fixed": {"worker_cpu": a["spent"]["process"] - short * spent["process"], "client_cpu": a["client"] - short * (b["client"] - a["client"]) / per,
-                  "wall": a["wall"] - short * (b["wall"] - a["wall"]) / per},
+        # the short run less its frames' share: what a run costs once
+        "fixed": {"worker_cpu": a["spent"]["process"] - short * spent["process"], "client_cpu": a["client"] - short * client_cpu,
+                  "wall": a["wall"] - short * wall},
         "forward_wall": (b["forward_wall"] - a["forward_wall"]) / per if profiled else None,
         "window": list(summary.policy.window.patch_shape) if summary.policy else None, "chunks": summary.chunks, "digest": digest,
     }
@@ -315,18 +317,22 @@ def host_work(run: dict) -> float:
     return host_cpu(run) - background(run) * run["wall_per_frame"]
 
 
+def _at_gpu_rate(run: dict, cpu_per_frame: float, idle_per_s: float) -> float:
+    """``cpu_per_frame`` (measured at this CPU's frame rate, ``idle_per_s`` of it a cost per second) were the
+    frames coming at the GPU's rate: that idle CPU over :data:`GPU_FRAME_S` instead of this CPU's frame time."""
+    return cpu_per_frame - idle_per_s * run["wall_per_frame"] + idle_per_s * GPU_FRAME_S
+
+
 def at_gpu_rate(run: dict) -> float:
-    """Host CPU-s per frame were the frames coming at the GPU's rate: the per-frame work, and the background
-    over :data:`GPU_FRAME_S` instead of this CPU's frame time."""
-    return host_work(run) + background(run) * GPU_FRAME_S
+    """Host CPU-s per frame were the frames coming at the GPU's rate (:func:`host_cpu`, its background rescaled)."""
+    return _at_gpu_rate(run, host_cpu(run), background(run))
 
 
 def worker_at_gpu_rate(run: dict) -> float:
     """:func:`at_gpu_rate` of the worker process alone: what its task threads, loops and codec threads must do per
     frame. The client and scheduler run in another process (on a cluster, on another node or cores, and shared by
     every GPU worker of the run)."""
-    forward = run["stages"].get("forward", 0.0)
-    return run["worker_cpu"] - forward - run["idle_worker"] * run["wall_per_frame"] + run["idle_worker"] * GPU_FRAME_S
+    return _at_gpu_rate(run, run["worker_cpu"] - run["stages"].get("forward", 0.0), run["idle_worker"])
 
 
 #: The worker's threads that are one thread each: each must itself keep to the GPU's frame time, however many task threads.
@@ -334,10 +340,9 @@ SINGLE_THREADS = ("zarr I/O loop", "event loop")
 
 
 def loop_at_gpu_rate(run: dict, row: str) -> float:
-    """One of :data:`SINGLE_THREADS`' CPU-s per frame at the GPU's rate: its per-frame work (its own idle CPU per
-    second, measured before the run, taken off over this CPU's frame time) and that idle CPU over the GPU's."""
-    idle = run.get("idle_threads", {}).get(row, 0.0)
-    return run["stages"].get(row, float("nan")) - idle * run["wall_per_frame"] + idle * GPU_FRAME_S
+    """One of :data:`SINGLE_THREADS`' CPU-s per frame at the GPU's rate, with its own idle CPU per second (measured
+    before the run) rescaled."""
+    return _at_gpu_rate(run, run["stages"].get(row, float("nan")), run.get("idle_threads", {}).get(row, 0.0))
 
 
 def main(argv: list[str] | None = None) -> None:
