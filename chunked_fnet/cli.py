@@ -108,6 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {
         "iterations": args.iterations, "output": args.output, "workers": args.workers, "device": args.device, "precision": args.precision,
+        "augment": args.augment,
     }
     configs = load_train_configs(args.config, overrides, structures=args.structures)
     checkpoints = train_many(configs, resume=args.resume, progress=not args.no_progress)
@@ -520,6 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="override the config's precision (auto: bf16 where native)")
     p.add_argument("--resume", action="store_true", help="continue the run in the config's output directory exactly")
+    p.add_argument(
+        "--augment", choices=("none", "flips", "dihedral"),
+        help="override the config's augmentation: training patches flipped in y, x (flips) or also turned by 90 degrees "
+        "(dihedral); for bright-field and phase, never DIC (none: the paper's)",
+    )
     p.add_argument("--iterations", type=int, help="override the config's iterations")
     p.add_argument("--output", help="override the config's run directory")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")

@@ -26,6 +26,7 @@ from chunked_fnet.io.reader import channel_index, open_image, open_level_array, 
 from chunked_fnet.preprocess.normalize import FrameStats, frame_stats
 from chunked_fnet.preprocess.frame import ModelGridFrame
 from chunked_fnet.preprocess.resample import ModelGrid
+from chunked_fnet.train.augment import Augmentation, PlaneSymmetry, draw_symmetry
 from chunked_fnet.train.manifest import ManifestEntry, Pair
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -182,7 +183,8 @@ class PatchDataset(torch.utils.data.Dataset):
     read of the input, one tuple per pair of its specs for each structure (same image, same order
     of structures everywhere). A sample is ``(input (1, z, y, x), targets (structures, z, y, x))``.
     The draw depends only on the pairs, the seed and ``i``, so a structure trained alone or beside
-    others sees the same patches.
+    others sees the same patches. ``augmentation`` (:mod:`chunked_fnet.train.augment`) turns or flips
+    each sample's input and targets alike, by a symmetry drawn from the same ``(seed, i)``.
     """
 
     def __init__(
@@ -193,6 +195,7 @@ class PatchDataset(torch.utils.data.Dataset):
         seed: int,
         length: int,
         cache_bytes: int = 2 * 2**30,
+        augmentation: Augmentation = "none",
     ) -> None:
         self.sources = [(s,) if isinstance(s, PairSpec) else tuple(s) for s in specs]
         self.specs = [source[0] for source in self.sources]
@@ -203,6 +206,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.length = int(length)
         self.cache_bytes = int(cache_bytes)
+        self.augmentation = augmentation
         for spec in self.specs:
             shape = spec.grid(self.model_scale).shape
             if any(n < p for n, p in zip(shape, self.patch_shape, strict=True)):
@@ -216,13 +220,14 @@ class PatchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def draw(self, index: int) -> tuple[int, tuple[int, int, int]]:
-        """Which pair and which patch corner sample ``index`` uses."""
+    def draw(self, index: int) -> tuple[int, tuple[int, int, int], PlaneSymmetry]:
+        """Which pair, which patch corner and which symmetry sample ``index`` uses (the symmetry drawn last, so
+        pair and corner are the same with or without augmentation)."""
         rng = np.random.default_rng([self.seed, int(index)])
         k = int(rng.integers(len(self.specs)))
         shape = self.specs[k].grid(self.model_scale).shape
         corner = tuple(int(rng.integers(0, n - p + 1)) for n, p in zip(shape, self.patch_shape, strict=True))
-        return k, corner  # type: ignore[return-value]
+        return k, corner, draw_symmetry(rng, self.augmentation)  # type: ignore[return-value]
 
     def _reader(self, k: int) -> PairReader:
         name = self.specs[k].name
@@ -232,7 +237,7 @@ class PatchDataset(torch.utils.data.Dataset):
         return reader
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        k, corner = self.draw(index)
+        k, corner, symmetry = self.draw(index)
         name = self.specs[k].name
         region = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_shape, strict=True))
         reader = self._reader(k)
@@ -246,4 +251,5 @@ class PatchDataset(torch.utils.data.Dataset):
             x, ys = np.ascontiguousarray(x), np.ascontiguousarray(ys)
         else:
             x, ys = reader.read_stack(region)
+        x, ys = symmetry.apply(x), symmetry.apply(ys)
         return torch.from_numpy(x[None]), torch.from_numpy(ys)

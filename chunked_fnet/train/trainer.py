@@ -46,7 +46,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
@@ -57,6 +57,7 @@ from chunked_fnet.errors import InputError
 from chunked_fnet.io.atomic import write_bytes
 from chunked_fnet.model import FnetUNet, ModelCard, UNetConfig, save_checkpoint
 from chunked_fnet.config import differences
+from chunked_fnet.train.augment import Augmentation, check_augmentation
 from chunked_fnet.train.data import PairSpec, PatchDataset, convert_if_tiff, describe_pair, expand_pairs, load_stats, save_stats
 from chunked_fnet.train.manifest import Pair, read_manifest, split_pairs, validation_pairs
 from chunked_fnet.train.state import load_training_state, save_training_state
@@ -125,6 +126,9 @@ class TrainConfig(BaseModel):
     model: UNetConfig = UNetConfig()
     voxel_size: tuple[float, float, float] = (0.29, 0.29, 0.29)  # µm z, y, x of the model grid
     patch_shape: tuple[int, int, int] = (32, 64, 64)
+    augment: Augmentation = Field(
+        "none", description="training patches flipped (flips) or also turned by 90 degrees (dihedral) about the optical axis; none: the paper's"
+    )
     batch_size: int = Field(24, ge=1)
     iterations: int = Field(50_000, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
@@ -146,6 +150,11 @@ class TrainConfig(BaseModel):
     compile: bool = Field(False, description="torch.compile the model (see benchmarks/run.py training speed --compile before turning on)")
     device: str = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+
+    @model_validator(mode="after")
+    def _augmentation_fits_patch(self) -> TrainConfig:
+        check_augmentation(self.augment, self.patch_shape, self.voxel_size)
+        return self
 
 
 class StructureTarget(BaseModel):
@@ -493,7 +502,7 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = False, progress
 
     cache_bytes = int(first.cache_mb * 2**20)
     sources = list(zip(*(specs["train"] for _, specs in prepared), strict=True))
-    dataset = PatchDataset(sources, first.voxel_size, first.patch_shape, first.seed, first.iterations * first.batch_size, cache_bytes)
+    dataset = PatchDataset(sources, first.voxel_size, first.patch_shape, first.seed, first.iterations * first.batch_size, cache_bytes, first.augment)
     validation: list[tuple[torch.Tensor, torch.Tensor]] = []
     validation_split = "validation" if prepared[0][1]["validation"] else "test"  # pytorch_fnet's: the test split
     val_sources = list(zip(*(specs[validation_split] for _, specs in prepared), strict=True))

@@ -92,6 +92,27 @@ def test_slices(run: Path) -> dict[str, np.ndarray]:
     return {"input": x, "target": y, "prediction": pred}
 
 
+def noise_ceiling_r(target: np.ndarray) -> float:
+    """The highest Pearson r a prediction can reach against ``target`` when the target's noise is independent
+    of the input (a recorded image's shot and read noise is): sqrt(1 - sigma^2 / var), sigma the noise
+    standard deviation that scikit-image's ``estimate_sigma`` finds (wavelet median absolute deviation).
+    A test r far below it is the model's or the input's limit, not the target's noise."""
+    from skimage.restoration import estimate_sigma
+
+    sigma = float(estimate_sigma(np.asarray(target, dtype=np.float64)))
+    return float(np.sqrt(max(0.0, 1.0 - sigma**2 / float(np.var(target)))))
+
+
+def test_target(run: Path) -> np.ndarray:
+    """The run's test tile's target on the model grid, z-scored, as evaluate_run scores against it."""
+    from chunked_fnet.train.data import PairReader, describe_pair, load_stats
+    from chunked_fnet.train.manifest import Pair
+
+    card_voxel = load_yaml_config(TrainConfig, run / "config.yaml").voxel_size
+    pair = Pair(**json.loads((run / "split.json").read_text())["test"][0])
+    return PairReader(describe_pair(pair, load_stats(run / "stats.json")), card_voxel).whole()[1]
+
+
 def figure(slices: dict[tuple[str, str], dict[str, np.ndarray]], path: Path) -> None:
     """One row per (structure, data): bright-field, target, prediction of the test tile at the plane where
     that data's DNA target varies most."""
@@ -202,6 +223,8 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
         settings["model"] = {"depth": args.model[0], "width": args.model[1]}
     if args.lr_decay:
         settings["learning_rate_decay"] = _lr_decay(args)
+    if args.augment != "none":
+        settings["augment"] = args.augment
     return settings
 
 
@@ -216,7 +239,8 @@ def _lr_decay(args: argparse.Namespace) -> dict[str, float] | None:
 def _model_label(args: argparse.Namespace) -> str:
     decay = _lr_decay(args)
     lr = f", lr x{decay['factor']:g} after {decay['patience']} validations without improvement" if decay else ""
-    return f"depth {args.model[0]} width {args.model[1]}{lr}"
+    augment = f", augment {args.augment}" if args.augment != "none" else ""
+    return f"depth {args.model[0]} width {args.model[1]}{lr}{augment}"
 
 
 def _stored_entries(path: Path, settings: dict[str, object]) -> dict[tuple[str, str, int], dict]:
@@ -262,6 +286,7 @@ def _evaluated_entry(run: Path, structure: str, max_iterations: int, wall: float
     for split in ("train", "validation", "test"):
         m = summary[(structure, split)]
         entry[split] = {"n": int(m["n"]), **{k: m[k] for k in METRICS}}
+    entry["test"]["target_noise_ceiling_r"] = noise_ceiling_r(test_target(run))
     return entry
 
 
@@ -291,7 +316,7 @@ def plateau_main(args: argparse.Namespace) -> None:
                         "seed": seed, "precision": args.precision, "validate_every": args.validate_every,
                         "validation_patches": args.validation_patches, "checkpoint_every": args.validate_every,
                         "plateau": {"patience": args.patience, "min_delta": args.min_delta},
-                        "learning_rate_decay": _lr_decay(args),
+                        "learning_rate_decay": _lr_decay(args), "augment": args.augment,
                         "model": {"dims": 3, "depth": args.model[0], "width": args.model[1]},
                     },
                 )
@@ -363,6 +388,8 @@ def main(argv: list[str] | None = None) -> None:
     plateau.add_argument("--precision", default="fp32", help="training precision (bf16 is emulated, ~30x slower, on CPUs without AVX512-BF16/AMX)")
     plateau.add_argument("--lr-decay", nargs=2, type=float, metavar=("FACTOR", "PATIENCE"),
                          help="lower the learning rate by FACTOR after more than PATIENCE validations without improvement (default: constant, the paper's)")
+    plateau.add_argument("--augment", choices=("none", "flips", "dihedral"), default="none",
+                         help="training patches flipped or also turned about the optical axis (the training config's augment)")
     plateau.add_argument("--no-train", action="store_true", help="train nothing: report the finished runs here and the stored ones")
     plateau.add_argument("--curves", default=str(ROOT / "docs" / "images" / "real_morphology_curves.png"))
     args = parser.parse_args(argv)
