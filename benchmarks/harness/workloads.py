@@ -20,6 +20,16 @@ import numpy as np
 ARCHS: dict[str, dict[str, int]] = {"default": {}, "small": {"depth": 2, "width": 16}, "tiny": {"depth": 2, "width": 4}}
 DATA = Path(tempfile.gettempdir()) / "chunked_fnet_bench"
 STRUCTURES = ["dna", "er", "membrane", "mitochondria", "nucleoli", "nuclear_envelope"]
+#: A worker environment that keeps freed memory for reuse (glibc): the task threads share the main heap, and
+#: neither an mmap nor a trim threshold is reached, so a freed block is not unmapped but serves the next one.
+#: Set through dask's ``distributed.nanny.pre-spawn-environ`` (:func:`worker_environment`), it is the user's
+#: allocator, which predict keeps (``chunked_fnet.memory.allocator_set_by_user``).
+REUSE_FREED_MEMORY = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(16 * 2**30), "MALLOC_TRIM_THRESHOLD_": str(16 * 2**30)}
+
+
+def worker_environment(env: dict[str, str]) -> dict[str, str]:
+    """The dask config that starts nanny workers with ``env`` set (for ``dask.config.set``)."""
+    return {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in env.items()}
 #: The training settings of quick runs (smoke tests, the GPU acceptance dry run): a depth-2, width-4 U-Net on
 #: small patches; ``harness.peers.PAPER_TRAINING`` holds the paper's.
 TINY_TRAINING: dict[str, Any] = {"model": {"depth": 2, "width": 4}, "patch_shape": [16, 32, 32], "batch_size": 2}

@@ -255,7 +255,18 @@ def back_to_input_grid(model_values: np.ndarray, source: Box, grid: ModelGrid, r
 
 
 _WORKER_READY = False
+#: Whether this process's tasks hand their freed pages back after each task: yes where the worker's first task
+#: bounded the heap (and outside a worker), no where the worker's environment set the allocator itself.
+_TRIM_AFTER_TASK = True
 _STACK_LOGGED: set[str] = set()
+
+
+def _trim_after_task() -> None:
+    """The next task starts from the worker's baseline, not from this task's high-water mark, unless the
+    worker's environment chose the allocator: a heap set up to keep freed memory for reuse (so that every
+    frame does not fault fresh pages in) would be emptied by a trim after every task."""
+    if _TRIM_AFTER_TASK:
+        trim_heap()
 
 
 def log_stack_once(device: torch.device) -> None:
@@ -276,7 +287,7 @@ def _prepare_worker_process(threads: int | None = None, device: str | None = Non
     torch otherwise starts a thread per core in every worker process (N workers on N cores would run
     N*N threads), and glibc would keep each task's freed buffers, raising every later peak.
     """
-    global _WORKER_READY
+    global _WORKER_READY, _TRIM_AFTER_TASK
     try:
         from distributed import get_worker
 
@@ -289,6 +300,7 @@ def _prepare_worker_process(threads: int | None = None, device: str | None = Non
         chosen = allocator_set_by_user()
         if chosen is None:
             bound_heap_growth()
+        _TRIM_AFTER_TASK = chosen is None
         logging.getLogger("distributed.worker.chunked_fnet").info(
             "chunked_fnet worker heap: " + (f"as the environment sets it ({chosen})" if chosen else "large freed arrays returned to the system"))
         _WORKER_READY = True
@@ -371,7 +383,7 @@ def predict_block(
             pieces = tuple(sums.crop(piece) for piece in task.pieces)
         del sums, frame, chunks
         with stage("heap trim"):
-            trim_heap()
+            _trim_after_task()
     record: dict[str, Any] = {"stages": clock.record()} if clock is not None else {}
     if policy.skip_empty is not None:  # what the summary counts (a recomputed block writes the same again)
         record.update(patches=len(corners), background=background)
@@ -411,7 +423,7 @@ def write_chunk(run: JobRef | tuple[PredictJob, RunPolicy], task: ChunkTask, *pi
             write_region(out, (slice(task.time_index, task.time_index + 1), slice(None), *task.region.slices), blended[None])
         del blended
         with stage("heap trim"):
-            trim_heap()  # the next task starts from the worker's baseline, not from this task's high-water mark
+            _trim_after_task()
     timings: dict[str, Any] = {"seconds": time.perf_counter() - start, "voxels": float(task.region.size)}
     if clock is not None:
         timings["stages"] = clock.record()

@@ -40,7 +40,7 @@ SECTION = "CPU workers: allocator environment (issue 6, CPU overhead)"
 COLUMNS = ["date", "model, patch, batch", "volume, chunks, workers x threads",
            "as predict runs: M vox/s; worker CPU s/Mvox user+sys; faults/Mvox; peak worker RSS", "reuse freed memory: same",
            "speed-up (wall, per-round median)", "noise", "command", "machine"]
-REUSE = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(16 * 2**30), "MALLOC_TRIM_THRESHOLD_": str(16 * 2**30)}
+REUSE = W.REUSE_FREED_MEMORY
 PREDICT, TUNED = "as predict runs", "reuse freed memory"
 
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.ExitStack() as stack:
         clients = {}
         for name, env in envs.items():
-            with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in env.items()}):
+            with dask.config.set(W.worker_environment(env)):
                 clients[name] = stack.enter_context(local_client(spec))
             workers = list(clients[name].scheduler_info()["workers"])
             for f in [clients[name].submit(warm, models, hashes, "cpu", (args.batch, 1, *args.patch), workers=[w],

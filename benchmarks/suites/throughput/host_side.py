@@ -23,7 +23,7 @@ every frame once more) is reported apart. Every figure is per frame of a long ti
 ``--frames`` less a run of ``SHORT_FRAMES`` in the same cluster, over the frames between, so a run's fixed costs
 (planning, the package's load, the output's creation: ~0.12 CPU-s of the client's alone, which 8 frames would
 count as 0.015 a frame) are reported apart ("fixed per run"). Frames/s is the runs' execution (``RunSummary.seconds``). Runs are
-interleaved (1 thread, 2 threads, [old, new], ...), each in a fresh subprocess and cluster after an untimed
+interleaved (1 thread, 2 threads, [old, new] or [bounded, reuse] (``--heap``), ...), each in a fresh subprocess and cluster after an untimed
 one-frame warm-up; medians are reported.
 
 The cluster's idle background (heartbeats, the system monitor, dask's sampling profiler: CPU per second, not
@@ -64,6 +64,9 @@ COLUMNS = ["date", "case", "version", "CPU-s per frame by stage", "host CPU-s pe
 SHAPE = (64, 512, 512)
 #: GPU's need: the paper U-Net's forward of one 64x512x512 frame on an H100 (issue 29), and the 8 task threads.
 GPU_FRAME_S = 0.060
+#: The worker's heap (``--heap``): predict's own (``bounded``: large freed arrays returned to the system, a trim
+#: after every task) or an environment that keeps freed memory for reuse, which predict then keeps untrimmed.
+HEAPS = {"bounded": {}, "reuse": W.REUSE_FREED_MEMORY}
 GPU_THREADS = 8
 #: Seconds the warmed cluster sits idle before the run, to measure its background CPU per second.
 IDLE_S = 4.0
@@ -226,8 +229,10 @@ def one_run(args: argparse.Namespace) -> dict:
     plan(image, [model], f"{out}/unused.zarr", options)  # the statistics pass alone, in this (the client's) process
     stats_pass = cpu() - start
     frames, short = args.frames, min(SHORT_FRAMES, args.frames - 1)
-    with LocalCluster(n_workers=1, threads_per_worker=args.one, processes=True, host="127.0.0.1", dashboard_address=None,
-                      scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client:
+    with dask.config.set(W.worker_environment(HEAPS[args.heap])):
+        cluster = LocalCluster(n_workers=1, threads_per_worker=args.one, processes=True, host="127.0.0.1", dashboard_address=None,
+                               scheduler_kwargs={"dashboard": False})
+    with cluster, Client(cluster) as client:
         worker = lambda: next(iter(client.run(threads_cpu).values()))  # noqa: E731
         predict(image, [model], f"{out}/warm.zarr", options=options.model_copy(update={"time": (0, 1)}), client=client, progress=False)
         # What the cluster spends per second doing nothing (heartbeats, the system monitor, dask's sampling
@@ -279,13 +284,14 @@ def one_run(args: argparse.Namespace) -> dict:
     }
 
 
-def _subprocess(args: argparse.Namespace, threads: int, pythonpath: str | None, digest: bool) -> dict:
-    """One run in a fresh interpreter (its own cluster), with ``PYTHONPATH=pythonpath`` first when given."""
+def _subprocess(args: argparse.Namespace, threads: int, pythonpath: str | None, digest: bool, heap: str = "bounded") -> dict:
+    """One run in a fresh interpreter (its own cluster), with ``PYTHONPATH=pythonpath`` first when given, its worker's
+    heap as ``heap`` says (:data:`HEAPS`)."""
     env = dict(os.environ)
     bench = str(Path(__file__).resolve().parents[2])  # benchmarks/: the harness, importable whatever the package's checkout
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, bench, env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", "suites.throughput.host_side", "--one", str(threads), "--frames", str(args.frames),
-           "--shape", *map(str, args.shape), "--data", args.data, *(["--digest"] if digest else [])]
+           "--shape", *map(str, args.shape), "--data", args.data, "--heap", heap, *(["--digest"] if digest else [])]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, cwd=bench)
     line = next((x for x in reversed(done.stdout.splitlines()) if x.startswith("{")), None)
     if done.returncode or line is None:
@@ -352,29 +358,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--compare", default=None, help="an older checkout (its repository root) to run interleaved, as PYTHONPATH")
+    parser.add_argument("--heap", nargs="+", choices=tuple(HEAPS), default=["bounded"],
+                        help="the worker's heap: bounded (predict's default: freed arrays returned to the system after every task) "
+                        "and/or reuse (an environment that keeps freed memory: W.REUSE_FREED_MEMORY); several: interleaved, outputs compared")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--digest", action="store_true", help=argparse.SUPPRESS)
     W.add_data_args(parser)
     args = parser.parse_args(argv)
     if args.one is not None:
+        args.heap = args.heap[0]
         print(json.dumps(one_run(args), default=float), flush=True)
         return
+    if args.compare and len(args.heap) > 1:
+        parser.error("--compare runs old and new with one --heap")
     Path(args.data).mkdir(parents=True, exist_ok=True)
     input_image(Path(args.data), args.frames, tuple(args.shape))  # generated once, before any timing
     gain_package(Path(args.data))
-    versions = {"new": str(R.ROOT)} if not args.compare else {"old": str(Path(args.compare).resolve()), "new": str(R.ROOT)}
+    if args.compare:
+        versions = {"old": (str(Path(args.compare).resolve()), args.heap[0]), "new": (str(R.ROOT), args.heap[0])}
+    elif len(args.heap) > 1:
+        versions = {heap: (str(R.ROOT), heap) for heap in args.heap}
+    else:
+        versions = {"new": (str(R.ROOT), args.heap[0])}
+    first = next(iter(versions))
     runs: dict[tuple[str, int], list[dict]] = collections.defaultdict(list)
     for rep in range(args.reps):
         for threads in args.threads:
-            for name, path in versions.items():
-                run = _subprocess(args, threads, path, digest=rep == 0 and threads == args.threads[0])
+            for name, (path, heap) in versions.items():
+                run = _subprocess(args, threads, path, digest=rep == 0 and threads == args.threads[0], heap=heap)
                 runs[(name, threads)].append(run)
                 print(f"rep {rep + 1} {name} {threads} thread(s): {run['fps']:.3f} frames/s, host {host_cpu(run):.3f} CPU-s/frame "
                       f"(forward {run['stages'].get('forward', float('nan')):.3f})", flush=True)
     digests = {name: runs[(name, args.threads[0])][0]["digest"] for name in versions}
     med = lambda name, t, f: T.median([f(r) for r in runs[(name, t)]])  # noqa: E731
     print(f"\n{M.machine()}; {M.load_note()}")
-    print(f"{args.frames} frames of {'x'.join(map(str, args.shape))}, window {runs[('new', args.threads[0])][0]['window']}, "
+    print(f"{args.frames} frames of {'x'.join(map(str, args.shape))}, window {runs[(first, args.threads[0])][0]['window']}, "
           f"1 worker; medians of {args.reps}; per frame")
     print(f"{'stage (CPU-s per frame)':28s}" + "".join(f"{f'{n} {t}t':>10s}" for n in versions for t in args.threads))
     nan = float("nan")
@@ -401,8 +419,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{fps8:.2f} frames/s = {1 / fps8 * 1e3:.0f} ms per frame against the GPU's {GPU_FRAME_S * 1e3:.0f} ms "
                   f"(host CPU {host:.3f} s/frame here, {gpu_rate:.3f} at the GPU's rate, against {GPU_THREADS * GPU_FRAME_S:.2f} s on "
                   f"{GPU_THREADS} threads)")
-    if args.compare:
-        print(f"outputs bit-identical between old and new: {len(set(digests.values())) == 1} ({digests})")
+    if len(versions) > 1:
+        print(f"outputs bit-identical between {' and '.join(versions)}: {len(set(digests.values())) == 1} ({digests})")
     if args.no_save or not cells:
         return
     for name, (fps1, fps2, fps8, p, host, gpu_rate, worker_rate, loops) in cells.items():
@@ -415,7 +433,8 @@ def main(argv: list[str] | None = None) -> None:
             commit(args.compare if name == "old" else R.ROOT), R.command_line(), M.machine(),
         ], figures={"host_cpu_s_per_frame": host, "host_cpu_s_per_frame_at_gpu_rate": gpu_rate, "worker_cpu_s_per_frame_at_gpu_rate": worker_rate, "fps_1_thread": fps1, "fps_2_threads": fps2, "fps_8_threads_projected": fps8,
                     **{f"stage_{s.replace(' ', '_')}_cpu_s": med(name, 1, lambda r: r["stages"].get(s, nan)) for s in ORDER}},
-           params={"frames": args.frames, "shape": list(args.shape), "threads": args.threads, "reps": args.reps, "version": name}))
+           params={"frames": args.frames, "shape": list(args.shape), "threads": args.threads, "reps": args.reps, "version": name,
+                   "heap": versions[name][1]}))
 
 
 def commit(checkout: str | Path) -> str:
