@@ -1,5 +1,5 @@
 """Small things many tests make: a tiny, randomly initialised fnet checkpoint with a complete card, a
-small HCS plate on disk, and a cluster whose workers are on two hosts."""
+small HCS plate on disk, synthetic training pairs with their manifest, and a cluster whose workers are on two hosts."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from chunked_fnet.model import FnetUNet, ModelCard, UNetConfig, save_checkpoint
+from chunked_fnet.synth.dataset import SynthConfig, generate
 
 
 def tiny_checkpoint(
@@ -25,6 +27,16 @@ def tiny_checkpoint(
         training={"dataset": "random init", "iterations": 0, "seed": seed, "batch_size": 1, "patch_shape": [8, 16, 16], "learning_rate": 0.001},
     )
     return save_checkpoint(path, model, card)
+
+
+def paired_synth(root: Path, config: SynthConfig) -> Path:
+    """The synthetic dataset ``config`` written to ``root/synth.zarr`` and ``root/manifest.yaml`` pairing each of its
+    fields' bright-field with its DNA channel; the manifest's path."""
+    generate(config, root / "synth.zarr", progress=False)
+    images = [{"path": f"synth.zarr/{i}", "input_channel": "brightfield", "target_channel": "dna"} for i in range(config.fovs)]
+    manifest = root / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump({"images": images}))
+    return manifest
 
 
 def write_plate(

@@ -11,11 +11,12 @@ import torch
 import yaml
 
 from chunked_fnet.errors import InputError
-from chunked_fnet.synth.dataset import SynthConfig, generate
+from chunked_fnet.synth.dataset import SynthConfig
 from chunked_fnet.train.augment import IDENTITY, PlaneSymmetry, draw_symmetry
 from chunked_fnet.train.data import PatchDataset, describe_pair, expand_pairs
 from chunked_fnet.train.manifest import read_manifest
 from chunked_fnet.train.trainer import TrainConfig, load_train_configs, train
+from factories import paired_synth
 
 SCALE = (0.4, 0.4, 0.4)
 PATCH = (8, 16, 16)
@@ -24,10 +25,7 @@ PATCH = (8, 16, 16)
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("augment")
-    config = SynthConfig(size_t=1, size_z=16, size_y=40, size_x=40, fovs=3, voxel_size=(0.4, 0.4, 0.4), chunks=(16, 40, 40))
-    generate(config, root / "synth.zarr", progress=False)
-    manifest = {"images": [{"path": f"synth.zarr/{i}", "input_channel": "brightfield", "target_channel": "dna"} for i in range(3)]}
-    (root / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    paired_synth(root, SynthConfig(size_t=1, size_z=16, size_y=40, size_x=40, fovs=3, voxel_size=(0.4, 0.4, 0.4), chunks=(16, 40, 40)))
     return root
 
 

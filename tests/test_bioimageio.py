@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 pytest.importorskip("bioimageio.core")
 
@@ -22,19 +21,16 @@ from chunked_fnet.io.writer import create_image, open_for_writing, write_region 
 from chunked_fnet.model.bioimageio import _load_description, _network, load_package_model, read_package  # noqa: E402
 from chunked_fnet.predict import Hardware, PredictOptions, plan, predict  # noqa: E402
 from chunked_fnet.predict.ensemble import check_ensemble  # noqa: E402
-from chunked_fnet.synth.dataset import SynthConfig, generate  # noqa: E402
+from chunked_fnet.synth.dataset import SynthConfig  # noqa: E402
 from chunked_fnet.train.trainer import TrainConfig, train  # noqa: E402
-from factories import tiny_checkpoint  # noqa: E402
+from factories import paired_synth, tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny U-Net trained for a few iterations on synthetic data, and that data (the predict input)."""
     root = tmp_path_factory.mktemp("bioimageio")
-    config = SynthConfig(size_t=1, size_z=28, size_y=64, size_x=64, fovs=2, voxel_size=(0.4, 0.3, 0.3), chunks=(28, 32, 32))
-    generate(config, root / "synth.zarr", progress=False)
-    manifest = {"images": [{"path": f"synth.zarr/{i}", "input_channel": "brightfield", "target_channel": "dna"} for i in range(2)]}
-    (root / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    paired_synth(root, SynthConfig(size_t=1, size_z=28, size_y=64, size_x=64, fovs=2, voxel_size=(0.4, 0.3, 0.3), chunks=(28, 32, 32)))
     run = TrainConfig(
         manifest=str(root / "manifest.yaml"), output=str(root / "run"), structure="dna", model={"depth": 1, "width": 4},
         voxel_size=(0.4, 0.4, 0.4), patch_shape=(8, 16, 16), batch_size=2, iterations=4, n_train=2, checkpoint_every=4,

@@ -15,7 +15,7 @@ import tifffile
 from chunked_fnet import open_image
 from chunked_fnet.predict import PredictOptions, predict
 from chunked_fnet.synth.dataset import SynthConfig, generate
-from factories import tiny_checkpoint
+from factories import paired_synth, tiny_checkpoint
 
 FLAGS = ["--patch", "8", "16", "16", "--chunks", "3", "8", "8", "--overlap", "0.25", "--precision", "fp32", "--no-progress", "--workers", "1"]
 
@@ -64,8 +64,7 @@ def test_sigterm_mid_prediction_then_resume_gives_the_uninterrupted_output(tmp_p
 def test_sigterm_mid_training_keeps_the_last_checkpoint_for_resume(tmp_path: Path) -> None:
     import yaml
 
-    generate(SynthConfig(size_t=1, size_z=16, size_y=48, size_x=48, fovs=2, voxel_size=(0.4, 0.3, 0.3), chunks=(16, 32, 32)), tmp_path / "synth.zarr", progress=False)
-    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump({"images": [{"path": f"synth.zarr/{i}", "input_channel": "brightfield", "target_channel": "dna"} for i in range(2)]}))
+    paired_synth(tmp_path, SynthConfig(size_t=1, size_z=16, size_y=48, size_x=48, fovs=2, voxel_size=(0.4, 0.3, 0.3), chunks=(16, 32, 32)))
     run = tmp_path / "run"
     config = {
         "manifest": str(tmp_path / "manifest.yaml"), "output": str(run), "structure": "dna", "model": {"depth": 1, "width": 4},

@@ -16,20 +16,18 @@ from chunked_fnet.errors import InputError
 from chunked_fnet.evaluate.report import evaluate_run, write_report
 from chunked_fnet.model import load_checkpoint
 from chunked_fnet.preprocess.resample import ModelGrid, resample_region
-from chunked_fnet.synth.dataset import SynthConfig, generate
+from chunked_fnet.synth.dataset import SynthConfig
 from chunked_fnet.train.data import PairReader, PatchDataset, describe_pair, expand_pairs
 from chunked_fnet.train.manifest import read_manifest, split_pairs
 from chunked_fnet.train.trainer import TrainConfig, train
+from factories import paired_synth
 from processes import kill_when
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
-    config = SynthConfig(size_t=2, size_z=16, size_y=48, size_x=48, fovs=3, voxel_size=(0.4, 0.3, 0.3), chunks=(16, 32, 32))
-    generate(config, root / "synth.zarr", progress=False)
-    manifest = {"images": [{"path": f"synth.zarr/{i}", "input_channel": "brightfield", "target_channel": "dna"} for i in range(3)]}
-    (root / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    paired_synth(root, SynthConfig(size_t=2, size_z=16, size_y=48, size_x=48, fovs=3, voxel_size=(0.4, 0.3, 0.3), chunks=(16, 32, 32)))
     return root
 
 
