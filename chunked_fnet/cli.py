@@ -21,6 +21,7 @@ from chunked_fnet.memory import bound_heap_growth
 from chunked_fnet.config import explain
 from chunked_fnet.errors import ChunkedFnetError, InputError, one_line
 from chunked_fnet.io.store import redact
+from chunked_fnet.train.augment import AUGMENTATIONS
 
 if TYPE_CHECKING:
     from chunked_fnet.predict.options import PredictOptions
@@ -522,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="override the config's precision (auto: bf16 where native)")
     p.add_argument("--resume", action="store_true", help="continue the run in the config's output directory exactly")
     p.add_argument(
-        "--augment", choices=("none", "flips", "dihedral"),
+        "--augment", choices=AUGMENTATIONS,
         help="override the config's augmentation: training patches flipped in y, x (flips) or also turned by 90 degrees "
         "(dihedral); for bright-field and phase, never DIC (none: the paper's)",
     )

@@ -13,7 +13,7 @@ The paper trains without augmentation, so ``none`` is the default.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -21,6 +21,8 @@ import numpy as np
 #: ``dihedral``: also y and x swapped with probability 1/2, all 8 symmetries of the square (needs a patch and a
 #: model voxel that are square in y, x).
 Augmentation = Literal["none", "flips", "dihedral"]
+#: Its values, for command lines' choices.
+AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
 
 
 @dataclass(frozen=True)

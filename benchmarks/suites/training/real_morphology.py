@@ -46,6 +46,7 @@ from chunked_fnet.evaluate.report import evaluate_run, summarize, write_report  
 from chunked_fnet.predict import PredictOptions  # noqa: E402
 from chunked_fnet.synth import real  # noqa: E402
 from chunked_fnet.synth.dataset import CHANNEL_COLORS, SynthConfig, generate  # noqa: E402
+from chunked_fnet.train.augment import AUGMENTATIONS  # noqa: E402
 from chunked_fnet.train.trainer import TrainConfig, learning_rate_decays, train, validation_losses  # noqa: E402
 
 ROOT = R.ROOT
@@ -81,13 +82,10 @@ def test_slices(run: Path) -> dict[str, np.ndarray]:
     (the run policy's window for this frame and model, fp32: main() evaluates with ``precision: fp32``)."""
     from chunked_fnet.model import load_checkpoint
     from chunked_fnet.sliding_window import predict_volume
-    from chunked_fnet.train.data import PairReader, describe_pair, load_stats
-    from chunked_fnet.train.manifest import Pair
 
     structure = next(run.glob("*.ckpt")).stem
     model, card = load_checkpoint(run / f"{structure}.ckpt")
-    pair = Pair(**json.loads((run / "split.json").read_text())["test"][0])
-    x, y = PairReader(describe_pair(pair, load_stats(run / "stats.json")), card.voxel_size).whole()
+    x, y = test_tile(run, card.voxel_size)
     pred = predict_volume(model, x[None], multiple=model.multiple)[0]  # patch, overlap, blend, batch auto: the policy's window, fp32
     return {"input": x, "target": y, "prediction": pred}
 
@@ -103,14 +101,13 @@ def noise_ceiling_r(target: np.ndarray) -> float:
     return float(np.sqrt(max(0.0, 1.0 - sigma**2 / float(np.var(target)))))
 
 
-def test_target(run: Path) -> np.ndarray:
-    """The run's test tile's target on the model grid, z-scored, as evaluate_run scores against it."""
+def test_tile(run: Path, voxel_size: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Input and target of the run's test tile on the model grid of ``voxel_size``, z-scored, as evaluate_run reads them."""
     from chunked_fnet.train.data import PairReader, describe_pair, load_stats
     from chunked_fnet.train.manifest import Pair
 
-    card_voxel = load_yaml_config(TrainConfig, run / "config.yaml").voxel_size
     pair = Pair(**json.loads((run / "split.json").read_text())["test"][0])
-    return PairReader(describe_pair(pair, load_stats(run / "stats.json")), card_voxel).whole()[1]
+    return PairReader(describe_pair(pair, load_stats(run / "stats.json")), voxel_size).whole()
 
 
 def figure(slices: dict[tuple[str, str], dict[str, np.ndarray]], path: Path) -> None:
@@ -286,7 +283,7 @@ def _evaluated_entry(run: Path, structure: str, max_iterations: int, wall: float
     for split in ("train", "validation", "test"):
         m = summary[(structure, split)]
         entry[split] = {"n": int(m["n"]), **{k: m[k] for k in METRICS}}
-    entry["test"]["target_noise_ceiling_r"] = noise_ceiling_r(test_target(run))
+    entry["test"]["target_noise_ceiling_r"] = noise_ceiling_r(test_tile(run, load_yaml_config(TrainConfig, run / "config.yaml").voxel_size)[1])
     return entry
 
 
@@ -388,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     plateau.add_argument("--precision", default="fp32", help="training precision (bf16 is emulated, ~30x slower, on CPUs without AVX512-BF16/AMX)")
     plateau.add_argument("--lr-decay", nargs=2, type=float, metavar=("FACTOR", "PATIENCE"),
                          help="lower the learning rate by FACTOR after more than PATIENCE validations without improvement (default: constant, the paper's)")
-    plateau.add_argument("--augment", choices=("none", "flips", "dihedral"), default="none",
+    plateau.add_argument("--augment", choices=AUGMENTATIONS, default="none",
                          help="training patches flipped or also turned about the optical axis (the training config's augment)")
     plateau.add_argument("--no-train", action="store_true", help="train nothing: report the finished runs here and the stored ones")
     plateau.add_argument("--curves", default=str(ROOT / "docs" / "images" / "real_morphology_curves.png"))
